@@ -1,0 +1,39 @@
+"""jscorch: sparse machine learning in JAX.
+
+Sparse arrays in any TACO-style format, carried through ``jit``, ``vmap`` and
+``grad``; see ``README.md`` and ``DESIGN.md``.
+"""
+from jscorch.array import SparseArray as SparseArray
+from jscorch.array import is_sparse as is_sparse
+from jscorch.autodiff import grad as grad
+from jscorch.autodiff import value_and_grad as value_and_grad
+from jscorch.config import config as config
+from jscorch.construct import eye as eye
+from jscorch.construct import from_coo as from_coo
+from jscorch.construct import from_dense as from_dense
+from jscorch.construct import random as random
+from jscorch.interop import from_bcoo as from_bcoo
+from jscorch.interop import from_scipy as from_scipy
+from jscorch.primitives._errors import SparseCapacityError as SparseCapacityError
+from jscorch.primitives._errors import SparseEfficiencyWarning as SparseEfficiencyWarning
+from jscorch.primitives._errors import SparseFormatError as SparseFormatError
+from jscorch.primitives.formats import COO as COO
+from jscorch.primitives.formats import CSC as CSC
+from jscorch.primitives.formats import CSF as CSF
+from jscorch.primitives.formats import CSR as CSR
+from jscorch.primitives.formats import DCSR as DCSR
+from jscorch.primitives.formats import FORMAT_NAMES as FORMAT_NAMES
+from jscorch.primitives.formats import Format as Format
+from jscorch.primitives.formats import Level as Level
+from jscorch.primitives.formats import compressed as compressed
+from jscorch.primitives.formats import dense as dense
+from jscorch.primitives.formats import singleton as singleton
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COO", "CSC", "CSF", "CSR", "DCSR", "FORMAT_NAMES", "Format", "Level", "SparseArray",
+    "SparseCapacityError", "SparseEfficiencyWarning", "SparseFormatError", "compressed",
+    "config", "dense", "eye", "from_bcoo", "from_coo", "from_dense", "from_scipy", "grad",
+    "is_sparse", "random", "singleton", "value_and_grad",
+]

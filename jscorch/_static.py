@@ -1,0 +1,30 @@
+"""Turning arguments that fix buffer shapes into concrete Python values, or a clear error."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def static_int(value, name: str, func: str) -> int:
+  """``int(value)``; raises a TypeError that names the argument when it is traced.
+
+  Example:
+    >>> static_int(np.int64(3), "nse", "from_dense")
+    3
+  """
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f"{func}: {name} must be a static Python int because it fixes buffer shapes; got a "
+        f"traced value. Pass {name}= as a concrete int (mark it static in jax.jit).")
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) and not (
+      isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
+      and np.issubdtype(value.dtype, np.integer)):
+    raise TypeError(f"{func}: {name} must be an int; got {type(value).__name__} {value!r}.")
+  return int(value)
+
+
+def static_shape(shape, func: str) -> tuple[int, ...]:
+  """A tuple of ints from an int or a sequence of ints (never traced)."""
+  if isinstance(shape, (int, np.integer)):
+    shape = (shape,)
+  return tuple(static_int(s, "shape", func) for s in shape)

@@ -1,0 +1,260 @@
+"""``SparseArray``: level buffers (pytree leaves) plus a static format and shape.
+
+The leaves are ``data`` and the index buffers of every level (``pos`` and ``crd`` of
+compressed levels, ``crd`` of singleton levels, in level order). The static aux
+data is the format *without* its batch dimensions and the shape *after* them: the
+batch shape is read from the buffers, so a SparseArray unflattened inside
+``jax.vmap`` (where the buffers lost a leading axis) is consistent by construction.
+
+Example:
+  >>> import jax.numpy as jnp, jscorch as js
+  >>> A = js.from_dense(jnp.array([[0., 2.], [3., 0.]]), format="csr")
+  >>> A
+  SparseArray(float32[2, 2], format=CSR, nse=2)
+  >>> A.pos(1), A.crd(1)
+  (Array([0, 1, 2], dtype=int32), Array([1, 0], dtype=int32))
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jscorch.primitives import checks, convert
+from jscorch.primitives._errors import SparseFormatError
+from jscorch.primitives.formats import Format, FormatLike, resolve_format
+from jscorch.primitives.layout import Layout
+
+
+@jax.tree_util.register_pytree_node_class
+class SparseArray:
+  """A sparse array in any :class:`Format` (see the module docstring).
+
+  Build one with :func:`jscorch.from_dense`, :func:`jscorch.from_coo`,
+  :func:`jscorch.from_scipy`, :func:`jscorch.random` or, from raw level buffers,
+  :meth:`SparseArray.from_buffers`.
+  """
+  __slots__ = ("data", "indices", "_format", "_shape")
+  __array_priority__ = 100   # numpy defers binary operators to us
+
+  # -- construction --------------------------------------------------------------------
+  @classmethod
+  def _make(cls, data, indices, fmt: Format, shape) -> SparseArray:
+    """Wraps buffers without checks; ``fmt``/``shape`` may include batch dims."""
+    self = object.__new__(cls)
+    self.data = data
+    self.indices = tuple(indices)
+    self._format = fmt.replace(n_batch=0)
+    self._shape = tuple(shape)[fmt.n_batch:]
+    return self
+
+  @classmethod
+  def from_buffers(cls, data, indices: Sequence, *, shape: Sequence[int],
+                   format: FormatLike, check: bool = True) -> SparseArray:
+    """Wraps level buffers after validating them.
+
+    Args:
+      data: `[*batch, nse, *block]` values.
+      indices: the index buffers in level order (``pos``, ``crd`` per compressed
+        level; ``crd`` per singleton level).
+      shape: the full shape ``(*batch, *sparse, *block)``.
+      format: a :class:`Format` (with ``n_batch``/``n_dense``) or a name.
+      check: validate coordinates, order and uniqueness when the buffers are
+        concrete (shapes and dtypes are always checked).
+
+    Raises:
+      SparseFormatError: wrong buffer count or shapes, bad coordinates.
+      TypeError: non-integer index buffers.
+
+    Example:
+      >>> import jax.numpy as jnp, jscorch as js
+      >>> A = js.SparseArray.from_buffers(jnp.array([1., 2.]),
+      ...     [jnp.array([0, 1, 2]), jnp.array([1, 0])], shape=(2, 2), format="csr")
+      >>> A.todense()
+      Array([[0., 1.],
+             [2., 0.]], dtype=float32)
+    """
+    func = "SparseArray.from_buffers"
+    shape = tuple(int(s) for s in shape)
+    data = jnp.asarray(data)
+    fmt = resolve_format(format, len(shape), func=func)
+    nse = data.shape[fmt.n_batch] if data.ndim > fmt.n_batch else -1
+    lay = Layout.make(fmt, shape, nse, func)
+    lay.check_buffers(data, indices, func)
+    indices = tuple(jnp.asarray(i).astype(lay.index_dtype) for i in indices)
+    if check and checks.is_concrete(*indices):
+      checks.check_indices(lay, indices, func)
+    return cls._make(data, indices, fmt, shape)
+
+  # -- pytree ----------------------------------------------------------------------------
+  def tree_flatten(self):
+    return (self.data, *self.indices), (self._format, self._shape)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    self = object.__new__(cls)
+    self.data = children[0]
+    self.indices = tuple(children[1:])
+    self._format, self._shape = aux
+    return self
+
+  # -- static metadata -----------------------------------------------------------------
+  @property
+  def n_batch(self) -> int:
+    return self.data.ndim - 1 - self._format.n_dense
+
+  @property
+  def n_dense(self) -> int:
+    return self._format.n_dense
+
+  @property
+  def n_sparse(self) -> int:
+    return self._format.n_sparse
+
+  @property
+  def format(self) -> Format:
+    return self._format.replace(n_batch=self.n_batch)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(self.data.shape[:self.n_batch]) + self._shape
+
+  @property
+  def nse(self) -> int:
+    """Capacity: number of stored entries per batch element (padding included)."""
+    return self.data.shape[self.n_batch]
+
+  @property
+  def layout(self) -> Layout:
+    return Layout(self.format, self.shape, self.nse)
+
+  @property
+  def dtype(self):
+    return self.data.dtype
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  @property
+  def size(self) -> int:
+    return math.prod(self.shape)
+
+  @property
+  def index_dtype(self):
+    return self.layout.index_dtype
+
+  @property
+  def nnz(self):
+    """Number of entries in use (without padding), per batch element."""
+    return convert.count_entries(self.layout, self.indices)
+
+  def pos(self, level: int) -> jax.Array:
+    """The ``pos`` buffer of a compressed level."""
+    return self._buffer(level, "pos")
+
+  def crd(self, level: int) -> jax.Array:
+    """The ``crd`` buffer of a compressed or singleton level."""
+    return self._buffer(level, "crd")
+
+  def _buffer(self, level, role):
+    for (k, r, _), buf in zip(self.layout.index_shapes, self.indices):
+      if (k, r) == (level, role):
+        return buf
+    raise SparseFormatError(
+        f"SparseArray.{role}: level {level} of format {self.format!r} has no {role} buffer.")
+
+  def __repr__(self):
+    name = self._format.name
+    fmt = name.upper() if name else repr(self._format)
+    extra = "".join(f", {k}={v}" for k, v in (("n_batch", self.n_batch),
+                                               ("n_dense", self.n_dense)) if v)
+    dims = ", ".join(map(str, self.shape))
+    return f"SparseArray({jnp.dtype(self.dtype).name}[{dims}], format={fmt}, nse={self.nse}{extra})"
+
+  # -- conversions -------------------------------------------------------------------------
+  def with_data(self, data) -> SparseArray:
+    """The same pattern with new values (``data`` shaped like ``self.data``)."""
+    return SparseArray._make(data, self.indices, self.format, self.shape)
+
+  def todense(self) -> jax.Array:
+    """The dense array; duplicates are summed, padding ignored.
+
+    Example:
+      >>> import jax.numpy as jnp, jscorch as js
+      >>> js.from_dense(jnp.eye(2), format="coo").todense()
+      Array([[1., 0.],
+             [0., 1.]], dtype=float32)
+    """
+    return convert.todense(self.layout, self.data, self.indices)
+
+  def asformat(self, format: FormatLike, *, nse: int | None = None) -> SparseArray:
+    """The same tensor stored in another format (batch and block dims kept).
+
+    Args:
+      format: the target format or its name.
+      nse: the target capacity (static); default: this array's ``nse``.
+
+    Example:
+      >>> import jax.numpy as jnp, jscorch as js
+      >>> js.from_dense(jnp.eye(3), format="csr").asformat("csc").format
+      Format(dense, compressed, mode_ordering=(1, 0))
+    """
+    from jscorch import _static
+    func = "SparseArray.asformat"
+    fmt = resolve_format(format, self.ndim, n_batch=self.n_batch, n_dense=self.n_dense,
+                         func=func)
+    nse = self.nse if nse is None else _static.static_int(nse, "nse", func)
+    if all(l.kind == "dense" for l in fmt.levels):
+      nse = math.prod(Layout(fmt, self.shape, 0).level_sizes)
+    dst = Layout.make(fmt, self.shape, nse, func)
+    if dst == self.layout:
+      return self
+    data, indices = convert.convert(self.layout, dst, self.data, self.indices, func=func)
+    return SparseArray._make(data, indices, fmt, self.shape)
+
+  def astype(self, dtype) -> SparseArray:
+    """The same pattern with values cast to ``dtype``."""
+    return self.with_data(self.data.astype(dtype))
+
+  def to_scipy(self):
+    """A ``scipy.sparse`` array (csr/csc/coo by format; others as coo). 2-D, unbatched."""
+    from jscorch import interop
+    return interop.to_scipy(self)
+
+  def to_bcoo(self):
+    """A ``jax.experimental.sparse.BCOO`` with the same batch/block dims and padding."""
+    from jscorch import interop
+    return interop.to_bcoo(self)
+
+  def transpose(self, axes: Sequence[int] | None = None) -> SparseArray:
+    """Permutes dimensions; free (a mode-ordering change) within each dimension group.
+
+    Args:
+      axes: a permutation of ``range(ndim)`` (default: reversed). Batch dims must
+        stay among batch dims and block dims among block dims.
+
+    Example:
+      >>> import jax.numpy as jnp, jscorch as js
+      >>> A = js.from_dense(jnp.array([[0., 2.], [3., 0.]]), format="csr")
+      >>> A.T.format == js.CSC, bool((A.T.todense() == A.todense().T).all())
+      (True, True)
+    """
+    from jscorch import _transpose
+    return _transpose.transpose(self, axes)
+
+  @property
+  def T(self) -> SparseArray:
+    return self.transpose()
+
+  def block_until_ready(self):
+    jax.block_until_ready((self.data, self.indices))
+    return self
+
+
+def is_sparse(x) -> bool:
+  """True for a :class:`SparseArray`."""
+  return isinstance(x, SparseArray)

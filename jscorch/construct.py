@@ -1,0 +1,224 @@
+"""Constructors: from dense arrays, coordinate lists, random patterns and the identity."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jscorch import _static
+from jscorch.array import SparseArray
+from jscorch.primitives import checks, convert
+from jscorch.primitives._errors import SparseFormatError
+from jscorch.primitives.formats import FormatLike, resolve_format
+from jscorch.primitives.layout import Layout
+
+
+def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
+               n_batch: int = 0, n_dense: int = 0) -> SparseArray:
+  """A sparse array holding the nonzero entries (blocks) of a dense array.
+
+  Args:
+    x: dense array `[*batch, *sparse, *block]`.
+    format: the storage format (a :class:`Format` or a name); default CSR.
+    nse: capacity per batch element (static). Default: the largest number of
+      nonzero entries of any batch element, which needs a concrete ``x``; under
+      ``jit`` pass it. Extra capacity is padding.
+    n_batch: leading dimensions that are batch dimensions.
+    n_dense: trailing dimensions stored as dense blocks.
+
+  Returns:
+    A :class:`SparseArray` of ``x.shape``. Gradients flow to ``x`` at the stored
+    positions (a gather); ``x``'s zeros get no stored entry.
+
+  Raises:
+    SparseCapacityError: ``nse`` is smaller than the number of nonzeros (under
+      ``jit`` the values are poisoned with NaN instead).
+    TypeError: ``nse`` is traced.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> A = js.from_dense(jnp.array([[1., 0.], [0., 2.]]), format="coo", nse=3)
+    >>> A.nse, A.crd(0), A.crd(1)
+    (3, Array([0, 1, 2], dtype=int32), Array([0, 1, 2], dtype=int32))
+  """
+  func = "from_dense"
+  x = jnp.asarray(x)
+  fmt = resolve_format(format, x.ndim, n_batch=n_batch, n_dense=n_dense, func=func)
+  if fmt.n_sparse < 1:
+    raise SparseFormatError(f"{func}: an array needs at least one sparse dimension; got "
+                            f"x.shape={x.shape} with n_batch={fmt.n_batch}, "
+                            f"n_dense={fmt.n_dense}.")
+  probe = Layout(fmt, x.shape, 0)
+  if all(l.kind == "dense" for l in fmt.levels):
+    nse = math.prod(probe.level_sizes)
+  elif nse is None:
+    if not checks.is_concrete(x):
+      raise TypeError(
+          f"{func}: nse must be given under jit, because the number of nonzeros of a traced "
+          f"x (shape {x.shape}) is unknown at trace time. Pass nse= as a static int.")
+    sparse_axes = tuple(range(fmt.n_batch, fmt.n_batch + fmt.n_sparse))
+    mask = np.asarray(x != 0)
+    if fmt.n_dense:
+      mask = mask.any(axis=tuple(range(x.ndim - fmt.n_dense, x.ndim)))
+    nse = int(mask.sum(axis=sparse_axes).max()) if mask.size else 0
+  nse = _static.static_int(nse, "nse", func)
+  lay = Layout.make(fmt, x.shape, nse, func)
+  data, indices = convert.from_dense(lay, x, func=func)
+  return SparseArray._make(data, indices, fmt, x.shape)
+
+
+def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | None = None,
+             check: bool = True) -> SparseArray:
+  """A sparse array from coordinates and values; sorts and sums duplicates.
+
+  Args:
+    indices: integer `[*batch, n, n_sparse]` coordinates in logical dimension order.
+      Under ``jit``, rows with a coordinate out of range are padding.
+    values: `[*batch, n, *block]`.
+    shape: the full shape ``(*batch, *sparse, *block)`` (static).
+    format: the storage format; batch and block dims are read from the operands.
+    nse: capacity (static). Default: the number of distinct coordinates when the
+      inputs are concrete, else ``n``.
+    check: on concrete input, raise on out-of-range (or negative) coordinates.
+
+  Raises:
+    TypeError: non-integer ``indices``.
+    SparseFormatError: shapes that do not agree, out-of-range coordinates.
+    SparseCapacityError: ``nse`` below the number of distinct coordinates.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> A = js.from_coo(jnp.array([[1, 0], [0, 1], [1, 0]]), jnp.array([1., 2., 3.]),
+    ...                 (2, 2), format="csr")
+    >>> A.todense()
+    Array([[0., 2.],
+           [4., 0.]], dtype=float32)
+  """
+  func = "from_coo"
+  indices, values = jnp.asarray(indices), jnp.asarray(values)
+  shape = _static.static_shape(shape, func)
+  if not jnp.issubdtype(indices.dtype, jnp.integer):
+    raise TypeError(f"{func}: indices must be integers; got dtype {indices.dtype}. Cast them "
+                    "with .astype(jnp.int32).")
+  if indices.ndim < 2:
+    raise SparseFormatError(
+        f"{func}: indices must have shape [*batch, n, n_sparse]; got {indices.shape}. For a "
+        "1-D array pass indices[:, None].")
+  n_batch = indices.ndim - 2
+  n_sparse = indices.shape[-1]
+  n_dense = values.ndim - n_batch - 1
+  fmt = resolve_format(format, len(shape), n_batch=n_batch, n_dense=n_dense, func=func)
+  if fmt.n_sparse != n_sparse or n_dense < 0 or \
+      values.shape[:n_batch + 1] != indices.shape[:-1] or \
+      tuple(shape[:n_batch]) != indices.shape[:n_batch] or \
+      tuple(shape[len(shape) - n_dense:]) != values.shape[n_batch + 1:]:
+    raise SparseFormatError(
+        f"{func}: indices {indices.shape} and values {values.shape} do not fit shape {shape}; "
+        "expected indices [*batch, n, n_sparse] and values [*batch, n, *block] with "
+        "shape == (*batch, *sparse, *block).")
+  sizes = np.asarray(shape[n_batch:n_batch + n_sparse])
+  concrete = checks.is_concrete(indices)
+  if concrete and check and indices.size:
+    host = np.asarray(indices)
+    bad = (host < 0) | (host >= sizes)
+    if bad.any():
+      at = np.argwhere(bad)[0]
+      raise SparseFormatError(
+          f"{func}: coordinate out of range: indices[{', '.join(map(str, at[:-1]))}] = "
+          f"{tuple(int(v) for v in host[tuple(at[:-1])])} for shape {shape}; expected "
+          f"0 <= index < {tuple(int(s) for s in sizes)} in every dimension.")
+  if nse is None:
+    nse = indices.shape[-2]
+    if concrete and indices.size:
+      host = np.asarray(indices).reshape((-1,) + indices.shape[-2:])
+      nse = max(len(np.unique(h[np.all((h >= 0) & (h < sizes), 1)], axis=0)) for h in host)
+  nse = _static.static_int(nse, "nse", func)
+  lay = Layout.make(fmt, shape, nse, func)
+  idt = lay.index_dtype
+  storage = convert.logical_to_storage(lay, indices.astype(idt))
+  storage = jnp.where((storage < 0), jnp.asarray(lay.level_sizes, idt), storage)
+  data, bufs = convert.from_coordinates(lay, storage, values, func=func)
+  return SparseArray._make(data, bufs, fmt, shape)
+
+
+def random(key, shape, density: float, format: FormatLike = "csr", dtype=jnp.float32, *,
+           n_batch: int = 0, n_dense: int = 0) -> SparseArray:
+  """A random sparse array: uniformly placed entries with standard normal values.
+
+  Each batch element gets its own pattern of ``round(density * prod(sparse_shape))``
+  entries (capacity ``nse``). Small index spaces are sampled without replacement;
+  large ones (over 2**24 coordinates) with replacement and de-duplicated, so a few
+  slots may be padding. Integer dtypes get values in ``[1, 10)``.
+
+  Args:
+    key: a ``jax.random`` key.
+    shape: full shape (static). density: fraction in ``[0, 1]`` (static).
+    format, n_batch, n_dense: as in :func:`from_dense`.
+    dtype: the value dtype.
+
+  Example:
+    >>> import jax, jscorch as js
+    >>> A = js.random(jax.random.key(0), (4, 5), 0.5, format="csr")
+    >>> A.nse, int(A.nnz)
+    (10, 10)
+  """
+  func = "random"
+  shape = _static.static_shape(shape, func)
+  fmt = resolve_format(format, len(shape), n_batch=n_batch, n_dense=n_dense, func=func)
+  if not 0 <= float(density) <= 1:
+    raise SparseFormatError(f"{func}: density must be in [0, 1]; got {density}.")
+  probe = Layout(fmt, shape, 0)
+  sizes = probe.sparse_shape
+  space = math.prod(sizes)
+  nse = int(round(float(density) * space))
+  if all(l.kind == "dense" for l in fmt.levels):
+    nse = space
+  batch = probe.batch_shape
+  n_keys = math.prod(batch)
+  keys = jax.random.split(key, 2 * n_keys)
+  keys = keys.reshape(batch + (2,) + keys.shape[1:])
+  idt = Layout.make(fmt, shape, nse, func).index_dtype
+
+  def one(k):
+    k_idx, k_val = k[0], k[1]
+    if space <= 2 ** 24:
+      flat = jax.random.choice(k_idx, space, (nse,), replace=False).astype(idt)
+      coords = jnp.stack(jnp.unravel_index(flat, sizes), -1).astype(idt)
+    else:
+      cols = jax.random.split(k_idx, len(sizes))
+      coords = jnp.stack([jax.random.randint(c, (nse,), 0, s, idt)
+                          for c, s in zip(cols, sizes)], -1)
+    vshape = (nse,) + probe.block_shape
+    if jnp.issubdtype(dtype, jnp.integer):
+      values = jax.random.randint(k_val, vshape, 1, 10, dtype)
+    elif jnp.issubdtype(dtype, jnp.bool_):
+      values = jnp.ones(vshape, dtype)
+    else:
+      values = jax.random.normal(k_val, vshape, dtype)
+    return coords, values
+
+  coords, values = convert.vmap_batch(one, len(batch))(keys)
+  lay = Layout.make(fmt, shape, nse, func)
+  data, bufs = convert.from_coordinates(
+      lay, convert.logical_to_storage(lay, coords), values, func=func)
+  return SparseArray._make(data, bufs, fmt, shape)
+
+
+def eye(n: int, m: int | None = None, k: int = 0, format: FormatLike = "csr",
+        dtype=jnp.float32) -> SparseArray:
+  """The ``n × m`` identity (ones on diagonal ``k``) as a sparse array.
+
+  Example:
+    >>> import jscorch as js
+    >>> js.eye(3, format="coo").todense()[2]
+    Array([0., 0., 1.], dtype=float32)
+  """
+  func = "eye"
+  n = _static.static_int(n, "n", func)
+  m = n if m is None else _static.static_int(m, "m", func)
+  k = _static.static_int(k, "k", func)
+  rows = np.arange(max(0, -k), min(n, m - k))
+  coords = np.stack([rows, rows + k], axis=-1).astype(np.int32).reshape(-1, 2)
+  return from_coo(coords, jnp.ones(len(rows), dtype), (n, m), format=format)

@@ -1,0 +1,2 @@
+"""Flax NNX layers taking SparseArrays (see issue: sparse models)."""
+__all__: list[str] = []

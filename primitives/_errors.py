@@ -1,0 +1,17 @@
+"""The error classes of jscorch, in one place.
+
+Every user-facing error is one of these; each message names the function, what
+was given, what was expected and how to fix it.
+"""
+
+
+class SparseFormatError(ValueError):
+  """A format, shape, buffer layout or coordinate does not fit the rules."""
+
+
+class SparseCapacityError(ValueError):
+  """A sparse result needs more stored entries than its static capacity."""
+
+
+class SparseEfficiencyWarning(UserWarning):
+  """An operation had to do something expensive (densify, fall back)."""

@@ -1,0 +1,247 @@
+"""Conversions between dense arrays, coordinate lists and level buffers (portable).
+
+Everything here is a composition of ``jax.lax`` gathers, scatters, sorts and
+``segment_sum``, so it runs on every backend and JAX derives jvp, transpose and
+batching rules that are exact: the values path is linear (gather / scatter-add),
+the index path is integer and gets no tangent. Batch dimensions are handled by
+``vmap``-ing the per-element function once per batch dimension.
+
+Conventions (DESIGN §3):
+  * coordinates are returned in **storage (level) order** unless a function says
+    ``logical``;
+  * padding leaves have every coordinate equal to the dimension size and value 0;
+    an entry with any coordinate out of range is treated as padding.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from .capacity import enforce_capacity
+from .formats import COMPRESSED, DENSE, SINGLETON
+from .layout import Layout
+
+Indices = tuple[jax.Array, ...]
+
+
+def vmap_batch(f: Callable, n_batch: int) -> Callable:
+  """Maps ``f`` over ``n_batch`` leading dimensions of all its array arguments."""
+  for _ in range(n_batch):
+    f = jax.vmap(f)
+  return f
+
+
+def _element(lay: Layout) -> Layout:
+  """The layout of one batch element."""
+  return Layout(lay.format.replace(n_batch=0), lay.shape[lay.n_batch:], lay.nse)
+
+
+# -- level buffers -> coordinates ------------------------------------------------------
+def _leaf_coordinates_1(lay: Layout, indices: Indices) -> jax.Array:
+  sizes, caps = lay.level_sizes, lay.capacities
+  idt = lay.index_dtype
+  buffers = iter(indices)
+  cols: list[jax.Array] = []
+  for k, lvl in enumerate(lay.format.levels):
+    size, cap = sizes[k], caps[k]
+    if lvl.kind == DENSE:
+      here = jnp.arange(cap, dtype=idt)
+      parent = here // max(size, 1)
+      crd = here % max(size, 1)
+    elif lvl.kind == COMPRESSED:
+      pos, crd = next(buffers), next(buffers)
+      # parent[p] = number of q with pos[q + 1] <= p (positions past the end -> out of range)
+      parent = jnp.cumsum(jnp.zeros(cap, idt).at[pos[1:]].add(1, mode="drop"))
+    else:
+      crd = next(buffers)
+      parent = jnp.arange(cap, dtype=idt)
+    cols = [col.at[parent].get(mode="fill", fill_value=sizes[j]) for j, col in enumerate(cols)]
+    cols.append(crd.astype(idt))
+  coords = jnp.stack(cols, axis=-1) if cols else jnp.zeros((lay.nse, 0), idt)
+  size_row = jnp.asarray(sizes, idt)
+  valid = jnp.all((coords < size_row) & (coords >= 0), axis=-1, keepdims=True)
+  return jnp.where(valid, coords, size_row)
+
+
+def leaf_coordinates(lay: Layout, indices: Indices) -> jax.Array:
+  """Coordinates of every stored entry, in storage order.
+
+  Returns:
+    `[*batch, nse, n_sparse]` integer array; column ``k`` is the coordinate of
+    level ``k``. Padding rows hold the level sizes.
+  """
+  el = _element(lay)
+  return vmap_batch(lambda *idx: _leaf_coordinates_1(el, idx), lay.n_batch)(*indices)
+
+
+def storage_to_logical(lay: Layout, coords: jax.Array) -> jax.Array:
+  """Reorders the last axis of coordinates from level order to dimension order."""
+  return coords[..., list(lay.format.levels_of_dims)]
+
+
+def logical_to_storage(lay: Layout, coords: jax.Array) -> jax.Array:
+  """Reorders the last axis of coordinates from dimension order to level order."""
+  return coords[..., list(lay.format.mode_ordering)]
+
+
+def valid_mask(lay: Layout, coords: jax.Array) -> jax.Array:
+  """`[*batch, nse]` bool: which leaves are in use (coordinates in storage order)."""
+  return jnp.all(coords < jnp.asarray(lay.level_sizes, coords.dtype), axis=-1)
+
+
+def count_entries(lay: Layout, indices: Indices) -> jax.Array:
+  """Number of entries in use, `[*batch]` (duplicates count separately)."""
+  return valid_mask(lay, leaf_coordinates(lay, indices)).sum(-1)
+
+
+# -- level buffers -> dense --------------------------------------------------------------
+def todense(lay: Layout, data: jax.Array, indices: Indices) -> jax.Array:
+  """The dense array `lay.shape`; duplicates are summed, padding is ignored."""
+  el = _element(lay)
+
+  def one(data, *indices):
+    coords = storage_to_logical(el, _leaf_coordinates_1(el, indices))
+    out = jnp.zeros(el.sparse_shape + el.block_shape, data.dtype)
+    return out.at[tuple(coords.T)].add(data, mode="drop")
+
+  return vmap_batch(one, lay.n_batch)(data, *indices)
+
+
+# -- coordinates -> level buffers --------------------------------------------------------
+def _sort_coordinates(coords, data):
+  """Sorts leaves lexicographically (padding rows, holding the sizes, sort last)."""
+  n, n_keys = coords.shape
+  keys = [coords[:, k] for k in range(n_keys)]
+  perm = jax.lax.sort((*keys, jnp.arange(n, dtype=coords.dtype)), num_keys=n_keys)[-1]
+  return coords[perm], data[perm]
+
+
+def _sum_duplicates(coords, valid, data, sizes):
+  """Merges equal adjacent (sorted) rows; in-use rows end up first."""
+  n = coords.shape[0]
+  differs = jnp.any(coords[1:] != coords[:-1], axis=-1)
+  first = jnp.concatenate([jnp.ones((1,), bool), differs]) & valid
+  group = jnp.cumsum(first) - 1
+  target = jnp.where(valid, group, n)
+  new_coords = jnp.broadcast_to(jnp.asarray(sizes, coords.dtype), coords.shape)
+  new_coords = new_coords.at[jnp.where(first, group, n)].set(coords, mode="drop")
+  new_data = jnp.zeros_like(data).at[target].add(data, mode="drop")
+  return new_coords, jnp.arange(n) < first.sum(), new_data
+
+
+def _build_levels_1(lay: Layout, coords, valid, data):
+  """Level buffers of sorted, unique-where-required leaves (storage order)."""
+  sizes, caps = lay.level_sizes, lay.capacities
+  idt = lay.index_dtype
+  n = coords.shape[0]
+  node = jnp.zeros(n, idt)           # position of each leaf's ancestor at this level
+  count = jnp.sum(valid)
+  indices = []
+  for k, lvl in enumerate(lay.format.levels):
+    size, cap, pcap = sizes[k], caps[k], lay.parent_capacity(k)
+    ck = coords[:, k].astype(idt)
+    if lvl.kind == DENSE:
+      node = node * size + jnp.minimum(ck, size - 1) if size else node
+      continue
+    if lvl.kind == COMPRESSED:
+      if lvl.unique:
+        differs = (ck[1:] != ck[:-1]) | (node[1:] != node[:-1])
+        first = jnp.concatenate([jnp.ones((1,), bool), differs]) & valid
+      else:
+        first = valid
+      child = (jnp.cumsum(first) - 1).astype(idt)
+      per_parent = jax.ops.segment_sum(first.astype(idt), jnp.where(first, node, pcap),
+                                       num_segments=pcap)
+      pos = jnp.minimum(jnp.concatenate([jnp.zeros((1,), idt), jnp.cumsum(per_parent)]), cap)
+      crd = jnp.full(cap, size, idt).at[jnp.where(first, child, cap)].set(ck, mode="drop")
+      indices += [pos.astype(idt), crd]
+      node, count = child, first.sum()
+    else:
+      assert lvl.kind == SINGLETON
+      crd = jnp.full(cap, size, idt).at[jnp.where(valid, node, cap)].set(ck, mode="drop")
+      indices.append(crd)
+  leaf = jnp.where(valid, node, lay.nse)
+  out = jnp.zeros((lay.nse,) + data.shape[1:], data.dtype).at[leaf].add(data, mode="drop")
+  return out, tuple(indices), count
+
+
+def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: str,
+                     is_sorted: bool = False, is_unique: bool = False):
+  """Level buffers for the format ``lay.format`` from a coordinate list.
+
+  Args:
+    lay: the output layout (its ``nse`` is the output capacity).
+    coords: `[*batch, n, n_sparse]` coordinates in **storage order** of ``lay``;
+      rows with a coordinate out of range are padding.
+    data: `[*batch, n, *block]` values.
+    func: public function name for capacity errors.
+    is_sorted: rows are already in lexicographic storage order, padding last.
+    is_unique: rows are already free of duplicates.
+
+  Returns:
+    ``(data, indices)`` of the layout; duplicates are summed when the format is
+    unique. Overflow of ``lay.nse`` raises (eager) or poisons the values (jit).
+  """
+  el = _element(lay)
+  sizes = jnp.asarray(el.level_sizes, coords.dtype)
+
+  def one(coords, data):
+    valid = jnp.all((coords < sizes) & (coords >= 0), axis=-1)
+    coords = jnp.where(valid[:, None], coords, sizes)
+    data = jnp.where(valid.reshape((-1,) + (1,) * (data.ndim - 1)), data, 0)
+    if not is_sorted:
+      coords, data = _sort_coordinates(coords, data)
+      valid = jnp.all(coords < sizes, axis=-1)
+    if el.format.unique and not is_unique:
+      coords, valid, data = _sum_duplicates(coords, valid, data, el.level_sizes)
+    return _build_levels_1(el, coords, valid, data)
+
+  out, indices, count = vmap_batch(one, lay.n_batch)(coords, data)
+  return enforce_capacity(count, lay.nse, out, func), indices
+
+
+def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):
+  """Level buffers of ``x`` (shape ``lay.shape``) keeping its nonzeros.
+
+  An entry (block) is stored when any of its elements is nonzero. Entries beyond
+  ``lay.nse`` raise (eager) or poison the values (jit).
+  """
+  el = _element(lay)
+  n_sp = el.n_sparse
+  block_axes = tuple(range(n_sp, n_sp + el.n_dense))
+  perm = tuple(el.format.mode_ordering) + block_axes
+  sizes = el.level_sizes
+  all_dense = all(l.kind == DENSE for l in el.format.levels)
+
+  def one(x):
+    xs = jnp.transpose(x, perm)
+    mask = jnp.any(xs != 0, axis=block_axes) if block_axes else xs != 0
+    if all_dense:
+      mask = jnp.ones_like(mask)
+    nz = jnp.nonzero(mask, size=el.nse, fill_value=sizes)
+    coords = jnp.stack(nz, axis=-1).astype(el.index_dtype)
+    values = xs.at[nz].get(mode="fill", fill_value=0)
+    valid = jnp.all(coords < jnp.asarray(sizes, coords.dtype), axis=-1)
+    out, indices, _ = _build_levels_1(el, coords, valid, values)
+    return out, indices, mask.sum()
+
+  out, indices, count = vmap_batch(one, lay.n_batch)(x)
+  return enforce_capacity(count, lay.nse, out, func), indices
+
+
+def convert(src: Layout, dst: Layout, data: jax.Array, indices: Indices,
+            *, func: str = "asformat"):
+  """Level buffers of the same tensor in the layout ``dst`` (same shape).
+
+  Duplicates are summed when ``dst`` is unique; the capacity ``dst.nse`` must be
+  at least the number of distinct entries.
+  """
+  assert src.shape == dst.shape, (src.shape, dst.shape)
+  coords = leaf_coordinates(src, indices)
+  logical = storage_to_logical(src, coords)
+  same_order = src.format.mode_ordering == dst.format.mode_ordering
+  return from_coordinates(dst, logical_to_storage(dst, logical), data, func=func,
+                          is_sorted=same_order and src.format.ordered,
+                          is_unique=src.format.unique)
+
