@@ -37,3 +37,5 @@ __all__ = [
     "config", "dense", "eye", "from_bcoo", "from_coo", "from_dense", "from_scipy", "grad",
     "is_sparse", "random", "singleton", "value_and_grad",
 ]
+from jscorch.einsum import einsum as einsum  # noqa: E402
+__all__.append("einsum")

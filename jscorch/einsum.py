@@ -1,0 +1,284 @@
+"""``js.einsum``: Einstein summation over any mix of sparse and dense operands."""
+from __future__ import annotations
+
+import string
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jscorch import _static
+from jscorch.array import SparseArray, is_sparse
+from jscorch.primitives import einsum_portable
+from jscorch.primitives._errors import SparseFormatError
+from jscorch.primitives.einsum import einsum_bind
+from jscorch.primitives.einsum_spec import (DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec,
+                                            Operand)
+from jscorch.primitives.formats import Format, FormatLike, compressed, dense, resolve_format
+from jscorch.primitives.layout import Layout
+from jscorch.primitives.planner import make_plan
+
+_LETTERS = string.ascii_letters
+_ELLIPSIS_BASE = 1000      # ids of '...' dimensions, counted from the right
+
+
+def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = None,
+           nse: int | None = None, work: int | None = None):
+  """Einstein summation where any operand may be a :class:`SparseArray`.
+
+  Follows ``jnp.einsum``'s rules (implicit/explicit output, repeated and summed
+  indices, ``...`` broadcasting). The output format is inferred (Scorch):
+
+  * **sampled** — the output has exactly the indices of a sparse operand (up to
+    order): the result has that operand's pattern (SDDMM ``ij,ik,jk->ij``,
+    ``A * X``, ``A * B``); no dense intermediate is formed;
+  * **sparse** — two or more sparse operands multiply and every output index is
+    one of their batch or sparse indices (``ij,jk->ik`` for sparse A, B): a new
+    CSR-like pattern with capacity ``nse``;
+  * **dense** otherwise (SpMV, SpMM, MTTKRP, reductions).
+
+  Args:
+    subscripts: the einsum expression, e.g. ``"ij,jk->ik"``.
+    *operands: dense arrays and SparseArrays (any format, batch and block dims).
+    out_format: ``"dense"`` to force a dense result, or a format (object or name)
+      for a new sparse pattern.
+    nse: capacity of a new sparse result (static). Eager calls compute the exact
+      size when omitted; under ``jit`` it is required.
+    work: capacity of the intermediate join when two sparse operands contract
+      over an index (portable lowering; the entries of A times the matching
+      entries of B). Eager calls size it exactly; under ``jit`` it is required
+      for such products. Overflow poisons the result with NaN (see
+      :mod:`jscorch.primitives.capacity`).
+
+  Returns:
+    A dense array or a :class:`SparseArray`.
+
+  Raises:
+    ValueError: malformed subscripts, operand count or rank mismatch, mismatched
+      sizes, output indices absent from the inputs, missing capacities under jit.
+    TypeError: an operand that is not an array.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jscorch as js
+    >>> A = js.from_dense(jnp.array([[1., 0.], [0., 2.]]))
+    >>> js.einsum("ij,jk->ik", A, jnp.ones((2, 3)))
+    Array([[1., 1., 1.],
+           [2., 2., 2.]], dtype=float32)
+    >>> js.einsum("ij,ij->ij", A, jnp.full((2, 2), 3.)).data
+    Array([3., 6.], dtype=float32)
+  """
+  func = "einsum"
+  if not isinstance(subscripts, str):
+    raise TypeError(f"{func}: subscripts must be a string like 'ij,jk->ik'; got "
+                    f"{type(subscripts).__name__}.")
+  ops = [_as_operand(x, k, func) for k, x in enumerate(operands)]
+  in_ids, out_ids = _parse(subscripts, ops, func)
+  sizes = _sizes(in_ids, ops, subscripts, func)
+  ops = [_prepare_dense(x, ids, sizes) if not is_sparse(x) else x for x, ids in zip(ops, in_ids)]
+  in_ids = [tuple(dict.fromkeys(ids)) if not is_sparse(x) and len(set(ids)) < len(ids) else ids
+            for x, ids in zip(operands, in_ids)]
+  if not any(is_sparse(x) for x in ops):
+    return _dense_einsum(ops, in_ids, out_ids)
+  dtype = jnp.result_type(*[x.dtype for x in ops])
+  ops = [x.astype(dtype) for x in ops]
+  spec_ops = tuple(Operand(tuple(ids), x.layout if is_sparse(x) else None)
+                   for x, ids in zip(ops, in_ids))
+  flat = []
+  for x in ops:
+    flat += [x.data, *x.indices] if is_sparse(x) else [x]
+  size_pairs = tuple(sorted(sizes.items()))
+  kind, out_layout, pattern = _infer_output(ops, in_ids, out_ids, sizes, out_format, func)
+  spec = EinsumSpec(spec_ops, tuple(out_ids), size_pairs, kind, out_layout, 0)
+  spec = _with_capacities(spec, flat + list(pattern), nse, work, func)
+  result = einsum_bind(spec, *flat, *pattern)
+  if kind == DENSE_OUT:
+    return result[0]
+  lay = spec.out_layout
+  indices = pattern if kind == SAMPLED_OUT else result[1:]
+  return SparseArray._make(result[0], indices, lay.format, lay.shape)
+
+
+def _as_operand(x, k, func):
+  if is_sparse(x):
+    return x
+  if isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex, bool)) or \
+      hasattr(x, "__jax_array__"):
+    return jnp.asarray(x)
+  raise TypeError(f"{func}: operand {k} must be an array or a SparseArray; got "
+                  f"{type(x).__name__}.")
+
+
+def _parse(subscripts: str, ops, func):
+  text = subscripts.replace(" ", "")
+  if "->" in text:
+    lhs, rhs = text.split("->", 1)
+  else:
+    lhs, rhs = text, None
+  terms = lhs.split(",")
+  if len(terms) != len(ops):
+    raise ValueError(f"{func}: subscripts {subscripts!r} name {len(terms)} operand(s) but "
+                     f"{len(ops)} were given.")
+  for term in terms + ([rhs] if rhs is not None else []):
+    bad = set(term.replace("...", "")) - set(_LETTERS)
+    if bad or term.replace("...", "").count(".") or term.count("...") > 1:
+      raise ValueError(f"{func}: invalid character(s) {sorted(bad) or ['.']} in subscripts "
+                       f"{subscripts!r}; use letters a-z, A-Z and at most one '...' per term.")
+  in_ids, n_ell = [], 0
+  for k, (term, x) in enumerate(zip(terms, ops)):
+    ids = _term_ids(term, x, k, subscripts, func)
+    n_ell = max(n_ell, sum(1 for i in ids if i >= _ELLIPSIS_BASE))
+    in_ids.append(ids)
+  ell = [_ELLIPSIS_BASE + n_ell - 1 - j for j in range(n_ell)]
+  if rhs is None:
+    counts = {}
+    for ids in in_ids:
+      for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    letters = sorted((i for i, c in counts.items() if c == 1 and i < _ELLIPSIS_BASE),
+                     key=lambda i: _LETTERS[i])
+    out = ell + letters
+  else:
+    if rhs.count("...") and not n_ell and "..." not in lhs:
+      raise ValueError(f"{func}: output of {subscripts!r} uses '...' but no input does.")
+    out = []
+    for part in rhs.split("..."):
+      out.append([_LETTERS.index(c) for c in part])
+    out = out[0] + (ell + out[1] if len(out) > 1 else [])
+    if len(set(out)) != len(out):
+      raise ValueError(f"{func}: output subscripts of {subscripts!r} repeat an index.")
+    present = {i for ids in in_ids for i in ids}
+    missing = [_LETTERS[i] for i in out if i not in present and i < _ELLIPSIS_BASE]
+    if missing:
+      raise ValueError(f"{func}: output index {missing} of {subscripts!r} appears in no "
+                       "input; every output index must come from an operand.")
+  return in_ids, out
+
+
+def _term_ids(term, x, k, subscripts, func):
+  ndim = x.ndim
+  if "..." in term:
+    left, right = term.split("...")
+    n_ell = ndim - len(left) - len(right)
+    if n_ell < 0:
+      raise ValueError(f"{func}: operand {k} has rank {ndim} but term {term!r} of "
+                       f"{subscripts!r} names more dimensions.")
+    ids = [_LETTERS.index(c) for c in left] + \
+        [_ELLIPSIS_BASE + n_ell - 1 - j for j in range(n_ell)] + [_LETTERS.index(c) for c in right]
+  else:
+    ids = [_LETTERS.index(c) for c in term]
+    if len(ids) != ndim:
+      raise ValueError(f"{func}: operand {k} has rank {ndim} (shape "
+                       f"{tuple(x.shape)}) but term {term!r} of {subscripts!r} "
+                       f"names {len(ids)} dimensions.")
+  return ids
+
+
+def _sizes(in_ids, ops, subscripts, func):
+  sizes, first = {}, {}
+  for k, (ids, x) in enumerate(zip(in_ids, ops)):
+    for axis, (i, n) in enumerate(zip(ids, x.shape)):
+      if i not in sizes or sizes[i] == 1 and not is_sparse(ops[first[i][0]]):
+        if i in sizes and n == 1:
+          continue
+        sizes[i], first[i] = n, (k, axis)
+      elif n != sizes[i] and not (n == 1 and not is_sparse(x)):
+        k0, a0 = first[i]
+        raise ValueError(
+            f"{func}: index {_name(i)!r} of {subscripts!r} has size {sizes[i]} in operand {k0} "
+            f"(axis {a0}) but {n} in operand {k} (axis {axis}); sizes of a shared index must "
+            "agree (dense operands may broadcast from 1).")
+  return sizes
+
+
+def _name(i):
+  return _LETTERS[i] if i < _ELLIPSIS_BASE else "..."
+
+
+def _prepare_dense(x, ids, sizes):
+  """Takes diagonals of repeated indices and broadcasts size-1 axes."""
+  uniq = list(dict.fromkeys(ids))
+  if len(uniq) < len(ids):
+    x = jnp.einsum(x, list(ids), uniq)
+  return jnp.broadcast_to(x, tuple(sizes[i] for i in uniq))
+
+
+def _dense_einsum(ops, in_ids, out_ids):
+  args = []
+  for x, ids in zip(ops, in_ids):
+    args += [x, list(ids)]
+  return jnp.einsum(*args, list(out_ids))
+
+
+def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
+  """Returns ``(kind, out_layout, pattern buffers)`` following Scorch's rules."""
+  out = tuple(out_ids)
+  if isinstance(out_format, str) and out_format.lower() == "dense":
+    return DENSE_OUT, None, ()
+  for x, ids in zip(ops, in_ids):
+    if is_sparse(x) and sorted(ids) == sorted(out) and len(set(ids)) == len(ids):
+      view = x.transpose([list(ids).index(i) for i in out]) if tuple(ids) != out else x
+      if out_format is None or resolve_format(out_format, len(out), n_batch=view.n_batch,
+                                              n_dense=view.n_dense, func=func) == view.format:
+        if _groups_kept(x, ids, out):
+          return SAMPLED_OUT, view.layout, tuple(view.indices)
+  sparse_ops = [(x, ids) for x, ids in zip(ops, in_ids) if is_sparse(x)]
+  bound = {i for x, ids in sparse_ops for i in ids[:x.n_batch + x.n_sparse]}
+  if out_format is None:
+    if len(sparse_ops) < 2 or not out or not set(out) <= bound:
+      return DENSE_OUT, None, ()
+  n_batch = 0
+  batch_ids = {i for x, ids in sparse_ops for i in ids[:x.n_batch]}
+  while n_batch < len(out) and out[n_batch] in batch_ids:
+    n_batch += 1
+  n_dense = 0
+  while n_dense < len(out) - n_batch and out[len(out) - 1 - n_dense] not in bound:
+    n_dense += 1
+  if any(i not in bound for i in out[n_batch:len(out) - n_dense]):
+    raise ValueError(f"{func}: a sparse result needs each output index to be a batch or sparse "
+                     f"index of a sparse operand (or a trailing block dim); got output "
+                     f"{''.join(_name(i) for i in out)}. Pass out_format='dense'.")
+  n_sparse = len(out) - n_batch - n_dense
+  if out_format is None:
+    levels = (compressed,) if n_sparse == 1 else (dense,) + (compressed,) * (n_sparse - 1)
+    fmt = Format(*levels, n_batch=n_batch, n_dense=n_dense)
+  else:
+    fmt = resolve_format(out_format, len(out), n_batch=n_batch, n_dense=n_dense, func=func)
+  return SPARSE_OUT, Layout.make(fmt, tuple(sizes[i] for i in out), 0, func), ()
+
+
+def _groups_kept(x, ids, out):
+  nb, ns = x.n_batch, x.n_sparse
+  pos = [out.index(i) for i in ids]
+  return sorted(pos[:nb]) == list(range(nb)) and \
+      sorted(pos[nb:nb + ns]) == list(range(nb, nb + ns))
+
+
+def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
+  expands = make_plan(spec).expands
+  needs_nse = spec.out_kind == SPARSE_OUT
+  if not expands and not needs_nse:
+    return spec
+  concrete = not any(isinstance(x, jax.core.Tracer) for x in flat)
+  if (expands and work is None) or (needs_nse and nse is None):
+    if not concrete:
+      what = []
+      if needs_nse and nse is None:
+        what.append("nse= (capacity of the sparse result)")
+      if expands and work is None:
+        what.append("work= (capacity of the join of the sparse operands that contract: "
+                    "at least the number of matching entry pairs)")
+      raise ValueError(
+          f"{func}: {spec} multiplies sparse operands with a data-dependent result size; under "
+          f"jit pass {' and '.join(what)} as static ints, or call it eagerly once to learn "
+          "the exact sizes.")
+    exact_work, exact_nse = einsum_portable.exact_capacities(
+        spec.replace(out_layout=spec.out_layout.replace(nse=max(nse or 0, 1)))
+        if needs_nse else spec, *flat)
+    work = exact_work if work is None else work
+    nse = exact_nse if nse is None else nse
+  if needs_nse:
+    nse = _static.static_int(nse, "nse", func)
+    lay = spec.out_layout
+    spec = spec.replace(out_layout=Layout.make(lay.format, lay.shape, nse, func))
+  return spec.replace(work=_static.static_int(work, "work", func) if expands else 0)

@@ -1,0 +1,318 @@
+"""Portable evaluation of a sparse einsum: joins, gathers, one dense einsum, one scatter.
+
+This is the reference lowering (``jscorch.config.lowering = "portable"``); it is
+built from sorts, gathers, ``jnp.einsum`` and ``segment_sum`` and runs on every
+backend. Following the :class:`Plan`:
+
+1. every sparse source becomes a **row table**: one row per stored entry, holding
+   the coordinate of each batch/sparse index, the row's position in the source's
+   flattened values, and a validity bit (padding and disagreeing repeated indices
+   are invalid);
+2. sources are **joined** in plan order by sort-merge on their shared indices:
+   a *lookup* keeps the row count, an *expand* enumerates all matching pairs into
+   ``spec.work`` rows (overflow is never silent);
+3. each operand is **gathered** at the rows' coordinates (dense operands by their
+   bound axes, sparse values by row position) and multiplied in one
+   ``jnp.einsum`` over the row axis, masked by validity;
+4. the per-row values are **assembled**: scattered into a dense result,
+   segment-summed into the sampled pattern, or coalesced into a new pattern.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import convert
+from .capacity import enforce_capacity
+from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand
+from .planner import PATTERN, make_plan, source_operand
+
+_ROW = -1        # the row axis id in the final jnp.einsum
+
+
+@dataclasses.dataclass
+class _Table:
+  """Rows of a (partial) join: coordinates per index id, source row per source."""
+  cols: dict
+  ptr: dict
+  valid: jax.Array
+
+  @property
+  def n(self) -> int:
+    return self.valid.shape[0]
+
+  def take(self, rows) -> _Table:
+    return _Table({i: c[rows] for i, c in self.cols.items()},
+                  {s: p[rows] for s, p in self.ptr.items()}, self.valid[rows])
+
+
+def _rows(spec: EinsumSpec, source: int, indices) -> _Table:
+  """The row table of one sparse source (rows = flattened ``[*batch, nse]``)."""
+  op = source_operand(spec, source)
+  lay = op.layout
+  coords = convert.storage_to_logical(lay, convert.leaf_coordinates(lay, indices))
+  n_rows = math.prod(lay.batch_shape) * lay.nse
+  idt = coords.dtype
+  columns = []
+  for axis, size in enumerate(lay.batch_shape):
+    iota = jax.lax.broadcasted_iota(idt, lay.batch_shape + (lay.nse,), axis)
+    columns.append(iota.reshape(n_rows))
+  flat = coords.reshape(n_rows, lay.n_sparse)
+  columns += [flat[:, d] for d in range(lay.n_sparse)]
+  valid = jnp.all(flat < jnp.asarray(lay.sparse_shape, idt), axis=1)
+  cols = {}
+  for index, col in zip(op.bound, columns):
+    if index in cols:
+      valid &= cols[index] == col
+    else:
+      cols[index] = col
+  return _Table(cols, {source: jnp.arange(n_rows, dtype=idt)}, valid)
+
+
+def _merge_sorted(t_keys, s_keys, n_t, n_s):
+  """Sorts S rows then T rows by key (S first on ties); returns the merged order info."""
+  flag = jnp.concatenate([jnp.zeros(n_s, jnp.int32), jnp.ones(n_t, jnp.int32)])
+  ids = jnp.arange(n_s + n_t, dtype=jnp.int32)
+  keys = [jnp.concatenate([s, t]) for s, t in zip(s_keys, t_keys)]
+  out = jax.lax.sort((*keys, flag, ids), num_keys=len(keys) + 1)
+  keys, flag, ids = out[:-2], out[-2], out[-1]
+  differs = jnp.zeros(n_s + n_t - 1, bool)
+  for k in keys:
+    differs |= k[1:] != k[:-1]
+  new_group = jnp.concatenate([jnp.ones((1,), bool), differs])
+  return flag == 0, ids, new_group
+
+
+def _keys(table: _Table, index_ids, sizes_of, invalid_to_size: bool):
+  out = []
+  for i in index_ids:
+    col = table.cols[i]
+    out.append(jnp.where(table.valid, col, sizes_of(i)) if invalid_to_size else col)
+  return out
+
+
+def _lookup(spec, table: _Table, src: _Table, source: int) -> _Table:
+  """Joins a unique source whose bound indices are all bound already (≤ 1 match per row)."""
+  ids = list(src.cols)
+  n_t, n_s = table.n, src.n
+  is_s, order, new_group = _merge_sorted(
+      _keys(table, ids, spec.size, True), _keys(src, ids, spec.size, True), n_t, n_s)
+  pos = jnp.arange(n_t + n_s)
+  last_s = jax.lax.cummax(jnp.where(is_s, pos, -1))
+  group = jnp.cumsum(new_group)
+  same = (last_s >= 0) & (group[jnp.maximum(last_s, 0)] == group)
+  s_row = order[jnp.maximum(last_s, 0)]
+  t_at = jnp.where(is_s, n_t, order - n_s)
+  match = jnp.zeros(n_t, jnp.int32).at[t_at].set(s_row, mode="drop")
+  found = jnp.zeros(n_t, bool).at[t_at].set(same, mode="drop")
+  joined = dataclasses.replace(table, ptr=dict(table.ptr), valid=table.valid & found)
+  joined.valid &= src.valid[match]
+  joined.ptr[source] = src.ptr[source][match]
+  return joined
+
+
+def _expand(spec, table: _Table, src: _Table, source: int, work: int | None):
+  """Joins a source that binds new indices: every matching (row, source row) pair.
+
+  ``work`` is the static row capacity; ``None`` (eager only) sizes it exactly.
+  """
+  shared = [i for i in src.cols if i in table.cols]
+  n_t, n_s = table.n, src.n
+  is_s, order, new_group = _merge_sorted(
+      _keys(table, shared, spec.size, True), _keys(src, shared, spec.size, True), n_t, n_s)
+  pos = jnp.arange(n_t + n_s)
+  s_before = jnp.cumsum(is_s) - is_s                     # S rows strictly before each position
+  group_start = jax.lax.cummax(jnp.where(new_group, pos, 0))
+  lo = s_before[group_start]
+  count = s_before - lo
+  t_at = jnp.where(is_s, n_t, order - n_s)
+  lo_t = jnp.zeros(n_t, jnp.int32).at[t_at].set(lo, mode="drop")
+  count_t = jnp.zeros(n_t, jnp.int32).at[t_at].set(count, mode="drop")
+  count_t = jnp.where(table.valid, count_t, 0)
+  s_order = jnp.zeros(n_s, jnp.int32).at[jnp.where(is_s, s_before, n_s)].set(order, mode="drop")
+  ends = jnp.cumsum(count_t)
+  total = ends[-1] if n_t else jnp.int32(0)
+  if work is None:
+    work = int(total)
+  p = jnp.arange(work, dtype=jnp.int32)
+  t = jnp.minimum(jnp.searchsorted(ends, p, side="right"), max(n_t - 1, 0)).astype(jnp.int32)
+  j = p - (ends[t] - count_t[t])
+  s = s_order[jnp.clip(lo_t[t] + j, 0, max(n_s - 1, 0))]
+  joined = table.take(t)
+  joined.valid = joined.valid & (p < total) & src.valid[s]
+  for i, col in src.cols.items():
+    if i not in joined.cols:
+      joined.cols[i] = col[s]
+  joined.ptr[source] = src.ptr[source][s]
+  return joined, total
+
+
+def _join(spec: EinsumSpec, groups, pattern, work):
+  """Joins the sparse sources in plan order; returns the table and the largest expansion."""
+  table, needed = None, None
+  for mode, source in make_plan(spec).steps:
+    idx = pattern if source == PATTERN else groups[source][1:]
+    src = _rows(spec, source, idx)
+    if mode == "scan":
+      table = src
+    elif mode == "lookup":
+      table = _lookup(spec, table, src, source)
+    else:
+      table, total = _expand(spec, table, src, source, work)
+      needed = total if needed is None else jnp.maximum(needed, total)
+  return table, needed
+
+
+def exact_capacities(spec: EinsumSpec, *flat) -> tuple[int, int]:
+  """Eager symbolic phase: the exact ``(work, nse)`` that ``spec`` needs on these inputs.
+
+  ``work`` is the largest intermediate join; ``nse`` the most distinct output
+  entries of any batch element (0 unless the output is a new sparse pattern).
+  """
+  groups, pattern = spec.split_inputs(flat)
+  table, needed = _join(spec, groups, pattern, None)
+  work = 0 if needed is None else int(needed)
+  if spec.out_kind != SPARSE_OUT:
+    return work, 0
+  out = spec.out_operand
+  valid = np.asarray(table.valid)
+  keys = np.stack([np.asarray(table.cols[i]) for i in out.bound], axis=1)[valid]
+  if not len(keys):
+    return work, 0
+  rows = np.unique(keys, axis=0)
+  n_b = out.layout.n_batch
+  if not n_b:
+    return work, len(rows)
+  _, counts = np.unique(rows[:, :n_b], axis=0, return_counts=True)
+  return work, int(counts.max())
+
+
+def evaluate(spec: EinsumSpec, *flat):
+  """Evaluates ``spec`` on flat inputs; returns the list of flat outputs."""
+  groups, pattern = spec.split_inputs(flat)
+  table, needed_work = _join(spec, groups, pattern, spec.work)
+
+  operands, subscripts = [], []
+  for k, (op, bufs) in enumerate(zip(spec.operands, groups)):
+    if op.sparse:
+      lay = op.layout
+      data = bufs[0].reshape((-1,) + lay.block_shape)
+      operands.append(data.at[table.ptr[k]].get(mode="fill", fill_value=0))
+      subscripts.append((_ROW,) + op.block)
+      continue
+    array = bufs[0]
+    bound = [a for a, i in enumerate(op.indices) if i in table.cols]
+    if not bound:
+      operands.append(array)
+      subscripts.append(op.indices)
+      continue
+    rest = [a for a in range(array.ndim) if a not in bound]
+    moved = jnp.transpose(array, bound + rest)
+    where = tuple(table.cols[op.indices[a]] for a in bound)
+    operands.append(moved.at[where].get(mode="fill", fill_value=0))
+    subscripts.append((_ROW,) + tuple(op.indices[a] for a in rest))
+  dtype = jnp.result_type(*[o.dtype for o in operands])
+  operands.append(table.valid.astype(dtype))
+  subscripts.append((_ROW,))
+
+  if spec.out_kind == DENSE_OUT:
+    out = _assemble_dense(spec, table, operands, subscripts)
+  elif spec.out_kind == SAMPLED_OUT:
+    out = [_assemble_sampled(spec, table, operands, subscripts)]
+  else:
+    out = _assemble_sparse(spec, table, operands, subscripts)
+  if needed_work is not None:
+    out[0] = enforce_capacity(needed_work, spec.work, out[0],
+                              "einsum (intermediate join, work=)")
+  return out
+
+
+def _einsum(operands, subscripts, out_subscripts):
+  args = []
+  for o, s in zip(operands, subscripts):
+    args += [o, [_sub(i) for i in s]]
+  return jnp.einsum(*args, [_sub(i) for i in out_subscripts],
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+def _sub(i):
+  """Einsum subscripts are small non-negative ints; shift ours (row id is -1)."""
+  return i + 1
+
+
+def _assemble_dense(spec, table, operands, subscripts):
+  bound = [i for i in spec.out if i in table.cols]
+  free = [i for i in spec.out if i not in table.cols]
+  if not bound:
+    return [_einsum(operands, subscripts, free)]
+  vals = _einsum(operands, subscripts, [_ROW] + free)
+  shape = tuple(spec.size(i) for i in bound) + tuple(spec.size(i) for i in free)
+  where = tuple(table.cols[i] for i in bound)
+  result = jnp.zeros(shape, vals.dtype).at[where].add(vals, mode="drop")
+  order = bound + free
+  return [jnp.transpose(result, [order.index(i) for i in spec.out])]
+
+
+def _assemble_sampled(spec, table, operands, subscripts):
+  out = spec.out_operand
+  lay = out.layout
+  vals = _einsum(operands, subscripts, [_ROW] + list(out.block))
+  n_rows = math.prod(lay.batch_shape) * lay.nse
+  summed = jax.ops.segment_sum(vals, table.ptr[PATTERN], num_segments=n_rows)
+  return summed.reshape(lay.data_shape)
+
+
+def _assemble_sparse(spec, table, operands, subscripts):
+  out = spec.out_operand
+  lay = out.layout
+  vals = _einsum(operands, subscripts, [_ROW] + list(out.block))
+  batch_ids = out.indices[:lay.n_batch]
+  sparse_ids = out.indices[lay.n_batch:lay.n_batch + lay.n_sparse]
+  storage_ids = [sparse_ids[d] for d in lay.format.mode_ordering]
+  idt = lay.index_dtype
+  keys = [jnp.where(table.valid, table.cols[i], spec.size(i)).astype(idt)
+          for i in list(batch_ids) + storage_ids]
+  n = table.n
+  order = jax.lax.sort((*keys, jnp.arange(n, dtype=idt)), num_keys=len(keys))[-1]
+  keys = [k[order] for k in keys]
+  vals = vals[order]
+  valid = table.valid[order]
+  differs = jnp.zeros(max(n - 1, 0), bool)
+  for k in keys:
+    differs |= k[1:] != k[:-1]
+  first = jnp.concatenate([jnp.ones((min(n, 1),), bool), differs]) & valid
+  unique_id = jnp.cumsum(first) - 1
+  # Rank within the batch element: unique id minus the first unique id of that batch.
+  n_b = len(batch_ids)
+  if n_b:
+    bdiff = jnp.zeros(max(n - 1, 0), bool)
+    for k in keys[:n_b]:
+      bdiff |= k[1:] != k[:-1]
+    bstart = jnp.concatenate([jnp.ones((min(n, 1),), bool), bdiff])
+    first_uid = jax.lax.cummax(jnp.where(bstart, unique_id, -1))
+    rank = unique_id - first_uid
+    flat_b = jnp.ravel_multi_index(tuple(jnp.minimum(k, s - 1) for k, s in
+                                         zip(keys[:n_b], lay.batch_shape)),
+                                   lay.batch_shape, mode="clip")
+  else:
+    rank, flat_b = unique_id, jnp.zeros(n, idt)
+  n_batch_total = math.prod(lay.batch_shape)
+  slot = jnp.where(valid, flat_b * lay.nse + rank, n_batch_total * lay.nse)
+  slot = jnp.where(valid & (rank < lay.nse), slot, n_batch_total * lay.nse)
+  sizes = jnp.asarray(lay.level_sizes, idt)
+  coords = jnp.broadcast_to(sizes, (n_batch_total * lay.nse, lay.n_sparse))
+  coords = coords.at[slot].set(jnp.stack(keys[n_b:], -1), mode="drop")
+  data = jnp.zeros((n_batch_total * lay.nse,) + vals.shape[1:], vals.dtype)
+  data = data.at[slot].add(vals, mode="drop")
+  counts = jax.ops.segment_sum(first.astype(idt), jnp.where(valid, flat_b, n_batch_total),
+                               num_segments=n_batch_total)
+  coords = coords.reshape(lay.batch_shape + (lay.nse, lay.n_sparse))
+  data = data.reshape(lay.data_shape)
+  data, indices = convert.from_coordinates(lay, coords, data, func="einsum",
+                                           is_sorted=True, is_unique=True)
+  data = enforce_capacity(counts.max() if n_batch_total else 0, lay.nse, data, "einsum")
+  return [data, *indices]

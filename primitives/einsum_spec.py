@@ -1,0 +1,128 @@
+"""The static description of one sparse einsum: operands, indices, output kind.
+
+Indices are integer ids (not letters), so rules can always mint fresh ones. A
+sparse operand lists one id per logical dimension ``(*batch, *sparse, *block)``;
+a dense operand one id per axis. The output is one of
+
+* ``"dense"``: an array over ``out`` indices;
+* ``"sampled"``: values at a given pattern (``out_layout``), whose index buffers
+  are extra inputs after the operands (SDDMM, ``A * X``, sparse gradients);
+* ``"sparse"``: a new pattern with static capacity ``out_layout.nse`` (sparse ×
+  sparse); the result is ``(data, *indices)``.
+
+Flat inputs, in order: each operand's buffers (dense: the array; sparse: ``data``
+then its index buffers), then the sampled pattern's index buffers.
+
+Example:
+  >>> from jscorch.primitives.layout import Layout
+  >>> from jscorch.primitives.formats import CSR
+  >>> spec = EinsumSpec((Operand((0, 1), Layout(CSR, (3, 4), 5)), Operand((1, 2))),
+  ...                   out=(0, 2), sizes=((0, 3), (1, 4), (2, 6)))
+  >>> spec.out_shape, spec.n_inputs
+  ((3, 6), 4)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from .layout import Layout
+
+DENSE_OUT, SAMPLED_OUT, SPARSE_OUT = "dense", "sampled", "sparse"
+
+
+@dataclasses.dataclass(frozen=True)
+class Operand:
+  """One einsum operand: its index ids and, for a sparse operand, its layout."""
+  indices: tuple[int, ...]
+  layout: Layout | None = None
+
+  @property
+  def sparse(self) -> bool:
+    return self.layout is not None
+
+  @property
+  def n_buffers(self) -> int:
+    return 1 + len(self.layout.index_shapes) if self.sparse else 1
+
+  @property
+  def bound(self) -> tuple[int, ...]:
+    """Ids of the batch and sparse dimensions (those fixed by each stored entry)."""
+    if not self.sparse:
+      return ()
+    lay = self.layout
+    return self.indices[:lay.n_batch + lay.n_sparse]
+
+  @property
+  def block(self) -> tuple[int, ...]:
+    """Ids of the dense block dimensions (dense operands: all)."""
+    if not self.sparse:
+      return self.indices
+    return self.indices[self.layout.n_batch + self.layout.n_sparse:]
+
+
+@dataclasses.dataclass(frozen=True)
+class EinsumSpec:
+  """A static, hashable einsum description (a primitive parameter).
+
+  Attributes:
+    operands: the operands.
+    out: output index ids, in output dimension order.
+    sizes: ``(id, size)`` pairs for every index id.
+    out_kind: ``"dense"``, ``"sampled"`` or ``"sparse"``.
+    out_layout: the output layout for sampled and sparse outputs.
+    work: capacity of the intermediate join of sparse operands that contract
+      against each other (portable lowering only); 0 when no expansion happens.
+  """
+  operands: tuple[Operand, ...]
+  out: tuple[int, ...]
+  sizes: tuple[tuple[int, int], ...]
+  out_kind: str = DENSE_OUT
+  out_layout: Layout | None = None
+  work: int = 0
+
+  def size(self, index: int) -> int:
+    return dict(self.sizes)[index]
+
+  @property
+  def out_shape(self) -> tuple[int, ...]:
+    return tuple(self.size(i) for i in self.out)
+
+  @property
+  def out_operand(self) -> Operand:
+    """The output described as an operand (sampled/sparse outputs carry a layout)."""
+    return Operand(self.out, self.out_layout)
+
+  @property
+  def n_inputs(self) -> int:
+    n = sum(op.n_buffers for op in self.operands)
+    if self.out_kind == SAMPLED_OUT:
+      n += len(self.out_layout.index_shapes)
+    return n
+
+  def split_inputs(self, flat: Sequence) -> tuple[list, tuple]:
+    """Splits flat inputs into per-operand buffer lists and the sampled pattern."""
+    assert len(flat) == self.n_inputs, (len(flat), self.n_inputs)
+    groups, at = [], 0
+    for op in self.operands:
+      groups.append(list(flat[at:at + op.n_buffers]))
+      at += op.n_buffers
+    return groups, tuple(flat[at:])
+
+  def replace(self, **changes) -> EinsumSpec:
+    return dataclasses.replace(self, **changes)
+
+  def fresh_index(self) -> int:
+    return max(i for i, _ in self.sizes) + 1 if self.sizes else 0
+
+  def __str__(self):
+    def name(op):
+      letters = "".join(_letter(i) for i in op.indices)
+      return f"{letters}:{op.layout.format!r}" if op.sparse else letters
+    ins = ",".join(name(op) for op in self.operands)
+    return f"{ins}->{''.join(_letter(i) for i in self.out)} [{self.out_kind}]"
+
+
+def _letter(i: int) -> str:
+  chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+  return chars[i] if i < len(chars) else f"<{i}>"

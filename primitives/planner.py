@@ -1,0 +1,96 @@
+"""The planner: from an :class:`EinsumSpec`, a static :class:`Plan` of how to evaluate it.
+
+Scorch's rule is *sparse loops outer, concordant with storage order*. The plan
+fixes
+
+* the **join order** of the sparse sources (the sparse operands, and the sampled
+  output pattern, which always drives because only its entries can receive
+  values): the first source is scanned; each later one is either *looked up*
+  (all its batch and sparse indices are already bound and it is unique: at most
+  one match per row, so no capacity is needed) or *expanded* (it binds new
+  indices: a join whose size is data dependent, bounded by ``spec.work``);
+* the **loop order**: the driver's batch indices, its levels in storage order,
+  then indices bound by later sources, then dense indices;
+* the **output assembly**: scatter into a dense result, accumulate into the
+  sampled pattern, or coalesce into a new compressed pattern.
+
+Example:
+  >>> from jscorch.primitives.layout import Layout
+  >>> from jscorch.primitives.formats import CSR
+  >>> from jscorch.primitives.einsum_spec import EinsumSpec, Operand
+  >>> spec = EinsumSpec((Operand((0, 1), Layout(CSR, (3, 4), 5)), Operand((1, 2))),
+  ...                   out=(0, 2), sizes=((0, 3), (1, 4), (2, 6)))
+  >>> make_plan(spec)
+  Plan(steps=(('scan', 0),), loop_order=(0, 1, 2), assembly='dense')
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from .einsum_spec import SAMPLED_OUT, EinsumSpec, Operand
+
+PATTERN = -1     # the sampled output pattern, as a join source
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How to evaluate an einsum (static, hashable).
+
+  Attributes:
+    steps: ``(mode, source)`` pairs; mode is ``"scan"`` (first), ``"lookup"`` or
+      ``"expand"``; source is an operand number or ``PATTERN``.
+    loop_order: index ids, outermost first.
+    assembly: ``"dense"``, ``"sampled"`` or ``"sparse"``.
+  """
+  steps: tuple[tuple[str, int], ...]
+  loop_order: tuple[int, ...]
+  assembly: str
+
+  @property
+  def expands(self) -> bool:
+    """True when some join is data-dependent in size (needs ``spec.work``)."""
+    return any(mode == "expand" for mode, _ in self.steps)
+
+
+def source_operand(spec: EinsumSpec, source: int) -> Operand:
+  return spec.out_operand if source == PATTERN else spec.operands[source]
+
+
+def _storage_bound(op: Operand) -> tuple[int, ...]:
+  """Bound indices in storage order: batch dims, then levels by mode ordering."""
+  lay = op.layout
+  batch = op.indices[:lay.n_batch]
+  sparse = op.indices[lay.n_batch:lay.n_batch + lay.n_sparse]
+  return batch + tuple(sparse[d] for d in lay.format.mode_ordering)
+
+
+@functools.lru_cache(maxsize=4096)
+def make_plan(spec: EinsumSpec) -> Plan:
+  """Chooses join order, loop order and output assembly for ``spec``."""
+  sources = [k for k, op in enumerate(spec.operands) if op.sparse]
+  if spec.out_kind == SAMPLED_OUT:
+    first = PATTERN
+  else:
+    assert sources, "an einsum without sparse operands is a plain jnp.einsum"
+    first = max(sources, key=lambda k: (len(set(spec.operands[k].bound)), -k))
+    sources.remove(first)
+  steps = [("scan", first)]
+  bound = list(dict.fromkeys(_storage_bound(source_operand(spec, first))))
+  while sources:
+    def covered(k):
+      op = spec.operands[k]
+      return set(op.bound) <= set(bound) and op.layout.format.unique
+    lookups = [k for k in sources if covered(k)]
+    if lookups:
+      k, mode = lookups[0], "lookup"
+    else:
+      k = max(sources, key=lambda k: (len(set(spec.operands[k].bound) & set(bound)), -k))
+      mode = "expand"
+    sources.remove(k)
+    steps.append((mode, k))
+    bound += [i for i in _storage_bound(spec.operands[k]) if i not in bound]
+  rest = [i for op in spec.operands for i in op.indices if i not in bound] + \
+      [i for i in spec.out if i not in bound]
+  loop_order = tuple(bound) + tuple(dict.fromkeys(rest))
+  return Plan(tuple(steps), loop_order, spec.out_kind)
