@@ -259,7 +259,11 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
   needs_nse = spec.out_kind == SPARSE_OUT
   if not expands and not needs_nse:
     return spec
-  concrete = not any(isinstance(x, jax.core.Tracer) for x in flat)
+  # Capacities depend on the patterns only, so concrete index buffers suffice (values may
+  # be jvp/grad tracers).
+  groups, pattern = spec.split_inputs(flat)
+  index_buffers = [b for op, bufs in zip(spec.operands, groups) if op.sparse for b in bufs[1:]]
+  concrete = not any(isinstance(x, jax.core.Tracer) for x in index_buffers + list(pattern))
   if (expands and work is None) or (needs_nse and nse is None):
     if not concrete:
       what = []
@@ -272,9 +276,7 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
           f"{func}: {spec} multiplies sparse operands with a data-dependent result size; under "
           f"jit pass {' and '.join(what)} as static ints, or call it eagerly once to learn "
           "the exact sizes.")
-    exact_work, exact_nse = einsum_portable.exact_capacities(
-        spec.replace(out_layout=spec.out_layout.replace(nse=max(nse or 0, 1)))
-        if needs_nse else spec, *flat)
+    exact_work, exact_nse = einsum_portable.exact_capacities(spec, *flat)
     work = exact_work if work is None else work
     nse = exact_nse if nse is None else nse
   if needs_nse:

@@ -120,13 +120,15 @@ def _einsum_transpose(cts, *flat, spec: EinsumSpec):
       new_flat += list(bufs)
   ops.append(spec.out_operand if spec.out_kind == SAMPLED_OUT else Operand(spec.out))
   new_flat += [ct] + (list(pattern) if spec.out_kind == SAMPLED_OUT else [])
+  old = spec.source_ranks
+  ranks = tuple(r for j, r in enumerate(old[:-1]) if j != k) + (old[-1],)
   if target.sparse:
     new_spec = spec.replace(operands=tuple(ops), out=target.indices, out_kind=SAMPLED_OUT,
-                            out_layout=target.layout)
+                            out_layout=target.layout, ranks=ranks + (spec.source_ranks[k],))
     new_flat += list(groups[k][1:])
   else:
     new_spec = spec.replace(operands=tuple(ops), out=target.indices, out_kind=DENSE_OUT,
-                            out_layout=None)
+                            out_layout=None, ranks=ranks + (len(ranks),))
   value = einsum_with_broadcast(new_spec, new_flat)
   at = sum(op.n_buffers for op in spec.operands[:k])
   result[at] = value

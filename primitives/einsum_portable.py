@@ -101,9 +101,9 @@ def _lookup(spec, table: _Table, src: _Table, source: int) -> _Table:
   n_t, n_s = table.n, src.n
   is_s, order, new_group = _merge_sorted(
       _keys(table, ids, spec.size, True), _keys(src, ids, spec.size, True), n_t, n_s)
-  pos = jnp.arange(n_t + n_s)
+  pos = jnp.arange(n_t + n_s, dtype=jnp.int32)
   last_s = jax.lax.cummax(jnp.where(is_s, pos, -1))
-  group = jnp.cumsum(new_group)
+  group = jnp.cumsum(new_group, dtype=jnp.int32)
   same = (last_s >= 0) & (group[jnp.maximum(last_s, 0)] == group)
   s_row = order[jnp.maximum(last_s, 0)]
   t_at = jnp.where(is_s, n_t, order - n_s)
@@ -124,8 +124,8 @@ def _expand(spec, table: _Table, src: _Table, source: int, work: int | None):
   n_t, n_s = table.n, src.n
   is_s, order, new_group = _merge_sorted(
       _keys(table, shared, spec.size, True), _keys(src, shared, spec.size, True), n_t, n_s)
-  pos = jnp.arange(n_t + n_s)
-  s_before = jnp.cumsum(is_s) - is_s                     # S rows strictly before each position
+  pos = jnp.arange(n_t + n_s, dtype=jnp.int32)
+  s_before = jnp.cumsum(is_s, dtype=jnp.int32) - is_s    # S rows strictly before each position
   group_start = jax.lax.cummax(jnp.where(new_group, pos, 0))
   lo = s_before[group_start]
   count = s_before - lo
@@ -134,7 +134,7 @@ def _expand(spec, table: _Table, src: _Table, source: int, work: int | None):
   count_t = jnp.zeros(n_t, jnp.int32).at[t_at].set(count, mode="drop")
   count_t = jnp.where(table.valid, count_t, 0)
   s_order = jnp.zeros(n_s, jnp.int32).at[jnp.where(is_s, s_before, n_s)].set(order, mode="drop")
-  ends = jnp.cumsum(count_t)
+  ends = jnp.cumsum(count_t, dtype=jnp.int32)
   total = ends[-1] if n_t else jnp.int32(0)
   if work is None:
     work = int(total)

@@ -73,6 +73,10 @@ class EinsumSpec:
     out_layout: the output layout for sampled and sparse outputs.
     work: capacity of the intermediate join of sparse operands that contract
       against each other (portable lowering only); 0 when no expansion happens.
+    ranks: tie-break rank of each operand and, last, of the sampled pattern
+      (None: their positions). Rules that swap roles (a transpose turns an
+      operand into the pattern) carry ranks along, so every derived einsum joins
+      its sparse sources in the forward's order and needs the same ``work``.
   """
   operands: tuple[Operand, ...]
   out: tuple[int, ...]
@@ -80,6 +84,11 @@ class EinsumSpec:
   out_kind: str = DENSE_OUT
   out_layout: Layout | None = None
   work: int = 0
+  ranks: tuple[int, ...] | None = None
+
+  @property
+  def source_ranks(self) -> tuple[int, ...]:
+    return self.ranks if self.ranks is not None else tuple(range(len(self.operands) + 1))
 
   def size(self, index: int) -> int:
     return dict(self.sizes)[index]

@@ -65,31 +65,35 @@ def _storage_bound(op: Operand) -> tuple[int, ...]:
   return batch + tuple(sparse[d] for d in lay.format.mode_ordering)
 
 
+def _rank(spec: EinsumSpec, source: int) -> int:
+  """Tie-break order of sources (see ``EinsumSpec.ranks``)."""
+  return spec.source_ranks[source]
+
+
 @functools.lru_cache(maxsize=4096)
 def make_plan(spec: EinsumSpec) -> Plan:
   """Chooses join order, loop order and output assembly for ``spec``."""
   sources = [k for k, op in enumerate(spec.operands) if op.sparse]
   if spec.out_kind == SAMPLED_OUT:
-    first = PATTERN
-  else:
-    assert sources, "an einsum without sparse operands is a plain jnp.einsum"
-    first = max(sources, key=lambda k: (len(set(spec.operands[k].bound)), -k))
-    sources.remove(first)
+    sources.append(PATTERN)
+  assert sources, "an einsum without sparse operands is a plain jnp.einsum"
+  bound_of = {s: set(source_operand(spec, s).bound) for s in sources}
+  rank = functools.partial(_rank, spec)
+  first = min(sources, key=lambda s: (-len(bound_of[s]), rank(s)))
+  sources.remove(first)
   steps = [("scan", first)]
   bound = list(dict.fromkeys(_storage_bound(source_operand(spec, first))))
   while sources:
-    def covered(k):
-      op = spec.operands[k]
-      return set(op.bound) <= set(bound) and op.layout.format.unique
-    lookups = [k for k in sources if covered(k)]
+    lookups = [s for s in sources if bound_of[s] <= set(bound)
+               and source_operand(spec, s).layout.format.unique]
     if lookups:
-      k, mode = lookups[0], "lookup"
+      s, mode = min(lookups, key=rank), "lookup"
     else:
-      k = max(sources, key=lambda k: (len(set(spec.operands[k].bound) & set(bound)), -k))
+      s = min(sources, key=lambda s: (-len(bound_of[s] & set(bound)), rank(s)))
       mode = "expand"
-    sources.remove(k)
-    steps.append((mode, k))
-    bound += [i for i in _storage_bound(spec.operands[k]) if i not in bound]
+    sources.remove(s)
+    steps.append((mode, s))
+    bound += [i for i in _storage_bound(source_operand(spec, s)) if i not in bound]
   rest = [i for op in spec.operands for i in op.indices if i not in bound] + \
       [i for i in spec.out if i not in bound]
   loop_order = tuple(bound) + tuple(dict.fromkeys(rest))
