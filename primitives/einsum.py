@@ -28,7 +28,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import einsum_portable
+from . import einsum_kernel, einsum_portable
 from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand
 from .layout import Layout
 
@@ -224,3 +224,8 @@ ad.primitive_jvps[einsum_p] = _einsum_jvp
 ad.primitive_transposes[einsum_p] = _einsum_transpose
 batching.primitive_batchers[einsum_p] = _einsum_batching_rule
 mlir.register_lowering(einsum_p, _einsum_portable_lowering)
+# Not cacheable: the kernel rule must see which inputs are the same buffers (a sampled
+# output whose pattern is an operand's), and cached lowerings hide that behind fresh
+# function arguments.
+mlir.register_lowering(einsum_p, einsum_kernel.lowering(_einsum_portable_lowering),
+                       platform="cpu", cacheable=False)

@@ -1,0 +1,116 @@
+"""The CPU kernel lowering of ``jscorch_einsum``: generated C behind the typed XLA FFI.
+
+:func:`kernel_plan` decides, from the static spec and which inputs are the *same*
+buffers (known at lowering time), whether a generated kernel applies. When it
+does not, the portable lowering runs instead; every such case is one of
+:data:`FALLBACKS`, and the reason is recorded in :data:`last_decisions` so tests
+can assert which path a plan took.
+
+Settings: ``jscorch.config.lowering`` (or ``$JSCORCH_LOWERING``) is ``"auto"``
+(kernel where one applies), ``"kernel"`` (same; never silently different) or
+``"portable"``. Without a C compiler the portable lowering runs, with one warning.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Sequence
+
+import numpy as np
+import jax
+from jax.interpreters import mlir
+
+from . import codegen, kernel_build
+from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec
+from .planner import PATTERN, make_plan, source_operand
+from .settings import settings
+
+#: Plans without a generated kernel (they run the portable lowering), by reason.
+FALLBACKS = {
+    "dtype": "values other than float32 / float64 (integers, complex, bfloat16)",
+    "sparse output": "a new sparse pattern (sparse x sparse with a sparse result)",
+    "co-iteration": "sparse sources with different patterns (intersections of two "
+                    "patterns, sparse x sparse contractions with a dense result)",
+    "empty": "a dimension or capacity of size zero",
+    "no compiler": "no C compiler on this machine",
+}
+
+#: The most recent decisions, (spec, "kernel" | fallback reason), newest last.
+last_decisions: collections.deque = collections.deque(maxlen=64)
+
+
+def _source_buffers(spec: EinsumSpec, flat: Sequence, source: int):
+  groups, pattern = spec.split_inputs(flat)
+  return tuple(pattern) if source == PATTERN else tuple(groups[source][1:])
+
+
+def _structure(layout):
+  return (layout.format.replace(n_dense=0), layout.batch_shape, layout.sparse_shape,
+          layout.nse)
+
+
+def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.KernelPlan | None, str]:
+  """The kernel plan for ``spec`` or ``(None, reason)`` (a key of :data:`FALLBACKS`).
+
+  Args:
+    spec: the einsum.
+    flat: the flat inputs (lowering-time values: only their identity is used).
+    dtype: the value dtype.
+  """
+  if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+    return None, "dtype"
+  if spec.out_kind == SPARSE_OUT:
+    return None, "sparse output"
+  if any(s == 0 for _, s in spec.sizes):
+    return None, "empty"
+  sources = [k for k, op in enumerate(spec.operands) if op.sparse]
+  if spec.out_kind == SAMPLED_OUT:
+    sources.append(PATTERN)
+  first = source_operand(spec, sources[0])
+  if first.layout.nse == 0:
+    return None, "empty"
+  buffers = _source_buffers(spec, flat, sources[0])
+  for s in sources[1:]:
+    op = source_operand(spec, s)
+    same = _structure(op.layout) == _structure(first.layout) and op.bound == first.bound and \
+        all(x is y or x == y for x, y in zip(_source_buffers(spec, flat, s), buffers))
+    if not same:
+      return None, "co-iteration"
+  lay = first.layout
+  ids = first.bound[:lay.n_batch] + tuple(
+      first.bound[lay.n_batch + d] for d in lay.format.mode_ordering)
+  groups, _ = spec.split_inputs(list(range(len(flat))))
+  index_input = groups[sources[0]][1] if sources[0] != PATTERN else \
+      sum(op.n_buffers for op in spec.operands)
+  driver = lay.replace(format=lay.format.replace(n_dense=0),
+                       shape=lay.batch_shape + lay.sparse_shape)
+  return codegen.KernelPlan(spec, driver, ids, index_input, np.dtype(dtype)), "kernel"
+
+
+def ensure_registered(kp: codegen.KernelPlan) -> str:
+  """Builds (or loads from cache) and registers the kernel; returns its target name."""
+  name = kp.name
+  if not kernel_build.is_registered(name):
+    lib = kernel_build.build(codegen.generate(kp))
+    kernel_build.register(name, lib, name)
+  return name
+
+
+def lowering(portable_rule):
+  """The CPU lowering rule: a generated kernel when one applies, else ``portable_rule``."""
+
+  def rule(ctx, *args, spec: EinsumSpec):
+    choice = settings.lowering
+    if choice != "portable" and kernel_build.compiler() is None:
+      kernel_build.warn_no_compiler()
+      choice = "portable"
+    kp, reason = (None, "portable") if choice == "portable" else \
+        kernel_plan(spec, args, ctx.avals_out[0].dtype)
+    if choice == "portable" and kernel_build.compiler() is None:
+      reason = "no compiler"
+    last_decisions.append((spec, reason))
+    if kp is None:
+      return portable_rule(ctx, *args, spec=spec)
+    name = ensure_registered(kp)
+    return jax.ffi.ffi_lowering(name)(ctx, *args)
+
+  return rule

@@ -1,0 +1,148 @@
+"""Compiling generated C, caching the binaries on disk, registering them with XLA.
+
+* The compiler is ``$CC``, else ``cc``, else ``gcc``, detected once; without one
+  :func:`compiler` returns None and the einsum falls back to the portable lowering
+  with a single :class:`SparseEfficiencyWarning`.
+* Binaries are cached under ``$JSCORCH_CACHE_DIR`` (default
+  ``~/.cache/jscorch/kernels``), keyed by sha256 of the source, the flags, the
+  compiler's version, the resolved ``-march=native`` target and the jax version.
+  A cached file is published with write-to-temp + ``os.replace`` (safe between
+  processes) and rebuilt when it cannot be loaded.
+* XLA keeps only function pointers, so every loaded library stays referenced for
+  the life of the process; target names carry the source hash, so registering
+  the same kernel again is a no-op.
+
+Example:
+  >>> lib = build("int jscorch_probe(void) { return 7; }")   # doctest: +SKIP
+  >>> lib.jscorch_probe()                                    # doctest: +SKIP
+  7
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import jax
+
+from ._errors import SparseEfficiencyWarning
+
+FLAGS = ("-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-ffp-contract=fast",
+         "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+         "-Wall", "-Wno-unused-variable", "-Wno-unused-function", "-Werror=implicit")
+SANITIZE_FLAGS = ("-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-std=gnu11",
+                  "-fPIC", "-shared", "-Werror=implicit")
+
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL] = {}      # hash -> library (kept alive forever)
+_registered: set[str] = set()
+_warned = [False]
+
+
+@functools.lru_cache(maxsize=None)
+def compiler() -> tuple[str, str] | None:
+  """``(path, version line)`` of the C compiler, or None when there is none."""
+  for name in (os.environ.get("CC"), "cc", "gcc"):
+    if not name:
+      continue
+    path = shutil.which(name)
+    if not path:
+      continue
+    try:
+      out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+      continue
+    if out.returncode == 0:
+      return path, out.stdout.splitlines()[0] if out.stdout else name
+  return None
+
+
+def warn_no_compiler() -> None:
+  """Warns once per process that kernels are unavailable."""
+  if not _warned[0]:
+    _warned[0] = True
+    warnings.warn("jscorch: no C compiler found ($CC, cc, gcc); generated kernels are "
+                  "disabled and the portable lowering is used. Install gcc or set $CC.",
+                  SparseEfficiencyWarning, stacklevel=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_target(cc: str) -> str:
+  try:
+    out = subprocess.run([cc, "-march=native", "-Q", "--help=target"], capture_output=True,
+                         text=True, timeout=30)
+    return out.stdout
+  except (OSError, subprocess.SubprocessError):
+    return ""
+
+
+def cache_dir() -> Path:
+  root = os.environ.get("JSCORCH_CACHE_DIR") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jscorch")
+  path = Path(root) / "kernels"
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+def source_key(source: str, flags=FLAGS) -> str:
+  """The cache key of a kernel: everything that affects the binary."""
+  cc = compiler()
+  parts = [source, " ".join(flags), cc[1] if cc else "", _native_target(cc[0]) if cc else "",
+           jax.__version__]
+  return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def build(source: str, flags=FLAGS) -> ctypes.CDLL:
+  """Compiles (or loads from cache) ``source`` into a shared library."""
+  key = source_key(source, flags)
+  with _lock:
+    if key in _loaded:
+      return _loaded[key]
+    cc = compiler()
+    if cc is None:
+      raise RuntimeError("jscorch: no C compiler available")
+    target = cache_dir() / f"jscorch_{key}.so"
+    lib = None
+    if target.exists():
+      try:
+        lib = ctypes.CDLL(str(target))
+      except OSError:
+        lib = None          # corrupt or truncated: rebuild below
+    if lib is None:
+      _compile(cc[0], source, flags, target)
+      lib = ctypes.CDLL(str(target))
+    _loaded[key] = lib
+    return lib
+
+
+def _compile(cc: str, source: str, flags, target: Path) -> None:
+  include = jax.ffi.include_dir()
+  with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    src = Path(tmp) / "kernel.c"
+    src.write_text(source)
+    out = Path(tmp) / "kernel.so"
+    cmd = [cc, *flags, f"-I{include}", str(src), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+      raise RuntimeError(f"jscorch: compiling a generated kernel failed:\n{res.stderr[:4000]}")
+    os.replace(out, target)
+
+
+def register(name: str, lib: ctypes.CDLL, symbol: str) -> None:
+  """Registers ``lib.symbol`` as the XLA FFI target ``name`` on CPU (idempotent)."""
+  with _lock:
+    if name in _registered:
+      return
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    _registered.add(name)
+
+
+def is_registered(name: str) -> bool:
+  return name in _registered
