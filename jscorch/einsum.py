@@ -10,8 +10,8 @@ import numpy as np
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
-from jscorch.primitives import einsum_portable
-from jscorch.primitives._errors import SparseFormatError
+from jscorch.primitives import einsum_kernel, einsum_portable
+from jscorch.primitives._errors import SparseCapacityError, SparseFormatError
 from jscorch.primitives.einsum import einsum_bind
 from jscorch.primitives.einsum_spec import (DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec,
                                             Operand)
@@ -255,32 +255,52 @@ def _groups_kept(x, ids, out):
 
 
 def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
+  """Fills in the capacities ``nse`` (sparse result) and ``work`` (portable join).
+
+  Both depend on the patterns only: with concrete index buffers (eager calls, and
+  jvp/grad of them) the exact sizes are computed — by the generated counting kernel
+  for CSR x CSR, else by the portable join — and a given capacity that is too small
+  raises. Under ``jit`` they must be given (``work`` only when no kernel applies).
+  """
   expands = make_plan(spec).expands
   needs_nse = spec.out_kind == SPARSE_OUT
   if not expands and not needs_nse:
     return spec
-  # Capacities depend on the patterns only, so concrete index buffers suffice (values may
-  # be jvp/grad tracers).
   groups, pattern = spec.split_inputs(flat)
-  index_buffers = [b for op, bufs in zip(spec.operands, groups) if op.sparse for b in bufs[1:]]
-  concrete = not any(isinstance(x, jax.core.Tracer) for x in index_buffers + list(pattern))
-  if (expands and work is None) or (needs_nse and nse is None):
-    if not concrete:
-      what = []
-      if needs_nse and nse is None:
-        what.append("nse= (capacity of the sparse result)")
-      if expands and work is None:
-        what.append("work= (capacity of the join of the sparse operands that contract: "
-                    "at least the number of matching entry pairs)")
+  sparse_groups = [bufs for op, bufs in zip(spec.operands, groups) if op.sparse]
+  index_buffers = [b for bufs in sparse_groups for b in bufs[1:]] + list(pattern)
+  concrete = not any(isinstance(x, jax.core.Tracer) for x in index_buffers)
+  dtype = next(bufs[0].dtype for bufs in groups)
+  fast = einsum_kernel.spgemm_plan(spec, dtype) if einsum_kernel.kernels_enabled() else None
+  if concrete:
+    if fast is not None:
+      exact_nse, exact_work = einsum_kernel.spgemm_sizes(fast, sparse_groups[0][1:],
+                                                         sparse_groups[1][1:])
+    else:
+      exact_work, exact_nse = einsum_portable.exact_capacities(spec, *flat)
+    for name, given, exact in (("nse", nse, exact_nse if needs_nse else None),
+                               ("work", work, exact_work if expands else None)):
+      if given is not None and exact is not None and \
+          _static.static_int(given, name, func) < exact:
+        raise SparseCapacityError(
+            f"{func}: {spec} needs {name}={exact} but {name}={given} was given. Pass "
+            f"{name}={exact} (or larger), or omit it in eager calls.")
+    nse = exact_nse if nse is None else nse
+    work = exact_work if work is None else work
+  else:
+    missing = []
+    if needs_nse and nse is None:
+      missing.append("nse= (capacity of the sparse result)")
+    if expands and work is None and fast is None:
+      missing.append("work= (capacity of the join of the sparse operands that contract: "
+                     "at least the number of matching entry pairs)")
+    if missing:
       raise ValueError(
           f"{func}: {spec} multiplies sparse operands with a data-dependent result size; under "
-          f"jit pass {' and '.join(what)} as static ints, or call it eagerly once to learn "
+          f"jit pass {' and '.join(missing)} as static ints, or call it eagerly once to learn "
           "the exact sizes.")
-    exact_work, exact_nse = einsum_portable.exact_capacities(spec, *flat)
-    work = exact_work if work is None else work
-    nse = exact_nse if nse is None else nse
   if needs_nse:
     nse = _static.static_int(nse, "nse", func)
     lay = spec.out_layout
     spec = spec.replace(out_layout=Layout.make(lay.format, lay.shape, nse, func))
-  return spec.replace(work=_static.static_int(work, "work", func) if expands else 0)
+  return spec.replace(work=_static.static_int(work, "work", func) if expands and work else 0)

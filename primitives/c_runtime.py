@@ -8,6 +8,7 @@ counted so late-starting pool tasks never touch freed memory.
 """
 
 RUNTIME = r"""
+#include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>

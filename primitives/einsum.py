@@ -31,6 +31,8 @@ from jax.interpreters import ad, batching, mlir
 from . import einsum_kernel, einsum_portable
 from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand
 from .layout import Layout
+from .planner import make_plan
+from .settings import _on_change as settings_on_change
 
 einsum_p = Primitive("jscorch_einsum")
 einsum_p.multiple_results = True
@@ -44,6 +46,9 @@ def einsum_bind(spec: EinsumSpec, *flat) -> list:
 @functools.lru_cache(maxsize=1024)
 def _compiled(spec: EinsumSpec):
   return jax.jit(lambda *flat: einsum_p.bind(*flat, spec=spec))
+
+
+settings_on_change.append(_compiled.cache_clear)
 
 
 def _einsum_impl(*flat, spec: EinsumSpec):
@@ -214,6 +219,12 @@ def _batch_front(x, d, size):
 
 # -- lowering -------------------------------------------------------------------------------
 def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
+  if spec.work == 0 and make_plan(spec).expands:
+    raise ValueError(
+        f"jscorch_einsum: the portable lowering of {spec} joins sparse operands that contract "
+        "and needs work= (the number of matching entry pairs); it was omitted because a "
+        "generated kernel applied when the einsum was built. Pass work= to js.einsum, or keep "
+        "jscorch.config.lowering at 'auto'.")
   fun = lambda *flat: einsum_portable.evaluate(spec, *flat)
   return mlir.lower_fun(fun, multiple_results=True)(ctx, *args)
 

@@ -13,21 +13,24 @@ Settings: ``jscorch.config.lowering`` (or ``$JSCORCH_LOWERING``) is ``"auto"``
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Sequence
 
 import numpy as np
 import jax
 from jax.interpreters import mlir
 
-from . import codegen, kernel_build
-from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec
+from . import codegen, codegen_spgemm, kernel_build
+from .einsum_spec import SAMPLED_OUT, SPARSE_OUT, EinsumSpec
+from .formats import CSR
 from .planner import PATTERN, make_plan, source_operand
 from .settings import settings
 
 #: Plans without a generated kernel (they run the portable lowering), by reason.
 FALLBACKS = {
     "dtype": "values other than float32 / float64 (integers, complex, bfloat16)",
-    "sparse output": "a new sparse pattern (sparse x sparse with a sparse result)",
+    "sparse output": "a new sparse pattern other than CSR x CSR -> CSR (``ij,jk->ik`` with "
+                     "row-major operands, no batch or block dims)",
     "co-iteration": "sparse sources with different patterns (intersections of two "
                     "patterns, sparse x sparse contractions with a dense result)",
     "empty": "a dimension or capacity of size zero",
@@ -59,7 +62,8 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
   if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
     return None, "dtype"
   if spec.out_kind == SPARSE_OUT:
-    return None, "sparse output"
+    plan = spgemm_plan(spec, dtype)
+    return (plan, "kernel") if plan is not None else (None, "sparse output")
   if any(s == 0 for _, s in spec.sizes):
     return None, "empty"
   sources = [k for k, op in enumerate(spec.operands) if op.sparse]
@@ -86,11 +90,61 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
   return codegen.KernelPlan(spec, driver, ids, index_input, np.dtype(dtype)), "kernel"
 
 
-def ensure_registered(kp: codegen.KernelPlan) -> str:
-  """Builds (or loads from cache) and registers the kernel; returns its target name."""
+def spgemm_plan(spec: EinsumSpec, dtype) -> codegen_spgemm.SpgemmPlan | None:
+  """The Gustavson kernel plan when ``spec`` is CSR x CSR -> CSR (``ij,jk->ik``)."""
+  if spec.out_kind != SPARSE_OUT or len(spec.operands) != 2 or \
+      np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+    return None
+  a, b = spec.operands
+  out = spec.out_layout
+  if not (a.sparse and b.sparse) or any(lay.format != CSR for lay in (a.layout, b.layout, out)):
+    return None
+  (i, j), (j2, k) = a.indices, b.indices
+  if j != j2 or spec.out != (i, k) or len({i, j, k}) != 3:
+    return None
+  idt = {np.dtype(l.index_dtype) for l in (a.layout, b.layout, out)}
+  if len(idt) != 1:
+    return None
+  return codegen_spgemm.SpgemmPlan(spec.size(i), spec.size(j), spec.size(k), a.layout.nse,
+                                   b.layout.nse, out.nse, np.dtype(dtype), idt.pop())
+
+
+def kernels_enabled() -> bool:
+  """Kernels are on (setting) and possible (a compiler exists)."""
+  return settings.lowering != "portable" and kernel_build.compiler() is not None
+
+
+def spgemm_sizes(plan: codegen_spgemm.SpgemmPlan, a_indices, b_indices) -> tuple[int, int]:
+  """Eager ``(entries of the result, matching entry pairs)`` of a CSR x CSR product."""
+  import ctypes
+  probe = dataclasses.replace(plan, nse_out=0)
+  lib = kernel_build.build(codegen_spgemm.generate(probe))
+  count = getattr(lib, probe.name + "_count")
+  count.restype = ctypes.c_int64
+  host = [np.ascontiguousarray(np.asarray(x)) for x in (*a_indices, *b_indices)]
+  nse = count(*[h.ctypes.data_as(ctypes.c_void_p) for h in host])
+  a_pos, a_crd, b_pos, _ = host
+  used = a_crd[:a_pos[-1]]
+  used = used[used < plan.k]
+  pairs = int((b_pos[used + 1] - b_pos[used]).sum())
+  return int(nse), pairs
+
+
+def _source(kp) -> str:
+  if isinstance(kp, codegen_spgemm.SpgemmPlan):
+    return codegen_spgemm.generate(kp)
+  return codegen.generate(kp)
+
+
+def ensure_registered(kp) -> str:
+  """Builds (or loads from cache) and registers the kernel; returns its target name.
+
+  Also the explicit registration hook for executables restored from a serialized
+  form, which skip the lowering rule that normally registers.
+  """
   name = kp.name
   if not kernel_build.is_registered(name):
-    lib = kernel_build.build(codegen.generate(kp))
+    lib = kernel_build.build(_source(kp))
     kernel_build.register(name, lib, name)
   return name
 

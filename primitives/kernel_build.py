@@ -91,7 +91,7 @@ def cache_dir() -> Path:
   return path
 
 
-def source_key(source: str, flags=FLAGS) -> str:
+def source_key(source: str, flags) -> str:
   """The cache key of a kernel: everything that affects the binary."""
   cc = compiler()
   parts = [source, " ".join(flags), cc[1] if cc else "", _native_target(cc[0]) if cc else "",
@@ -99,8 +99,15 @@ def source_key(source: str, flags=FLAGS) -> str:
   return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
 
-def build(source: str, flags=FLAGS) -> ctypes.CDLL:
+def active_flags() -> tuple[str, ...]:
+  """Compiler flags in force: ``$JSCORCH_SANITIZE=1`` builds with AddressSanitizer
+  (the process must then preload libasan; see tests/primitives/test_sanitizer.py)."""
+  return SANITIZE_FLAGS if os.environ.get("JSCORCH_SANITIZE") == "1" else FLAGS
+
+
+def build(source: str, flags=None) -> ctypes.CDLL:
   """Compiles (or loads from cache) ``source`` into a shared library."""
+  flags = active_flags() if flags is None else flags
   key = source_key(source, flags)
   with _lock:
     if key in _loaded:
