@@ -1,0 +1,107 @@
+"""Runs the workloads, checks every result against float64, prints medians and ratios."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from jscorch.bench import data, workloads
+from jscorch.bench.timing import measure
+
+# (scale of the R-MAT / uniform matrices, edges, SpGEMM scale and edges, tensor size and nnz)
+SIZES = {
+    "full": dict(scale=17, edges=2_300_000, width=64, spgemm=(15, 200_000),
+                 tensor=(100_000, 2_000_000), rank=32, repeats=7),
+    "quick": dict(scale=14, edges=250_000, width=64, spgemm=(12, 30_000),
+                  tensor=(20_000, 200_000), rank=32, repeats=3),
+}
+
+
+def relative_error(got, want) -> float:
+  errs = []
+  for g, w in zip(got, want):
+    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    if g.shape != w.shape:
+      return float("inf")
+    errs.append(np.linalg.norm((g - w).ravel()) / max(np.linalg.norm(w.ravel()), 1e-30))
+  return float(max(errs))
+
+
+def build_workloads(size: dict, only: set | None):
+  n = 1 << size["scale"]
+  mats = [data.uniform(n, size["edges"], seed=1), data.rmat(size["scale"], size["edges"])]
+  specs = []
+  for m in mats:
+    specs += [("SpMV", lambda m=m: workloads.spmm(m, 0)),
+              ("SpMM", lambda m=m: workloads.spmm(m, size["width"])),
+              ("SDDMM", lambda m=m: workloads.sddmm(m, size["width"])),
+              ("GCN", lambda m=m: workloads.gcn(m, size["width"], False)),
+              ("GCN-A", lambda m=m: workloads.gcn(m, size["width"], True))]
+  s_scale, s_edges = size["spgemm"]
+  specs += [("SpGEMM", lambda: workloads.spgemm(data.uniform(1 << s_scale, s_edges, seed=2))),
+            ("SpGEMM", lambda: workloads.spgemm(data.rmat(s_scale, s_edges, seed=3)))]
+  t_n, t_nnz = size["tensor"]
+  specs += [("MTTKRP", lambda: workloads.mttkrp(t_n, *data.tensor3(t_n, t_nnz), size["rank"]))]
+  return [make for key, make in specs if only is None or key in only]
+
+
+def run(size_name: str, only=None, json_path=None, out=print) -> list[dict]:
+  size = SIZES[size_name]
+  rows = []
+  started = time.perf_counter()
+  for make in build_workloads(size, only):
+    wl = make()
+    results = []
+    for c in wl.contenders:
+      try:
+        m = measure(c.run, size["repeats"])
+        err = relative_error(c.to_numpy(m.result), wl.reference)
+        results.append(dict(impl=c.name, median_ms=m.median_ms, compile_s=m.compile_s,
+                            peak_mb=m.peak_mb, rel_err=err))
+      except Exception as e:  # a contender that cannot run is reported, not fatal
+        results.append(dict(impl=c.name, error=f"{type(e).__name__}: {str(e)[:120]}"))
+    timed = [r for r in results if "median_ms" in r]
+    best = min((r["median_ms"] for r in timed), default=float("nan"))
+    ours = next((r["median_ms"] for r in timed if r["impl"] == "jscorch"), float("nan"))
+    for r in timed:
+      r["ratio_to_fastest"] = r["median_ms"] / best
+      r["speedup_of_jscorch"] = r["median_ms"] / ours
+    for name, why in wl.skipped.items():
+      results.append(dict(impl=name, skipped=why))
+    _print_table(wl, results, out)
+    rows.append(dict(workload=wl.name, data=wl.data, results=results))
+  out(f"\ntotal {time.perf_counter() - started:.1f} s")
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump(dict(size=size_name, rows=rows), f, indent=2)
+  return rows
+
+
+def _print_table(wl, results, out):
+  out(f"\n{wl.name} on {wl.data}")
+  out(f"  {'impl':<12} {'median ms':>10} {'x fastest':>9} {'jscorch x':>9} {'rel err':>9} "
+      f"{'compile s':>9} {'peak MB':>8}")
+  for r in results:
+    if "median_ms" in r:
+      out(f"  {r['impl']:<12} {r['median_ms']:>10.2f} {r['ratio_to_fastest']:>9.2f} "
+          f"{r['speedup_of_jscorch']:>9.2f} {r['rel_err']:>9.1e} {r['compile_s']:>9.2f} "
+          f"{r['peak_mb']:>8.0f}")
+    elif "error" in r:
+      out(f"  {r['impl']:<12} failed: {r['error']}")
+    else:
+      out(f"  {r['impl']:<12} skipped: {r['skipped']}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
+  parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+  parser.add_argument("--only", nargs="*", metavar="WORKLOAD",
+                      help="subset of SpMV SpMM SDDMM GCN GCN-A SpGEMM MTTKRP")
+
+
+def main(args: argparse.Namespace) -> int:
+  """Entry point of ``python -m jscorch bench``."""
+  run("quick" if args.quick else "full", set(args.only) if args.only else None, args.json)
+  return 0

@@ -1,0 +1,69 @@
+"""Timing and memory measurement: median of repeats after a warm-up, peak RSS growth."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass
+class Measurement:
+  median_ms: float
+  compile_s: float
+  peak_mb: float
+  result: object
+
+
+def _rss_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakRss:
+  """Samples the resident set size in a thread; ``peak`` is the growth over the start."""
+
+  def __init__(self):
+    self.base = self.peak = 0
+    self._stop = threading.Event()
+
+  def __enter__(self):
+    self.base = self.peak = _rss_bytes()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+    return self
+
+  def _run(self):
+    while not self._stop.is_set():
+      self.peak = max(self.peak, _rss_bytes())
+      time.sleep(0.0005)
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, _rss_bytes())
+
+
+def _ready(x):
+  jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
+                         else a, x)
+  return x
+
+
+def measure(fn, repeats: int) -> Measurement:
+  """Times ``fn()``: the first call (compile + run) and the median of ``repeats`` more."""
+  with _PeakRss() as rss:
+    start = time.perf_counter()
+    result = _ready(fn())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      _ready(fn())
+      times.append(time.perf_counter() - start)
+  median = float(np.median(times)) * 1e3
+  return Measurement(median, max(first - median / 1e3, 0.0), (rss.peak - rss.base) / 2**20,
+                     result)
