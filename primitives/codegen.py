@@ -55,12 +55,25 @@ class KernelPlan:
     driver_ids: index ids of the driver's batch dims then its levels (storage order).
     index_input: flat input position of the driver's first index buffer.
     dtype: value dtype (float32/float64).
+    transpose: iterate a CSR-like driver column-major: the kernel first transposes
+      its structure (a counting sort into scratch buffers, with a permutation to the
+      stored values) because the output is owned by the inner level's index.
   """
   spec: EinsumSpec
   driver: Layout
   driver_ids: tuple[int, ...]
   index_input: int
   dtype: np.dtype
+  transpose: bool = False
+
+  def transposable(self) -> bool:
+    """A 2-level (dense, compressed) driver without batch dims can be transposed."""
+    lay = self.driver
+    return lay.n_batch == 0 and tuple(l.kind for l in lay.format.levels) == (
+        DENSE, COMPRESSED) and not self.transpose
+
+  def transposed(self) -> KernelPlan:
+    return dataclasses.replace(self, driver_ids=self.driver_ids[::-1], transpose=True)
 
   @property
   def name(self) -> str:
@@ -112,6 +125,9 @@ class _Generator:
     self.L = len(self.levels)
     self.caps = lay.capacities
     self.sizes = lay.level_sizes
+    if kp.transpose:             # iterate (dense over the old inner dim, compressed)
+      self.sizes = self.sizes[::-1]
+      self.caps = (self.sizes[0], lay.nse)
     self.B = math.prod(lay.batch_shape)
     self.NSE = lay.nse
     # coordinate variable of each bound id (first occurrence), and duplicates to check
@@ -130,6 +146,11 @@ class _Generator:
         if i not in self.bound]
 
   # -- helpers -------------------------------------------------------------------------
+  def leaf_expr(self, l) -> str:
+    if self.kp.transpose:
+      return f"const int64_t leaf = a->perm[p{l}];"
+    return f"const int64_t leaf = b * {self.NSE} + p{l};"
+
   def out_free_ids(self):
     if self.spec.out_kind == DENSE_OUT:
       return [i for i in self.spec.out if i not in self.coord_var]
@@ -240,6 +261,7 @@ class _Generator:
         e(f"const I* pos{l};")
       if lvl.kind != DENSE:
         e(f"const I* crd{l};")
+    e("const I* perm;")
     e("T* out;")
     e.close("} args_t;")
     e()
@@ -319,6 +341,35 @@ class _Generator:
     if self.coord_var[ident] != f"c{l}":
       e(f"if (c{l} != {self.coord_var[ident]}) continue;")
 
+  def emit_transpose_prologue(self, e):
+    """Counting sort of a (dense, compressed) structure into column-major scratch."""
+    n0, n1 = self.lay.level_sizes
+    nse = self.NSE
+    e(f"I* tpos = (I*)calloc({n1 + 1}, sizeof(I));")
+    e(f"I* tcrd = (I*)malloc(sizeof(I) * {max(nse, 1)});")
+    e(f"I* tperm = (I*)malloc(sizeof(I) * {max(nse, 1)});")
+    e(f"I* next = (I*)malloc(sizeof(I) * {max(n1, 1)});")
+    e("if (!tpos || !tcrd || !tperm || !next) { free(tpos); free(tcrd); free(tperm); free(next); "
+      "return jscorch_error(cf, \"jscorch kernel: out of memory for the transposed structure\"); }")
+    e("const I* pos = (const I*)a.pos1;")
+    e("const I* crd = (const I*)a.crd1;")
+    e.open(f"for (int64_t i = 0; i < {n0}; ++i) {{")
+    e(f"int64_t hi = pos[i + 1]; if (hi > {nse}) hi = {nse};")
+    e(f"for (int64_t p = pos[i]; p < hi; ++p) if ((uint64_t)crd[p] < {n1}) ++tpos[crd[p] + 1];")
+    e.close()
+    e(f"for (int64_t j = 0; j < {n1}; ++j) {{ tpos[j + 1] += tpos[j]; next[j] = tpos[j]; }}")
+    e.open(f"for (int64_t i = 0; i < {n0}; ++i) {{")
+    e(f"int64_t hi = pos[i + 1]; if (hi > {nse}) hi = {nse};")
+    e.open("for (int64_t p = pos[i]; p < hi; ++p) {")
+    e("const int64_t c = crd[p];")
+    e(f"if ((uint64_t)c >= {n1}) continue;")
+    e("const int64_t q = next[c]++;")
+    e("tcrd[q] = (I)i; tperm[q] = (I)p;")
+    e.close()
+    e.close()
+    e("free(next);")
+    e("a.pos1 = tpos; a.crd1 = tcrd; a.perm = tperm;")
+
   def emit_handler(self, e):
     kp = self.kp
     e(f"XLA_FFI_Error* {kp.name}(XLA_FFI_CallFrame* cf) {{")
@@ -339,6 +390,8 @@ class _Generator:
         e(f"a.crd{l} = (const I*)jscorch_arg(cf, {at});")
         at += 1
     e("a.out = (T*)jscorch_ret(cf, 0);")
+    if kp.transpose:
+      self.emit_transpose_prologue(e)
     out_size = math.prod(self.spec.out_shape) if self.spec.out_kind == DENSE_OUT else \
         math.prod(self.spec.out_layout.data_shape)
     if not self.store_ok():
@@ -353,6 +406,8 @@ class _Generator:
       e("jscorch_parallel_for(cf, body, &a, bounds, n_chunks);")
     else:
       e(f"body(&a, 0, {self.units()});")
+    if kp.transpose:
+      e("free(tpos); free(tcrd); free(tperm);")
     e("return NULL;")
     e.depth -= 1
     e("}")
@@ -409,7 +464,7 @@ class VectorEmitter:
     if l >= 0:
       g.open_level(e, l)
     if l == g.L - 1:
-      e(f"const int64_t leaf = b * {g.NSE} + p{l};")
+      e(g.leaf_expr(l))
       self.emit_prefetch(l)
       if l == self.out_level:
         self.write_out(self.factors_at.get(l, []))
@@ -479,7 +534,7 @@ class ScalarEmitter:
     g, e = self.g, self.e
     for l in range(g.L):
       g.open_level(e, l)
-    e(f"const int64_t leaf = b * {g.NSE} + p{g.L - 1};")
+    e(g.leaf_expr(g.L - 1))
     out_free = g.out_free_ids()
     summed = [i for i in g.free if i not in out_free]
     for i in out_free:
@@ -499,6 +554,11 @@ class ScalarEmitter:
       e.close()
     for _ in range(g.L):
       e.close()
+
+
+def owner(kp: KernelPlan) -> bool:
+  """Whether ``kp``'s units write disjoint outputs (so they run in parallel)."""
+  return _Generator(kp).owner()
 
 
 def generate(kp: KernelPlan) -> str:

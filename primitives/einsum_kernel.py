@@ -87,7 +87,10 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
       sum(op.n_buffers for op in spec.operands)
   driver = lay.replace(format=lay.format.replace(n_dense=0),
                        shape=lay.batch_shape + lay.sparse_shape)
-  return codegen.KernelPlan(spec, driver, ids, index_input, np.dtype(dtype)), "kernel"
+  kp = codegen.KernelPlan(spec, driver, ids, index_input, np.dtype(dtype))
+  if kp.transposable() and not codegen.owner(kp) and codegen.owner(kp.transposed()):
+    kp = kp.transposed()       # Scorch: transpose the operand whose order conflicts
+  return kp, "kernel"
 
 
 def spgemm_plan(spec: EinsumSpec, dtype) -> codegen_spgemm.SpgemmPlan | None:

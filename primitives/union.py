@@ -119,7 +119,9 @@ def union_size(parts: Sequence[tuple[Layout, tuple]],
   offsets = offsets or [None] * len(parts)
   host = []
   for (lay, idx), off in zip(parts, offsets):
-    c = np.asarray(logical_coordinates(lay, idx)).astype(np.int64)
+    # Concrete buffers closed over by a jit-traced function still trace unless forced.
+    with jax.ensure_compile_time_eval():
+      c = np.asarray(logical_coordinates(lay, idx)).astype(np.int64)
     valid = np.all(c < np.asarray(lay.sparse_shape), axis=-1)
     if off is not None:
       c = c + np.asarray(off, np.int64)
