@@ -225,7 +225,15 @@ def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
   sparse_ops = [(x, ids) for x, ids in zip(ops, in_ids) if is_sparse(x)]
   bound = {i for x, ids in sparse_ops for i in ids[:x.n_batch + x.n_sparse]}
   if out_format is None:
-    if len(sparse_ops) < 2 or not out or not set(out) <= bound:
+    # Scorch: an output index is dense when a dense operand, a batch dimension or a dense
+    # level of a sparse operand ranges over it; a result of only dense indices is dense.
+    dense_ids = {i for x, ids in zip(ops, in_ids) if not is_sparse(x) for i in ids}
+    for x, ids in sparse_ops:
+      dense_ids |= set(ids[:x.n_batch])
+      sparse_ids = ids[x.n_batch:x.n_batch + x.n_sparse]
+      dense_ids |= {sparse_ids[d] for d, lvl in zip(x.format.mode_ordering, x.format.levels)
+                    if lvl.kind == "dense"}
+    if len(sparse_ops) < 2 or not out or not set(out) <= bound or set(out) <= dense_ids:
       return DENSE_OUT, None, ()
   n_batch = 0
   batch_ids = {i for x, ids in sparse_ops for i in ids[:x.n_batch]}

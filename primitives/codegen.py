@@ -58,6 +58,13 @@ class KernelPlan:
     transpose: iterate a CSR-like driver column-major: the kernel first transposes
       its structure (a counting sort into scratch buffers, with a permutation to the
       stored values) because the output is owned by the inner level's index.
+    partners: other sparse structures ``(layout, index_input)`` with the driver's
+      format and shape but their own patterns: their compressed levels are
+      co-iterated with the driver's (a merge that visits only the coordinates
+      present in all of them — an intersection).
+    structure_of: for each operand, the structure holding it (0 = driver, s = the
+      s-th partner, -1 = dense).
+    pattern_structure: the structure whose leaves are a sampled output's pattern.
   """
   spec: EinsumSpec
   driver: Layout
@@ -65,12 +72,15 @@ class KernelPlan:
   index_input: int
   dtype: np.dtype
   transpose: bool = False
+  partners: tuple[tuple[Layout, int], ...] = ()
+  structure_of: tuple[int, ...] = ()
+  pattern_structure: int = 0
 
   def transposable(self) -> bool:
     """A 2-level (dense, compressed) driver without batch dims can be transposed."""
     lay = self.driver
     return lay.n_batch == 0 and tuple(l.kind for l in lay.format.levels) == (
-        DENSE, COMPRESSED) and not self.transpose
+        DENSE, COMPRESSED) and not self.transpose and not self.partners
 
   def transposed(self) -> KernelPlan:
     return dataclasses.replace(self, driver_ids=self.driver_ids[::-1], transpose=True)
@@ -130,6 +140,10 @@ class _Generator:
       self.caps = (self.sizes[0], lay.nse)
     self.B = math.prod(lay.batch_shape)
     self.NSE = lay.nse
+    self.S = 1 + len(kp.partners)
+    self.structs = [(lay, kp.index_input)] + list(kp.partners)
+    # Co-iterating a compressed first level is one merge per batch element (one unit).
+    self.unit_width = 1 if self.S > 1 and self.levels[0].kind != DENSE else self.caps[0]
     # coordinate variable of each bound id (first occurrence), and duplicates to check
     self.coord_var: dict[int, str] = {}
     self.level_of: dict[int, int] = {}
@@ -149,7 +163,16 @@ class _Generator:
   def leaf_expr(self, l) -> str:
     if self.kp.transpose:
       return f"const int64_t leaf = a->perm[p{l}];"
-    return f"const int64_t leaf = b * {self.NSE} + p{l};"
+    lines = [f"const int64_t leaf = b * {self.NSE} + p{l};"]
+    for s in range(1, self.S):
+      lines.append(f"const int64_t leaf_{s} = b * {self.structs[s][0].nse} + p{l}_{s};")
+    return " ".join(lines)
+
+  def structure(self, k) -> int:
+    """The structure holding operand k's pattern (k = None: the sampled output)."""
+    if k is None:
+      return self.kp.pattern_structure
+    return self.kp.structure_of[k] if self.kp.structure_of else 0
 
   def out_free_ids(self):
     if self.spec.out_kind == DENSE_OUT:
@@ -170,17 +193,18 @@ class _Generator:
              for i, s in zip(op.indices, _strides(shape))]
     return " + ".join(terms) if terms else "0"
 
-  def value_offset(self, op: Operand, free_var=lambda i: f"f{i}"):
+  def value_offset(self, op: Operand, free_var=lambda i: f"f{i}", k=None):
     block = op.block
     blk = math.prod(self.size(i) for i in block)
-    terms = [f"(leaf * {blk})"] + [f"{self.coord(i, free_var)} * {s}" for i, s in
+    s = self.structure(k)
+    terms = [f"(leaf{'_%d' % s if s else ''} * {blk})"] + [f"{self.coord(i, free_var)} * {s}" for i, s in
                                      zip(block, _strides(tuple(self.size(i) for i in block)))]
     return " + ".join(terms)
 
   def out_offset(self, free_var=lambda i: f"f{i}"):
     if self.spec.out_kind == DENSE_OUT:
       return self.dense_offset(Operand(self.spec.out), free_var)
-    return self.value_offset(self.spec.out_operand, free_var)
+    return self.value_offset(self.spec.out_operand, free_var, k=None)
 
   def factor_level(self, op: Operand) -> int:
     ids = op.indices if not op.sparse else op.bound
@@ -256,25 +280,36 @@ class _Generator:
     e.open("typedef struct {")
     for k, op in enumerate(self.spec.operands):
       e(f"const T* x{k};")
-    for l, lvl in enumerate(self.levels):
-      if lvl.kind == COMPRESSED:
-        e(f"const I* pos{l};")
-      if lvl.kind != DENSE:
-        e(f"const I* crd{l};")
+    for s in range(self.S):
+      for l, lvl in enumerate(self.levels):
+        if lvl.kind == COMPRESSED:
+          e(f"const I* pos{l}{self.sfx(s)};")
+        if lvl.kind != DENSE:
+          e(f"const I* crd{l}{self.sfx(s)};")
     e("const I* perm;")
     e("T* out;")
     e.close("} args_t;")
     e()
 
+  @staticmethod
+  def sfx(s) -> str:
+    return f"_{s}" if s else ""
+
   def units(self) -> int:
-    return self.B * self.caps[0]
+    return self.B * self.unit_width
 
   def emit_work_before(self, e):
     """Leaves before unit u (monotone): the balance key of the parallel split."""
     e.open("static int64_t work_before(const void* a_, int64_t u) {")
     e("const args_t* a = (const args_t*)a_;")
     e(f"if (u >= {self.units()}) return {self.B * self.NSE};")
-    e(f"const int64_t b = u / {self.caps[0]}, q = u % {self.caps[0]};")
+    e(f"const int64_t b = u / {self.unit_width}, q = u % {self.unit_width};")
+    if self.unit_width == 1:
+      e("(void)q;")
+      e(f"return b * {self.NSE};")
+      e.close()
+      e()
+      return
     e("int64_t p = q;")
     for l in range(1, self.L):
       lvl, pc, cap = self.levels[l], self.caps[l - 1], self.caps[l]
@@ -291,7 +326,7 @@ class _Generator:
     e("const args_t* a = (const args_t*)a_;")
     e("T* restrict out = a->out;")
     e.open("for (int64_t u = lo; u < hi; ++u) {")
-    e(f"const int64_t b = u / {self.caps[0]}, q = u % {self.caps[0]};")
+    e(f"const int64_t b = u / {self.unit_width}, q = u % {self.unit_width};")
     stride = 1
     for d in reversed(range(self.nb)):
       size = self.lay.batch_shape[d]
@@ -314,6 +349,8 @@ class _Generator:
 
   def open_level(self, e, l):
     """Opens the loop (or block) of level l; binds p{l} and c{l}; skips padding."""
+    if self.S > 1:
+      return self.open_merged_level(e, l)
     lvl, size, cap = self.levels[l], self.sizes[l], self.caps[l]
     pc = self.caps[l - 1] if l else 1
     parent = f"p{l - 1}" if l else "0"
@@ -340,6 +377,57 @@ class _Generator:
     ident = self.kp.driver_ids[self.nb + l]
     if self.coord_var[ident] != f"c{l}":
       e(f"if (c{l} != {self.coord_var[ident]}) continue;")
+
+  def close_level(self, e, l):
+    if self.S == 1 or self.levels[l].kind == DENSE:
+      e.close()
+      return
+    e.close("} while (0);")
+    e(" ".join(f"++q{l}{self.sfx(s)};" for s in range(self.S)))
+    e.depth -= 1
+    e.open("} else {")
+    for s in range(self.S):
+      e(f"if (k{l}_{s} < c{l}) ++q{l}{self.sfx(s)};")
+    e.close()
+    e.close()
+
+  def open_merged_level(self, e, l):
+    """Level l of several structures in lockstep: a shared dense loop, or a merge of
+    their compressed segments that stops only at coordinates present in all."""
+    lvl, size = self.levels[l], self.sizes[l]
+    structs = range(self.S)
+    if lvl.kind == DENSE:
+      if l == 0:
+        e.open("{")
+        e("const int64_t c0 = q;")
+        for s in structs:
+          e(f"const int64_t p0{self.sfx(s)} = q;")
+      else:
+        e.open(f"for (int64_t c{l} = 0; c{l} < {size}; ++c{l}) {{")
+        for s in structs:
+          e(f"const int64_t p{l}{self.sfx(s)} = p{l - 1}{self.sfx(s)} * {size} + c{l};")
+      return
+    for s in structs:
+      lay = self.structs[s][0]
+      caps = lay.capacities
+      cap, pc = caps[l], (caps[l - 1] if l else 1)
+      parent = f"p{l - 1}{self.sfx(s)}" if l else "0"
+      x = self.sfx(s)
+      e(f"int64_t q{l}{x} = a->pos{l}{x}[b * {pc + 1} + {parent}];")
+      e(f"int64_t hi{l}{x} = a->pos{l}{x}[b * {pc + 1} + {parent} + 1]; "
+        f"if (hi{l}{x} > {cap}) hi{l}{x} = {cap};")
+    e.open("while (" + " && ".join(f"q{l}{self.sfx(s)} < hi{l}{self.sfx(s)}"
+                                   for s in structs) + ") {")
+    for s in structs:
+      cap = self.structs[s][0].capacities[l]
+      e(f"const int64_t k{l}_{s} = a->crd{l}{self.sfx(s)}[b * {cap} + q{l}{self.sfx(s)}];")
+    e(f"int64_t c{l} = k{l}_0;")
+    for s in range(1, self.S):
+      e(f"if (k{l}_{s} > c{l}) c{l} = k{l}_{s};")
+    e.open("if (" + " && ".join(f"k{l}_{s} == c{l}" for s in structs) + ") {")
+    e(f"if ((uint64_t)c{l} >= {size}) break;")
+    e(" ".join(f"const int64_t p{l}{self.sfx(s)} = q{l}{self.sfx(s)};" for s in structs))
+    e.open("do {")
 
   def emit_transpose_prologue(self, e):
     """Counting sort of a (dense, compressed) structure into column-major scratch."""
@@ -381,14 +469,14 @@ class _Generator:
     for k, op in enumerate(self.spec.operands):
       e(f"a.x{k} = (const T*)jscorch_arg(cf, {at});")
       at += op.n_buffers
-    at = kp.index_input
-    for l, lvl in enumerate(self.levels):
-      if lvl.kind == COMPRESSED:
-        e(f"a.pos{l} = (const I*)jscorch_arg(cf, {at});")
-        at += 1
-      if lvl.kind != DENSE:
-        e(f"a.crd{l} = (const I*)jscorch_arg(cf, {at});")
-        at += 1
+    for s, (_, at) in enumerate(self.structs):
+      for l, lvl in enumerate(self.levels):
+        if lvl.kind == COMPRESSED:
+          e(f"a.pos{l}{self.sfx(s)} = (const I*)jscorch_arg(cf, {at});")
+          at += 1
+        if lvl.kind != DENSE:
+          e(f"a.crd{l}{self.sfx(s)} = (const I*)jscorch_arg(cf, {at});")
+          at += 1
     e("a.out = (T*)jscorch_ret(cf, 0);")
     if kp.transpose:
       self.emit_transpose_prologue(e)
@@ -440,7 +528,7 @@ class VectorEmitter:
     parts = []
     for k, op in factors:
       has_r = self.r in (op.block if op.sparse else op.indices)
-      base = self.g.value_offset(op, lambda i: "0") if op.sparse else \
+      base = self.g.value_offset(op, lambda i: "0", k) if op.sparse else \
           self.g.dense_offset(op, lambda i: "0")
       if has_r:
         addr = f"a->x{k} + ({base}) + {offset}"
@@ -479,7 +567,7 @@ class VectorEmitter:
       elif l > self.out_level:
         self.accumulate(l - 1, self.factors_at.get(l, []), acc=l + 1)
     if l >= 0:
-      e.close()
+      g.close_level(e, l)
 
   def accumulate(self, into, factors, acc):
     """acc{into+1} += prod(factors) * (acc{acc} | leaf values)."""
@@ -544,7 +632,7 @@ class ScalarEmitter:
       e.open(f"for (int64_t f{i} = 0; f{i} < {g.size(i)}; ++f{i}) {{")
     parts = []
     for k, op in enumerate(g.spec.operands):
-      off = g.value_offset(op) if op.sparse else g.dense_offset(op)
+      off = g.value_offset(op, k=k) if op.sparse else g.dense_offset(op)
       parts.append(f"a->x{k}[{off}]")
     e(f"s += {' * '.join(parts) if parts else '1'};")
     for _ in summed:
@@ -552,8 +640,8 @@ class ScalarEmitter:
     e(f"out[{g.out_offset()}] += s;")
     for _ in out_free:
       e.close()
-    for _ in range(g.L):
-      e.close()
+    for l in reversed(range(g.L)):
+      g.close_level(e, l)
 
 
 def owner(kp: KernelPlan) -> bool:

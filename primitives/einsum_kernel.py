@@ -72,22 +72,40 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
   first = source_operand(spec, sources[0])
   if first.layout.nse == 0:
     return None, "empty"
-  buffers = _source_buffers(spec, flat, sources[0])
-  for s in sources[1:]:
-    op = source_operand(spec, s)
-    same = _structure(op.layout) == _structure(first.layout) and op.bound == first.bound and \
-        all(x is y or x == y for x, y in zip(_source_buffers(spec, flat, s), buffers))
-    if not same:
-      return None, "co-iteration"
+  # Group the sources by identical structure (same layout and the same index buffers).
+  groups_of: list[tuple[int, tuple]] = []        # (first source, buffers) per structure
+  structure = {}
+  for s in sources:
+    op, bufs = source_operand(spec, s), _source_buffers(spec, flat, s)
+    for n, (rep, rep_bufs) in enumerate(groups_of):
+      rep_op = source_operand(spec, rep)
+      if _structure(op.layout) == _structure(rep_op.layout) and op.bound == rep_op.bound and \
+          all(x is y or x == y for x, y in zip(bufs, rep_bufs)):
+        structure[s] = n
+        break
+    else:
+      structure[s] = len(groups_of)
+      groups_of.append((s, bufs))
+  if len(groups_of) > 1 and not _co_iterable(spec, [rep for rep, _ in groups_of]):
+    return None, "co-iteration"
   lay = first.layout
   ids = first.bound[:lay.n_batch] + tuple(
       first.bound[lay.n_batch + d] for d in lay.format.mode_ordering)
-  groups, _ = spec.split_inputs(list(range(len(flat))))
-  index_input = groups[sources[0]][1] if sources[0] != PATTERN else \
-      sum(op.n_buffers for op in spec.operands)
-  driver = lay.replace(format=lay.format.replace(n_dense=0),
+  positions, _ = spec.split_inputs(list(range(len(flat))))
+
+  def index_input(s):
+    return positions[s][1] if s != PATTERN else sum(op.n_buffers for op in spec.operands)
+
+  def bare(lay):
+    return lay.replace(format=lay.format.replace(n_dense=0),
                        shape=lay.batch_shape + lay.sparse_shape)
-  kp = codegen.KernelPlan(spec, driver, ids, index_input, np.dtype(dtype))
+
+  partners = tuple((bare(source_operand(spec, rep).layout), index_input(rep))
+                   for rep, _ in groups_of[1:])
+  structure_of = tuple(structure.get(k, -1) for k in range(len(spec.operands)))
+  kp = codegen.KernelPlan(spec, bare(lay), ids, index_input(sources[0]), np.dtype(dtype),
+                          partners=partners, structure_of=structure_of,
+                          pattern_structure=structure.get(PATTERN, 0))
   if kp.transposable() and not codegen.owner(kp) and codegen.owner(kp.transposed()):
     kp = kp.transposed()       # Scorch: transpose the operand whose order conflicts
   return kp, "kernel"
@@ -137,6 +155,22 @@ def _source(kp) -> str:
   if isinstance(kp, codegen_spgemm.SpgemmPlan):
     return codegen_spgemm.generate(kp)
   return codegen.generate(kp)
+
+
+def _co_iterable(spec: EinsumSpec, reps) -> bool:
+  """Structures can be merged level by level: same format and shape, ordered unique levels
+  of kinds dense/compressed, the same index ids, no repeated index."""
+  ops = [source_operand(spec, r) for r in reps]
+  first = ops[0].layout
+  for op in ops:
+    lay = op.layout
+    if lay.format.replace(n_dense=0) != first.format.replace(n_dense=0) or \
+        lay.batch_shape != first.batch_shape or lay.sparse_shape != first.sparse_shape or \
+        op.bound != ops[0].bound or len(set(op.bound)) != len(op.bound):
+      return False
+    if any(l.kind == "singleton" or not (l.ordered and l.unique) for l in lay.format.levels):
+      return False
+  return True
 
 
 def ensure_registered(kp) -> str:
