@@ -31,8 +31,10 @@ FALLBACKS = {
     "dtype": "values other than float32 / float64 (integers, complex, bfloat16)",
     "sparse output": "a new sparse pattern other than CSR x CSR -> CSR (``ij,jk->ik`` with "
                      "row-major operands, no batch or block dims)",
-    "co-iteration": "sparse sources with different patterns (intersections of two "
-                    "patterns, sparse x sparse contractions with a dense result)",
+    "co-iteration": "sparse sources with different patterns that cannot be merged level by "
+                    "level: different formats, mode orderings or shapes, singleton or "
+                    "non-unique levels (COO), repeated indices, or sparse x sparse "
+                    "contractions with a dense result",
     "empty": "a dimension or capacity of size zero",
     "no compiler": "no C compiler on this machine",
 }
