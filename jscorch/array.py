@@ -83,8 +83,9 @@ class SparseArray:
     fmt = resolve_format(format, len(shape), func=func)
     nse = data.shape[fmt.n_batch] if data.ndim > fmt.n_batch else -1
     lay = Layout.make(fmt, shape, nse, func)
+    indices = tuple(jnp.asarray(i) for i in indices)
     lay.check_buffers(data, indices, func)
-    indices = tuple(jnp.asarray(i).astype(lay.index_dtype) for i in indices)
+    indices = tuple(i.astype(lay.index_dtype) for i in indices)
     if check and checks.is_concrete(*indices):
       checks.check_indices(lay, indices, func)
     return cls._make(data, indices, fmt, shape)
@@ -253,6 +254,84 @@ class SparseArray:
   def block_until_ready(self):
     jax.block_until_ready((self.data, self.indices))
     return self
+
+  # -- arithmetic (jscorch.ops; see there for the rules) -----------------------------------
+  def __matmul__(self, other):
+    return _ops().matmul(self, other) if _ops().is_operand(other) else NotImplemented
+
+  def __rmatmul__(self, other):
+    return _ops().matmul(other, self) if _ops().is_operand(other) else NotImplemented
+
+  def __mul__(self, other):
+    return _ops().multiply(self, other) if _ops().is_operand(other) else NotImplemented
+
+  def __rmul__(self, other):
+    return _ops().multiply(other, self) if _ops().is_operand(other) else NotImplemented
+
+  def __truediv__(self, other):
+    return _ops().divide(self, other) if _ops().is_operand(other) else NotImplemented
+
+  def __rtruediv__(self, other):
+    return _ops().divide(other, self) if _ops().is_operand(other) else NotImplemented
+
+  def __add__(self, other):
+    return _ops().add(self, other) if _ops().is_operand(other) else NotImplemented
+
+  def __radd__(self, other):
+    return _ops().add(other, self) if _ops().is_operand(other) else NotImplemented
+
+  def __sub__(self, other):
+    return _ops().subtract(self, other) if _ops().is_operand(other) else NotImplemented
+
+  def __rsub__(self, other):
+    return _ops().subtract(other, self) if _ops().is_operand(other) else NotImplemented
+
+  def __pow__(self, other):
+    return _ops().power(self, other) if _ops().is_operand(other) else NotImplemented
+
+  def __rpow__(self, other):
+    return _ops().power(other, self) if _ops().is_operand(other) else NotImplemented
+
+  def __neg__(self) -> SparseArray:
+    return self.with_data(-self.data)
+
+  def __pos__(self) -> SparseArray:
+    return self
+
+  def __abs__(self) -> SparseArray:
+    return self.with_data(jnp.abs(self.data))
+
+  def sum(self, axis: int | Sequence[int] | None = None, dtype=None,
+          keepdims: bool = False) -> jax.Array:
+    """Sum over ``axis`` (all by default): a dense array (see :func:`jscorch.sum`).
+
+    Example:
+      >>> import jax.numpy as jnp, jscorch as js
+      >>> js.from_dense(jnp.array([[1., 0.], [3., 2.]])).sum(axis=1)
+      Array([1., 5.], dtype=float32)
+    """
+    return _ops().sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
+
+  def conj(self) -> SparseArray:
+    """The complex conjugate of the stored values (same pattern)."""
+    return self.with_data(jnp.conj(self.data))
+
+  conjugate = conj
+
+  @property
+  def real(self) -> SparseArray:
+    """The real part of the stored values (same pattern)."""
+    return self.with_data(jnp.real(self.data))
+
+  @property
+  def imag(self) -> SparseArray:
+    """The imaginary part of the stored values (same pattern)."""
+    return self.with_data(jnp.imag(self.data))
+
+
+def _ops():
+  from jscorch import ops   # noqa: PLC0415 (ops imports this module)
+  return ops
 
 
 def is_sparse(x) -> bool:

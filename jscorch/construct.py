@@ -16,7 +16,7 @@ from jscorch.primitives.layout import Layout
 
 
 def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
-               n_batch: int = 0, n_dense: int = 0) -> SparseArray:
+               n_batch: int | None = None, n_dense: int | None = None) -> SparseArray:
   """A sparse array holding the nonzero entries (blocks) of a dense array.
 
   Args:
@@ -25,8 +25,8 @@ def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
     nse: capacity per batch element (static). Default: the largest number of
       nonzero entries of any batch element, which needs a concrete ``x``; under
       ``jit`` pass it. Extra capacity is padding.
-    n_batch: leading dimensions that are batch dimensions.
-    n_dense: trailing dimensions stored as dense blocks.
+    n_batch: leading dimensions that are batch dimensions (default: the format's, or 0).
+    n_dense: trailing dimensions stored as dense blocks (default: the format's, or 0).
 
   Returns:
     A :class:`SparseArray` of ``x.shape``. Gradients flow to ``x`` at the stored
@@ -70,7 +70,7 @@ def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
 
 
 def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | None = None,
-             check: bool = True) -> SparseArray:
+             check: bool = True, _func: str = "from_coo") -> SparseArray:
   """A sparse array from coordinates and values; sorts and sums duplicates.
 
   Args:
@@ -79,8 +79,8 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
     values: `[*batch, n, *block]`.
     shape: the full shape ``(*batch, *sparse, *block)`` (static).
     format: the storage format; batch and block dims are read from the operands.
-    nse: capacity (static). Default: the number of distinct coordinates when the
-      inputs are concrete, else ``n``.
+    nse: capacity (static). Default: the number of distinct coordinates (all
+      in-range entries for a non-unique format) when the inputs are concrete, else ``n``.
     check: on concrete input, raise on out-of-range (or negative) coordinates.
 
   Raises:
@@ -96,7 +96,7 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
     Array([[0., 2.],
            [4., 0.]], dtype=float32)
   """
-  func = "from_coo"
+  func = _func
   indices, values = jnp.asarray(indices), jnp.asarray(values)
   shape = _static.static_shape(shape, func)
   if not jnp.issubdtype(indices.dtype, jnp.integer):
@@ -133,7 +133,8 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
     nse = indices.shape[-2]
     if concrete and indices.size:
       host = np.asarray(indices).reshape((-1,) + indices.shape[-2:])
-      nse = max(len(np.unique(h[np.all((h >= 0) & (h < sizes), 1)], axis=0)) for h in host)
+      kept = [h[np.all((h >= 0) & (h < sizes), 1)] for h in host]
+      nse = max(len(np.unique(h, axis=0)) if fmt.unique else len(h) for h in kept)
   nse = _static.static_int(nse, "nse", func)
   lay = Layout.make(fmt, shape, nse, func)
   idt = lay.index_dtype
@@ -144,7 +145,7 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
 
 
 def random(key, shape, density: float, format: FormatLike = "csr", dtype=jnp.float32, *,
-           n_batch: int = 0, n_dense: int = 0) -> SparseArray:
+           n_batch: int | None = None, n_dense: int | None = None) -> SparseArray:
   """A random sparse array: uniformly placed entries with standard normal values.
 
   Each batch element gets its own pattern of ``round(density * prod(sparse_shape))``

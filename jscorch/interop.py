@@ -46,7 +46,7 @@ def from_scipy(m, *, nse: int | None = None) -> SparseArray:
   if fmt == "coo":
     from jscorch.construct import from_coo
     coords = np.stack([m.row, m.col], axis=-1).astype(np.int64)
-    return from_coo(coords, m.data, m.shape, format=COO, nse=nse)
+    return from_coo(coords, m.data, m.shape, format=COO, nse=nse, _func="from_scipy")
   m = m.copy()
   m.sum_duplicates()           # also sorts indices
   target = CSR if fmt == "csr" else CSC

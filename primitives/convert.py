@@ -25,6 +25,13 @@ from .layout import Layout
 Indices = tuple[jax.Array, ...]
 
 
+def scatter_sum(target: jax.Array, index, values: jax.Array) -> jax.Array:
+  """``target.at[index].add(values, mode="drop")``; logical or for booleans."""
+  if target.dtype == jnp.bool_:
+    return target.at[index].max(values, mode="drop")
+  return target.at[index].add(values, mode="drop")
+
+
 def vmap_batch(f: Callable, n_batch: int) -> Callable:
   """Maps ``f`` over ``n_batch`` leading dimensions of all its array arguments."""
   for _ in range(n_batch):
@@ -103,7 +110,7 @@ def todense(lay: Layout, data: jax.Array, indices: Indices) -> jax.Array:
   def one(data, *indices):
     coords = storage_to_logical(el, _leaf_coordinates_1(el, indices))
     out = jnp.zeros(el.sparse_shape + el.block_shape, data.dtype)
-    return out.at[tuple(coords.T)].add(data, mode="drop")
+    return scatter_sum(out, tuple(coords.T), data)
 
   return vmap_batch(one, lay.n_batch)(data, *indices)
 
@@ -126,7 +133,7 @@ def _sum_duplicates(coords, valid, data, sizes):
   target = jnp.where(valid, group, n)
   new_coords = jnp.broadcast_to(jnp.asarray(sizes, coords.dtype), coords.shape)
   new_coords = new_coords.at[jnp.where(first, group, n)].set(coords, mode="drop")
-  new_data = jnp.zeros_like(data).at[target].add(data, mode="drop")
+  new_data = scatter_sum(jnp.zeros_like(data), target, data)
   return new_coords, jnp.arange(n) < first.sum(), new_data
 
 
@@ -162,7 +169,7 @@ def _build_levels_1(lay: Layout, coords, valid, data):
       crd = jnp.full(cap, size, idt).at[jnp.where(valid, node, cap)].set(ck, mode="drop")
       indices.append(crd)
   leaf = jnp.where(valid, node, lay.nse)
-  out = jnp.zeros((lay.nse,) + data.shape[1:], data.dtype).at[leaf].add(data, mode="drop")
+  out = scatter_sum(jnp.zeros((lay.nse,) + data.shape[1:], data.dtype), leaf, data)
   return out, tuple(indices), count
 
 
@@ -189,7 +196,8 @@ def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: s
   def one(coords, data):
     valid = jnp.all((coords < sizes) & (coords >= 0), axis=-1)
     coords = jnp.where(valid[:, None], coords, sizes)
-    data = jnp.where(valid.reshape((-1,) + (1,) * (data.ndim - 1)), data, 0)
+    data = jnp.where(valid.reshape((-1,) + (1,) * (data.ndim - 1)), data,
+                     jnp.zeros((), data.dtype))
     if not is_sorted:
       coords, data = _sort_coordinates(coords, data)
       valid = jnp.all(coords < sizes, axis=-1)

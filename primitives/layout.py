@@ -82,7 +82,7 @@ class Layout:
       raise SparseFormatError(
           f"{func}: an all-dense format stores every coordinate; got nse={nse}, expected "
           f"{lay.capacities[-1]}.")
-    index_dtype_for(max(shape + (int(nse) + 1,)), func)
+    index_dtype_for(max(shape + (int(nse) + 1,) + tuple(c + 1 for c in lay.capacities)), func)
     return lay
 
   # -- dimension groups ---------------------------------------------------------------
@@ -119,7 +119,8 @@ class Layout:
 
   @property
   def index_dtype(self) -> np.dtype:
-    return index_dtype_for(max(self.shape + (self.nse + 1,)))
+    return index_dtype_for(max(self.shape + (self.nse + 1,) +
+                               tuple(c + 1 for c in self.capacities)))
 
   @property
   def capacities(self) -> tuple[int, ...]:
