@@ -29,3 +29,29 @@ hypothesis.settings.register_profile(
     suppress_health_check=[hypothesis.HealthCheck.too_slow],
 )
 hypothesis.settings.load_profile(os.environ.get("JSCORCH_HYPOTHESIS_PROFILE", "jscorch"))
+
+
+# -- both lowerings -----------------------------------------------------------------------
+# Modules whose tests run twice: with generated kernels (lowering "auto") and with the
+# portable lowering, so every test of the portable path also runs on the kernel path.
+import pytest  # noqa: E402
+
+BOTH_LOWERINGS = {"test_einsum.py", "test_ops.py", "test_softmax.py", "test_einsum_rules.py"}
+
+
+@pytest.fixture(scope="module")
+def lowering(request):
+  """Sets ``jscorch.config.lowering`` for a whole module (parametrized below)."""
+  import jscorch as js
+  previous = js.config.lowering
+  js.config.lowering = request.param
+  yield request.param
+  js.config.lowering = previous
+
+
+def pytest_generate_tests(metafunc):
+  if os.path.basename(str(metafunc.definition.fspath)) in BOTH_LOWERINGS:
+    if "lowering" not in metafunc.fixturenames:
+      metafunc.fixturenames.append("lowering")
+    metafunc.parametrize("lowering", ["auto", "portable"], indirect=True, scope="module",
+                         ids=["kernel", "portable"])
