@@ -83,12 +83,24 @@ def _native_target(cc: str) -> str:
     return ""
 
 
+_process_dir: list[Path] = []
+
+
 def cache_dir() -> Path:
+  """The kernel cache directory; a per-process temporary one if it cannot be created."""
   root = os.environ.get("JSCORCH_CACHE_DIR") or os.path.join(
       os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jscorch")
   path = Path(root) / "kernels"
-  path.mkdir(parents=True, exist_ok=True)
-  return path
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+  except OSError:
+    if not _process_dir:
+      _process_dir.append(Path(tempfile.mkdtemp(prefix="jscorch-kernels-")))
+      warnings.warn(f"jscorch: cannot create the kernel cache {path}; kernels are cached in "
+                    f"{_process_dir[0]} for this process only. Set $JSCORCH_CACHE_DIR.",
+                    SparseEfficiencyWarning, stacklevel=2)
+    return _process_dir[0]
 
 
 def source_key(source: str, flags) -> str:

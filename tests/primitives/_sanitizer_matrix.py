@@ -1,0 +1,165 @@
+"""The kernel test matrix, run by tests/primitives/test_sanitizer.py under AddressSanitizer.
+
+Not a test module: a script executed in a child process with ``JSCORCH_SANITIZE=1``
+(kernels built with ``-fsanitize=address``) and libasan preloaded. It runs a
+representative subset of the cases of ``test_kernel_paths.py`` (every format,
+batch and block dims, padding, SDDMM, transposed products, intersections, SpGEMM),
+their gradients, adversarial inputs (all-padding operands, large padding, a
+SpGEMM whose capacity is too small) and power-law matrices large enough for the
+parallel paths, checking each result against numpy. Any out-of-bounds access
+aborts the process with an AddressSanitizer report.
+
+Prints ``MATRIX OK <number of kernel lowerings>`` at the end.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jscorch as js  # noqa: E402
+from jscorch.primitives import einsum_kernel, kernel_build  # noqa: E402
+
+import test_codegen as cg  # noqa: E402
+import test_kernel_paths as paths  # noqa: E402
+import util  # noqa: E402
+
+CASES = [
+    "spmv_csr", "spmv_coo", "spmm_csc", "spmm_dcsr", "spmm_coo_unordered", "spmm_dcsc",
+    "spmm_wide19_csr", "spmm_wide16_coo", "dense_left_csc", "transposed_csr", "transposed_coo",
+    "sddmm_csr", "sddmm_coo", "sddmm_dcsr", "mul_dense_first_csc", "mttkrp_csf3",
+    "mttkrp_coo3", "mttkrp_dense_dcsr3", "ttm_csf", "batched_bmm_csr", "batched_bmm_coo",
+    "batched_sddmm_csr", "batched_sum_coo", "block_spmm_csr", "block_contract_coo",
+    "block_mul_csc", "reduce_cols_coo", "reduce_mode1_csf", "moe_csr", "intersect_csr_csr",
+    "intersect_dcsr_dcsr", "spgemm_csr_csr",
+]
+GRADS = ["spmm_csr", "sddmm_csr", "transposed_csr", "intersect_csr_csr", "spgemm_csr_csr",
+         "block_spmm_csr"]
+
+kernels = 0
+
+
+def check(name, got, expected, dtype):
+  np.testing.assert_allclose(paths.as_dense(got), expected, err_msg=name, **paths.tol(dtype))
+
+
+def run(fun, *args):
+  global kernels
+  einsum_kernel.last_decisions.clear()
+  out = jax.block_until_ready(jax.jit(fun)(*args))
+  decisions = [d for _, d in einsum_kernel.last_decisions]
+  kernels += decisions.count("kernel")
+  return out, decisions
+
+
+def case_matrix():
+  """Each case once: alternating float32 / float64 and small / large padding."""
+  for i, name in enumerate(CASES):
+    case = paths.CASES[name]
+    assert case.expected == "kernel", name
+    dtypes = paths.DTYPES[name]
+    dtype = np.dtype(dtypes[i % len(dtypes)])
+    with util.dtype_context(dtype):
+      ops, refs = build(case, dtype, padding=(2, 7)[i % 2])
+      kw = dict(case.kwargs)
+      out, decisions = run(lambda *o: js.einsum(case.subscripts, *o, **kw), *ops)
+      assert decisions == ["kernel"], (name, decisions)
+      check(name, out, paths.numpy_reference(case.subscripts, refs), dtype)
+
+
+def build(case, dtype, padding):
+  rng = np.random.default_rng(len(case.subscripts) + padding)
+  ops, refs = [], []
+  for o in case.operands:
+    if isinstance(o, paths.Sp):
+      x = util.random_dense(rng, o.shape, n_batch=o.n_batch, n_dense=o.n_dense,
+                            density=o.density, dtype=dtype)
+      ops.append(paths.encode(x, o.format, n_batch=o.n_batch, n_dense=o.n_dense,
+                              padding=padding))
+    else:
+      x = util.random_values(rng, o.shape, dtype)
+      ops.append(jnp.asarray(x))
+    refs.append(x)
+  return ops, refs
+
+
+def gradient_matrix():
+  for name in GRADS:
+    case = paths.CASES[name]
+    ops, refs = build(case, np.dtype(np.float32), 3)
+    sparse = [isinstance(o, paths.Sp) for o in case.operands]
+    kw = dict(case.kwargs)
+
+    def loss(vals, ops):
+      args = [o.with_data(v) if sp else v for v, o, sp in zip(vals, ops, sparse)]
+      y = js.einsum(case.subscripts, *args, **kw)
+      return jnp.sum((y.data if isinstance(y, js.SparseArray) else y) ** 2)
+
+    vals = [o.data if sp else o for o, sp in zip(ops, sparse)]
+    grads, decisions = run(jax.grad(loss), vals, ops)
+    assert "kernel" in decisions, (name, decisions)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads), name
+
+
+def adversarial():
+  # an operand with no stored entry at all: every position is padding
+  A = paths.encode(np.zeros((5, 6), np.float32), "csr", padding=4)
+  X = jnp.asarray(util.random_values(0, (6, 16), np.float32))
+  out, decisions = run(lambda A, X: js.einsum("ij,jk->ik", A, X), A, X)
+  assert decisions == ["kernel"] and not np.asarray(out).any()
+  for fmt in ("coo", "dcsr", "csc"):
+    A = paths.encode(np.zeros((5, 6), np.float32), fmt, padding=4)
+    out, decisions = run(lambda A, X: js.einsum("ij,ik,jk->ij", A, X[:5], X), A, X)
+    assert decisions == ["kernel"] and not np.asarray(out.data).any(), fmt
+    out, decisions = run(lambda A, X: js.einsum("ji,jk->ik", A, X[:5]), A, X)
+    assert decisions == ["kernel"] and not np.asarray(out).any(), fmt
+  # SpGEMM whose capacity is too small: poisoned with NaN, never written past nse
+  x = util.random_dense(1, (6, 7), density=0.6)
+  y = util.random_dense(2, (7, 5), density=0.6)
+  exact = int(((x != 0).astype(int) @ (y != 0).astype(int) != 0).sum())
+  A, B = paths.encode(x, "csr"), paths.encode(y, "csr")
+  out, decisions = run(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=exact - 3), A, B)
+  assert decisions == ["kernel"] and np.isnan(np.asarray(out.data)).all()
+  out, _ = run(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=exact), A, B)
+  np.testing.assert_allclose(paths.decode(out), x.astype(np.float64) @ y, rtol=1e-5, atol=1e-5)
+
+
+def power_law():
+  A, S = cg.power_law_csr(4, 800, 3000, 20000)
+  rng = np.random.default_rng(5)
+  X = util.random_values(rng, (3000, 16), np.float32)
+  G = util.random_values(rng, (800, 16), np.float32)
+  tol = dict(rtol=1e-4, atol=1e-3)
+  out, _ = run(lambda A, X: js.einsum("ij,jk->ik", A, X), A, X)
+  np.testing.assert_allclose(np.asarray(out), S @ X, **tol)
+  out, _ = run(lambda A, G: js.einsum("ij,ik->jk", A, G), A, G)
+  np.testing.assert_allclose(np.asarray(out), S.T @ G, **tol)
+  out, _ = run(lambda A, G, X: js.einsum("ij,ik,jk->ij", A, G, X), A, G, X)
+  coo = S.tocoo()
+  np.testing.assert_allclose(np.asarray(out.data)[:S.nnz],
+                             coo.data * np.einsum("nk,nk->n", G[coo.row], X[coo.col]), **tol)
+  B, T = cg.power_law_csr(6, 3000, 400, 6000)
+  C = (S @ T).tocsr()
+  out, _ = run(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=C.nnz + 2), A, B)
+  np.testing.assert_allclose(paths.decode(out), C.toarray(), **tol)
+
+
+def main():
+  assert kernel_build.active_flags() == kernel_build.SANITIZE_FLAGS, "JSCORCH_SANITIZE unset"
+  assert js.config.lowering == "auto"
+  case_matrix()
+  gradient_matrix()
+  adversarial()
+  power_law()
+  print(f"MATRIX OK {kernels}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
