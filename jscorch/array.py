@@ -29,6 +29,11 @@ from jscorch.primitives.formats import Format, FormatLike, resolve_format
 from jscorch.primitives.layout import Layout
 
 
+# Compiled once per layout: eager calls would otherwise dispatch (and compile) op by op.
+_todense = jax.jit(convert.todense, static_argnums=0)
+_count_entries = jax.jit(convert.count_entries, static_argnums=0)
+
+
 @jax.tree_util.register_pytree_node_class
 class SparseArray:
   """A sparse array in any :class:`Format` (see the module docstring).
@@ -151,7 +156,7 @@ class SparseArray:
   @property
   def nnz(self):
     """Number of entries in use (without padding), per batch element."""
-    return convert.count_entries(self.layout, self.indices)
+    return _count_entries(self.layout, self.indices)
 
   def pos(self, level: int) -> jax.Array:
     """The ``pos`` buffer of a compressed level."""
@@ -190,7 +195,7 @@ class SparseArray:
       Array([[1., 0.],
              [0., 1.]], dtype=float32)
     """
-    return convert.todense(self.layout, self.data, self.indices)
+    return _todense(self.layout, self.data, self.indices)
 
   def asformat(self, format: FormatLike, *, nse: int | None = None) -> SparseArray:
     """The same tensor stored in another format (batch and block dims kept).
