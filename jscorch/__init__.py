@@ -39,3 +39,28 @@ __all__ = [
 ]
 from jscorch.einsum import einsum as einsum  # noqa: E402
 __all__.append("einsum")
+from jscorch import ops_unary as _ops_unary  # noqa: E402
+from jscorch.ops import add as add  # noqa: E402
+from jscorch.ops import concatenate as concatenate  # noqa: E402
+from jscorch.ops import divide as divide  # noqa: E402
+from jscorch.ops import dot as dot  # noqa: E402
+from jscorch.ops import matmul as matmul  # noqa: E402
+from jscorch.ops import multiply as multiply  # noqa: E402
+from jscorch.ops import power as power  # noqa: E402
+from jscorch.ops import subtract as subtract  # noqa: E402
+from jscorch.ops import sum as sum  # noqa: E402
+from jscorch.ops import transpose as transpose  # noqa: E402
+from jscorch.ops_softmax import softmax as softmax  # noqa: E402
+from jscorch.ops_unary import ZERO_PRESERVING as ZERO_PRESERVING  # noqa: E402
+
+# The zero-preserving elementwise functions (js.sin, js.abs, js.relu, ...), one per entry
+# of ZERO_PRESERVING.
+globals().update({_name: getattr(_ops_unary, _name) for _name in _ops_unary.ZERO_PRESERVING})
+__all__ += ["ZERO_PRESERVING", "add", "concatenate", "divide", "dot", "matmul", "multiply",
+            "power", "softmax", "subtract", "sum", "transpose", *_ops_unary.ZERO_PRESERVING]
+from jscorch import distributed as distributed  # noqa: E402
+from jscorch import graph as graph  # noqa: E402
+from jscorch.primitives._errors import SparsifyError as SparsifyError  # noqa: E402
+from jscorch.sparsify import sparsify as sparsify  # noqa: E402
+
+__all__ += ["SparsifyError", "distributed", "graph", "sparsify"]

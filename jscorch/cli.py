@@ -4,8 +4,10 @@ Subcommands:
 
 * ``info``: versions of jscorch and its dependencies, the JAX backend and
   devices, the C compiler the kernel builder would use, and ``jscorch.config``.
-* ``demo`` (the default): the environment, then a small worked example of
-  sparse formats, ``jit`` and ``js.grad``.
+* ``demo`` (the default): the environment, then trains a two-layer GCN on the
+  embedded synthetic graph (or ``--data PATH.npz``) with a progress bar, prints
+  the accuracies and the time per epoch and writes a PNG of the training curves
+  (``--plot``, default ``gcn_training.png``).
 
 Each subcommand is one ``_add_<name>`` function that registers its parser and
 one ``cmd_<name>`` function that runs it and returns the exit code; to add a
@@ -112,10 +114,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- demo ----------------------------------------------------------------------------------
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-  p = sub.add_parser("demo", help="a small worked example (the default)",
-                     description="Print the environment, then build a random sparse matrix, "
-                     "convert it between formats, jit a function of it and differentiate "
-                     "with respect to its stored values.")
+  p = sub.add_parser(
+      "demo", help="train a 2-layer GCN on a sparse graph (the default)",
+      description="Train a two-layer GCN (jscorch.nn.GCNConv) on the embedded synthetic graph "
+      "(a stochastic block model with sparse class-correlated features) or on a graph .npz "
+      "(the schema of shared/data/README.md, e.g. ../shared/data/cora.npz), with a progress "
+      "bar; print the train/validation/test accuracy and the time per epoch, and write a PNG "
+      "plot of the loss and accuracy curves.")
+  p.add_argument("--data", metavar="PATH.npz", default=None,
+                 help="graph file in the shared npz schema (default: the embedded synthetic "
+                 "graph)")
+  p.add_argument("--epochs", type=int, default=200, help="training epochs (default: 200)")
+  p.add_argument("--plot", metavar="PATH.png", default="gcn_training.png",
+                 help="where to write the training curves (default: gcn_training.png)")
+  p.add_argument("--no-plot", action="store_true", help="do not write the plot")
   p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
   p.set_defaults(run=lambda args: cmd_demo(args))
 
@@ -124,82 +136,140 @@ def _section(title: str) -> None:
   print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
 
 
-def _fmt(x) -> str:
-  import numpy as np
-  return np.array2string(np.asarray(x), precision=3, suppress_small=True, max_line_width=100)
+class _Progress:
+  """A progress bar: tqdm when installed, else a carriage-return line on stderr."""
+
+  def __init__(self, total: int, desc: str):
+    self.total, self.desc, self.n = total, desc, 0
+    try:
+      from tqdm.auto import tqdm
+    except ImportError:
+      self.bar = None
+    else:
+      self.bar = tqdm(total=total, desc=desc, unit="epoch", leave=True, file=sys.stderr)
+
+  def update(self, metrics: dict) -> None:
+    self.n += 1
+    text = (f"loss {metrics['loss']:.4f}  train {metrics['train_acc']:.3f}  "
+            f"val {metrics['val_acc']:.3f}")
+    if self.bar is not None:
+      self.bar.set_postfix_str(text, refresh=False)
+      self.bar.update(1)
+      return
+    width = 30
+    done = int(width * self.n / max(self.total, 1))
+    sys.stderr.write(f"\r{self.desc} [{'#' * done}{'.' * (width - done)}] "
+                     f"epoch {self.n}/{self.total}  {text}")
+    if self.n == self.total:
+      sys.stderr.write("\n")
+    sys.stderr.flush()
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def plot_history(history, path: str, title: str) -> None:
+  """Writes the loss and accuracy curves of a :class:`jscorch.train.History` as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  epochs = range(1, len(history.loss) + 1)
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+  ax1.plot(epochs, history.loss, color="tab:red")
+  ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+  for name, values in (("train", history.train_acc), ("val", history.val_acc),
+                       ("test", history.test_acc)):
+    ax2.plot(epochs, values, label=name)
+  ax2.axvline(history.best_epoch + 1, color="gray", linestyle=":", label="best val")
+  ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+  ax2.legend(loc="lower right")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-  """Runs ``demo``: the environment, then formats, ``jit`` and ``js.grad`` on a small matrix."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  import jscorch as js
+  """Runs ``demo``: trains a GCN, prints accuracies and timings, writes the plot."""
+  if args.epochs < 1:
+    print(f"error: --epochs must be at least 1; got {args.epochs}", file=sys.stderr)
+    return 2
+  from jscorch import graph, train
 
   _section("environment")
   print_environment()
 
-  # Every step runs under jax.jit: a SparseArray is a pytree whose leaves are its
-  # buffers and whose format and shape are static, and one compiled call is much
-  # faster than op-by-op dispatch for these small arrays.
-  _section("a random 6 x 8 CSR matrix, density 0.25 (built under jax.jit)")
-  A = jax.jit(lambda key: js.random(key, (6, 8), 0.25, format="csr"))(
-      jax.random.key(args.seed))
-  todense = jax.jit(lambda A: A.todense())
-  print(f"A        = {A!r}")
-  print(f"A.format = {A.format!r}")
-  print(f"A.data   = {_fmt(A.data)}")
-  print(f"A.pos(1) = {_fmt(A.pos(1))}   (row offsets)")
-  print(f"A.crd(1) = {_fmt(A.crd(1))}   (column of each entry)")
-  dense = np.asarray(todense(A))
-  print("A.todense() =")
-  print(_fmt(dense))
+  _section("data")
+  if args.data is None:
+    g = graph.default_graph()
+    print("embedded synthetic graph: a stochastic block model with class-correlated sparse "
+          "bag-of-words features (pass --data PATH.npz for another graph)")
+  else:
+    try:
+      g = graph.load_npz(args.data)
+    except (OSError, ValueError) as e:
+      print(f"error: cannot load --data {args.data}: {e}", file=sys.stderr)
+      return 2
+  print(g)
+  print(f"adjacency {g.adj!r}; features {g.features!r}")
 
-  _section("the same matrix in other formats: A.asformat(name)")
-  for name in ("coo", "csc", "dcsr"):
-    B = jax.jit(lambda A, name=name: A.asformat(name))(A)
-    same = bool(np.array_equal(np.asarray(todense(B)), dense))
-    bufs = ", ".join(_fmt(b) for b in B.indices)
-    print(f"{name:>4}: {B!r}  todense matches: {same}")
-    print(f"      {B.format!r}; index buffers: {bufs}")
-    if not same:
-      print(f"error: the {name} conversion does not match A.todense()", file=sys.stderr)
-      return 1
+  _section("model: 2-layer GCN (jscorch.nn.GCNConv on a sparse adjacency)")
+  model = train.make_gcn(g, seed=args.seed)
+  for name, conv in (("conv1", model.conv1), ("conv2", model.conv2)):
+    print(f"{name}: kernel {tuple(conv.kernel.shape)}, bias {tuple(conv.bias.shape)}")
+  print("dropout 0.5, Adam lr 0.01, weight decay 5e-4 (first layer), "
+        f"{args.epochs} epochs, full batch")
 
-  _section("jit: the format is static metadata, the buffers are traced")
-  x = jnp.arange(1, 9, dtype=jnp.float32)
+  _section("training")
+  bar = _Progress(args.epochs, "GCN")
+  try:
+    history = train.fit(model, g, epochs=args.epochs, seed=args.seed,
+                        callback=lambda epoch, metrics: bar.update(metrics))
+  finally:
+    bar.close()
 
-  def loss(A, x):
-    return jnp.sum((A.todense() @ x) ** 2)
-
-  print("loss(A, x) = sum((A.todense() @ x) ** 2),  x = [1, 2, ..., 8]")
-  print(f"jax.jit(loss)(A, x) = {float(jax.jit(loss)(A, x)):.4f}")
-  print(f"dense reference     = {float(np.sum((dense @ np.asarray(x)) ** 2)):.4f}")
-
-  _section("js.grad with respect to the stored values")
-  g = jax.jit(js.grad(loss))(A, x)
-  same_pattern = g.format == A.format and all(
-      bool(np.array_equal(np.asarray(a), np.asarray(b))) for a, b in zip(g.indices, A.indices))
-  print(f"g = js.grad(loss)(A, x) = {g!r}")
-  print(f"g.data   = {_fmt(g.data)}")
-  print(f"g.pos(1) = {_fmt(g.pos(1))}, g.crd(1) = {_fmt(g.crd(1))}")
-  print(f"same pattern as A: {same_pattern}")
-  print("pattern of g (x = stored entry, . = not stored; never densified):")
-  stored = np.zeros(A.shape, bool)
-  rows = np.repeat(np.arange(A.shape[0]), np.diff(np.asarray(g.pos(1))))
-  stored[rows, np.asarray(g.crd(1))] = True
-  for row in stored:
-    print("  " + " ".join("x" if s else "." for s in row))
-  if not same_pattern:
-    print("error: the gradient lost A's pattern", file=sys.stderr)
-    return 1
-  print("\ncoming: sparse einsum, kernels, Flax layers.")
+  _section("results")
+  final = history.final
+  print(f"final epoch:  train accuracy {final['train']:.4f}  val accuracy {final['val']:.4f}  "
+        f"test accuracy {final['test']:.4f}")
+  print(f"best validation accuracy {history.val_acc[history.best_epoch]:.4f} at epoch "
+        f"{history.best_epoch + 1}: test accuracy {history.test_acc_at_best_val:.4f}")
+  print(f"time per epoch: {history.seconds_per_epoch * 1e3:.2f} ms (training step + "
+        f"evaluation; first epoch with compilation: {history.compile_seconds:.2f} s)")
+  if not args.no_plot:
+    plot_history(history, args.plot, f"2-layer GCN on {g.name}")
+    print(f"wrote the loss and accuracy curves to {os.path.abspath(args.plot)}")
   return 0
 
 
 # -- parser --------------------------------------------------------------------------------
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_info, _add_demo)
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+  from jscorch.bench import runner
+  p = sub.add_parser("bench", help="time jscorch against BCOO, BCSR, segment_sum, scipy, torch")
+  runner.add_arguments(p)
+  p.add_argument("--devices", type=int, default=0, metavar="N",
+                 help="sharded mode: per-device memory and communication on N CPU devices")
+  p.set_defaults(run=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+  """Runs the benchmark (``--devices N`` re-executes itself with N simulated devices)."""
+  if args.devices:
+    if os.environ.get("JSCORCH_BENCH_CHILD") != "1":
+      env = dict(os.environ, JSCORCH_BENCH_CHILD="1",
+                 XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices}")
+      return subprocess.call([sys.executable, "-m", "jscorch", *sys.argv[1:]], env=env)
+    from jscorch.bench.distributed import run_devices
+    run_devices(args.devices, args.quick)
+    return 0
+  from jscorch.bench import runner
+  return runner.main(args)
+
+
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_info, _add_demo, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

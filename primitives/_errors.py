@@ -15,3 +15,12 @@ class SparseCapacityError(ValueError):
 
 class SparseEfficiencyWarning(UserWarning):
   """An operation had to do something expensive (densify, fall back)."""
+
+
+class SparsifyError(TypeError):
+  """A sparse value reached an operation that has no sparse implementation.
+
+  Raised by :func:`jscorch.sparsify` (without ``densify=True``) for a primitive
+  without a sparse rule, a non-zero-preserving function of a sparse operand, or
+  a shape change that a sparse layout cannot express.
+  """

@@ -23,10 +23,12 @@ Example:
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from . import convert
+from . import checks, convert
 from .layout import Layout
 
 
@@ -125,6 +127,10 @@ def segment_softmax(data: jax.Array, ids: jax.Array, num_segments: int) -> jax.A
 def softmax(lay: Layout, data: jax.Array, indices, axis: int) -> jax.Array:
   """Softmax over sparse dimension ``axis`` of the stored entries; the values of the result.
 
+  The segment ids depend on the pattern only: for concrete index buffers (eager
+  calls, and tracing with respect to the values alone, as in ``grad`` of the data)
+  they are computed once outside any trace, so only the reductions are staged.
+
   Args:
     lay: the operand's layout (batch dims are independent).
     data: `[*batch, nse, *block]` values.
@@ -135,5 +141,36 @@ def softmax(lay: Layout, data: jax.Array, indices, axis: int) -> jax.Array:
     `[*batch, nse, *block]` values at the same pattern; padding holds 0. Implicit
     zeros are absent entries, not ``exp(0)`` terms.
   """
-  ids, n = segment_ids(lay, indices, axis)
-  return convert.vmap_batch(lambda d, i: segment_softmax(d, i, n), lay.n_batch)(data, ids)
+  ids = _pattern_eval(_compiled_ids(lay, axis), tuple(indices))
+  return _compiled_softmax(lay.n_batch, lay.nse)(data, ids)
+
+
+def valid_leaves(lay: Layout, indices) -> jax.Array:
+  """`[*batch, nse]` bool: which leaves are in use (not padding); jitted per layout."""
+  return _pattern_eval(_compiled_valid(lay), tuple(indices))
+
+
+def _pattern_eval(fn, indices):
+  """``fn(indices)``, evaluated outside any trace when the index buffers are concrete."""
+  if checks.is_concrete(*indices):
+    with jax.ensure_compile_time_eval():
+      return fn(indices)
+  return fn(indices)
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_ids(lay: Layout, axis: int):
+  return jax.jit(lambda idx: segment_ids(lay, idx, axis)[0])
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_softmax(n_batch: int, num_segments: int):
+  def run(data, ids):
+    one = lambda d, i: segment_softmax(d, i, num_segments)
+    return convert.vmap_batch(one, n_batch)(data, ids)
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_valid(lay: Layout):
+  return jax.jit(lambda idx: convert.valid_mask(lay, convert.leaf_coordinates(lay, idx)))

@@ -1,11 +1,14 @@
 """Pattern union and concatenation of sparse operands, as compositions (portable).
 
-``A + B`` for two sparse operands stores every coordinate stored by either, once:
-the coordinates and values of both are concatenated and handed to
-:func:`convert.from_coordinates`, which sorts them and sums duplicates. The value
-path is a gather / scatter-add (linear), so JAX derives exact jvp, transpose and
-batching rules, and the gradient reaches both operands' values; the index path is
-integer. Padding (coordinates out of range) stays padding.
+``A + B`` for two sparse operands stores every coordinate stored by either, once.
+The *pattern* is integer work only: the coordinates of both operands are
+concatenated and sorted, equal neighbours are merged, and
+:func:`convert.from_coordinates` builds the level buffers of the distinct
+coordinates; along the way every input entry learns its destination leaf. The
+*values* are then one scatter-add per operand into those leaves: linear, so JAX
+derives exact (and cheap) jvp, transpose and batching rules, and the gradient of
+each operand's values is a gather of the cotangent. Padding (coordinates out of
+range) stays padding.
 
 Concatenation along a sparse dimension is the same composition with the second
 operand's coordinates shifted by the first one's size.
@@ -28,14 +31,16 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import convert
-from .formats import Format
+from . import checks, convert
+from .capacity import enforce_capacity
+from .formats import DENSE, Format
 from .layout import Layout
 
 Part = tuple     # (Layout, data, indices)
@@ -83,7 +88,8 @@ def union(out: Layout, parts: Sequence[Part], *, func: str,
   Args:
     out: the result layout; its format should be unique (see
       :func:`canonical_format`) so duplicates are merged, and ``out.nse`` at least
-      the number of distinct coordinates (overflow raises eagerly, poisons under jit).
+      the number of distinct coordinates (overflow poisons the values with NaN;
+      callers that can should check :func:`union_size` first).
     parts: ``(layout, data, indices)`` per operand; same batch and block shapes as
       ``out``, sparse shapes fitting into ``out`` once shifted.
     func: the public function name, for capacity errors.
@@ -93,16 +99,89 @@ def union(out: Layout, parts: Sequence[Part], *, func: str,
   Returns:
     ``(data, indices)`` of ``out``; values at equal coordinates are summed.
   """
-  offsets = offsets or [None] * len(parts)
-  idt = out.index_dtype
-  nb = out.n_batch
-  coords = [_shifted(lay, idx, off, idt) for (lay, _, idx), off in zip(parts, offsets)]
-  # Under vmap a part may be unbatched while another is batched; both have rank
-  # n_batch + 2 here, so a plain concatenate along the entry axis is enough.
-  coords = jnp.concatenate(coords, axis=nb)
-  data = jnp.concatenate([d for _, d, _ in parts], axis=nb)
-  storage = convert.logical_to_storage(out, coords)
-  return convert.from_coordinates(out, storage, data, func=func)
+  layouts = tuple(lay for lay, _, _ in parts)
+  offs = tuple(None if o is None else tuple(int(v) for v in o)
+               for o in (offsets or [None] * len(parts)))
+  indices = tuple(tuple(i) for _, _, i in parts)
+  pattern = _compiled_pattern(out, layouts, func, offs)
+  if checks.is_concrete(*[b for idx in indices for b in idx]):
+    # A fixed pattern (eager calls, and values-only tracing such as grad with respect
+    # to the data) is computed once, outside any trace: only the scatter is staged.
+    with jax.ensure_compile_time_eval():
+      out_indices, dest, count = pattern(indices)
+  else:
+    out_indices, dest, count = pattern(indices)
+  data = _compiled_values(out)(dest, tuple(d for _, d, _ in parts))
+  return enforce_capacity(count, out.nse, data, func), out_indices
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_pattern(out: Layout, layouts: tuple, func: str, offsets: tuple):
+  """The union pattern, jitted per static signature: index buffers -> (indices, dest, count).
+
+  ``dest`` `[*batch, n]` is the output leaf of every input entry (concatenated in
+  part order; ``nse`` for padding), ``count`` `[*batch]` the distinct coordinates.
+  """
+  el = Layout(out.format.replace(n_batch=0), out.shape[out.n_batch:], out.nse)
+  sizes = el.level_sizes
+  all_dense = all(lvl.kind == DENSE for lvl in el.format.levels)
+
+  def pattern(coords):
+    """Level buffers of the distinct coordinates and each input row's destination leaf."""
+    n = coords.shape[0]
+    idt = coords.dtype
+    size_row = jnp.asarray(sizes, idt)
+    valid = jnp.all((coords < size_row) & (coords >= 0), axis=-1)
+    coords = jnp.where(valid[:, None], coords, size_row)
+    keys = [coords[:, k] for k in range(el.n_sparse)]
+    perm = jax.lax.sort((*keys, jnp.arange(n, dtype=idt)), num_keys=len(keys))[-1]
+    ordered = coords[perm]
+    valid_sorted = valid[perm]
+    differs = jnp.any(ordered[1:] != ordered[:-1], axis=-1)
+    first = jnp.concatenate([jnp.ones((min(n, 1),), bool), differs]) & valid_sorted
+    rank = (jnp.cumsum(first) - 1).astype(idt)
+    count = first.sum()
+    distinct = jnp.broadcast_to(size_row, coords.shape).at[
+        jnp.where(first, rank, n)].set(ordered, mode="drop")
+    _, indices = convert.from_coordinates(el, distinct, jnp.zeros((n,), jnp.float32), func=func,
+                                          is_sorted=True, is_unique=True)
+    if all_dense:     # every coordinate has its leaf: the row-major position in level order
+      leaf = jnp.zeros((n,), idt)
+      for k, size in enumerate(sizes):
+        leaf = leaf * size + ordered[:, k]
+    else:             # leaves hold the distinct coordinates in storage order
+      leaf = rank
+    dest_sorted = jnp.where(valid_sorted, leaf, el.nse)
+    dest = jnp.zeros((n,), idt).at[perm].set(dest_sorted)
+    return indices, dest, count
+
+  def run(indices):
+    idt = out.index_dtype
+    coords = [_shifted(lay, idx, off, idt) for lay, idx, off in zip(layouts, indices, offsets)]
+    # Under vmap a part may be unbatched while another is batched; all have rank
+    # n_batch + 2 here, so a plain concatenate along the entry axis is enough.
+    coords = convert.logical_to_storage(out, jnp.concatenate(coords, axis=out.n_batch))
+    return convert.vmap_batch(pattern, out.n_batch)(coords)
+
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_values(out: Layout):
+  """The union values: one scatter-add of the concatenated values into their leaves."""
+  def values(dest, data):
+    return jnp.zeros((out.nse,) + data.shape[1:], data.dtype).at[dest].add(data, mode="drop")
+
+  def run(dest, datas):
+    data = jnp.concatenate(datas, axis=out.n_batch)
+    return convert.vmap_batch(values, out.n_batch)(dest, data)
+
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=512)
+def _logical_jit(lay: Layout):
+  return jax.jit(lambda idx: logical_coordinates(lay, idx))
 
 
 def union_size(parts: Sequence[tuple[Layout, tuple]],
@@ -121,7 +200,7 @@ def union_size(parts: Sequence[tuple[Layout, tuple]],
   for (lay, idx), off in zip(parts, offsets):
     # Concrete buffers closed over by a jit-traced function still trace unless forced.
     with jax.ensure_compile_time_eval():
-      c = np.asarray(logical_coordinates(lay, idx)).astype(np.int64)
+      c = np.asarray(_logical_jit(lay)(tuple(idx))).astype(np.int64)
     valid = np.all(c < np.asarray(lay.sparse_shape), axis=-1)
     if off is not None:
       c = c + np.asarray(off, np.int64)

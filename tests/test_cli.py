@@ -42,19 +42,43 @@ def test_info_subprocess():
   _check_environment_lines(res.stdout)
 
 
-def test_demo_subprocess():
-  res = _run("demo")
+def test_demo_subprocess(tmp_path):
+  plot = tmp_path / "curves.png"
+  res = _run("demo", "--epochs", "30", "--plot", str(plot))
   assert res.returncode == 0, res.stderr
   out = res.stdout
   _check_environment_lines(out)
-  assert "A        = SparseArray(float32[6, 8], format=CSR, nse=12)" in out, out
-  for name in ("COO", "CSC", "DCSR"):
-    assert re.search(rf"SparseArray\(float32\[6, 8\], format={name}, nse=12\)\s+"
-                     r"todense matches: True", out), (name, out)
-  assert "g = js.grad(loss)(A, x) = SparseArray(float32[6, 8], format=CSR, nse=12)" in out
-  assert "same pattern as A: True" in out
-  m = re.search(r"jax\.jit\(loss\)\(A, x\) = (\S+)\ndense reference\s+= (\S+)", out)
-  assert m and m.group(1) == m.group(2), out
+  assert "Graph('sbm(n=2000, classes=5, seed=0)': 2000 nodes" in out, out
+  assert "conv1: kernel (500, 16), bias (16,)" in out, out
+  m = re.search(r"final epoch:\s+train accuracy (\S+)\s+val accuracy (\S+)\s+test accuracy (\S+)",
+                out)
+  assert m, out
+  assert float(m.group(3)) > 0.6, out               # the graph makes the task learnable
+  assert re.search(r"best validation accuracy \S+ at epoch \d+: test accuracy \S+", out), out
+  assert re.search(r"time per epoch: \d+\.\d+ ms", out), out
+  assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "30/30" in res.stderr                       # the progress bar reached the end
+
+
+def test_demo_with_data_file_and_no_tqdm(tmp_path, monkeypatch, capsys):
+  from jscorch import graph
+  path = tmp_path / "tiny.npz"
+  graph.save_npz(path, graph.synthetic_sbm(num_nodes=60, num_features=20, num_classes=3,
+                                           train_per_class=5, seed=1))
+  monkeypatch.setitem(sys.modules, "tqdm.auto", None)       # fall back to the plain bar
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["demo", "--data", str(path), "--epochs", "3"]) == 0
+  captured = capsys.readouterr()
+  assert "60 nodes" in captured.out and "test accuracy" in captured.out
+  assert "epoch 3/3" in captured.err and "loss" in captured.err
+  assert (tmp_path / "gcn_training.png").exists()             # the default --plot
+
+
+def test_demo_bad_arguments(tmp_path, capsys):
+  assert cli.main(["demo", "--epochs", "0"]) == 2
+  assert "--epochs must be at least 1" in capsys.readouterr().err
+  assert cli.main(["demo", "--data", str(tmp_path / "absent.npz"), "--no-plot"]) == 2
+  assert "cannot load --data" in capsys.readouterr().err
 
 
 def test_default_subcommand_is_demo(monkeypatch):

@@ -1,0 +1,90 @@
+"""Helpers shared by the :mod:`jscorch.nn` layers: argument checks and sparse-aware products."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jscorch.array import SparseArray, is_sparse
+from jscorch.einsum import einsum
+from jscorch.graph import check_adjacency
+from jscorch.primitives._errors import SparseFormatError
+
+
+def require_rngs(rngs, layer: str) -> nnx.Rngs:
+  """Returns ``rngs`` or raises a TypeError naming ``layer`` (NNX layers initialise eagerly)."""
+  if rngs is None:
+    raise TypeError(f"{layer}: rngs is required to initialise the parameters; got rngs=None. "
+                    f"Pass rngs=nnx.Rngs(0) (from flax import nnx), as for nnx.Linear.")
+  if not isinstance(rngs, nnx.Rngs):
+    raise TypeError(f"{layer}: rngs must be an nnx.Rngs; got {type(rngs).__name__}. Pass "
+                    "rngs=nnx.Rngs(0).")
+  return rngs
+
+
+def check_positive(value, name: str, layer: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{layer}: {name} must be a positive int; got {name}={value!r}.")
+  return value
+
+
+def check_features(x, in_features: int, layer: str, name: str = "x") -> None:
+  """``x`` must be a 2-D dense array or SparseArray ``[n, in_features]``."""
+  if not (is_sparse(x) or hasattr(x, "shape")):
+    raise TypeError(f"{layer}: {name} must be an array or a SparseArray; got "
+                    f"{type(x).__name__}.")
+  if is_sparse(x) and (x.n_batch or x.n_dense):
+    raise SparseFormatError(f"{layer}: a sparse {name} must be a plain 2-D matrix without "
+                            f"batch or block dimensions; got {x!r}. Use jax.vmap for batches.")
+  if len(x.shape) != 2:
+    raise ValueError(f"{layer}: {name} must be 2-D [num_nodes, in_features]; got "
+                     f"{name}.shape={tuple(x.shape)}. Use jax.vmap for a batch of inputs.")
+  if x.shape[1] != in_features:
+    raise ValueError(f"{layer}: wrong feature width: {name}.shape={tuple(x.shape)} has "
+                     f"{x.shape[1]} features but the layer was built with "
+                     f"in_features={in_features}.")
+
+
+def check_graph_inputs(adj, x, in_features: int, layer: str) -> None:
+  """Square adjacency, 2-D features of the right width, one row of ``x`` per node."""
+  check_adjacency(adj, layer)
+  check_features(x, in_features, layer)
+  if x.shape[0] != adj.shape[1]:
+    raise ValueError(f"{layer}: node counts differ: adj.shape={adj.shape} has {adj.shape[1]} "
+                     f"nodes but x.shape={tuple(x.shape)} has {x.shape[0]} rows; x needs one "
+                     "row per node.")
+
+
+def matmul(x, kernel: jax.Array) -> jax.Array:
+  """``x @ kernel`` for a dense or sparse ``x`` `[n, in]` and a dense ``kernel`` `[in, out]`."""
+  if is_sparse(x):
+    return einsum("ij,jk->ik", x, kernel)
+  return jnp.matmul(x, kernel, precision=jax.lax.Precision.HIGHEST)
+
+
+def compute_dtype(*xs):
+  """The promoted floating dtype of the inputs (SparseArray values included)."""
+  return jnp.result_type(*[x.dtype for x in xs if x is not None])
+
+
+def as_dtype(x, dtype):
+  return x.astype(dtype) if x.dtype != dtype else x
+
+
+def with_block(A: SparseArray, data: jax.Array) -> SparseArray:
+  """``A``'s pattern with values ``data`` `[nse, *block]` (adds trailing block dims)."""
+  extra = data.shape[1:]
+  fmt = A.format.replace(n_dense=len(extra))
+  return SparseArray.from_buffers(data, A.indices, shape=A.shape + tuple(extra), format=fmt,
+                                  check=False)
+
+
+def rows_stored(A: SparseArray) -> jax.Array:
+  """Number of stored (non-padding) entries in each row of a 2-D SparseArray, as values' dtype."""
+  return einsum("ij->i", A.with_data(jnp.ones_like(A.data)))
+
+
+def safe_divide(num, den):
+  """``num / den`` where ``den > 0``, else 0 (and zero, not NaN, gradients there)."""
+  ok = den > 0
+  return jnp.where(ok, num / jnp.where(ok, den, 1), 0)

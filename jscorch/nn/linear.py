@@ -1,0 +1,191 @@
+"""``SparseLinear``: a linear layer whose weight is stored sparse with a fixed pattern."""
+from __future__ import annotations
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jscorch import graph
+from jscorch.array import SparseArray, is_sparse
+from jscorch.einsum import einsum
+from jscorch.nn import _util
+from jscorch.primitives.formats import CSR
+
+default_kernel_init = nnx.initializers.lecun_normal()
+default_bias_init = nnx.initializers.zeros_init()
+
+
+class SparsePattern(nnx.Variable):
+  """A non-trainable variable holding the index buffers of a sparse parameter.
+
+  ``nnx.grad`` and ``nnx.Optimizer(..., wrt=nnx.Param)`` leave it alone; select
+  it with ``nnx.state(model, SparsePattern)``.
+  """
+
+
+class SparseLinear(nnx.Module):
+  """``y = x @ W + b`` with ``W`` `[in_features, out_features]` stored sparse (CSR).
+
+  The pattern of ``W`` is fixed at construction: a random one with a given
+  ``density``, or an explicit ``pattern``. Its stored values are the trainable
+  ``kernel`` (an ``nnx.Param`` `[nse]`, aligned with the CSR pattern); the index
+  buffers are a :class:`SparsePattern` variable (not trained). The forward is a
+  sparse einsum and never forms the dense weight; gradients w.r.t. ``kernel``
+  are `[nse]` too.
+
+  Args:
+    in_features, out_features: the weight shape.
+    density: fraction of stored weights in ``(0, 1]``; the positions are drawn
+      uniformly without replacement from ``rngs.params()``.
+    pattern: instead of ``density``: a `[in, out]` SparseArray (its stored
+      entries) or a dense boolean / numeric array (its nonzeros). Concrete.
+    use_bias: add a dense ``bias`` `[out_features]`.
+    kernel_init: initialiser called with the dense shape ``(in, out)``; the values
+      at the pattern's positions are kept.
+    bias_init: initialiser of ``bias``.
+    param_dtype: dtype of the parameters.
+    rngs: ``nnx.Rngs`` (required).
+
+  Raises:
+    ValueError: neither or both of ``density`` and ``pattern``, a density outside
+      ``(0, 1]``, a pattern of the wrong shape.
+    TypeError: missing ``rngs``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jscorch import nn
+    >>> layer = nn.SparseLinear(8, 4, density=0.25, rngs=nnx.Rngs(0))
+    >>> layer.kernel.shape, layer.bias.shape, layer.nse
+    ((8,), (4,), 8)
+    >>> layer.sparse_kernel
+    SparseArray(float32[8, 4], format=CSR, nse=8)
+    >>> layer(jnp.ones((2, 8))).shape
+    (2, 4)
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, density: float | None = None,
+               pattern=None, use_bias: bool = True, kernel_init=default_kernel_init,
+               bias_init=default_bias_init, param_dtype=jnp.float32,
+               rngs: nnx.Rngs | None = None):
+    name = "SparseLinear"
+    rngs = _util.require_rngs(rngs, name)
+    self.in_features = _util.check_positive(in_features, "in_features", name)
+    self.out_features = _util.check_positive(out_features, "out_features", name)
+    self.use_bias = use_bias
+    shape = (in_features, out_features)
+    if (density is None) == (pattern is None):
+      raise ValueError(f"{name}: give exactly one of density= and pattern=; got "
+                       f"density={density!r}, pattern={'given' if pattern is not None else None}.")
+    if pattern is None:
+      if not 0 < float(density) <= 1:
+        raise ValueError(f"{name}: density must be in (0, 1]; got density={density}.")
+      size = in_features * out_features
+      nse = max(1, int(round(float(density) * size)))
+      flat = np.sort(np.asarray(jax.random.choice(rngs.params(), size, (nse,), replace=False)))
+      rows, cols = np.divmod(flat, out_features)
+    else:
+      rows, cols = _pattern_coordinates(pattern, shape, name)
+    skeleton = graph._host_csr(rows, cols, 1.0, shape)      # sorted row-major, like rows/cols
+    dense = np.asarray(kernel_init(rngs.params(), shape, param_dtype))
+    self.kernel = nnx.Param(jnp.asarray(dense[rows, cols], param_dtype))
+    self.kernel_pattern = SparsePattern(tuple(skeleton.indices))
+    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) \
+        if use_bias else nnx.data(None)
+
+  @property
+  def nse(self) -> int:
+    """The number of stored weights."""
+    return int(self.kernel.shape[0])
+
+  @property
+  def sparse_kernel(self) -> SparseArray:
+    """The weight as a `[in_features, out_features]` CSR SparseArray (values = ``kernel``)."""
+    return SparseArray.from_buffers(self.kernel[...], self.kernel_pattern.get_value(),
+                                    shape=(self.in_features, self.out_features), format=CSR,
+                                    check=False)
+
+  def __call__(self, x) -> jax.Array:
+    """Applies the layer to dense ``x`` `[..., in_features]`; returns `[..., out_features]`.
+
+    Raises:
+      TypeError: ``x`` is a SparseArray (densify it, or use a dense layer whose
+        ``kernel`` multiplies it with ``js.einsum``).
+      ValueError: wrong feature width.
+    """
+    name = "SparseLinear"
+    if is_sparse(x):
+      raise TypeError(f"{name}: x must be a dense array; got {x!r}. Sparse x times a sparse "
+                      "weight has a data-dependent cost; pass x.todense().")
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[-1] != self.in_features:
+      raise ValueError(f"{name}: wrong feature width: x.shape={x.shape} but the layer was "
+                       f"built with in_features={self.in_features}; expected x.shape[-1] == "
+                       f"{self.in_features}.")
+    return _sparse_linear(x, self.sparse_kernel, self.bias[...] if self.use_bias else None)
+
+  @classmethod
+  def from_dense(cls, linear: nnx.Linear, *, density: float) -> SparseLinear:
+    """Magnitude pruning: keeps the ``round(density * in * out)`` largest ``|kernel|`` entries.
+
+    Args:
+      linear: an ``nnx.Linear`` with a `[in, out]` kernel (its bias is copied).
+      density: fraction of weights to keep, in ``(0, 1]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> dense = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+      >>> pruned = SparseLinear.from_dense(dense, density=0.5)
+      >>> pruned.nse, bool(jnp.abs(pruned.kernel[...]).min()
+      ...                   >= jnp.sort(jnp.abs(dense.kernel[...]).ravel())[5])
+      (6, True)
+    """
+    name = "SparseLinear.from_dense"
+    if not isinstance(linear, nnx.Linear):
+      raise TypeError(f"{name}: expected an nnx.Linear; got {type(linear).__name__}.")
+    kernel = np.asarray(linear.kernel[...])
+    if kernel.ndim != 2:
+      raise ValueError(f"{name}: the kernel must be 2-D [in, out]; got shape {kernel.shape}.")
+    if not 0 < float(density) <= 1:
+      raise ValueError(f"{name}: density must be in (0, 1]; got density={density}.")
+    n_in, n_out = kernel.shape
+    keep = max(1, int(round(float(density) * kernel.size)))
+    flat = np.sort(np.argsort(-np.abs(kernel).ravel(), kind="stable")[:keep])
+    rows, cols = np.divmod(flat, n_out)
+    mask = np.zeros(kernel.shape, bool)
+    mask[rows, cols] = True
+    layer = cls(n_in, n_out, pattern=mask, use_bias=linear.bias is not None,
+                param_dtype=kernel.dtype, rngs=nnx.Rngs(0))
+    layer.kernel[...] = jnp.asarray(kernel[rows, cols])
+    if linear.bias is not None:
+      layer.bias[...] = jnp.asarray(linear.bias[...])
+    return layer
+
+
+@jax.jit
+def _sparse_linear(x, kernel: SparseArray, bias):
+  """``x @ kernel + bias`` with a sparse kernel (one jitted function; see graph_conv.py)."""
+  dtype = _util.compute_dtype(x, kernel)
+  y = einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype))
+  return y if bias is None else y + bias.astype(dtype)
+
+
+def _pattern_coordinates(pattern, shape, name):
+  """Row-major sorted ``(rows, cols)`` of a SparseArray's stored entries or an array's nonzeros."""
+  if is_sparse(pattern):
+    if tuple(pattern.shape) != shape or pattern.n_batch or pattern.n_dense:
+      raise ValueError(f"{name}: pattern must be [in_features, out_features] = {shape}; got "
+                       f"{pattern!r}.")
+    coords = np.asarray(graph.edge_index(pattern)).T
+    coords = coords[np.all(coords < np.asarray(shape), axis=1)]
+    coords = np.unique(coords, axis=0)
+    return coords[:, 0], coords[:, 1]
+  mask = np.asarray(pattern) != 0
+  if mask.shape != shape:
+    raise ValueError(f"{name}: pattern must be [in_features, out_features] = {shape}; got "
+                     f"shape {mask.shape}.")
+  rows, cols = np.nonzero(mask)
+  return rows, cols

@@ -1,0 +1,70 @@
+"""``jscorch.numpy``: a drop-in for ``jax.numpy`` that accepts SparseArrays where it matters.
+
+``import jscorch.numpy as jnp`` gives every name of ``jax.numpy``. These accept
+SparseArrays (and are the ``jax.numpy`` functions on dense inputs):
+
+* products and sums: ``einsum``, ``matmul``, ``dot``, ``multiply``, ``divide`` /
+  ``true_divide``, ``add``, ``subtract``, ``power``, ``sum``, ``transpose``,
+  ``concatenate`` (see :mod:`jscorch.ops`);
+* the zero-preserving elementwise functions (``abs``, ``sin``, ``tanh``, ``sqrt``,
+  ``negative``, ... — the ``jax.numpy`` entries of ``jscorch.ZERO_PRESERVING``),
+  which map the stored values.
+
+Every other function refuses a SparseArray argument with a TypeError that names
+it and says to call ``A.todense()`` first (``exp``, ``cos``, ... are not
+zero-preserving, so their result would be dense). Non-function attributes
+(dtypes, constants, ``linalg``, ...) are those of ``jax.numpy``.
+
+Example:
+  >>> import jax.numpy as jnp, jscorch as js, jscorch.numpy as jsnp
+  >>> A = js.from_dense(jnp.array([[1., 0.], [0., -2.]]))
+  >>> jsnp.abs(A).data, jsnp.sum(A, axis=0), jsnp.float32 is jnp.float32
+  (Array([1., 2.], dtype=float32), Array([ 1., -2.], dtype=float32), True)
+  >>> jsnp.exp(A)  # doctest: +ELLIPSIS
+  Traceback (most recent call last):
+  ...
+  TypeError: jscorch.numpy.exp: exp is not zero-preserving ...
+"""
+import jax.numpy as _jax_numpy
+
+from jscorch import ops_unary as _ops_unary
+from jscorch.numpy import _wrap
+from jscorch.numpy._wrap import einsum as einsum
+from jscorch.ops import add as add
+from jscorch.ops import concatenate as concatenate
+from jscorch.ops import divide as divide
+from jscorch.ops import dot as dot
+from jscorch.ops import matmul as matmul
+from jscorch.ops import multiply as multiply
+from jscorch.ops import power as power
+from jscorch.ops import subtract as subtract
+from jscorch.ops import sum as sum  # noqa: A004
+from jscorch.ops import transpose as transpose
+
+true_divide = divide
+pow = power  # noqa: A001
+
+_UNARY = {name: getattr(_ops_unary, name) for name, entry in _ops_unary.ZERO_PRESERVING.items()
+          if entry.reference.startswith("jnp.")}
+globals().update(_UNARY)
+
+# Own functions carry the attributes of their jax.numpy namesakes (jnp.add.at, .reduce, ...).
+for _name in ("add", "subtract", "multiply", "negative"):
+  globals()[_name] = _wrap.SparseAware(_name, globals()[_name], getattr(_jax_numpy, _name))
+del _name
+
+_OWN = ["add", "concatenate", "divide", "dot", "einsum", "matmul", "multiply", "pow", "power",
+        "subtract", "sum", "transpose", "true_divide", *_UNARY]
+
+__all__ = sorted(set(_OWN) | set(_wrap.public_names()))
+
+
+def __getattr__(name: str):
+  obj = getattr(_jax_numpy, name)       # raises jax.numpy's own AttributeError
+  obj = _wrap.wrap(name, obj)
+  globals()[name] = obj                 # later look-ups skip __getattr__
+  return obj
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,242 @@
+"""Tests of ``GCNConv``, ``SAGEConv`` and ``GINConv`` against dense float64 references."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jscorch as js
+import layer_util as lu
+import util
+from jscorch import graph, nn
+from jscorch.nn import graph_conv
+
+N, F_IN, F_OUT = 7, 5, 3
+F64 = np.float64
+
+
+# -- dense references ------------------------------------------------------------------------
+def _with_remaining_loops(a):
+  a = a.copy()
+  missing = np.diag(a) == 0
+  a[np.diag_indices_from(a)] = np.where(missing, 1.0, np.diag(a))
+  return a
+
+
+def gcn_ref(a, x, p, *, add_self_loops=True, normalize=True):
+  if add_self_loops:
+    a = _with_remaining_loops(a)
+  if normalize:
+    deg = a.sum(1)
+    dinv = np.where(deg > 0, 1 / np.sqrt(np.where(deg > 0, deg, 1)), 0)
+    a = dinv[:, None] * a * dinv[None, :]
+  return a @ (x @ p[("kernel",)]) + p.get(("bias",), 0)
+
+
+def sage_ref(a, x, p):
+  count = (a != 0).sum(1)[:, None]
+  agg = np.where(count > 0, (a @ x @ p[("kernel",)]) / np.maximum(count, 1), 0)
+  return agg + x @ p[("root_kernel",)] + p[("bias",)]
+
+
+def gin_ref(a, x, p, eps):
+  h = (1 + eps) * x + a @ x
+  h = np.maximum(h @ p[("linear1", "kernel")] + p[("linear1", "bias")], 0)
+  return h @ p[("linear2", "kernel")] + p[("linear2", "bias")]
+
+
+LAYERS = {
+    "gcn": (lambda dt, **kw: nn.GCNConv(F_IN, F_OUT, param_dtype=dt, rngs=nnx.Rngs(1), **kw),
+            lambda a, x, p, m: gcn_ref(a, x, p, add_self_loops=m.add_self_loops,
+                                       normalize=m.normalize)),
+    "sage": (lambda dt, **kw: nn.SAGEConv(F_IN, F_OUT, param_dtype=dt, rngs=nnx.Rngs(2), **kw),
+             lambda a, x, p, m: sage_ref(a, x, p)),
+    "gin": (lambda dt, **kw: nn.GINConv(F_IN, F_OUT, hidden_features=4, eps=0.3,
+                                        param_dtype=dt, rngs=nnx.Rngs(3), **kw),
+            lambda a, x, p, m: gin_ref(a, x, p, m.eps)),
+}
+
+
+def _bias_nonzero(model, rng):
+  """Random biases so the reference checks them (they start at zero)."""
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if path[-1] == "bias":
+      var.set_value(jnp.asarray(util.random_values(rng, var.shape, var.get_value().dtype)))
+
+
+# -- values ------------------------------------------------------------------------------------
+# Layers x adjacency formats x dense/sparse features, sampled to keep compiles few.
+REFERENCE_CASES = [("gcn", "csr", False), ("gcn", "coo", True), ("gcn", "csc", False),
+                   ("sage", "csr", True), ("sage", "coo", False),
+                   ("gin", "csr", False), ("gin", "csc", True)]
+
+
+@pytest.mark.parametrize("name,fmt,sparse_x", [
+    pytest.param(*case, id=f"{case[0]}-{case[1]}-{'sparse' if case[2] else 'dense'}_x")
+    for case in REFERENCE_CASES])
+def test_matches_dense_reference_float64(name, fmt, sparse_x):
+  make, ref = LAYERS[name]
+  with jax.enable_x64(True):
+    adj, a = lu.random_adjacency(0, N, format=fmt, dtype=F64)
+    x, xd = lu.random_features(1, N, F_IN, sparse=sparse_x, dtype=F64)
+    model = make(jnp.float64)
+    _bias_nonzero(model, np.random.default_rng(5))
+    out = model(adj, x)
+    assert out.dtype == jnp.float64
+    util.assert_allclose(out, ref(a, xd, lu.params_of(model), model), dtype=np.float64)
+
+
+@pytest.mark.parametrize("add_loops,normalize", [(False, True), (True, False), (False, False)])
+def test_gcn_options(add_loops, normalize):
+  with jax.enable_x64(True):
+    adj, a = lu.random_adjacency(2, N, dtype=F64)
+    x, xd = lu.random_features(3, N, F_IN, dtype=F64)
+    model = nn.GCNConv(F_IN, F_OUT, add_self_loops=add_loops, normalize=normalize,
+                       use_bias=False, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    assert model.bias is None
+    expected = gcn_ref(a, xd, lu.params_of(model), add_self_loops=add_loops,
+                       normalize=normalize)
+    util.assert_allclose(model(adj, x), expected, dtype=np.float64)
+
+
+def test_gcn_isolated_node_and_float32():
+  adj = graph.from_edge_index(jnp.array([[0, 1], [1, 0]]), num_nodes=3)
+  model = nn.GCNConv(F_IN, F_OUT, add_self_loops=False, rngs=nnx.Rngs(0))
+  out = model(adj, jnp.ones((3, F_IN)))
+  assert out.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(out[2]), np.zeros(F_OUT))   # degree 0: no NaN
+
+
+def test_sage_and_gin_options():
+  with jax.enable_x64(True):
+    adj, a = lu.random_adjacency(4, N, dtype=F64)
+    x, xd = lu.random_features(5, N, F_IN, dtype=F64)
+    sage = nn.SAGEConv(F_IN, F_OUT, root_weight=False, use_bias=False, normalize=True,
+                       param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    p = lu.params_of(sage)
+    count = (a != 0).sum(1)[:, None]
+    expected = np.where(count > 0, a @ xd @ p[("kernel",)], 0) / np.maximum(count, 1)
+    norm = np.linalg.norm(expected, axis=1, keepdims=True)
+    expected = np.where(norm > 0, expected / np.where(norm > 0, norm, 1), 0)
+    util.assert_allclose(sage(adj, x), expected, dtype=np.float64)
+    gin = nn.GINConv(F_IN, F_OUT, train_eps=True, eps=0.5, param_dtype=jnp.float64,
+                     rngs=nnx.Rngs(0))
+    assert isinstance(gin.eps, nnx.Param)
+    util.assert_allclose(gin(adj, x), gin_ref(a, xd, lu.params_of(gin), 0.5), dtype=np.float64)
+
+
+# -- gradients -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_check_grads_params_features_and_edge_weights(name):
+  make, _ = LAYERS[name]
+  with jax.enable_x64(True):
+    adj, _ = lu.random_adjacency(6, 5, dtype=F64)
+    x, _ = lu.random_features(7, 5, F_IN, dtype=F64)
+    model = make(jnp.float64)
+    _bias_nonzero(model, np.random.default_rng(8))
+    f, params = lu.pure(model, lambda m, x, w: m(adj.with_data(w), x))
+    util.check_grads_both(jax.jit(f), (params, x, adj.data), atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_w_r_t_edge_weights_keeps_pattern():
+  adj, _ = lu.random_adjacency(9, N)
+  x, _ = lu.random_features(10, N, F_IN)
+  model = nn.GCNConv(F_IN, F_OUT, rngs=nnx.Rngs(0))
+  g = js.grad(lambda adj: jnp.sum(model(adj, x) ** 2))(adj)
+  assert g.format == adj.format and g.nse == adj.nse
+  assert all(np.array_equal(a, b) for a, b in zip(util.buffers(g), util.buffers(adj)))
+  n_used = int(adj.nnz)
+  assert np.all(np.asarray(g.data[n_used:]) == 0)        # padding gets no gradient
+  assert np.any(np.asarray(g.data[:n_used]) != 0)
+
+
+# -- transformations -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_jit_nnx_and_jax(name):
+  make, _ = LAYERS[name]
+  adj, _ = lu.random_adjacency(11, N)
+  x, _ = lu.random_features(12, N, F_IN, sparse=True)
+  model = make(jnp.float32)
+  eager = model(adj, x)
+  via_nnx = nnx.jit(lambda m, adj, x: m(adj, x))(model, adj, x)
+  f, params = lu.pure(model, lambda m, adj, x: m(adj, x))
+  via_jax = jax.jit(f)(params, adj, x)
+  util.assert_allclose(via_nnx, eager)
+  util.assert_allclose(via_jax, eager)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_vmap_over_features(name):
+  make, _ = LAYERS[name]
+  model = make(jnp.float32)
+  adj, _ = lu.random_adjacency(13, N)
+  xs = jnp.stack([lu.random_features(s, N, F_IN)[0] for s in range(3)])
+  f, params = lu.pure(model, lambda m, adj, x: m(adj, x))
+  out = jax.jit(jax.vmap(f, in_axes=(None, None, 0)))(params, adj, xs)
+  for k in range(3):
+    util.assert_allclose(out[k], model(adj, xs[k]), err_msg=f"x batch {k}")
+
+
+def test_vmap_over_graphs_with_their_own_patterns():
+  model = nn.GCNConv(F_IN, F_OUT, rngs=nnx.Rngs(0))
+  xs = jnp.stack([lu.random_features(s, N, F_IN)[0] for s in range(3)])
+  dense = np.stack([lu.random_adjacency(20 + s, N)[1] for s in range(3)])
+  adjs = lu.from_dense(dense, "csr", n_batch=1, nse=util.stored_count(dense, 1) + 1)
+  assert adjs.n_batch == 1
+  out = jax.vmap(model)(adjs, xs)
+  for k in range(3):
+    util.assert_allclose(out[k], model(util.element(adjs, k), xs[k]),
+                         err_msg=f"graph batch {k}")
+
+
+def test_optimizer_trains_gcn():
+  adj, _ = lu.random_adjacency(14, N)
+  x, _ = lu.random_features(15, N, F_IN, sparse=True)
+  target = jnp.asarray(np.random.default_rng(0).normal(size=(N, F_OUT)), jnp.float32)
+  model = nn.GCNConv(F_IN, F_OUT, rngs=nnx.Rngs(0))
+  opt = nnx.Optimizer(model, optax.adam(0.05), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt, adj, x):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(adj, x) - target) ** 2))(model)
+    opt.update(model, grads)
+    return loss
+
+  losses = [float(step(model, opt, adj, x)) for _ in range(30)]
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+# -- errors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,cls", [("GCNConv", nn.GCNConv), ("SAGEConv", nn.SAGEConv),
+                                      ("GINConv", nn.GINConv)])
+def test_errors(name, cls):
+  with pytest.raises(TypeError, match=f"{name}: rngs is required"):
+    cls(F_IN, F_OUT)
+  with pytest.raises(TypeError, match=f"{name}: rngs must be an nnx.Rngs"):
+    cls(F_IN, F_OUT, rngs=0)
+  with pytest.raises(ValueError, match=f"{name}: in_features must be a positive int"):
+    cls(0, F_OUT, rngs=nnx.Rngs(0))
+  layer = cls(F_IN, F_OUT, rngs=nnx.Rngs(0))
+  adj, _ = lu.random_adjacency(0, N)
+  x = jnp.ones((N, F_IN))
+  with pytest.raises(ValueError, match=rf"{name}: node counts differ: adj.shape=\(7, 7\) has 7 "
+                     r"nodes but x.shape=\(6, 5\) has 6 rows"):
+    layer(adj, jnp.ones((N - 1, F_IN)))
+  with pytest.raises(ValueError, match=rf"{name}: wrong feature width: x.shape=\(7, 4\) has 4 "
+                     "features but the layer was built with in_features=5"):
+    layer(adj, jnp.ones((N, F_IN - 1)))
+  with pytest.raises(ValueError, match=rf"{name}: x must be 2-D"):
+    layer(adj, jnp.ones((2, N, F_IN)))
+  rect = js.from_dense(jnp.ones((N, N + 1)))
+  with pytest.raises(js.SparseFormatError, match=rf"{name}: the adjacency must be square .*"
+                     r"adj.shape=\(7, 8\)"):
+    layer(rect, x)
+  with pytest.raises(TypeError, match=rf"{name}: the adjacency must be a jscorch SparseArray"):
+    layer(jnp.eye(N), x)
+
+
+def test_doctests():
+  lu.run_doctests(graph_conv)

@@ -1,0 +1,112 @@
+"""Tests of ``MoE``: the sparse gate, the dispatch vs a dense reference, the auxiliary loss."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import layer_util as lu
+import util
+from jscorch import nn
+from jscorch.nn import moe
+
+E, F_IN, F_OUT, T = 4, 5, 3, 6
+
+
+def moe_ref(x, p, top_k):
+  logits = x @ p[("gate", "kernel")]
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  top = np.argsort(-logits, axis=1)[:, :top_k]
+  gate = np.zeros_like(probs)
+  rows = np.arange(len(x))[:, None]
+  gate[rows, top] = probs[rows, top] / probs[rows, top].sum(1, keepdims=True)
+  experts = np.einsum("ti,eio->teo", x, p[("kernel",)]) + p[("bias",)][None]
+  y = np.einsum("te,teo->to", gate, experts)
+  f = np.zeros(probs.shape[1])
+  np.add.at(f, top.ravel(), 1)
+  aux = probs.shape[1] * np.sum(f / (len(x) * top_k) * probs.mean(0))
+  return y, aux, gate
+
+
+def _model(dtype=jnp.float32, top_k=2, seed=0):
+  model = nn.MoE(E, F_IN, F_OUT, top_k=top_k, param_dtype=dtype, rngs=nnx.Rngs(seed))
+  model.bias[...] = jnp.asarray(util.random_values(seed, (E, F_OUT), np.dtype(dtype)))
+  return model
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_matches_dense_reference_float64(top_k):
+  with jax.enable_x64(True):
+    model = _model(jnp.float64, top_k)
+    x = util.random_values(1, (2, T // 2, F_IN), np.float64)
+    y, aux = model(jnp.asarray(x))
+    assert y.shape == (2, T // 2, F_OUT) and aux.shape == ()
+    y_ref, aux_ref, gate_ref = moe_ref(x.reshape(T, F_IN), lu.params_of(model), top_k)
+    util.assert_allclose(y.reshape(T, F_OUT), y_ref, dtype=np.float64)
+    util.assert_allclose(aux, aux_ref, dtype=np.float64)
+    gate, probs = model.gates(jnp.asarray(x))
+    assert gate.shape == (T, E) and gate.nse == T * top_k
+    np.testing.assert_array_equal(np.asarray(gate.pos(1)), np.arange(T + 1) * top_k)
+    util.assert_allclose(gate.to_scipy().toarray(), gate_ref, dtype=np.float64)
+    util.assert_allclose(probs.sum(1), np.ones(T), dtype=np.float64)
+
+
+def test_load_balancing_loss_is_one_when_balanced():
+  model = _model()
+  model.gate.kernel[...] = jnp.zeros((F_IN, E))          # uniform router
+  _, aux = model(jnp.ones((8, F_IN)))
+  # f sums to 1 and P_e = 1/E, so E * sum_e f_e / E = 1 whatever the ties pick.
+  np.testing.assert_allclose(float(aux), 1.0, rtol=1e-6)
+
+
+def test_check_grads():
+  with jax.enable_x64(True):
+    model = _model(jnp.float64, 2, seed=3)
+    x = jnp.asarray(util.random_values(4, (T, F_IN), np.float64))
+    f, params = lu.pure(model, lambda m, x: m(x))
+    # The top-k choice is locally constant; these inputs keep every margin > eps.
+    util.check_grads_both(jax.jit(f), (params, x), eps=1e-4, atol=1e-5, rtol=1e-5)
+
+
+def test_jit_vmap_and_optimizer():
+  model = _model()
+  xs = jnp.asarray(util.random_values(5, (3, T, F_IN), np.float32))
+  y, aux = model(xs[0])
+  y2, aux2 = nnx.jit(lambda m, x: m(x))(model, xs[0])
+  util.assert_allclose(y2, y)
+  util.assert_allclose(aux2, aux)
+  ys, _ = jax.vmap(model)(xs)
+  for k in range(3):
+    util.assert_allclose(ys[k], model(xs[k])[0], err_msg=f"batch {k}")
+  opt = nnx.Optimizer(model, optax.adam(0.05), wrt=nnx.Param)
+  target = jnp.ones((T, F_OUT))
+
+  @nnx.jit
+  def step(model, opt, x):
+    def loss_fn(m):
+      y, aux = m(x)
+      return jnp.mean((y - target) ** 2) + 0.01 * aux
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    opt.update(model, grads)
+    return loss
+
+  losses = [float(step(model, opt, xs[0])) for _ in range(25)]
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_errors():
+  with pytest.raises(TypeError, match="MoE: rngs is required"):
+    nn.MoE(E, F_IN, F_OUT)
+  with pytest.raises(ValueError, match="MoE: top_k must be at most num_experts; got top_k=5"):
+    nn.MoE(E, F_IN, F_OUT, top_k=5, rngs=nnx.Rngs(0))
+  model = _model()
+  with pytest.raises(ValueError, match=r"MoE: wrong feature width: x.shape=\(6, 4\)"):
+    model(jnp.ones((T, F_IN - 1)))
+
+
+def test_doctests():
+  lu.run_doctests(moe)
