@@ -63,12 +63,25 @@ def _value_dtype(spec: EinsumSpec, avals):
 def _einsum_abstract_eval(*avals, spec: EinsumSpec):
   dtype = _value_dtype(spec, avals)
   if spec.out_kind == DENSE_OUT:
-    return [jax.core.ShapedArray(spec.out_shape, dtype)]
-  lay = spec.out_layout
-  out = [jax.core.ShapedArray(lay.data_shape, dtype)]
-  if spec.out_kind == SPARSE_OUT:
-    out += [jax.core.ShapedArray(shape, lay.index_dtype) for _, _, shape in lay.index_shapes]
-  return out
+    out = [(spec.out_shape, dtype)]
+  else:
+    lay = spec.out_layout
+    out = [(lay.data_shape, dtype)]
+    if spec.out_kind == SPARSE_OUT:
+      out += [(shape, lay.index_dtype) for _, _, shape in lay.index_shapes]
+  # Inside jax.shard_map(check_vma=True) the outputs vary over every manual mesh axis
+  # that some input varies over (JAX's `vma` type). Like lax ops, callers give every
+  # differentiable input that type first (jax.lax.pcast(..., to="varying")), so the
+  # transpose psums a replicated input's cotangent.
+  varying = frozenset().union(*(a.mat.varying for a in avals))
+  if not varying:
+    return [jax.core.ShapedArray(shape, dt) for shape, dt in out]
+  src = next(a for a in avals if a.mat.varying)
+  typed = dict(sharding=jax.sharding.NamedSharding(src.sharding.mesh,
+                                                   jax.sharding.PartitionSpec()),
+               manual_axis_type=src.mat.update(varying=varying, unreduced=frozenset(),
+                                               reduced=frozenset()))
+  return [jax.core.ShapedArray(shape, dt, **typed) for shape, dt in out]
 
 
 # -- JVP -----------------------------------------------------------------------------------

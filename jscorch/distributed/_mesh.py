@@ -105,14 +105,30 @@ def place(x, mesh: Mesh, spec: P, what: str, func: str, also=()):
 
 
 def smap(mesh: Mesh, body, in_specs, out_specs):
-  """``jax.shard_map`` over ``mesh``; replication is not type-checked (see docs/distributed.md).
+  """``jax.shard_map`` over ``mesh``, with JAX's replication (``vma``) type checks on."""
+  return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
 
-  ``check_vma=False`` because jscorch's einsum primitive does not annotate its
-  outputs with varying mesh axes; cotangents of replicated inputs are still summed
-  over the devices, which the tests check against unsharded gradients.
+
+def vary(x, axes: tuple[str, ...]):
+  """``x`` typed as varying over the mesh ``axes`` inside ``shard_map`` (JAX's ``vma``).
+
+  A replicated operand must be cast before it meets sharded values in a jscorch
+  einsum (as ``lax`` ops do by themselves): the cast transposes to a ``psum``, which
+  sums the operand's cotangent over the devices.
   """
-  return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                       check_vma=False)
+  missing = tuple(a for a in axes if a not in jax.typeof(x).mat.varying)
+  return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
+def gather_replicated(x, axes):
+  """``jax.lax.all_gather(x, axes, tiled=True)`` typed as replicated over ``axes``.
+
+  ``all_gather`` is typed varying → varying; an output spec without ``axes`` needs
+  the invariant form, which JAX 0.10 has no public name for (its transpose is a
+  local slice instead of a ``psum_scatter``).
+  """
+  from jax._src.lax.parallel import all_gather_invariant
+  return all_gather_invariant(x, axes, tiled=True)
 
 
 def from_host(host: np.ndarray, mesh: Mesh, spec: P) -> jax.Array:

@@ -65,6 +65,7 @@ def _columns(lay: ShardLayout, exchange: str, x, data, crd, halo, ids=None):
   slot → original label map; the replicated ``x`` is in original labels.
   """
   n = lay.shape[1]
+  x = _mesh.vary(x, lay.axes)       # a replicated x: its cotangent is summed over devices
   if exchange == "replicated" and not lay.reordered:
     return x, data, crd, n
   row_axis = lay.axes[0]
@@ -477,9 +478,9 @@ def _from_node_call(lay: ShardLayout, part: Partition):
   axes = lay.axes if lay.two_d else lay.axes[0]
 
   def body(ids, y):
-    every = jax.lax.all_gather(y, axes, tiled=True)
+    every = _mesh.gather_replicated(y, axes)
     if lay.reordered:
-      slots = jax.lax.all_gather(ids, axes, tiled=True)
+      slots = _mesh.gather_replicated(ids, axes)
       return jnp.zeros((part.n,) + y.shape[1:], y.dtype).at[slots].set(every, mode="drop")
     bounds = jnp.asarray(part.bounds, jnp.int32)
     i = jnp.arange(part.n)
@@ -558,8 +559,7 @@ def _unshard_call(lay: ShardLayout):
       slots = jax.lax.all_gather(ids, every, tiled=True)
       r, c = _original(lay, slots, r), _original(lay, slots, c)
     coords = jnp.stack([r, c], -1).astype(crd.dtype)
-    return (jax.lax.all_gather(coords, every, tiled=True),
-            jax.lax.all_gather(data, every, tiled=True))
+    return _mesh.gather_replicated(coords, every), _mesh.gather_replicated(data, every)
 
   spec = lay.block_spec
   return _mesh.smap(lay.mesh, body, (lay.node_spec, spec, spec, spec), (P(), P()))
