@@ -1,5 +1,7 @@
 """``jscorch.nn`` graph layers with a sharded adjacency: ``apply(layer, A, x)``.
 
+The layers call it themselves when given a sharded adjacency, so ``conv(A, x)``
+(and ``nnx.merge(graphdef, params)(A, x)`` under ``jit``) is ``apply(conv, A, x)``.
 Runs a :class:`jscorch.nn.GCNConv`, ``SAGEConv`` or ``GINConv`` (its own
 parameters, unchanged) data-parallel over the graph's rows: the dense transforms
 are row-local on each device, the aggregation is one sharded SpMM
@@ -56,12 +58,16 @@ def apply(layer, A: ShardedSparseArray, x, *, exchange: str | None = None) -> ja
   """
   from jscorch import nn   # noqa: PLC0415 - the layers are optional users of this module
   func = "js.distributed.apply"
+  if not isinstance(layer, (nn.GCNConv, nn.SAGEConv, nn.GINConv)):
+    raise SparseShardingError(f"{func}: supported layers are jscorch.nn.GCNConv, SAGEConv and "
+                              f"GINConv; got {type(layer).__name__}. Call other layers with "
+                              "the unsharded adjacency (A.unshard()).")
   products._check_matrix(A, func)
   lay = A.layout
   if lay.rows != lay.cols:
     raise SparseShardingError(f"{func}: expected a square adjacency; got shape {lay.shape}.")
   x = products._check_operand(x, func, "x")
-  if x.ndim != 2 or x.shape[1] != getattr(layer, "in_features", x.shape[1]):
+  if x.ndim != 2 or x.shape[1] != layer.in_features:
     raise ValueError(f"{func}: x must be [num_nodes, in_features={layer.in_features}]; got "
                      f"x.shape={tuple(x.shape)}.")
   x = products._operand(A, x, lay.rows, "allgather", func, "x")
@@ -88,7 +94,7 @@ def apply(layer, A: ShardedSparseArray, x, *, exchange: str | None = None) -> ja
     if layer.normalize:             # (padding rows are 0: keep their gradient finite)
       sq = jnp.sum(out * out, axis=-1, keepdims=True)
       out = _safe_divide(out, jnp.sqrt(jnp.where(sq > 0, sq, 1)) * (sq > 0))
-  elif isinstance(layer, nn.GINConv):
+  else:
     dtype = jnp.result_type(x.dtype, layer.linear1.kernel.dtype, A.dtype)
     A = A.astype(dtype)
     h = _matmul(x.astype(dtype), layer.linear1.kernel[...].astype(dtype))
@@ -98,7 +104,4 @@ def apply(layer, A: ShardedSparseArray, x, *, exchange: str | None = None) -> ja
     h = jax.nn.relu(h)
     out = _matmul(h, layer.linear2.kernel[...].astype(dtype)) + \
         layer.linear2.bias[...].astype(dtype)
-  else:
-    raise SparseShardingError(f"{func}: supported layers are jscorch.nn.GCNConv, SAGEConv and "
-                              f"GINConv; got {type(layer).__name__}.")
   return jnp.where(mask, out, jnp.zeros((), out.dtype))

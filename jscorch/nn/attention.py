@@ -26,6 +26,7 @@ from flax import nnx
 import jscorch as js
 from jscorch import graph
 from jscorch.array import SparseArray, is_sparse
+from jscorch.distributed import SparseShardingError, is_sharded
 from jscorch.einsum import einsum
 from jscorch.nn import _util
 
@@ -118,6 +119,12 @@ class GATConv(nnx.Module):
   def attention(self, adj, x, *, deterministic: bool | None = None, rngs=None):
     """Returns ``(out, alpha)``: the per-head outputs `[n, heads, out]` and the attention
     weights, a `[n, n, heads]` SparseArray with the pattern of ``adj`` (plus self loops)."""
+    if is_sharded(adj):
+      raise SparseShardingError(
+          "GATConv: a sharded adjacency is not supported; got a ShardedSparseArray, expected "
+          "a SparseArray. The attention softmax over each row's entries (with self loops "
+          "added to the pattern) has no sharded form yet. Call the layer with adj.unshard(), "
+          "or use GCNConv, SAGEConv or GINConv, which accept a sharded adjacency.")
     _util.check_graph_inputs(adj, x, self.in_features, "GATConv")
     key = _dropout_key_if_active(self.dropout, deterministic, rngs)
     return _gat(adj, x, self.kernel[...], self.att_src[...], self.att_dst[...], key,

@@ -9,6 +9,11 @@ first (``x @ kernel``, itself a sparse einsum when ``x`` is sparse), so neither
 ``adj`` nor ``x`` is ever densified. Layers cache nothing between calls: they work
 under ``jit``, ``vmap`` (over ``x``, or over ``adj`` and ``x`` together) and
 ``grad`` (w.r.t. the parameters, ``x`` and the edge weights).
+
+``adj`` may also be a :class:`~jscorch.distributed.ShardedSparseArray`
+(:func:`jscorch.distributed.shard`): the same layer, with the same parameters, then
+runs data-parallel over the graph's rows on the array's mesh, with ``x`` and the
+output in node layout (``adj.shard_rows(x)``; see :func:`jscorch.distributed.apply`).
 """
 from __future__ import annotations
 
@@ -19,12 +24,22 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jscorch import graph
+from jscorch.distributed import layers as sharded_layers
+from jscorch.distributed.sharded import is_sharded
 from jscorch.einsum import einsum
 from jscorch.nn import _util
 
 glorot_init = nnx.initializers.glorot_uniform()
 lecun_init = nnx.initializers.lecun_normal()
 zeros_init = nnx.initializers.zeros_init()
+
+
+def _init_features(layer: nnx.Module, name: str, in_features, out_features, rngs) -> nnx.Rngs:
+  """Checks the arguments every layer here shares, sets the widths, returns ``rngs``."""
+  rngs = _util.require_rngs(rngs, name)
+  layer.in_features = _util.check_positive(in_features, "in_features", name)
+  layer.out_features = _util.check_positive(out_features, "out_features", name)
+  return rngs
 
 
 class GCNConv(nnx.Module):
@@ -60,10 +75,7 @@ class GCNConv(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, add_self_loops: bool = True,
                normalize: bool = True, use_bias: bool = True, kernel_init=glorot_init,
                bias_init=zeros_init, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-    name = "GCNConv"
-    rngs = _util.require_rngs(rngs, name)
-    self.in_features = _util.check_positive(in_features, "in_features", name)
-    self.out_features = _util.check_positive(out_features, "out_features", name)
+    rngs = _init_features(self, "GCNConv", in_features, out_features, rngs)
     self.add_self_loops = add_self_loops
     self.normalize = normalize
     self.use_bias = use_bias
@@ -86,7 +98,12 @@ class GCNConv(nnx.Module):
     return adj
 
   def __call__(self, adj, x) -> jax.Array:
-    """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`."""
+    """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`.
+
+    A sharded ``adj`` (:func:`jscorch.distributed.shard`) runs data-parallel over its
+    rows (:func:`jscorch.distributed.apply`): ``x`` and the result in node layout."""
+    if is_sharded(adj):
+      return sharded_layers.apply(self, adj, x)
     _util.check_graph_inputs(adj, x, self.in_features, "GCNConv")
     bias = self.bias[...] if self.use_bias else None
     return _gcn(adj, x, self.kernel[...], bias, self.add_self_loops, self.normalize)
@@ -143,10 +160,7 @@ class SAGEConv(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, root_weight: bool = True,
                use_bias: bool = True, normalize: bool = False, kernel_init=lecun_init,
                bias_init=zeros_init, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-    name = "SAGEConv"
-    rngs = _util.require_rngs(rngs, name)
-    self.in_features = _util.check_positive(in_features, "in_features", name)
-    self.out_features = _util.check_positive(out_features, "out_features", name)
+    rngs = _init_features(self, "SAGEConv", in_features, out_features, rngs)
     self.root_weight = root_weight
     self.use_bias = use_bias
     self.normalize = normalize
@@ -158,7 +172,12 @@ class SAGEConv(nnx.Module):
         if use_bias else nnx.data(None)
 
   def __call__(self, adj, x) -> jax.Array:
-    """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`."""
+    """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`.
+
+    A sharded ``adj`` (:func:`jscorch.distributed.shard`) runs data-parallel over its
+    rows (:func:`jscorch.distributed.apply`): ``x`` and the result in node layout."""
+    if is_sharded(adj):
+      return sharded_layers.apply(self, adj, x)
     _util.check_graph_inputs(adj, x, self.in_features, "SAGEConv")
     root = self.root_kernel[...] if self.root_weight else None
     bias = self.bias[...] if self.use_bias else None
@@ -213,19 +232,21 @@ class GINConv(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, hidden_features: int | None = None,
                eps: float = 0.0, train_eps: bool = False, param_dtype=jnp.float32,
                rngs: nnx.Rngs | None = None):
-    name = "GINConv"
-    rngs = _util.require_rngs(rngs, name)
-    self.in_features = _util.check_positive(in_features, "in_features", name)
-    self.out_features = _util.check_positive(out_features, "out_features", name)
+    rngs = _init_features(self, "GINConv", in_features, out_features, rngs)
     hidden = out_features if hidden_features is None else hidden_features
-    self.hidden_features = _util.check_positive(hidden, "hidden_features", name)
+    self.hidden_features = _util.check_positive(hidden, "hidden_features", "GINConv")
     self.train_eps = train_eps
     self.linear1 = nnx.Linear(in_features, hidden, param_dtype=param_dtype, rngs=rngs)
     self.linear2 = nnx.Linear(hidden, out_features, param_dtype=param_dtype, rngs=rngs)
     self.eps = nnx.Param(jnp.asarray(eps, param_dtype)) if train_eps else float(eps)
 
   def __call__(self, adj, x) -> jax.Array:
-    """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`."""
+    """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`.
+
+    A sharded ``adj`` (:func:`jscorch.distributed.shard`) runs data-parallel over its
+    rows (:func:`jscorch.distributed.apply`): ``x`` and the result in node layout."""
+    if is_sharded(adj):
+      return sharded_layers.apply(self, adj, x)
     _util.check_graph_inputs(adj, x, self.in_features, "GINConv")
     eps = self.eps[...] if self.train_eps else jnp.asarray(self.eps)
     l1, l2 = self.linear1, self.linear2

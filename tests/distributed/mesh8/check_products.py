@@ -19,7 +19,7 @@ RTOL = 2e-5
 CASES = [
     # (matrix, mesh, exchange, reorder, lowering): every exchange, 1-D and 2-D, square and
     # rectangular, uniform and power-law, relabelled or not, both lowerings (2-D with the
-    # portable lowering and a relabelled power-law graph: tests/distributed/mesh8/check_gcn.py)
+    # portable lowering and a relabelled power-law graph: tests/distributed/mesh8/check_layers.py)
     ("uniform", "1d", "halo", None, "auto"),
     ("rect", "1d", "allgather", None, "portable"),
     ("rmat", "1d", "replicated", None, "auto"),

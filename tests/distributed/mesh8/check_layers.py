@@ -1,7 +1,9 @@
 """``jscorch.nn`` graph layers on a sharded adjacency: values and gradients equal unsharded ones.
 
-Also: the example trains under one ``nnx.jit`` per step and matches unsharded
-training, and everything works on an Explicit-axes mesh inside its context.
+The model's code is the same for both adjacencies (the layers route a sharded one to
+``jsd.apply``); ``jsd.apply`` with an explicit ``exchange`` is checked too. Also:
+the example trains under one ``nnx.jit`` per step through the layers and matches
+unsharded training, and everything works on an Explicit-axes mesh inside its context.
 """
 import importlib.util
 import os
@@ -15,6 +17,7 @@ from flax import nnx
 import jscorch as js
 from jscorch import distributed as jsd
 from jscorch import nn
+from jscorch.nn import graph_conv
 
 IN, HID, OUT = 6, 8, 3
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -40,10 +43,10 @@ class Net(nnx.Module):
       self.conv2 = nn.GINConv(HID, OUT, hidden_features=4, train_eps=True, eps=0.3, rngs=rngs)
 
   def __call__(self, adj, x, exchange=None):
-    if jsd.is_sharded(adj):
+    if exchange is not None:            # another exchange than the layers' default
       h = jax.nn.relu(jsd.apply(self.conv1, adj, x, exchange=exchange))
       return jsd.apply(self.conv2, adj, h, exchange=exchange)
-    return self.conv2(adj, jax.nn.relu(self.conv1(adj, x)))
+    return self.conv2(adj, jax.nn.relu(self.conv1(adj, x)))     # either kind of adjacency
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +90,21 @@ def use_lowering():
 
 
 @pytest.mark.parametrize("kind,mesh_key,exchange,reorder,low", [
-    ("gcn", "1d", "halo", None, "auto"),
+    ("gcn", "1d", None, None, "auto"),
     ("gcn", "2d", None, "degree", "portable"),
+    ("sage_gin", "1d", None, "degree", "auto"),
     ("sage_gin", "1d", "replicated", None, "auto"),
-], ids=["gcn-1d-halo", "gcn-2d-degree-portable", "sage_gin-1d-replicated"])
+], ids=["gcn-1d-layers", "gcn-2d-degree-portable-layers", "sage_gin-1d-degree-layers",
+        "sage_gin-1d-apply-replicated"])
 def test_layers_match_unsharded(kind, mesh_key, exchange, reorder, low, problem, reference,
-                                meshes, use_lowering):
+                                meshes, use_lowering, monkeypatch):
+  """Loss, output and jax.grad w.r.t. parameters, features and edge weights, under jit."""
   A, x, w = problem
   use_lowering(low)
+  routed = []
+  apply = graph_conv.sharded_layers.apply
+  monkeypatch.setattr(graph_conv.sharded_layers, "apply",
+                      lambda *a, **k: routed.append(type(a[0]).__name__) or apply(*a, **k))
   mesh, axis = meshes[mesh_key]
   As = jsd.shard(A, mesh, axis=axis, reorder=reorder)
   (loss, out), (g_state, g_x, g_data) = _grads(kind, As, As.shard_rows(x), As.shard_rows(w),
@@ -110,10 +120,18 @@ def test_layers_match_unsharded(kind, mesh_key, exchange, reorder, low, problem,
   _close(As.with_data(g_data).unshard().to_scipy().toarray(),
          A.with_data(r_data).to_scipy().toarray(),
          "grad edge weights")
+  # the model's own layer calls took the sharded path (traced once, under jit)
+  want = {"gcn": ["GCNConv", "GCNConv"], "sage_gin": ["SAGEConv", "GINConv"]}[kind]
+  assert routed == (want if exchange is None else []), routed
 
 
-def test_example_trains_like_unsharded():
-  """examples/train_gcn_sharded.py: jitted Adam steps, same losses/parameters as unsharded."""
+def test_example_trains_like_unsharded(monkeypatch):
+  """examples/train_gcn_sharded.py: jitted Adam steps through the GCNConv layers, same
+  losses/parameters as unsharded."""
+  routed = []
+  apply = graph_conv.sharded_layers.apply
+  monkeypatch.setattr(graph_conv.sharded_layers, "apply",
+                      lambda *a, **k: routed.append(type(a[0]).__name__) or apply(*a, **k))
   path = os.path.join(ROOT, "examples", "train_gcn_sharded.py")
   spec = importlib.util.spec_from_file_location("train_gcn_sharded", path)
   example = importlib.util.module_from_spec(spec)
@@ -123,6 +141,7 @@ def test_example_trains_like_unsharded():
   assert result["losses"][-1] < result["losses"][0], lines
   assert result["param_gap"] < 1e-4 and result["loss_gap"] < 1e-5, lines
   assert result["imbalance"] <= 1.1, lines
+  assert routed and set(routed) == {"GCNConv"}, routed   # traced through the layers
 
 
 def test_explicit_mesh_inside_its_context(matrices):
