@@ -58,6 +58,22 @@ from jscorch.ops_unary import ZERO_PRESERVING as ZERO_PRESERVING  # noqa: E402
 globals().update({_name: getattr(_ops_unary, _name) for _name in _ops_unary.ZERO_PRESERVING})
 __all__ += ["ZERO_PRESERVING", "add", "concatenate", "divide", "dot", "matmul", "multiply",
             "power", "softmax", "subtract", "sum", "transpose", *_ops_unary.ZERO_PRESERVING]
+from jscorch.ops_coalesce import eliminate_zeros as eliminate_zeros  # noqa: E402
+from jscorch.ops_coalesce import sort_indices as sort_indices  # noqa: E402
+from jscorch.ops_coalesce import sum_duplicates as sum_duplicates  # noqa: E402
+from jscorch.ops_reduce import count_nonzero as count_nonzero  # noqa: E402
+from jscorch.ops_reduce import max as max  # noqa: E402
+from jscorch.ops_reduce import mean as mean  # noqa: E402
+from jscorch.ops_reduce import min as min  # noqa: E402
+from jscorch.ops_reduce import segment_max as segment_max  # noqa: E402
+from jscorch.ops_reduce import segment_min as segment_min  # noqa: E402
+from jscorch.ops_triangular import diag as diag  # noqa: E402
+from jscorch.ops_triangular import diagonal as diagonal  # noqa: E402
+from jscorch.ops_triangular import tril as tril  # noqa: E402
+from jscorch.ops_triangular import triu as triu  # noqa: E402
+
+__all__ += ["count_nonzero", "diag", "diagonal", "eliminate_zeros", "max", "mean", "min",
+            "segment_max", "segment_min", "sort_indices", "sum_duplicates", "tril", "triu"]
 from jscorch import distributed as distributed  # noqa: E402
 from jscorch import graph as graph  # noqa: E402
 from jscorch.primitives._errors import SparsifyError as SparsifyError  # noqa: E402

@@ -317,6 +317,42 @@ class SparseArray:
     """
     return _ops().sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
 
+  def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> jax.Array:
+    """Maximum over ``axis`` counting implicit zeros: a dense array (see :func:`jscorch.max`)."""
+    from jscorch import ops_reduce   # noqa: PLC0415 (ops_reduce imports this module)
+    return ops_reduce.max(self, axis=axis, keepdims=keepdims)
+
+  def min(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> jax.Array:
+    """Minimum over ``axis`` counting implicit zeros: a dense array (see :func:`jscorch.min`)."""
+    from jscorch import ops_reduce   # noqa: PLC0415
+    return ops_reduce.min(self, axis=axis, keepdims=keepdims)
+
+  def mean(self, axis: int | Sequence[int] | None = None, dtype=None,
+           keepdims: bool = False) -> jax.Array:
+    """Mean over ``axis`` (implicit zeros included): a dense array (see :func:`jscorch.mean`)."""
+    from jscorch import ops_reduce   # noqa: PLC0415
+    return ops_reduce.mean(self, axis=axis, dtype=dtype, keepdims=keepdims)
+
+  def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> jax.Array:
+    """The diagonal as a dense array, as ``numpy.diagonal`` (see :func:`jscorch.diagonal`)."""
+    from jscorch import ops_triangular   # noqa: PLC0415
+    return ops_triangular.diagonal(self, offset=offset, axis1=axis1, axis2=axis2)
+
+  def sum_duplicates(self, nse: int | None = None) -> SparseArray:
+    """Every coordinate stored once, sorted (see :func:`jscorch.sum_duplicates`)."""
+    from jscorch import ops_coalesce   # noqa: PLC0415
+    return ops_coalesce.sum_duplicates(self, nse=nse)
+
+  def sort_indices(self) -> SparseArray:
+    """Entries in lexicographic storage order, duplicates kept (see :func:`jscorch.sort_indices`)."""
+    from jscorch import ops_coalesce   # noqa: PLC0415
+    return ops_coalesce.sort_indices(self)
+
+  def eliminate_zeros(self, nse: int | None = None) -> SparseArray:
+    """Explicitly stored zeros become padding (see :func:`jscorch.eliminate_zeros`)."""
+    from jscorch import ops_coalesce   # noqa: PLC0415
+    return ops_coalesce.eliminate_zeros(self, nse=nse)
+
   def conj(self) -> SparseArray:
     """The complex conjugate of the stored values (same pattern)."""
     return self.with_data(jnp.conj(self.data))

@@ -6,6 +6,9 @@ SparseArrays (and are the ``jax.numpy`` functions on dense inputs):
 * products and sums: ``einsum``, ``matmul``, ``dot``, ``multiply``, ``divide`` /
   ``true_divide``, ``add``, ``subtract``, ``power``, ``sum``, ``transpose``,
   ``concatenate`` (see :mod:`jscorch.ops`);
+* reductions and triangles: ``max``, ``min``, ``mean``, ``count_nonzero``
+  (:mod:`jscorch.ops_reduce`), ``tril``, ``triu``, ``diagonal``, ``diag``
+  (:mod:`jscorch.ops_triangular`);
 * the zero-preserving elementwise functions (``abs``, ``sin``, ``tanh``, ``sqrt``,
   ``negative``, ... — the ``jax.numpy`` entries of ``jscorch.ZERO_PRESERVING``),
   which map the stored values.
@@ -40,6 +43,14 @@ from jscorch.ops import power as power
 from jscorch.ops import subtract as subtract
 from jscorch.ops import sum as sum  # noqa: A004
 from jscorch.ops import transpose as transpose
+from jscorch.ops_reduce import count_nonzero as count_nonzero
+from jscorch.ops_reduce import max as max  # noqa: A004
+from jscorch.ops_reduce import mean as mean
+from jscorch.ops_reduce import min as min  # noqa: A004
+from jscorch.ops_triangular import diag as diag
+from jscorch.ops_triangular import diagonal as diagonal
+from jscorch.ops_triangular import tril as tril
+from jscorch.ops_triangular import triu as triu
 
 true_divide = divide
 pow = power  # noqa: A001
@@ -54,7 +65,8 @@ for _name in ("add", "subtract", "multiply", "negative"):
 del _name
 
 _OWN = ["add", "concatenate", "divide", "dot", "einsum", "matmul", "multiply", "pow", "power",
-        "subtract", "sum", "transpose", "true_divide", *_UNARY]
+        "subtract", "sum", "transpose", "true_divide", "count_nonzero", "diag", "diagonal",
+        "max", "mean", "min", "tril", "triu", *_UNARY]
 
 __all__ = sorted(set(_OWN) | set(_wrap.public_names()))
 
