@@ -97,13 +97,15 @@ def _layouts(k: int):
   return out
 
 
-def run_devices(n_devices: int, quick: bool, out=print) -> dict:
+def run_devices(n_devices: int, quick: bool, out=print, *, size: dict | None = None) -> dict:
   """The ``--devices N`` benchmark (see the module docstring); returns the measurements.
 
   Args:
     n_devices: the largest mesh; JAX must have at least this many devices.
-    quick: small matrices (about a minute on 8 simulated CPU devices).
+    quick: small matrices (seconds on 8 simulated CPU devices).
     out: where the table goes (``print``).
+    size: overrides the matrix size, as ``dict(scale=, edges=, width=, repeats=)``
+      (the tests use a smaller one).
 
   Returns:
     ``dict(n_devices=, size=, rows=[...], adjacency_scaling={...})``: one row per
@@ -123,7 +125,8 @@ def run_devices(n_devices: int, quick: bool, out=print) -> dict:
     raise RuntimeError(
         f"run_devices: {n_devices} devices requested but JAX has {jax.device_count()}; start "
         f"the process with XLA_FLAGS=--xla_force_host_platform_device_count={n_devices}.")
-  size = SIZES["quick" if quick else "full"]
+  size_name = ("quick" if quick else "full") if size is None else "custom"
+  size = SIZES[size_name] if size is None else size
   width = size["width"]
   rows, scaling = [], {}
   started = time.perf_counter()
@@ -186,5 +189,5 @@ def run_devices(n_devices: int, quick: bool, out=print) -> dict:
       out(f"  {label:<14} {key:<14} {b0 / 1e3:>9.1f} KB -> {b1 / 1e3:>8.1f} KB at {k1} "
           f"devices: x{b1 / b0:.3f} (ideal x{k0 / k1:.3f})")
   out(f"\ntotal {time.perf_counter() - started:.1f} s")
-  return dict(n_devices=n_devices, size="quick" if quick else "full", rows=rows,
+  return dict(n_devices=n_devices, size=size_name, rows=rows,
               adjacency_scaling=summary)

@@ -406,16 +406,16 @@ def gcn_aggregate(A: ShardedSparseArray, h, *, exchange: str | None = None,
                               f"and column partitions; got shape {lay.shape}.")
   h = _check_operand(h, func, "h")
   h = _operand(A, h, lay.rows, "allgather", func, "h")
-  loops = missing_self_loops(A, h.dtype) if add_self_loops else jnp.zeros((), h.dtype)
+  # `[P * size, 1]` weights of the added self loops (none: a scalar 0)
+  loops = missing_self_loops(A, h.dtype)[:, None] if add_self_loops else jnp.zeros((), h.dtype)
   if exchange == "replicated":
     exchange_x = lambda y: A.unshard_cols(y)
   else:
     exchange_x = lambda y: y
   if not normalize:
-    return spmm(A, exchange_x(h), exchange=exchange) + loops[:, None] * h
-  dinv = _inv_sqrt(row_sum(A).astype(h.dtype) + loops)[:, None]
-  return dinv * spmm(A, exchange_x(dinv * h), exchange=exchange) + (loops[:, None] * dinv *
-                                                                    dinv) * h
+    return spmm(A, exchange_x(h), exchange=exchange) + loops * h
+  dinv = _inv_sqrt(row_sum(A).astype(h.dtype)[:, None] + loops)
+  return dinv * spmm(A, exchange_x(dinv * h), exchange=exchange) + (loops * dinv * dinv) * h
 
 
 # -- layouts ------------------------------------------------------------------------------------

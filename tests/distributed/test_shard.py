@@ -35,8 +35,9 @@ def run_child(targets: str, devices: int = 8, timeout: int = 600) -> subprocess.
 # one child per test module (pytest-xdist spreads them), each paying JAX's start-up once;
 # mesh8/check_layers.py runs from tests/distributed/test_layers.py
 def test_on_8_devices():
-  """Runs ``mesh8/check_products.py`` and ``check_errors.py`` on 8 simulated CPU devices."""
-  proc = run_child("check_products.py check_errors.py")
+  """Runs ``mesh8/check_products.py``, ``check_errors.py`` and ``check_bench.py`` on 8
+  simulated CPU devices."""
+  proc = run_child("check_products.py check_errors.py check_bench.py")
   tail = (proc.stdout[-12000:] + "\n" + proc.stderr[-4000:]).strip()
   assert proc.returncode == 0, tail
   assert " passed" in proc.stdout and "skipped" not in proc.stdout.split("\n")[-2], tail

@@ -150,8 +150,10 @@ def test_explicit_mesh_inside_its_context(matrices):
   mesh = jax.make_mesh((4, 2), ("r", "c"))
   As = jsd.shard(js.from_scipy(m), mesh, axis="r")
   x = np.random.default_rng(2).standard_normal((m.shape[0], 4)).astype(np.float32)
-  with pytest.raises(jsd.SparseShardingError, match="outside the mesh context.*jax.set_mesh"):
-    jsd.spmm(As, x)
+  conv = nn.GCNConv(4, 2, rngs=nnx.Rngs(0))
+  for call in (lambda: jsd.spmm(As, x), lambda: conv(As, x)):
+    with pytest.raises(jsd.SparseShardingError, match="outside the mesh context.*jax.set_mesh"):
+      call()
   with jax.set_mesh(mesh):
     xs = As.shard_cols(x)
     f = jax.jit(jax.value_and_grad(lambda x_: jnp.sum(jsd.spmm(As, x_, exchange="halo") ** 2)))
