@@ -31,6 +31,7 @@ import numpy as np
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
+from jscorch.ops_coalesce import sum_duplicates
 from jscorch.ops_unary import map_values, negative, valid_mask
 from jscorch.primitives import checks, union
 from jscorch.primitives._errors import SparseCapacityError
@@ -70,13 +71,10 @@ def _broadcast_shapes(a, b, func: str) -> tuple[int, ...]:
 
 def _unique(A: SparseArray) -> SparseArray:
   """``A`` with duplicates merged (a no-op for unique formats); needed for sampling."""
-  if A.format.unique:
-    return A
-  return _coalesce(A)
+  return A if A.format.unique else sum_duplicates(A)
 
 
 # One compiled conversion per layout (eager conversions would run op by op).
-_coalesce = jax.jit(lambda A: A.asformat(union.canonical_format(A.format)))
 _todense = jax.jit(lambda A: A.todense())
 
 

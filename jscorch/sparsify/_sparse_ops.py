@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch import ops
+from jscorch import ops, ops_reduce
 from jscorch.array import SparseArray
 from jscorch.primitives import convert
 from jscorch.primitives.formats import resolve_format
@@ -192,25 +192,8 @@ def dynamic_slice(A: SparseArray, starts, sizes, func="sparsify(dynamic_slice)")
 
 def reduce_extremum(A: SparseArray, axes, kind: str) -> jax.Array:
   """``reduce_max`` / ``reduce_min`` over ``axes`` with the implicit zeros counted (dense)."""
-  axes = sorted(int(a) for a in axes)
-  coords, values, valid = flat_entries(A)
-  kept = [d for d in range(A.ndim) if d not in axes]
-  out_shape = tuple(A.shape[d] for d in kept)
-  n_out = math.prod(out_shape)
-  idt = _index_dtype(n_out + 1)
-  if kept:
-    strides = np.cumprod((1,) + out_shape[::-1])[::-1][1:]
-    seg = jnp.sum(coords[:, kept].astype(idt) * jnp.asarray(strides, idt), axis=-1)
-  else:
-    seg = jnp.zeros(values.shape, idt)
-  seg = jnp.where(valid, seg, n_out)
-  reduce = jax.ops.segment_max if kind == "max" else jax.ops.segment_min
-  best = reduce(values, seg, num_segments=n_out)
-  count = jax.ops.segment_sum(valid.astype(idt), seg, num_segments=n_out)
-  full = math.prod(A.shape[d] for d in axes)
-  zero = jnp.zeros((), values.dtype)
-  with_zero = jnp.maximum(best, zero) if kind == "max" else jnp.minimum(best, zero)
-  return jnp.where(count < full, with_zero, best).reshape(out_shape)
+  return ops_reduce.extremum(A, tuple(int(a) for a in axes), kind,
+                             func=f"sparsify(reduce_{kind})")
 
 
 def union_align(A: SparseArray, B: SparseArray):
