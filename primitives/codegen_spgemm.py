@@ -4,16 +4,24 @@ Applies to ``ij,jk->ik`` where A and B are stored row-major with a dense outer l
 and a compressed inner one (CSR-like, any index names) and the result is CSR with a
 static capacity ``nse``. The kernel
 
-1. counts each result row's entries (parallel over rows, a bitmap marks columns);
-2. turns the counts into ``pos`` (a prefix sum) and clamps at the capacity;
-3. computes each row into a dense workspace and emits its columns in order by
-   scanning the bitmap words between the row's smallest and largest column
-   (parallel over rows; each chunk owns its workspace).
+1. splits the rows into chunks of about equal *multiply-adds* (the sum over a row's
+   entries of the matching B row lengths — power-law rows are balanced by their real
+   work, not their length);
+2. counts each result row's entries (parallel over chunks; a bitmap marks columns);
+3. turns the counts into ``pos`` (a prefix sum) and clamps at the capacity;
+4. computes each row into a dense workspace (parallel; each chunk owns its bitmap,
+   values and column list) and writes it at ``pos[i]`` in column order, choosing per
+   row the cheaper of two ways: scan the bitmap words between the row's smallest and
+   largest column (dense rows), or sort the row's column list (sparse rows).
 
 No intermediate ever needs ``nse(A) * nse(B)`` — or even ``flops`` — memory: peak
 memory is the result plus one dense row per chunk. When the result needs more
-than ``nse`` entries the values are poisoned with NaN (never silently truncated).
-The same counting pass is exposed as a plain C function for eager size queries.
+than ``nse`` entries the values are poisoned with NaN (never silently truncated),
+and no row is written past its clamped ``pos``.
+
+Capacities are read from the buffers at run time, so one compiled kernel serves every
+``nse`` of a given shape and dtype. The counting pass is also exported as a plain C
+function (its own threads) for the eager size query.
 """
 from __future__ import annotations
 
@@ -28,7 +36,11 @@ from .codegen import _C_TYPES, _I_TYPES
 
 @dataclasses.dataclass(frozen=True)
 class SpgemmPlan:
-  """A CSR x CSR -> CSR product: sizes ``(m, k) x (k, n)``, capacities, dtypes."""
+  """A CSR x CSR -> CSR product: sizes ``(m, k) x (k, n)``, capacities, dtypes.
+
+  The capacities are not part of the kernel (it reads them from its buffers), so
+  :attr:`name` and the source depend only on the sizes and dtypes.
+  """
   m: int
   k: int
   n: int
@@ -40,33 +52,34 @@ class SpgemmPlan:
 
   @property
   def name(self) -> str:
-    return "jscorch_spgemm_" + hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+    key = (self.m, self.k, self.n, np.dtype(self.dtype).name, np.dtype(self.index_dtype).name)
+    return "jscorch_spgemm_" + hashlib.sha256(repr(key).encode()).hexdigest()[:16]
 
 
-def _row_walk(count_only: bool) -> str:
-  """C statements that walk row i of A x B, marking columns (and accumulating)."""
-  acc = "" if count_only else "w[c] = v;"
-  add = "" if count_only else "else w[c] += v;"
-  value = "" if count_only else "const T v = av * a->b_data[q];"
-  av = "" if count_only else "const T av = a->a_data[p];"
+def _row_walk(numeric: bool) -> str:
+  """C statements that walk row i of A x B: mark new columns in the bitmap, list them
+  in ``cols`` and track their range (and accumulate values when ``numeric``)."""
+  av = "const T av = a->a_data[p];" if numeric else ""
+  new = "w[c] = av * a->b_data[q];" if numeric else ""
+  old = "else w[c] += av * a->b_data[q];" if numeric else ""
   return f"""
     int64_t lo_c = N, hi_c = -1, cnt = 0;
-    int64_t pa_hi = a->a_pos[i + 1]; if (pa_hi > NSE_A) pa_hi = NSE_A;
+    int64_t pa_hi = a->a_pos[i + 1]; if (pa_hi > a->nse_a) pa_hi = a->nse_a;
     for (int64_t p = a->a_pos[i]; p < pa_hi; ++p) {{
       const int64_t j = a->a_crd[p];
       if ((uint64_t)j >= K) continue;
       {av}
-      int64_t pb_hi = a->b_pos[j + 1]; if (pb_hi > NSE_B) pb_hi = NSE_B;
+      int64_t pb_hi = a->b_pos[j + 1]; if (pb_hi > a->nse_b) pb_hi = a->nse_b;
       for (int64_t q = a->b_pos[j]; q < pb_hi; ++q) {{
         const int64_t c = a->b_crd[q];
         if ((uint64_t)c >= N) continue;
-        {value}
         const uint64_t bit = 1ull << (c & 63);
         if (!(bm[c >> 6] & bit)) {{
-          bm[c >> 6] |= bit; {acc} ++cnt;
+          bm[c >> 6] |= bit; {new}
+          cols[cnt++] = (I)c;
           if (c < lo_c) lo_c = c;
           if (c > hi_c) hi_c = c;
-        }} {add}
+        }} {old}
       }}
     }}"""
 
@@ -76,84 +89,166 @@ def generate(plan: SpgemmPlan) -> str:
   T, I = _C_TYPES[np.dtype(plan.dtype)], _I_TYPES[np.dtype(plan.index_dtype)]
   words = (plan.n + 63) // 64
   return f"""/* jscorch generated kernel {plan.name}
- *   einsum : ij,jk->ik, CSR ({plan.m}x{plan.k}, nse {plan.nse_a}) x CSR ({plan.k}x{plan.n},
- *            nse {plan.nse_b}) -> CSR capacity {plan.nse_out}; Gustavson, bitmap workspace */
+ *   einsum : ij,jk->ik, CSR ({plan.m}x{plan.k}) x CSR ({plan.k}x{plan.n}) -> CSR;
+ *            Gustavson, bitmap workspace, capacities read from the buffers */
 {RUNTIME}
+#include <pthread.h>
 typedef {T} T;
 typedef {I} I;
 enum {{ M = {plan.m}, K = {plan.k}, N = {plan.n}, WORDS = {words} }};
-#define NSE_A {plan.nse_a}LL
-#define NSE_B {plan.nse_b}LL
-#define NSE {plan.nse_out}LL
 
 typedef struct {{
   const T* a_data; const I* a_pos; const I* a_crd;
   const T* b_data; const I* b_pos; const I* b_crd;
   T* data; I* pos; I* crd;
+  int64_t nse_a, nse_b, nse;
+  int64_t* work;           /* work[u]: multiply-adds + entries + rows before row u */
 }} args_t;
 
 static int64_t work_before(const void* a_, int64_t u) {{
-  const args_t* a = (const args_t*)a_;
-  int64_t p = a->a_pos[u < M ? u : M];
-  return (p > NSE_A ? NSE_A : p) + u;
+  return ((const args_t*)a_)->work[u];
+}}
+
+/* The prefix of per-row work (M + 1 values, malloc'd), NULL when out of memory. */
+static int64_t* row_work(const args_t* a) {{
+  int64_t* work = (int64_t*)malloc(sizeof(int64_t) * (M + 1));
+  if (!work) return NULL;
+  int64_t total = 0;
+  work[0] = 0;
+  for (int64_t i = 0; i < M; ++i) {{
+    int64_t pa_hi = a->a_pos[i + 1]; if (pa_hi > a->nse_a) pa_hi = a->nse_a;
+    int64_t pa_lo = a->a_pos[i];
+    total += 1 + (pa_hi > pa_lo ? pa_hi - pa_lo : 0);
+    for (int64_t p = pa_lo; p < pa_hi; ++p) {{
+      const int64_t j = a->a_crd[p];
+      if ((uint64_t)j >= K) continue;
+      int64_t pb_hi = a->b_pos[j + 1]; if (pb_hi > a->nse_b) pb_hi = a->nse_b;
+      if (pb_hi > a->b_pos[j]) total += pb_hi - a->b_pos[j];
+    }}
+    work[i + 1] = total;
+  }}
+  return work;
+}}
+
+/* Chunk boundaries balanced by row work (one chunk per row range when no memory). */
+static int64_t split_rows(args_t* a, int64_t n_threads, int64_t* bounds) {{
+  int64_t n_chunks = 8 * n_threads;
+  if (n_chunks > 256) n_chunks = 256;
+  if (M == 0) return 0;
+  a->work = row_work(a);
+  if (!a->work) {{ bounds[0] = 0; bounds[1] = M; return 1; }}
+  return jscorch_split(M, work_before, a, n_chunks, bounds);
+}}
+
+/* Sorts x[0..n) ascending (distinct values): quicksort, insertion sort when short. */
+static void sort_cols(I* x, int64_t n) {{
+  while (n > 24) {{
+    const I f = x[0], m = x[n / 2], l = x[n - 1];
+    const I piv = f < m ? (m < l ? m : (f < l ? l : f)) : (f < l ? f : (m < l ? l : m));
+    int64_t i = -1, j = n;
+    for (;;) {{
+      do ++i; while (x[i] < piv);
+      do --j; while (x[j] > piv);
+      if (i >= j) break;
+      const I t = x[i]; x[i] = x[j]; x[j] = t;
+    }}
+    const int64_t left = j + 1;     /* x[0..left) <= piv <= x[left..n) */
+    if (left < n - left) {{ sort_cols(x, left); x += left; n -= left; }}
+    else {{ sort_cols(x + left, n - left); n = left; }}
+  }}
+  for (int64_t i = 1; i < n; ++i) {{
+    const I v = x[i];
+    int64_t j = i - 1;
+    while (j >= 0 && x[j] > v) {{ x[j + 1] = x[j]; --j; }}
+    x[j + 1] = v;
+  }}
+}}
+
+/* Scanning the bitmap words of a row beats sorting its column list. */
+static inline int scan_is_cheaper(int64_t lo_c, int64_t hi_c, int64_t cnt) {{
+  const int64_t words = (hi_c >> 6) - (lo_c >> 6) + 1;
+  return words <= cnt * (64 - __builtin_clzll((uint64_t)cnt)) / 2;
 }}
 
 /* Phase 1: entries of each result row, stored in pos[i + 1]. */
 static void count_rows(const void* a_, int64_t lo, int64_t hi) {{
   const args_t* a = (const args_t*)a_;
   uint64_t* bm = (uint64_t*)calloc(WORDS, sizeof(uint64_t));
-  for (int64_t i = lo; i < hi; ++i) {{{_row_walk(True)}
+  I* cols = (I*)malloc(sizeof(I) * (N > 0 ? N : 1));
+  if (!bm || !cols) abort();
+  for (int64_t i = lo; i < hi; ++i) {{{_row_walk(False)}
     a->pos[i + 1] = (I)cnt;
-    if (hi_c >= 0) memset(bm + (lo_c >> 6), 0, sizeof(uint64_t) * ((hi_c >> 6) - (lo_c >> 6) + 1));
+    if (hi_c < 0) continue;
+    if ((hi_c >> 6) - (lo_c >> 6) < cnt)
+      memset(bm + (lo_c >> 6), 0, sizeof(uint64_t) * ((hi_c >> 6) - (lo_c >> 6) + 1));
+    else
+      for (int64_t t = 0; t < cnt; ++t) bm[cols[t] >> 6] = 0;
   }}
+  free(cols);
   free(bm);
 }}
 
-/* Phase 3: values of each row, columns in order, written at pos[i]. */
+/* Phase 2: values of each row, columns in order, written at pos[i] .. pos[i + 1]. */
 static void fill_rows(const void* a_, int64_t lo, int64_t hi) {{
   const args_t* a = (const args_t*)a_;
   uint64_t* bm = (uint64_t*)calloc(WORDS, sizeof(uint64_t));
   T* w = (T*)malloc(sizeof(T) * (N > 0 ? N : 1));
-  for (int64_t i = lo; i < hi; ++i) {{{_row_walk(False)}
+  I* cols = (I*)malloc(sizeof(I) * (N > 0 ? N : 1));
+  if (!bm || !w || !cols) abort();
+  for (int64_t i = lo; i < hi; ++i) {{{_row_walk(True)}
     int64_t o = a->pos[i];
     const int64_t end = a->pos[i + 1];
     if (hi_c < 0) continue;
-    for (int64_t wd = lo_c >> 6; wd <= (hi_c >> 6); ++wd) {{
-      uint64_t word = bm[wd];
-      bm[wd] = 0;
-      while (word) {{
-        const int64_t c = wd * 64 + __builtin_ctzll(word);
-        word &= word - 1;
-        if (o < end) {{ a->crd[o] = (I)c; a->data[o] = w[c]; ++o; }}
+    if (scan_is_cheaper(lo_c, hi_c, cnt)) {{
+      for (int64_t wd = lo_c >> 6; wd <= (hi_c >> 6); ++wd) {{
+        uint64_t word = bm[wd];
+        bm[wd] = 0;
+        while (word) {{
+          const int64_t c = wd * 64 + __builtin_ctzll(word);
+          word &= word - 1;
+          if (o < end) {{ a->crd[o] = (I)c; a->data[o] = w[c]; ++o; }}
+        }}
+      }}
+    }} else {{
+      sort_cols(cols, cnt);
+      for (int64_t t = 0; t < cnt; ++t) {{
+        const I c = cols[t];
+        bm[c >> 6] = 0;
+        if (o < end) {{ a->crd[o] = c; a->data[o] = w[c]; ++o; }}
       }}
     }}
   }}
+  free(cols);
   free(w);
   free(bm);
 }}
 
 static void run(XLA_FFI_CallFrame* cf, args_t* a) {{
   int64_t bounds[257];
-  int64_t n_chunks = 4 * jscorch_num_threads(cf);
-  if (n_chunks > 256) n_chunks = 256;
-  n_chunks = M > 0 ? jscorch_split(M, work_before, a, n_chunks, bounds) : 0;
+  const int64_t n_chunks = split_rows(a, jscorch_num_threads(cf), bounds);
   a->pos[0] = 0;
   jscorch_parallel_for(cf, count_rows, a, bounds, n_chunks);
   int64_t total = 0;
   for (int64_t i = 0; i < M; ++i) {{
     total += a->pos[i + 1];
-    a->pos[i + 1] = (I)(total < NSE ? total : NSE);
+    a->pos[i + 1] = (I)(total < a->nse ? total : a->nse);
   }}
   jscorch_parallel_for(cf, fill_rows, a, bounds, n_chunks);
-  const int64_t used = total < NSE ? total : NSE;
-  for (int64_t o = used; o < NSE; ++o) {{ a->crd[o] = (I)N; a->data[o] = 0; }}
-  if (total > NSE) for (int64_t o = 0; o < NSE; ++o) a->data[o] = (T)NAN;
+  free(a->work);
+  const int64_t used = total < a->nse ? total : a->nse;
+  for (int64_t o = used; o < a->nse; ++o) {{ a->crd[o] = (I)N; a->data[o] = 0; }}
+  if (total > a->nse) for (int64_t o = 0; o < a->nse; ++o) a->data[o] = (T)NAN;
+}}
+
+static int64_t jscorch_dim0(void* buffer) {{
+  return ((XLA_FFI_Buffer*)buffer)->dims[0];
 }}
 
 XLA_FFI_Error* {plan.name}(XLA_FFI_CallFrame* cf) {{
   XLA_FFI_Error* early;
   if (jscorch_preamble(cf, &early)) return early;
   args_t a;
+  memset(&a, 0, sizeof(a));
   a.a_data = (const T*)jscorch_arg(cf, 0);
   a.a_pos = (const I*)jscorch_arg(cf, 1);
   a.a_crd = (const I*)jscorch_arg(cf, 2);
@@ -163,18 +258,50 @@ XLA_FFI_Error* {plan.name}(XLA_FFI_CallFrame* cf) {{
   a.data = (T*)jscorch_ret(cf, 0);
   a.pos = (I*)jscorch_ret(cf, 1);
   a.crd = (I*)jscorch_ret(cf, 2);
+  a.nse_a = jscorch_dim0(cf->args.args[2]);
+  a.nse_b = jscorch_dim0(cf->args.args[5]);
+  a.nse = jscorch_dim0(cf->rets.rets[2]);
   run(cf, &a);
   return NULL;
 }}
 
-/* Eager size query: entries of A x B (host buffers; serial). */
-int64_t {plan.name}_count(const I* a_pos, const I* a_crd, const I* b_pos, const I* b_crd) {{
+typedef struct {{
+  const args_t* args;
+  const int64_t* bounds;
+  int64_t n_chunks;
+  _Atomic int64_t next;
+}} count_job_t;
+
+static void* count_worker(void* job_) {{
+  count_job_t* job = (count_job_t*)job_;
+  for (;;) {{
+    const int64_t c = atomic_fetch_add(&job->next, 1);
+    if (c >= job->n_chunks) return NULL;
+    count_rows(job->args, job->bounds[c], job->bounds[c + 1]);
+  }}
+}}
+
+/* Eager size query on host buffers: entries of A x B, counted on n_threads threads. */
+int64_t {plan.name}_count(const I* a_pos, const I* a_crd, int64_t nse_a, const I* b_pos,
+                          const I* b_crd, int64_t nse_b, int64_t n_threads) {{
   args_t a;
   memset(&a, 0, sizeof(a));
   a.a_pos = a_pos; a.a_crd = a_crd; a.b_pos = b_pos; a.b_crd = b_crd;
+  a.nse_a = nse_a; a.nse_b = nse_b;
   I* counts = (I*)calloc(M + 1, sizeof(I));
+  if (!counts) abort();
   a.pos = counts;
-  if (M > 0) count_rows(&a, 0, M);
+  if (n_threads < 1) n_threads = 1;
+  if (n_threads > 64) n_threads = 64;
+  int64_t bounds[257];
+  count_job_t job = {{&a, bounds, split_rows(&a, n_threads, bounds), 0}};
+  pthread_t threads[64];
+  int64_t started = 0;
+  for (; started < n_threads - 1 && started < job.n_chunks - 1; ++started)
+    if (pthread_create(&threads[started], NULL, count_worker, &job)) break;
+  count_worker(&job);
+  for (int64_t t = 0; t < started; ++t) pthread_join(threads[t], NULL);
+  free(a.work);
   int64_t total = 0;
   for (int64_t i = 0; i < M; ++i) total += counts[i + 1];
   free(counts);

@@ -138,15 +138,22 @@ def kernels_enabled() -> bool:
 
 
 def spgemm_sizes(plan: codegen_spgemm.SpgemmPlan, a_indices, b_indices) -> tuple[int, int]:
-  """Eager ``(entries of the result, matching entry pairs)`` of a CSR x CSR product."""
+  """Eager ``(entries of the result, matching entry pairs)`` of a CSR x CSR product.
+
+  The entries are counted by the plan's own compiled counter (the kernel's first
+  pass, on one thread per available core), so no second compile is needed.
+  """
   import ctypes
-  probe = dataclasses.replace(plan, nse_out=0)
-  lib = kernel_build.build(codegen_spgemm.generate(probe))
-  count = getattr(lib, probe.name + "_count")
+  import os
+  lib = kernel_build.build(codegen_spgemm.generate(plan))
+  count = getattr(lib, plan.name + "_count")
   count.restype = ctypes.c_int64
-  host = [np.ascontiguousarray(np.asarray(x)) for x in (*a_indices, *b_indices)]
-  nse = count(*[h.ctypes.data_as(ctypes.c_void_p) for h in host])
-  a_pos, a_crd, b_pos, _ = host
+  a_pos, a_crd, b_pos, b_crd = host = [np.ascontiguousarray(np.asarray(x))
+                                       for x in (*a_indices, *b_indices)]
+  ptr = [h.ctypes.data_as(ctypes.c_void_p) for h in host]
+  threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  nse = count(ptr[0], ptr[1], ctypes.c_int64(a_crd.shape[0]), ptr[2], ptr[3],
+              ctypes.c_int64(b_crd.shape[0]), ctypes.c_int64(threads or 1))
   used = a_crd[:a_pos[-1]]
   used = used[used < plan.k]
   pairs = int((b_pos[used + 1] - b_pos[used]).sum())
