@@ -16,6 +16,7 @@ Example:
          [3.]], dtype=float32)
 """
 from jscorch.distributed._errors import SparseShardingError as SparseShardingError
+from jscorch.distributed.attention import gat_aggregate as gat_aggregate
 from jscorch.distributed.layers import apply as apply
 from jscorch.distributed.partition import Partition as Partition
 from jscorch.distributed.products import comm_bytes as comm_bytes
@@ -33,6 +34,6 @@ from jscorch.distributed.sharded import unshard as unshard
 
 __all__ = [
     "EXCHANGES", "Partition", "ShardLayout", "ShardedSparseArray", "SparseShardingError",
-    "apply", "comm_bytes", "gcn_aggregate", "is_sharded", "row_sum", "sddmm", "shard",
-    "spmm", "unshard",
+    "apply", "comm_bytes", "gat_aggregate", "gcn_aggregate", "is_sharded", "row_sum",
+    "sddmm", "shard", "spmm", "unshard",
 ]

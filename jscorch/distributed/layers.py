@@ -2,11 +2,11 @@
 
 The layers call it themselves when given a sharded adjacency, so ``conv(A, x)``
 (and ``nnx.merge(graphdef, params)(A, x)`` under ``jit``) is ``apply(conv, A, x)``.
-Runs a :class:`jscorch.nn.GCNConv`, ``SAGEConv`` or ``GINConv`` (its own
+Runs a :class:`jscorch.nn.GCNConv`, ``SAGEConv``, ``GINConv`` or ``GATConv`` (its own
 parameters, unchanged) data-parallel over the graph's rows: the dense transforms
 are row-local on each device, the aggregation is one sharded SpMM
 (:func:`jscorch.distributed.spmm`, so the communication is that of the chosen
-``exchange``). Inputs and outputs are node-feature arrays in node layout
+``exchange``; ``GATConv``: one :func:`jscorch.distributed.gat_aggregate`). Inputs and outputs are node-feature arrays in node layout
 (``A.shard_rows(x)``); padding rows of the output are 0. The arithmetic matches the
 unsharded layers (the tests compare values and gradients).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jscorch.distributed import products
+from jscorch.distributed import attention, products
 from jscorch.distributed._errors import SparseShardingError
 from jscorch.distributed.sharded import ShardedSparseArray
 
@@ -29,14 +29,31 @@ def _safe_divide(num, den):
   return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
-def apply(layer, A: ShardedSparseArray, x, *, exchange: str | None = None) -> jax.Array:
+def _gat(layer, A: ShardedSparseArray, x, exchange):
+  """``GATConv``'s forward: row-local transforms around one sharded attention aggregation."""
+  dtype = jnp.result_type(x.dtype, layer.kernel.dtype)
+  n, heads = x.shape[0], layer.num_heads
+  z = _matmul(x.astype(dtype), layer.kernel[...].astype(dtype)).reshape(n, heads, -1)
+  a_src = jnp.einsum("nhf,hf->nh", z, layer.att_src[...].astype(dtype))
+  a_dst = jnp.einsum("nhf,hf->nh", z, layer.att_dst[...].astype(dtype))
+  out = attention.gat_aggregate(A, z, a_src, a_dst, negative_slope=layer.negative_slope,
+                                add_self_loops=layer.add_self_loops, exchange=exchange)
+  out = out.reshape(n, -1) if layer.concat else out.mean(axis=1)
+  return out + layer.bias[...].astype(dtype) if layer.use_bias else out
+
+
+def apply(layer, A: ShardedSparseArray, x, *, exchange: str | None = None,
+          deterministic: bool | None = None) -> jax.Array:
   """``layer(A, x)`` for a sharded square adjacency ``A`` and node features ``x``.
 
   Args:
-    layer: a ``jscorch.nn.GCNConv``, ``SAGEConv`` or ``GINConv``.
+    layer: a ``jscorch.nn.GCNConv``, ``SAGEConv``, ``GINConv`` or ``GATConv``.
     A: a square :class:`ShardedSparseArray` (edge weights as values).
     x: `[n, in_features]` node features, in node layout (``A.shard_rows(x)``) or global.
-    exchange: how neighbour features travel (see :func:`jscorch.distributed.spmm`).
+    exchange: how neighbour features travel (see :func:`jscorch.distributed.spmm`;
+      ``GATConv``: not ``"replicated"``).
+    deterministic: ``GATConv`` only: disables attention dropout (default: the
+      module's mode); active dropout is not supported with a sharded adjacency.
 
   Returns:
     `[P * rows.size, out_features]` in node layout.
@@ -58,10 +75,16 @@ def apply(layer, A: ShardedSparseArray, x, *, exchange: str | None = None) -> ja
   """
   from jscorch import nn   # noqa: PLC0415 - the layers are optional users of this module
   func = "js.distributed.apply"
-  if not isinstance(layer, (nn.GCNConv, nn.SAGEConv, nn.GINConv)):
-    raise SparseShardingError(f"{func}: supported layers are jscorch.nn.GCNConv, SAGEConv and "
-                              f"GINConv; got {type(layer).__name__}. Call other layers with "
-                              "the unsharded adjacency (A.unshard()).")
+  if not isinstance(layer, (nn.GCNConv, nn.SAGEConv, nn.GINConv, nn.GATConv)):
+    raise SparseShardingError(f"{func}: supported layers are jscorch.nn.GCNConv, SAGEConv, "
+                              f"GINConv and GATConv; got {type(layer).__name__}. Call other "
+                              "layers with the unsharded adjacency (A.unshard()).")
+  if isinstance(layer, nn.GATConv) and layer.dropout.rate > 0 and not (
+      layer.dropout.deterministic if deterministic is None else deterministic):
+    raise SparseShardingError(
+        f"{func}: GATConv's attention dropout is not supported with a sharded adjacency; got "
+        f"dropout rate {layer.dropout.rate} in training mode, expected it inactive. Pass "
+        "deterministic=True (or call model.eval()), or build the layer with dropout=0.")
   products._check_matrix(A, func)
   lay = A.layout
   if lay.rows != lay.cols:
@@ -80,6 +103,8 @@ def apply(layer, A: ShardedSparseArray, x, *, exchange: str | None = None) -> ja
                                  normalize=layer.normalize)
     if layer.use_bias:
       out = out + layer.bias[...].astype(dtype)
+  elif isinstance(layer, nn.GATConv):
+    out = _gat(layer, A, x, exchange)
   elif isinstance(layer, nn.SAGEConv):
     dtype = jnp.result_type(x.dtype, layer.kernel.dtype, A.dtype)
     A = A.astype(dtype)

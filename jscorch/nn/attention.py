@@ -27,6 +27,7 @@ import jscorch as js
 from jscorch import graph
 from jscorch.array import SparseArray, is_sparse
 from jscorch.distributed import SparseShardingError, is_sharded
+from jscorch.distributed import layers as sharded_layers
 from jscorch.einsum import einsum
 from jscorch.nn import _util
 
@@ -121,10 +122,9 @@ class GATConv(nnx.Module):
     weights, a `[n, n, heads]` SparseArray with the pattern of ``adj`` (plus self loops)."""
     if is_sharded(adj):
       raise SparseShardingError(
-          "GATConv: a sharded adjacency is not supported; got a ShardedSparseArray, expected "
-          "a SparseArray. The attention softmax over each row's entries (with self loops "
-          "added to the pattern) has no sharded form yet. Call the layer with adj.unshard(), "
-          "or use GCNConv, SAGEConv or GINConv, which accept a sharded adjacency.")
+          "GATConv.attention: the attention weights of a sharded adjacency are not available; "
+          "got a ShardedSparseArray, expected a SparseArray. Call the layer itself "
+          "(gat(adj, x) runs sharded), or pass adj.unshard() to inspect the weights.")
     _util.check_graph_inputs(adj, x, self.in_features, "GATConv")
     key = _dropout_key_if_active(self.dropout, deterministic, rngs)
     return _gat(adj, x, self.kernel[...], self.att_src[...], self.att_dst[...], key,
@@ -137,7 +137,13 @@ class GATConv(nnx.Module):
       deterministic: disable attention dropout (default: the module's mode, see
         ``model.train()`` / ``model.eval()``).
       rngs: a key or ``nnx.Rngs`` for the dropout (default: the layer's stream).
+
+    A sharded ``adj`` (:func:`jscorch.distributed.shard`) runs data-parallel over its
+    rows (:func:`jscorch.distributed.apply`; ``x`` and the result in node layout,
+    attention dropout inactive).
     """
+    if is_sharded(adj):
+      return sharded_layers.apply(self, adj, x, deterministic=deterministic)
     out, _ = self.attention(adj, x, deterministic=deterministic, rngs=rngs)
     return _gat_output(out, self.bias[...] if self.use_bias else None, self.concat)
 

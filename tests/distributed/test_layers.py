@@ -32,23 +32,32 @@ def sharded():
   return jsd.shard(adj, mesh, axis="x")
 
 
-def test_gat_says_it_takes_no_sharded_adjacency(sharded):
-  gat = nn.GATConv(4, 2, num_heads=2, rngs=nnx.Rngs(0))
-  for call in (lambda: gat(sharded, jnp.ones((3, 4))),
-               lambda: gat.attention(sharded, jnp.ones((3, 4)))):
-    with pytest.raises(jsd.SparseShardingError,
-                       match=r"GATConv: a sharded adjacency is not supported; got a "
-                             r"ShardedSparseArray, expected a SparseArray\..*Call the layer "
-                             r"with adj.unshard\(\), or use GCNConv, SAGEConv or GINConv"):
+def test_gat_sharded_errors(sharded):
+  gat = nn.GATConv(4, 2, num_heads=2, dropout=0.5, rngs=nnx.Rngs(0))
+  x = jnp.ones((3, 4))
+  with pytest.raises(jsd.SparseShardingError,
+                     match=r"GATConv.attention: the attention weights of a sharded adjacency "
+                           r"are not available; got a ShardedSparseArray, expected a "
+                           r"SparseArray. Call the layer itself"):
+    gat.attention(sharded, x)
+  dropout = (r"apply: GATConv's attention dropout is not supported with a sharded adjacency; "
+             r"got dropout rate 0.5 in training mode, expected it inactive. Pass "
+             r"deterministic=True \(or call model.eval\(\)\)")
+  for call in (lambda: gat(sharded, x), lambda: jsd.apply(gat, sharded, x)):
+    with pytest.raises(jsd.SparseShardingError, match=dropout):
       call()
   with pytest.raises(jsd.SparseShardingError,
-                     match=r"apply: supported layers are jscorch.nn.GCNConv, SAGEConv and "
-                           r"GINConv; got GATConv. Call other layers with the unsharded "
+                     match=r"gat_aggregate: node features stay in node layout here; got "
+                           r"exchange='replicated', expected 'allgather', 'halo' or None"):
+    jsd.apply(gat, sharded, x, exchange="replicated", deterministic=True)
+  with pytest.raises(jsd.SparseShardingError,
+                     match=r"apply: supported layers are jscorch.nn.GCNConv, SAGEConv, GINConv "
+                           r"and GATConv; got Linear. Call other layers with the unsharded "
                            r"adjacency \(A.unshard\(\)\)"):
-    jsd.apply(gat, sharded, jnp.ones((3, 4)))
+    jsd.apply(nnx.Linear(4, 2, rngs=nnx.Rngs(0)), sharded, x)
 
 
-@pytest.mark.parametrize("layer", ["GCNConv", "SAGEConv", "GINConv"])
+@pytest.mark.parametrize("layer", ["GCNConv", "SAGEConv", "GINConv", "GATConv"])
 def test_layer_input_errors_with_a_sharded_adjacency(sharded, layer):
   conv = getattr(nn, layer)(4, 2, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"apply: x must be \[num_nodes, in_features=4\]; got "

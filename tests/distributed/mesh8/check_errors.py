@@ -146,9 +146,8 @@ def test_operand_kinds(setup, matrices):
   rect = jsd.shard(js.from_scipy(matrices["rect"]), mesh, axis="x")
   with pytest.raises(Err, match=r"gcn_aggregate: expected a square adjacency"):
     jsd.gcn_aggregate(rect, jnp.ones((300, 2)))
-  with pytest.raises(Err, match=r"supported layers are jscorch.nn.GCNConv, SAGEConv and "
-                                r"GINConv; got Linear"):
-    jsd.apply(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), As, jnp.ones((300, 2)))
+  with pytest.raises(Err, match=r"gat_aggregate: expected a square adjacency"):
+    jsd.gat_aggregate(rect, jnp.ones((300, 2, 1)), jnp.ones((300, 2)), jnp.ones((300, 2)))
   with pytest.raises(ValueError, match=r"x must be \[num_nodes, in_features=4\]; got "
                                        r"x.shape=\(300, 2\)"):
     jsd.apply(nn.GCNConv(4, 2, rngs=nnx.Rngs(0)), As, jnp.ones((300, 2)))

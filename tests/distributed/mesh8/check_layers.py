@@ -38,6 +38,10 @@ class Net(nnx.Module):
     rngs = nnx.Rngs(0)
     if kind == "gcn":
       self.conv1, self.conv2 = nn.GCNConv(IN, HID, rngs=rngs), nn.GCNConv(HID, OUT, rngs=rngs)
+    elif kind == "gat":
+      self.conv1 = nn.GATConv(IN, HID // 2, num_heads=2, rngs=rngs)
+      self.conv2 = nn.GATConv(HID, OUT, num_heads=2, concat=False, add_self_loops=False,
+                              rngs=rngs)
     else:
       self.conv1 = nn.SAGEConv(IN, HID, normalize=True, rngs=rngs)
       self.conv2 = nn.GINConv(HID, OUT, hidden_features=4, train_eps=True, eps=0.3, rngs=rngs)
@@ -58,18 +62,18 @@ def problem(matrices):
   return js.from_scipy(m), x, w
 
 
-def _loss(graphdef, state, adj, x, w, exchange=None):
-  out = nnx.merge(graphdef, state)(adj, x, exchange)
+def _loss(graphdef, state, rest, adj, x, w, exchange=None):
+  out = nnx.merge(graphdef, state, rest)(adj, x, exchange)
   return jnp.sum(out * w), out
 
 
 def _grads(kind, adj, x, w, data, exchange=None):
   """Loss, output and gradients w.r.t. parameters, features and edge weights."""
-  graphdef, state = nnx.split(Net(kind))
+  graphdef, state, rest = nnx.split(Net(kind), nnx.Param, ...)   # rest: GAT's rng state
 
   @jax.jit
   def run(state, x, data, w):
-    f = lambda s, x, d: _loss(graphdef, s, adj.with_data(d), x, w, exchange)
+    f = lambda s, x, d: _loss(graphdef, s, rest, adj.with_data(d), x, w, exchange)
     return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(state, x, data)
 
   return run(state, x, data, w)
@@ -79,7 +83,7 @@ def _grads(kind, adj, x, w, data, exchange=None):
 def reference(problem):
   A, x, w = problem
   return {kind: _grads(kind, A, jnp.asarray(x), jnp.asarray(w), A.data)
-          for kind in ("gcn", "sage_gin")}
+          for kind in ("gcn", "sage_gin", "gat")}
 
 
 @pytest.fixture
@@ -94,8 +98,10 @@ def use_lowering():
     ("gcn", "2d", None, "degree", "portable"),
     ("sage_gin", "1d", None, "degree", "auto"),
     ("sage_gin", "1d", "replicated", None, "auto"),
+    ("gat", "1d", None, None, "auto"),
+    ("gat", "2d_wide", None, "degree", "portable"),
 ], ids=["gcn-1d-layers", "gcn-2d-degree-portable-layers", "sage_gin-1d-degree-layers",
-        "sage_gin-1d-apply-replicated"])
+        "sage_gin-1d-apply-replicated", "gat-1d-layers", "gat-2d-degree-portable-layers"])
 def test_layers_match_unsharded(kind, mesh_key, exchange, reorder, low, problem, reference,
                                 meshes, use_lowering, monkeypatch):
   """Loss, output and jax.grad w.r.t. parameters, features and edge weights, under jit."""
@@ -121,7 +127,8 @@ def test_layers_match_unsharded(kind, mesh_key, exchange, reorder, low, problem,
          A.with_data(r_data).to_scipy().toarray(),
          "grad edge weights")
   # the model's own layer calls took the sharded path (traced once, under jit)
-  want = {"gcn": ["GCNConv", "GCNConv"], "sage_gin": ["SAGEConv", "GINConv"]}[kind]
+  want = {"gcn": ["GCNConv", "GCNConv"], "sage_gin": ["SAGEConv", "GINConv"],
+          "gat": ["GATConv", "GATConv"]}[kind]
   assert routed == (want if exchange is None else []), routed
 
 
