@@ -47,7 +47,18 @@ def gat_aggregate(A: ShardedSparseArray, z, a_src, a_dst, *, negative_slope: flo
     `[P * size, heads, F]` in node layout; rows without entries (and padding) are 0.
 
   Raises:
-    SparseShardingError: a non-square adjacency, or as for ``spmm``.
+    SparseShardingError: a non-square adjacency, ``exchange="replicated"``, or as for
+      ``spmm``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jscorch as js
+    >>> from jscorch import distributed as jsd
+    >>> mesh = jax.make_mesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    >>> A = jsd.shard(js.from_dense(jnp.array([[0., 1.], [1., 0.]])), mesh, axis="x")
+    >>> z = jnp.array([[[1.]], [[3.]]])                      # [nodes, heads, F]
+    >>> out = jsd.gat_aggregate(A, z, jnp.zeros((2, 1)), jnp.zeros((2, 1)))
+    >>> A.unshard_rows(out)[:, 0, 0]                         # equal scores: the mean
+    Array([2., 2.], dtype=float32)
   """
   func = "js.distributed.gat_aggregate"
   products._check_matrix(A, func)

@@ -114,7 +114,8 @@ def test_halo_plan_maps_every_entry():
 # -- docstring examples (a one-device mesh, in this process) ---------------------------------------
 @pytest.mark.parametrize("name", ["jscorch.distributed", "jscorch.distributed.partition",
                                   "jscorch.distributed.sharded", "jscorch.distributed.products",
-                                  "jscorch.distributed.layers"])
+                                  "jscorch.distributed.layers",
+                                  "jscorch.distributed.attention"])
 def test_doctests(name):
   import doctest
   import importlib
