@@ -41,7 +41,12 @@ from jscorch.einsum import einsum as einsum  # noqa: E402
 __all__.append("einsum")
 from jscorch import ops_unary as _ops_unary  # noqa: E402
 from jscorch.ops import add as add  # noqa: E402
-from jscorch.ops import concatenate as concatenate  # noqa: E402
+from jscorch.ops_shape import broadcast_to as broadcast_to  # noqa: E402
+from jscorch.ops_shape import concatenate as concatenate  # noqa: E402
+from jscorch.ops_shape import expand_dims as expand_dims  # noqa: E402
+from jscorch.ops_shape import reshape as reshape  # noqa: E402
+from jscorch.ops_shape import squeeze as squeeze  # noqa: E402
+from jscorch.ops_shape import stack as stack  # noqa: E402
 from jscorch.ops import divide as divide  # noqa: E402
 from jscorch.ops import dot as dot  # noqa: E402
 from jscorch.ops import matmul as matmul  # noqa: E402
@@ -56,8 +61,9 @@ from jscorch.ops_unary import ZERO_PRESERVING as ZERO_PRESERVING  # noqa: E402
 # The zero-preserving elementwise functions (js.sin, js.abs, js.relu, ...), one per entry
 # of ZERO_PRESERVING.
 globals().update({_name: getattr(_ops_unary, _name) for _name in _ops_unary.ZERO_PRESERVING})
-__all__ += ["ZERO_PRESERVING", "add", "concatenate", "divide", "dot", "matmul", "multiply",
-            "power", "softmax", "subtract", "sum", "transpose", *_ops_unary.ZERO_PRESERVING]
+__all__ += ["ZERO_PRESERVING", "add", "broadcast_to", "concatenate", "divide", "dot",
+            "expand_dims", "matmul", "multiply", "power", "reshape", "softmax", "squeeze", "stack",
+            "subtract", "sum", "transpose", *_ops_unary.ZERO_PRESERVING]
 from jscorch.ops_coalesce import eliminate_zeros as eliminate_zeros  # noqa: E402
 from jscorch.ops_coalesce import sort_indices as sort_indices  # noqa: E402
 from jscorch.ops_coalesce import sum_duplicates as sum_duplicates  # noqa: E402

@@ -256,6 +256,32 @@ class SparseArray:
   def T(self) -> SparseArray:
     return self.transpose()
 
+  def reshape(self, *shape, format: FormatLike | None = None) -> SparseArray:
+    """The same entries in another shape, row-major (see :func:`jscorch.reshape`).
+
+    Example:
+      >>> import jax.numpy as jnp, jscorch as js
+      >>> js.from_dense(jnp.eye(2), format="csr").reshape(-1).todense()
+      Array([1., 0., 0., 1.], dtype=float32)
+    """
+    from jscorch import ops_shape   # noqa: PLC0415 (ops_shape imports this module)
+    return ops_shape.reshape(self, shape[0] if len(shape) == 1 else shape, format=format)
+
+  def __getitem__(self, key):
+    """Indexing with ints, slices, ``None``, ``...`` and one integer array (see :mod:`jscorch.ops_index`)."""
+    from jscorch import ops_index   # noqa: PLC0415 (ops_index imports this module)
+    return ops_index.getitem(self, key)
+
+  def expand_dims(self, axis: int | Sequence[int]) -> SparseArray:
+    """Unit dims inserted at ``axis`` (see :func:`jscorch.expand_dims`)."""
+    from jscorch import ops_shape   # noqa: PLC0415
+    return ops_shape.expand_dims(self, axis)
+
+  def squeeze(self, axis: int | Sequence[int] | None = None):
+    """Unit dims ``axis`` removed (see :func:`jscorch.squeeze`)."""
+    from jscorch import ops_shape   # noqa: PLC0415
+    return ops_shape.squeeze(self, axis)
+
   def block_until_ready(self):
     jax.block_until_ready((self.data, self.indices))
     return self

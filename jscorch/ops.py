@@ -32,6 +32,7 @@ from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
 from jscorch.ops_coalesce import sum_duplicates
+from jscorch.ops_shape import concatenate as concatenate  # noqa: F401 (moved; re-exported)
 from jscorch.ops_unary import map_values, negative, valid_mask
 from jscorch.primitives import checks, union
 from jscorch.primitives._errors import SparseCapacityError
@@ -523,70 +524,3 @@ def transpose(a, axes: Sequence[int] | None = None):
   if is_sparse(a):
     return a.transpose(axes)
   return jnp.transpose(a, axes)
-
-
-def concatenate(arrays: Sequence, axis: int = 0, dtype=None):
-  """Joins arrays along ``axis``; SparseArrays along a sparse or batch dimension.
-
-  All operands must be SparseArrays (or all dense) with equal shapes except
-  along ``axis`` and the same batch / block split. Along a sparse dimension the
-  coordinates are shifted and merged (the result has the first operand's format,
-  ordered and unique, and capacity the sum of the capacities); along a batch
-  dimension the buffers are stacked (capacities padded to the largest).
-
-  Raises:
-    TypeError: a mix of sparse and dense operands.
-    ValueError: mismatched shapes or dim splits, or a block ``axis``.
-
-  Example:
-    >>> import jax.numpy as jnp, jscorch as js
-    >>> A = js.from_dense(jnp.array([[1., 0.], [0., 2.]]))
-    >>> js.concatenate([A, A], axis=1).todense()
-    Array([[1., 0., 1., 0.],
-           [0., 2., 0., 2.]], dtype=float32)
-  """
-  func = "concatenate"
-  arrays = list(arrays)
-  if not any(is_sparse(x) for x in arrays):
-    return jnp.concatenate(arrays, axis=axis, dtype=dtype)
-  if not all(is_sparse(x) for x in arrays):
-    kinds = [type(x).__name__ for x in arrays]
-    raise TypeError(f"{func}: operands must be all SparseArrays or all dense; got {kinds}. "
-                    "Convert with js.from_dense(x) or A.todense() first.")
-  first = arrays[0]
-  (ax,) = _axes(axis, first.ndim, func)
-  for x in arrays[1:]:
-    if x.ndim != first.ndim or (x.n_batch, x.n_dense) != (first.n_batch, first.n_dense) or \
-        any(s != t for d, (s, t) in enumerate(zip(x.shape, first.shape)) if d != ax):
-      raise ValueError(f"{func}: operands must match except along axis {ax}; got shapes "
-                       f"{[y.shape for y in arrays]} with (n_batch, n_dense) "
-                       f"{[(y.n_batch, y.n_dense) for y in arrays]}, expected equal other "
-                       "dimensions and the same batch/block split.")
-  dtype = dtype or jnp.result_type(*[x.dtype for x in arrays])
-  arrays = [x.astype(dtype) for x in arrays]
-  nb, ns = first.n_batch, first.n_sparse
-  if ax < nb:
-    nse = builtins.max(x.nse for x in arrays)
-    arrays = [x.asformat(first.format, nse=nse) for x in arrays]
-    data = jnp.concatenate([x.data for x in arrays], axis=ax)
-    indices = [jnp.concatenate(bufs, axis=ax) for bufs in zip(*[x.indices for x in arrays])]
-    shape = first.shape[:ax] + (data.shape[ax],) + first.shape[ax + 1:]
-    return SparseArray._make(data, indices, first.format, shape)
-  if ax >= nb + ns:
-    raise ValueError(f"{func}: axis {ax} is a block dimension of {first!r}; got axis={axis}, "
-                     f"expected a batch or sparse dimension (< {nb + ns}). Densify with "
-                     "A.todense() first.")
-  d = ax - nb
-  offsets, at = [], 0
-  for x in arrays:
-    offsets.append([at if k == d else 0 for k in range(ns)])
-    at += x.shape[ax]
-  shape = first.shape[:ax] + (at,) + first.shape[ax + 1:]
-  fmt = union.canonical_format(first.format)
-  nse = builtins.sum(x.nse for x in arrays)
-  if all(lvl.kind == "dense" for lvl in fmt.levels):
-    nse = math.prod(shape[nb:nb + ns])
-  out = Layout.make(fmt, shape, nse, func)
-  data, indices = union.union(out, [(x.layout, x.data, x.indices) for x in arrays],
-                              func=func, offsets=offsets)
-  return SparseArray._make(data, indices, fmt, shape)

@@ -4,8 +4,10 @@
 SparseArrays (and are the ``jax.numpy`` functions on dense inputs):
 
 * products and sums: ``einsum``, ``matmul``, ``dot``, ``multiply``, ``divide`` /
-  ``true_divide``, ``add``, ``subtract``, ``power``, ``sum``, ``transpose``,
-  ``concatenate`` (see :mod:`jscorch.ops`);
+  ``true_divide``, ``add``, ``subtract``, ``power``, ``sum``, ``transpose`` (see
+  :mod:`jscorch.ops`);
+* shapes: ``reshape``, ``expand_dims``, ``squeeze``, ``broadcast_to``, ``stack``,
+  ``concatenate`` (:mod:`jscorch.ops_shape`);
 * reductions and triangles: ``max``, ``min``, ``mean``, ``count_nonzero``
   (:mod:`jscorch.ops_reduce`), ``tril``, ``triu``, ``diagonal``, ``diag``
   (:mod:`jscorch.ops_triangular`);
@@ -34,7 +36,6 @@ from jscorch import ops_unary as _ops_unary
 from jscorch.numpy import _wrap
 from jscorch.numpy._wrap import einsum as einsum
 from jscorch.ops import add as add
-from jscorch.ops import concatenate as concatenate
 from jscorch.ops import divide as divide
 from jscorch.ops import dot as dot
 from jscorch.ops import matmul as matmul
@@ -51,6 +52,12 @@ from jscorch.ops_triangular import diag as diag
 from jscorch.ops_triangular import diagonal as diagonal
 from jscorch.ops_triangular import tril as tril
 from jscorch.ops_triangular import triu as triu
+from jscorch.ops_shape import broadcast_to as broadcast_to
+from jscorch.ops_shape import concatenate as concatenate
+from jscorch.ops_shape import expand_dims as expand_dims
+from jscorch.ops_shape import reshape as reshape
+from jscorch.ops_shape import squeeze as squeeze
+from jscorch.ops_shape import stack as stack
 
 true_divide = divide
 pow = power  # noqa: A001
@@ -66,7 +73,8 @@ del _name
 
 _OWN = ["add", "concatenate", "divide", "dot", "einsum", "matmul", "multiply", "pow", "power",
         "subtract", "sum", "transpose", "true_divide", "count_nonzero", "diag", "diagonal",
-        "max", "mean", "min", "tril", "triu", *_UNARY]
+        "max", "mean", "min", "tril", "triu", "broadcast_to", "expand_dims", "reshape",
+        "squeeze", "stack", *_UNARY]
 
 __all__ = sorted(set(_OWN) | set(_wrap.public_names()))
 
