@@ -75,8 +75,9 @@ def gat_aggregate(A: ShardedSparseArray, z, a_src, a_dst, *, negative_slope: flo
   feats = products._operand(A, feats, lay.cols, exchange, func, "z")
   own = products._operand(A, jnp.stack([a_dst, a_src], -1), lay.rows, "allgather", func,
                           "a_dst")
-  missing = products.missing_self_loops(A, z.dtype) if add_self_loops else \
-      jnp.zeros(n, z.dtype)
+  missing = products.missing_self_loops(A, z.dtype)
+  if not add_self_loops:
+    missing = jnp.zeros_like(missing)
   z = products._operand(A, z, lay.rows, "allgather", func, "z")
   call = _gat_call(lay, exchange, heads, width, float(negative_slope))
   return call(products._leaves(A), products._ids(A), feats, own, missing, z)

@@ -157,7 +157,7 @@ def test_explicit_mesh_inside_its_context(matrices):
   mesh = jax.make_mesh((4, 2), ("r", "c"))
   As = jsd.shard(js.from_scipy(m), mesh, axis="r")
   x = np.random.default_rng(2).standard_normal((m.shape[0], 4)).astype(np.float32)
-  conv = nn.GCNConv(4, 2, rngs=nnx.Rngs(0))
+  conv = nn.GATConv(4, 2, num_heads=2, rngs=nnx.Rngs(0))
   for call in (lambda: jsd.spmm(As, x), lambda: conv(As, x)):
     with pytest.raises(jsd.SparseShardingError, match="outside the mesh context.*jax.set_mesh"):
       call()
@@ -167,6 +167,8 @@ def test_explicit_mesh_inside_its_context(matrices):
     value, grad = f(xs)
     y = np.asarray(As.unshard_rows(jsd.spmm(As, xs)))
     g = np.asarray(As.unshard_cols(grad))
+    layer_out = np.asarray(As.unshard_rows(conv(As, xs)))
+  _close(layer_out, conv(js.from_scipy(m), x), "explicit GATConv")
   a64 = m.astype(np.float64)
   _close(y, a64 @ x, "explicit spmm")
   _close(value, np.sum((a64 @ x) ** 2), "explicit loss")
