@@ -35,7 +35,8 @@ def _simulate_devices(n: int) -> None:
 
 
 def main(devices: int = 8, steps: int = 60, nodes: int = 2000, hidden: int = 32,
-         mesh_shape: tuple[int, ...] | None = None, reorder: str | None = None, check: bool = False, seed: int = 0, out=print) -> dict:
+         mesh_shape: tuple[int, ...] | None = None, reorder: str | None = None,
+         check: bool = False, seed: int = 0, out=print) -> dict:
   """Trains the model; returns losses, accuracy and (with ``check``) the sharded/unsharded gap."""
   import jax
   import jax.numpy as jnp

@@ -6,9 +6,10 @@ Runs a :class:`jscorch.nn.GCNConv`, ``SAGEConv``, ``GINConv`` or ``GATConv`` (it
 parameters, unchanged) data-parallel over the graph's rows: the dense transforms
 are row-local on each device, the aggregation is one sharded SpMM
 (:func:`jscorch.distributed.spmm`, so the communication is that of the chosen
-``exchange``; ``GATConv``: one :func:`jscorch.distributed.gat_aggregate`). Inputs and outputs are node-feature arrays in node layout
-(``A.shard_rows(x)``); padding rows of the output are 0. The arithmetic matches the
-unsharded layers (the tests compare values and gradients).
+``exchange``; ``GATConv``: one :func:`jscorch.distributed.gat_aggregate`). Inputs
+and outputs are node-feature arrays in node layout (``A.shard_rows(x)``); padding
+rows of the output are 0. The arithmetic matches the unsharded layers (the tests
+compare values and gradients).
 """
 from __future__ import annotations
 
