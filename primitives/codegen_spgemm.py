@@ -57,29 +57,41 @@ class SpgemmPlan:
 
 
 def _row_walk(numeric: bool) -> str:
-  """C statements that walk row i of A x B: mark new columns in the bitmap, list them
-  in ``cols`` and track their range (and accumulate values when ``numeric``)."""
+  """C statements that walk row i of A x B without data-dependent branches: mark each
+  column in the bitmap and its word in the summary, append it to ``cols`` (the append
+  only advances for a new column), track the column range, and when ``numeric``
+  accumulate into ``w`` (kept all-zero between rows)."""
   av = "const T av = a->a_data[p];" if numeric else ""
-  new = "w[c] = av * a->b_data[q];" if numeric else ""
-  old = "else w[c] += av * a->b_data[q];" if numeric else ""
+  acc = "w[c] += av * a->b_data[q];" if numeric else ""
+  pf = "__builtin_prefetch(a->b_data + a->b_pos[j1]);" if numeric else ""
   return f"""
     int64_t lo_c = N, hi_c = -1, cnt = 0;
     int64_t pa_hi = a->a_pos[i + 1]; if (pa_hi > a->nse_a) pa_hi = a->nse_a;
     for (int64_t p = a->a_pos[i]; p < pa_hi; ++p) {{
       const int64_t j = a->a_crd[p];
+      if (p + 2 * AHEAD < a->nse_a) {{     /* B rows are visited at random: prefetch */
+        const int64_t j2 = a->a_crd[p + 2 * AHEAD];
+        if ((uint64_t)j2 < K) __builtin_prefetch(a->b_pos + j2);
+        const int64_t j1 = a->a_crd[p + AHEAD];
+        if ((uint64_t)j1 < K) {{
+          __builtin_prefetch(a->b_crd + a->b_pos[j1]);
+          {pf}
+        }}
+      }}
       if ((uint64_t)j >= K) continue;
       {av}
       int64_t pb_hi = a->b_pos[j + 1]; if (pb_hi > a->nse_b) pb_hi = a->nse_b;
       for (int64_t q = a->b_pos[j]; q < pb_hi; ++q) {{
         const int64_t c = a->b_crd[q];
         if ((uint64_t)c >= N) continue;
-        const uint64_t bit = 1ull << (c & 63);
-        if (!(bm[c >> 6] & bit)) {{
-          bm[c >> 6] |= bit; {new}
-          cols[cnt++] = (I)c;
-          if (c < lo_c) lo_c = c;
-          if (c > hi_c) hi_c = c;
-        }} {old}
+        const uint64_t word = bm[c >> 6], bit = 1ull << (c & 63);
+        bm[c >> 6] = word | bit;
+        sm[c >> 12] |= 1ull << ((c >> 6) & 63);
+        cols[cnt] = (I)c;
+        cnt += !(word & bit);
+        lo_c = c < lo_c ? c : lo_c;
+        hi_c = c > hi_c ? c : hi_c;
+        {acc}
       }}
     }}"""
 
@@ -95,7 +107,8 @@ def generate(plan: SpgemmPlan) -> str:
 #include <pthread.h>
 typedef {T} T;
 typedef {I} I;
-enum {{ M = {plan.m}, K = {plan.k}, N = {plan.n}, WORDS = {words} }};
+enum {{ M = {plan.m}, K = {plan.k}, N = {plan.n}, WORDS = {words},
+       SUMMARY_WORDS = {(words + 63) // 64}, AHEAD = 4 }};
 
 typedef struct {{
   const T* a_data; const I* a_pos; const I* a_crd;
@@ -164,63 +177,90 @@ static void sort_cols(I* x, int64_t n) {{
   }}
 }}
 
-/* Scanning the bitmap words of a row beats sorting its column list. */
+/* Visiting the row's summary words (then its non-empty bitmap words) beats sorting
+   its column list. */
 static inline int scan_is_cheaper(int64_t lo_c, int64_t hi_c, int64_t cnt) {{
-  const int64_t words = (hi_c >> 6) - (lo_c >> 6) + 1;
-  return words <= cnt * (64 - __builtin_clzll((uint64_t)cnt)) / 2;
+  const int64_t summary_words = (hi_c >> 12) - (lo_c >> 12) + 1;
+  return summary_words <= cnt * (64 - __builtin_clzll((uint64_t)cnt));
+}}
+
+/* Per-chunk workspace: bitmap, summary (one bit per bitmap word), column list and
+   (numeric pass) values, all zero between rows. */
+typedef struct {{ uint64_t* bm; uint64_t* sm; I* cols; T* w; }} workspace_t;
+
+static workspace_t workspace(int numeric) {{
+  workspace_t ws;
+  ws.bm = (uint64_t*)calloc(WORDS + 1, sizeof(uint64_t));
+  ws.sm = (uint64_t*)calloc(SUMMARY_WORDS + 1, sizeof(uint64_t));
+  ws.cols = (I*)malloc(sizeof(I) * (N + 1));
+  ws.w = numeric ? (T*)calloc(N + 1, sizeof(T)) : NULL;
+  if (!ws.bm || !ws.sm || !ws.cols || (numeric && !ws.w)) abort();
+  return ws;
+}}
+
+static void release(workspace_t ws) {{
+  free(ws.bm); free(ws.sm); free(ws.cols); free(ws.w);
 }}
 
 /* Phase 1: entries of each result row, stored in pos[i + 1]. */
 static void count_rows(const void* a_, int64_t lo, int64_t hi) {{
   const args_t* a = (const args_t*)a_;
-  uint64_t* bm = (uint64_t*)calloc(WORDS, sizeof(uint64_t));
-  I* cols = (I*)malloc(sizeof(I) * (N > 0 ? N : 1));
-  if (!bm || !cols) abort();
+  workspace_t ws = workspace(0);
+  uint64_t* bm = ws.bm; uint64_t* sm = ws.sm; I* cols = ws.cols;
   for (int64_t i = lo; i < hi; ++i) {{{_row_walk(False)}
     a->pos[i + 1] = (I)cnt;
     if (hi_c < 0) continue;
-    if ((hi_c >> 6) - (lo_c >> 6) < cnt)
-      memset(bm + (lo_c >> 6), 0, sizeof(uint64_t) * ((hi_c >> 6) - (lo_c >> 6) + 1));
-    else
-      for (int64_t t = 0; t < cnt; ++t) bm[cols[t] >> 6] = 0;
+    if ((hi_c >> 12) - (lo_c >> 12) < cnt) {{
+      for (int64_t sw = lo_c >> 12; sw <= (hi_c >> 12); ++sw) {{
+        uint64_t s = sm[sw];
+        sm[sw] = 0;
+        while (s) {{ bm[sw * 64 + __builtin_ctzll(s)] = 0; s &= s - 1; }}
+      }}
+    }} else {{
+      for (int64_t t = 0; t < cnt; ++t) {{ bm[cols[t] >> 6] = 0; sm[cols[t] >> 12] = 0; }}
+    }}
   }}
-  free(cols);
-  free(bm);
+  release(ws);
 }}
 
 /* Phase 2: values of each row, columns in order, written at pos[i] .. pos[i + 1]. */
 static void fill_rows(const void* a_, int64_t lo, int64_t hi) {{
   const args_t* a = (const args_t*)a_;
-  uint64_t* bm = (uint64_t*)calloc(WORDS, sizeof(uint64_t));
-  T* w = (T*)malloc(sizeof(T) * (N > 0 ? N : 1));
-  I* cols = (I*)malloc(sizeof(I) * (N > 0 ? N : 1));
-  if (!bm || !w || !cols) abort();
+  workspace_t ws = workspace(1);
+  uint64_t* bm = ws.bm; uint64_t* sm = ws.sm; I* cols = ws.cols; T* w = ws.w;
   for (int64_t i = lo; i < hi; ++i) {{{_row_walk(True)}
     int64_t o = a->pos[i];
     const int64_t end = a->pos[i + 1];
     if (hi_c < 0) continue;
     if (scan_is_cheaper(lo_c, hi_c, cnt)) {{
-      for (int64_t wd = lo_c >> 6; wd <= (hi_c >> 6); ++wd) {{
-        uint64_t word = bm[wd];
-        bm[wd] = 0;
-        while (word) {{
-          const int64_t c = wd * 64 + __builtin_ctzll(word);
-          word &= word - 1;
-          if (o < end) {{ a->crd[o] = (I)c; a->data[o] = w[c]; ++o; }}
+      for (int64_t sw = lo_c >> 12; sw <= (hi_c >> 12); ++sw) {{
+        uint64_t s = sm[sw];
+        sm[sw] = 0;
+        while (s) {{
+          const int64_t wd = sw * 64 + __builtin_ctzll(s);
+          s &= s - 1;
+          uint64_t word = bm[wd];
+          bm[wd] = 0;
+          while (word) {{
+            const int64_t c = wd * 64 + __builtin_ctzll(word);
+            word &= word - 1;
+            const T v = w[c];
+            w[c] = 0;
+            if (o < end) {{ a->crd[o] = (I)c; a->data[o] = v; ++o; }}
+          }}
         }}
       }}
     }} else {{
       sort_cols(cols, cnt);
       for (int64_t t = 0; t < cnt; ++t) {{
         const I c = cols[t];
-        bm[c >> 6] = 0;
-        if (o < end) {{ a->crd[o] = c; a->data[o] = w[c]; ++o; }}
+        const T v = w[c];
+        bm[c >> 6] = 0; sm[c >> 12] = 0; w[c] = 0;
+        if (o < end) {{ a->crd[o] = c; a->data[o] = v; ++o; }}
       }}
     }}
   }}
-  free(cols);
-  free(w);
-  free(bm);
+  release(ws);
 }}
 
 static void run(XLA_FFI_CallFrame* cf, args_t* a) {{

@@ -13,7 +13,6 @@ Settings: ``jscorch.config.lowering`` (or ``$JSCORCH_LOWERING``) is ``"auto"``
 from __future__ import annotations
 
 import collections
-import dataclasses
 from typing import Sequence
 
 import numpy as np

@@ -324,6 +324,30 @@ def test_power_law_spgemm_matches_scipy():
   np.testing.assert_array_equal(np.asarray(out.data)[C.nnz:], 0)
 
 
+def test_spgemm_wide_rows_sorted_both_ways_and_eager_count():
+  """A wide B (70000 columns): light rows take the sorted-column-list path, heavy rows
+  the bitmap-summary scan; the eager counter sizes it exactly (power-law A, padding in
+  both operands), values match float64 scipy, and a capacity one short poisons with NaN."""
+  A, S = power_law_csr(5, 300, 2000, 9000)
+  B, T = power_law_csr(6, 2000, 70000, 6000)
+  pattern = (abs(S) @ abs(T)).tocsr()                    # structural: no cancellation
+  pattern.sort_indices()
+  row_nnz = np.diff(pattern.indptr)
+  assert row_nnz.max() > 2000 and np.sum((row_nnz > 0) & (row_nnz < 4)) > 10
+  out = js.einsum("ij,jk->ik", A, B)                     # eager: exact nse from the counter
+  assert einsum_kernel.last_decisions[-1][1] == "kernel"
+  assert out.nse == pattern.nnz
+  pos, crd = (np.asarray(b) for b in out.indices)
+  np.testing.assert_array_equal(pos, pattern.indptr)
+  np.testing.assert_array_equal(crd, pattern.indices)
+  got = sps.csr_matrix((np.asarray(out.data), crd, pos), shape=(300, 70000))
+  want = S @ T
+  assert np.linalg.norm((got - want).data) <= 1e-5 * np.linalg.norm(want.data)
+  short = jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=pattern.nnz - 1))(A, B)
+  assert np.isnan(np.asarray(short.data)).all()
+  assert np.asarray(short.indices[0])[-1] == pattern.nnz - 1   # pos clamped at capacity
+
+
 def test_kernels_are_reentrant_across_threads():
   """Handlers run concurrently from several Python threads (parallel path, transposed
   scratch buffers, shared XLA pool) and every result stays right."""
