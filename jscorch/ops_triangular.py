@@ -212,10 +212,7 @@ def diag(v, k: int = 0, *, format: FormatLike = "csr"):
     return jnp.diag(v, k)
   if v.ndim != 1:
     raise ValueError(f"{func}: expects a 1-D vector or a 2-D matrix; got v.shape={v.shape}.")
-  fmt = resolve_format(format, 2, func=func)
-  if fmt.n_batch or fmt.n_dense:
-    raise ValueError(f"{func}: builds a plain 2-D matrix; got format {fmt!r} with "
-                     f"n_batch={fmt.n_batch}, n_dense={fmt.n_dense}, expected neither.")
+  fmt = resolve_format(format, 2, n_batch=0, n_dense=0, func=func)
   m = v.shape[0] + abs(k)
   data, indices = _diag_matrix(v, k, fmt)
   return SparseArray._make(data, indices, fmt, (m, m))
