@@ -58,9 +58,9 @@ class SpgemmPlan:
 
 def _row_walk(numeric: bool) -> str:
   """C statements that walk row i of A x B without data-dependent branches: mark each
-  column in the bitmap and its word in the summary, append it to ``cols`` (the append
-  only advances for a new column), track the column range, and when ``numeric``
-  accumulate into ``w`` (kept all-zero between rows)."""
+  column in the bitmap, append it to ``cols`` (the append only advances for a new
+  column), track the column range, and when ``numeric`` accumulate into ``w`` (kept
+  all-zero between rows)."""
   av = "const T av = a->a_data[p];" if numeric else ""
   acc = "w[c] += av * a->b_data[q];" if numeric else ""
   pf = "__builtin_prefetch(a->b_data + a->b_pos[j1]);" if numeric else ""
@@ -86,7 +86,6 @@ def _row_walk(numeric: bool) -> str:
         if ((uint64_t)c >= N) continue;
         const uint64_t word = bm[c >> 6], bit = 1ull << (c & 63);
         bm[c >> 6] = word | bit;
-        sm[c >> 12] |= 1ull << ((c >> 6) & 63);
         cols[cnt] = (I)c;
         cnt += !(word & bit);
         lo_c = c < lo_c ? c : lo_c;
@@ -177,24 +176,28 @@ static void sort_cols(I* x, int64_t n) {{
   }}
 }}
 
-/* Visiting the row's summary words (then its non-empty bitmap words) beats sorting
-   its column list. */
-static inline int scan_is_cheaper(int64_t lo_c, int64_t hi_c, int64_t cnt) {{
+/* How a row's sorted columns are read out: DENSE scans its bitmap words; SUMMARY marks
+   the non-empty words in a summary bitmap first (one bit per word) and visits only
+   those; SORT sorts its column list (very wide, very sparse rows). */
+enum {{ DENSE, SUMMARY, SORT }};
+
+static inline int emission(int64_t lo_c, int64_t hi_c, int64_t cnt) {{
+  if ((hi_c >> 6) - (lo_c >> 6) < 2 * cnt) return DENSE;
   const int64_t summary_words = (hi_c >> 12) - (lo_c >> 12) + 1;
-  return summary_words <= cnt * (64 - __builtin_clzll((uint64_t)cnt));
+  return summary_words <= cnt * (64 - __builtin_clzll((uint64_t)cnt)) ? SUMMARY : SORT;
 }}
 
-/* Per-chunk workspace: bitmap, summary (one bit per bitmap word), column list and
-   (numeric pass) values, all zero between rows. */
+/* Per-chunk workspace: bitmap, column list and (numeric pass) the summary of the
+   bitmap and the values, all zero between rows. */
 typedef struct {{ uint64_t* bm; uint64_t* sm; I* cols; T* w; }} workspace_t;
 
 static workspace_t workspace(int numeric) {{
   workspace_t ws;
   ws.bm = (uint64_t*)calloc(WORDS + 1, sizeof(uint64_t));
-  ws.sm = (uint64_t*)calloc(SUMMARY_WORDS + 1, sizeof(uint64_t));
+  ws.sm = numeric ? (uint64_t*)calloc(SUMMARY_WORDS + 1, sizeof(uint64_t)) : NULL;
   ws.cols = (I*)malloc(sizeof(I) * (N + 1));
   ws.w = numeric ? (T*)calloc(N + 1, sizeof(T)) : NULL;
-  if (!ws.bm || !ws.sm || !ws.cols || (numeric && !ws.w)) abort();
+  if (!ws.bm || !ws.cols || (numeric && (!ws.sm || !ws.w))) abort();
   return ws;
 }}
 
@@ -206,19 +209,14 @@ static void release(workspace_t ws) {{
 static void count_rows(const void* a_, int64_t lo, int64_t hi) {{
   const args_t* a = (const args_t*)a_;
   workspace_t ws = workspace(0);
-  uint64_t* bm = ws.bm; uint64_t* sm = ws.sm; I* cols = ws.cols;
+  uint64_t* bm = ws.bm; I* cols = ws.cols;
   for (int64_t i = lo; i < hi; ++i) {{{_row_walk(False)}
     a->pos[i + 1] = (I)cnt;
     if (hi_c < 0) continue;
-    if ((hi_c >> 12) - (lo_c >> 12) < cnt) {{
-      for (int64_t sw = lo_c >> 12; sw <= (hi_c >> 12); ++sw) {{
-        uint64_t s = sm[sw];
-        sm[sw] = 0;
-        while (s) {{ bm[sw * 64 + __builtin_ctzll(s)] = 0; s &= s - 1; }}
-      }}
-    }} else {{
-      for (int64_t t = 0; t < cnt; ++t) {{ bm[cols[t] >> 6] = 0; sm[cols[t] >> 12] = 0; }}
-    }}
+    if ((hi_c >> 6) - (lo_c >> 6) < 2 * cnt)
+      memset(bm + (lo_c >> 6), 0, sizeof(uint64_t) * ((hi_c >> 6) - (lo_c >> 6) + 1));
+    else
+      for (int64_t t = 0; t < cnt; ++t) bm[cols[t] >> 6] = 0;
   }}
   release(ws);
 }}
@@ -232,7 +230,21 @@ static void fill_rows(const void* a_, int64_t lo, int64_t hi) {{
     int64_t o = a->pos[i];
     const int64_t end = a->pos[i + 1];
     if (hi_c < 0) continue;
-    if (scan_is_cheaper(lo_c, hi_c, cnt)) {{
+    const int how = emission(lo_c, hi_c, cnt);
+    if (how == DENSE) {{
+      for (int64_t wd = lo_c >> 6; wd <= (hi_c >> 6); ++wd) {{
+        uint64_t word = bm[wd];
+        bm[wd] = 0;
+        while (word) {{
+          const int64_t c = wd * 64 + __builtin_ctzll(word);
+          word &= word - 1;
+          const T v = w[c];
+          w[c] = 0;
+          if (o < end) {{ a->crd[o] = (I)c; a->data[o] = v; ++o; }}
+        }}
+      }}
+    }} else if (how == SUMMARY) {{
+      for (int64_t t = 0; t < cnt; ++t) sm[cols[t] >> 12] |= 1ull << ((cols[t] >> 6) & 63);
       for (int64_t sw = lo_c >> 12; sw <= (hi_c >> 12); ++sw) {{
         uint64_t s = sm[sw];
         sm[sw] = 0;
@@ -255,7 +267,7 @@ static void fill_rows(const void* a_, int64_t lo, int64_t hi) {{
       for (int64_t t = 0; t < cnt; ++t) {{
         const I c = cols[t];
         const T v = w[c];
-        bm[c >> 6] = 0; sm[c >> 12] = 0; w[c] = 0;
+        bm[c >> 6] = 0; w[c] = 0;
         if (o < end) {{ a->crd[o] = c; a->data[o] = v; ++o; }}
       }}
     }}
