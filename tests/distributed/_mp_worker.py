@@ -16,10 +16,12 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 from jax.sharding import AxisType  # noqa: E402
 
 import jscorch as js  # noqa: E402
 from jscorch import distributed as jsd  # noqa: E402
+from jscorch import nn  # noqa: E402
 from jscorch.bench import data  # noqa: E402
 
 assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
@@ -51,6 +53,11 @@ for exchange in ("halo", "allgather"):
 grad = jax.jit(jax.grad(lambda v, a: jnp.sum(jsd.spmm(a, v) ** 2)))(xs, As)
 check(As.unshard_cols(grad), 2 * a64.T @ (a64 @ x))
 check(As.unshard().to_scipy().toarray(), a64.toarray())
+# a jscorch.nn layer given the sharded adjacency, the parameters as arguments
+conv = nn.GCNConv(4, 3, rngs=nnx.Rngs(0))
+graphdef, params = nnx.split(conv)
+layer = jax.jit(lambda p, a, v: nnx.merge(graphdef, p)(a, v))
+check(As.unshard_rows(layer(params, As, xs)), conv(A, x))
 mesh2 = jax.make_mesh((2, 2), ("r", "c"), axis_types=(AxisType.Auto,) * 2)
 A2 = jsd.shard(A, mesh2, axis=("r", "c"), reorder="degree")
 check(A2.unshard_rows(jax.jit(jsd.spmm)(A2, A2.shard_cols(x))), a64 @ x)
