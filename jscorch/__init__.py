@@ -14,6 +14,7 @@ from jscorch.construct import from_dense as from_dense
 from jscorch.construct import random as random
 from jscorch.interop import from_bcoo as from_bcoo
 from jscorch.interop import from_scipy as from_scipy
+from jscorch.primitives._errors import CapacityRequiredError as CapacityRequiredError
 from jscorch.primitives._errors import SparseCapacityError as SparseCapacityError
 from jscorch.primitives._errors import SparseEfficiencyWarning as SparseEfficiencyWarning
 from jscorch.primitives._errors import SparseFormatError as SparseFormatError
@@ -32,8 +33,9 @@ from jscorch.primitives.formats import singleton as singleton
 __version__ = "0.1.0"
 
 __all__ = [
-    "COO", "CSC", "CSF", "CSR", "DCSR", "FORMAT_NAMES", "Format", "Level", "SparseArray",
-    "SparseCapacityError", "SparseEfficiencyWarning", "SparseFormatError", "compressed",
+    "COO", "CSC", "CSF", "CSR", "CapacityRequiredError", "DCSR", "FORMAT_NAMES", "Format",
+    "Level", "SparseArray", "SparseCapacityError", "SparseEfficiencyWarning", "SparseFormatError",
+    "compressed",
     "config", "dense", "eye", "from_bcoo", "from_coo", "from_dense", "from_scipy", "grad",
     "is_sparse", "random", "singleton", "value_and_grad",
 ]

@@ -7,17 +7,21 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.primitives import einsum_kernel, einsum_portable
-from jscorch.primitives._errors import SparseCapacityError, SparseFormatError
+from jscorch.primitives._errors import (CapacityRequiredError, SparseCapacityError,
+                                         SparseFormatError)
 from jscorch.primitives.einsum import einsum_bind
 from jscorch.primitives.einsum_spec import (DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec,
                                             Operand)
 from jscorch.primitives.formats import Format, FormatLike, compressed, dense, resolve_format
 from jscorch.primitives.layout import Layout
 from jscorch.primitives.planner import make_plan
+from jscorch.primitives.settings import settings
+from jscorch.primitives.union import canonical_format
 
 _LETTERS = string.ascii_letters
 _ELLIPSIS_BASE = 1000      # ids of '...' dimensions, counted from the right
@@ -82,6 +86,8 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
     return _dense_einsum(ops, in_ids, out_ids)
   dtype = jnp.result_type(*[x.dtype for x in ops])
   ops = [x.astype(dtype) for x in ops]
+  if not (isinstance(out_format, str) and out_format.lower() == "dense"):
+    ops = [_coalesced(x) if _may_sample(x, ids, out_ids) else x for x, ids in zip(ops, in_ids)]
   spec_ops = tuple(Operand(tuple(ids), x.layout if is_sparse(x) else None)
                    for x, ids in zip(ops, in_ids))
   flat = []
@@ -92,6 +98,8 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
   spec = EinsumSpec(spec_ops, tuple(out_ids), size_pairs, kind, out_layout, 0)
   spec = _with_capacities(spec, flat + list(pattern), nse, work, func)
   result = einsum_bind(spec, *flat, *pattern)
+  if settings.checkify_capacity:
+    _check_capacities(spec, flat + list(pattern))
   if kind == DENSE_OUT:
     return result[0]
   lay = spec.out_layout
@@ -216,12 +224,11 @@ def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
   if isinstance(out_format, str) and out_format.lower() == "dense":
     return DENSE_OUT, None, ()
   for x, ids in zip(ops, in_ids):
-    if is_sparse(x) and sorted(ids) == sorted(out) and len(set(ids)) == len(ids):
+    if _may_sample(x, ids, out):
       view = x.transpose([list(ids).index(i) for i in out]) if tuple(ids) != out else x
       if out_format is None or resolve_format(out_format, len(out), n_batch=view.n_batch,
                                               n_dense=view.n_dense, func=func) == view.format:
-        if _groups_kept(x, ids, out):
-          return SAMPLED_OUT, view.layout, tuple(view.indices)
+        return SAMPLED_OUT, view.layout, tuple(view.indices)
   sparse_ops = [(x, ids) for x, ids in zip(ops, in_ids) if is_sparse(x)]
   bound = {i for x, ids in sparse_ops for i in ids[:x.n_batch + x.n_sparse]}
   if out_format is None:
@@ -255,11 +262,49 @@ def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
   return SPARSE_OUT, Layout.make(fmt, tuple(sizes[i] for i in out), 0, func), ()
 
 
+def _may_sample(x, ids, out) -> bool:
+  """Whether sparse ``x`` can give the output its pattern (see ``_infer_output``)."""
+  return is_sparse(x) and sorted(ids) == sorted(out) and len(set(ids)) == len(ids) and \
+      _groups_kept(x, ids, tuple(out))
+
+
+def _coalesced(x: SparseArray) -> SparseArray:
+  """``x`` with duplicates summed: a sampled output's slots are then one per coordinate.
+
+  (A pattern with duplicates is joined with its own operand by coordinates, so each
+  duplicate slot would receive the contributions of all of them.)
+  """
+  return x if x.format.unique else _coalesce(x)
+
+
+# One compiled conversion per layout (eager conversions would run op by op).
+_coalesce = jax.jit(lambda x: x.asformat(canonical_format(x.format)))
+
+
 def _groups_kept(x, ids, out):
   nb, ns = x.n_batch, x.n_sparse
   pos = [out.index(i) for i in ids]
   return sorted(pos[:nb]) == list(range(nb)) and \
       sorted(pos[nb:nb + ns]) == list(range(nb, nb + ns))
+
+
+def _check_capacities(spec: EinsumSpec, flat) -> None:
+  """``checkify`` checks that the traced patterns fit ``work`` and ``nse`` (eager calls
+  were sized exactly already)."""
+  groups, pattern = spec.split_inputs(flat)
+  index_buffers = [b for op, bufs in zip(spec.operands, groups) if op.sparse for b in bufs[1:]]
+  if not spec.work and spec.out_kind != SPARSE_OUT or \
+      not any(isinstance(x, jax.core.Tracer) for x in index_buffers + list(pattern)):
+    return
+  needed_work, needed_nse = einsum_portable.needed_capacities(spec, *flat)
+  if spec.work:
+    checkify.check(needed_work <= spec.work, f"einsum: the join of {spec} needs {{needed}} "
+                   f"entries but its capacity is work={spec.work}; pass a larger work.",
+                   needed=needed_work)
+  if spec.out_kind == SPARSE_OUT:
+    checkify.check(needed_nse <= spec.out_layout.nse, f"einsum: the result of {spec} needs "
+                   f"{{needed}} stored entries but its capacity is nse={spec.out_layout.nse}; "
+                   "pass a larger nse.", needed=needed_nse)
 
 
 def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
@@ -285,7 +330,8 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
       exact_nse, exact_work = einsum_kernel.spgemm_sizes(fast, sparse_groups[0][1:],
                                                          sparse_groups[1][1:])
     else:
-      exact_work, exact_nse = einsum_portable.exact_capacities(spec, *flat)
+      with jax.ensure_compile_time_eval():    # concrete patterns inside a jit trace
+        exact_work, exact_nse = einsum_portable.exact_capacities(spec, *flat)
     for name, given, exact in (("nse", nse, exact_nse if needs_nse else None),
                                ("work", work, exact_work if expands else None)):
       if given is not None and exact is not None and \
@@ -299,11 +345,11 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
     missing = []
     if needs_nse and nse is None:
       missing.append("nse= (capacity of the sparse result)")
-    if expands and work is None and fast is None:
+    if expands and work is None and (fast is None or settings.checkify_capacity):
       missing.append("work= (capacity of the join of the sparse operands that contract: "
                      "at least the number of matching entry pairs)")
     if missing:
-      raise ValueError(
+      raise CapacityRequiredError(
           f"{func}: {spec} multiplies sparse operands with a data-dependent result size; under "
           f"jit pass {' and '.join(missing)} as static ints, or call it eagerly once to learn "
           "the exact sizes.")

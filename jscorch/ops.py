@@ -35,7 +35,7 @@ from jscorch.ops_coalesce import sum_duplicates
 from jscorch.ops_shape import concatenate as concatenate  # noqa: F401 (moved; re-exported)
 from jscorch.ops_unary import map_values, negative, valid_mask
 from jscorch.primitives import checks, union
-from jscorch.primitives._errors import SparseCapacityError
+from jscorch.primitives._errors import CapacityRequiredError, SparseCapacityError
 from jscorch.primitives.layout import Layout
 
 _LETTERS = string.ascii_letters
@@ -113,13 +113,11 @@ def _product(a, b, a_ids: str, b_ids: str, out_ids: str, nse, work, func: str):
   """``einsum(a_ids,b_ids->out_ids)``; a missing capacity under jit is explained for ``func``."""
   try:
     return einsum(f"{a_ids},{b_ids}->{out_ids}", a, b, nse=nse, work=work)
-  except ValueError as e:
+  except CapacityRequiredError as e:
     # The einsum decides whether the result is a new pattern (and whether the join needs
-    # ``work``); only its "data-dependent size under jit" error is re-worded here.
-    if not (is_sparse(a) and is_sparse(b)) or "data-dependent" not in str(e):
-      raise
+    # ``work``); its "capacity needed under jit" error is re-worded here for ``func``.
     k = b.shape[-1] if b.ndim else 1
-    raise ValueError(
+    raise CapacityRequiredError(
         f"{func}: a product of two SparseArrays has data-dependent sizes (the entries of a "
         f"sparse result, the matching entry pairs of the join); got traced operands {a!r} and "
         f"{b!r} with nse={nse}, work={work}, expected static capacities under jit. Call "

@@ -13,6 +13,14 @@ class SparseCapacityError(ValueError):
   """A sparse result needs more stored entries than its static capacity."""
 
 
+class CapacityRequiredError(ValueError):
+  """A result's size depends on the data (traced index buffers) and no capacity was given.
+
+  Raised under ``jit`` by products of sparse operands with a new sparse result or a
+  data-dependent join; pass the static capacities (``nse=``, ``work=``) it names.
+  """
+
+
 class SparseEfficiencyWarning(UserWarning):
   """An operation had to do something expensive (densify, fall back)."""
 

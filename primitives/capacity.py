@@ -18,7 +18,8 @@ from ._errors import SparseCapacityError
 from .settings import settings
 
 
-def enforce_capacity(needed, capacity: int, data: jax.Array, func: str) -> jax.Array:
+def enforce_capacity(needed, capacity: int, data: jax.Array, func: str, *,
+                     check: bool = True) -> jax.Array:
   """Raises (eager) or poisons ``data`` (traced) when ``needed > capacity``.
 
   Args:
@@ -26,6 +27,8 @@ def enforce_capacity(needed, capacity: int, data: jax.Array, func: str) -> jax.A
     capacity: the static capacity ``nse`` of the result.
     data: the result's values.
     func: the public function name, for the message.
+    check: emit the ``checkify`` check when enabled; False inside lowerings, where
+      checks cannot be functionalized (the caller checks at trace level instead).
 
   Returns:
     ``data``, unchanged unless it overflowed under ``jit``.
@@ -42,7 +45,7 @@ def enforce_capacity(needed, capacity: int, data: jax.Array, func: str) -> jax.A
           f"nse={capacity}. Pass nse={concrete} (or larger).")
     return data
   overflow = needed_max > capacity
-  if settings.checkify_capacity:
+  if check and settings.checkify_capacity:
     checkify.check(~overflow, f"{func}: the result needs {{needed}} stored entries but "
                    f"its capacity is nse={capacity}; pass a larger nse.", needed=needed_max)
   bad = jnp.array(np.nan if jnp.issubdtype(data.dtype, jnp.inexact) else -1, data.dtype)

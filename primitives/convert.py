@@ -174,7 +174,7 @@ def _build_levels_1(lay: Layout, coords, valid, data):
 
 
 def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: str,
-                     is_sorted: bool = False, is_unique: bool = False):
+                     is_sorted: bool = False, is_unique: bool = False, check: bool = True):
   """Level buffers for the format ``lay.format`` from a coordinate list.
 
   Args:
@@ -185,6 +185,7 @@ def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: s
     func: public function name for capacity errors.
     is_sorted: rows are already in lexicographic storage order, padding last.
     is_unique: rows are already free of duplicates.
+    check: see :func:`jscorch.primitives.capacity.enforce_capacity`.
 
   Returns:
     ``(data, indices)`` of the layout; duplicates are summed when the format is
@@ -206,7 +207,7 @@ def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: s
     return _build_levels_1(el, coords, valid, data)
 
   out, indices, count = vmap_batch(one, lay.n_batch)(coords, data)
-  return enforce_capacity(count, lay.nse, out, func), indices
+  return enforce_capacity(count, lay.nse, out, func, check=check), indices
 
 
 def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):

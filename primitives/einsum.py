@@ -162,12 +162,27 @@ def einsum_with_broadcast(spec: EinsumSpec, flat) -> jax.Array:
   missing = [i for i in spec.out if i not in present]
   if not missing:
     return einsum_p.bind(*flat, spec=spec)[0]
-  assert spec.out_kind == DENSE_OUT, "a sampled output's block dims come from its operands"
   kept = tuple(i for i in spec.out if i in present)
+  if spec.out_kind == SAMPLED_OUT:
+    return _sampled_with_broadcast(spec, flat, kept)
   value = einsum_p.bind(*flat, spec=spec.replace(out=kept))[0] if any(
       op.sparse for op in spec.operands) else _dense_only(spec, flat, kept)
   expanded = jnp.expand_dims(value, [spec.out.index(i) for i in missing])
   return jnp.broadcast_to(expanded, spec.out_shape)
+
+
+def _sampled_with_broadcast(spec: EinsumSpec, flat, kept) -> jax.Array:
+  """A sampled output whose missing indices are block dims: computed without them,
+  then broadcast along them (the data axes after ``(*batch, nse)``)."""
+  lay = spec.out_layout
+  block = spec.out_operand.block
+  kept_block = tuple(i for i in block if i in kept)
+  shape = lay.shape[:lay.n_batch + lay.n_sparse] + tuple(spec.size(i) for i in kept_block)
+  small = Layout(lay.format.replace(n_dense=len(kept_block)), shape, lay.nse)
+  value = einsum_p.bind(*flat, spec=spec.replace(out=kept, out_layout=small))[0]
+  lead = len(lay.batch_shape) + 1
+  expanded = jnp.expand_dims(value, [lead + j for j, i in enumerate(block) if i not in kept])
+  return jnp.broadcast_to(expanded, lay.data_shape)
 
 
 def _dense_only(spec, flat, out):
@@ -183,7 +198,7 @@ def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
   new = spec.fresh_index()
   groups, pattern = spec.split_inputs(args)
   gdims, pdims = spec.split_inputs(dims)
-  ops, flat = [], []
+  ops, flat, patterns_batched = [], [], False
   for op, bufs, ds in zip(spec.operands, groups, gdims):
     if all(d is None for d in ds):
       ops.append(op)
@@ -198,11 +213,21 @@ def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
     else:
       ops.append(Operand((new,) + op.indices, _with_batch(op.layout, size)))
       flat += [_batch_front(b, d, size) for b, d in zip(bufs, ds)]
+      patterns_batched = True
   sizes = spec.sizes + ((new, size),)
+  if patterns_batched:     # the join now enumerates the matching pairs of every element
+    spec = spec.replace(work=spec.work * size)
   if spec.out_kind == DENSE_OUT:
     new_spec = spec.replace(operands=tuple(ops), out=(new,) + spec.out, sizes=sizes)
     return einsum_p.bind(*flat, spec=new_spec), [0]
   lay = spec.out_layout
+  if spec.out_kind == SPARSE_OUT and not patterns_batched:
+    # One new pattern shared by all elements (it depends on the patterns only): the
+    # values gain a trailing block dimension, the index buffers stay unbatched.
+    new_spec = spec.replace(operands=tuple(ops), out=spec.out + (new,), sizes=sizes,
+                            out_layout=_with_block(lay, size))
+    out = einsum_p.bind(*flat, spec=new_spec)
+    return out, [len(new_spec.out_layout.data_shape) - 1] + [None] * (len(out) - 1)
   if spec.out_kind == SAMPLED_OUT and all(d is None for d in pdims):
     new_spec = spec.replace(operands=tuple(ops), out=spec.out + (new,), sizes=sizes,
                             out_layout=_with_block(lay, size))

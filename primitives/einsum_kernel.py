@@ -47,9 +47,17 @@ def _source_buffers(spec: EinsumSpec, flat: Sequence, source: int):
   return tuple(pattern) if source == PATTERN else tuple(groups[source][1:])
 
 
-def _structure(layout):
-  return (layout.format.replace(n_dense=0), layout.batch_shape, layout.sparse_shape,
-          layout.nse)
+def _storage_structure(op) -> tuple:
+  """A sparse source's structure in storage order: levels, shapes, capacity and bound ids.
+
+  A transposed *view* (same buffers, mode ordering and shape permuted) has the same
+  storage structure as the array it views, so the two iterate as one pattern.
+  """
+  lay = op.layout
+  order = lay.format.mode_ordering
+  sparse_ids = op.bound[lay.n_batch:]
+  return (lay.format.levels, lay.batch_shape, tuple(lay.sparse_shape[d] for d in order),
+          lay.nse, op.bound[:lay.n_batch] + tuple(sparse_ids[d] for d in order))
 
 
 def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.KernelPlan | None, str]:
@@ -80,7 +88,7 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
     op, bufs = source_operand(spec, s), _source_buffers(spec, flat, s)
     for n, (rep, rep_bufs) in enumerate(groups_of):
       rep_op = source_operand(spec, rep)
-      if _structure(op.layout) == _structure(rep_op.layout) and op.bound == rep_op.bound and \
+      if _storage_structure(op) == _storage_structure(rep_op) and \
           all(x is y or x == y for x, y in zip(bufs, rep_bufs)):
         structure[s] = n
         break

@@ -199,10 +199,9 @@ def evaluate(spec: EinsumSpec, *flat):
   operands, subscripts = [], []
   for k, (op, bufs) in enumerate(zip(spec.operands, groups)):
     if op.sparse:
-      lay = op.layout
-      data = bufs[0].reshape((-1,) + lay.block_shape)
-      operands.append(data.at[table.ptr[k]].get(mode="fill", fill_value=0))
-      subscripts.append((_ROW,) + op.block)
+      value, block = _sparse_values(table, k, op, bufs[0])
+      operands.append(value)
+      subscripts.append((_ROW,) + block)
       continue
     array = bufs[0]
     bound = [a for a, i in enumerate(op.indices) if i in table.cols]
@@ -227,8 +226,25 @@ def evaluate(spec: EinsumSpec, *flat):
     out = _assemble_sparse(spec, table, operands, subscripts)
   if needed_work is not None:
     out[0] = enforce_capacity(needed_work, spec.work, out[0],
-                              "einsum (intermediate join, work=)")
+                              "einsum (intermediate join, work=)", check=False)
   return out
+
+
+def _sparse_values(table: _Table, k: int, op, data):
+  """Operand ``k``'s values at each row: ``(n_rows, *free block)`` and the free block ids.
+
+  A block index that the row table binds (a sparse or batch index of another
+  operand) is taken at the row's coordinate, not left free.
+  """
+  block = op.block
+  data = data.reshape((-1,) + op.layout.block_shape)
+  bound = [a for a, i in enumerate(block) if i in table.cols]
+  if not bound:
+    return data.at[table.ptr[k]].get(mode="fill", fill_value=0), block
+  rest = [a for a in range(len(block)) if a not in bound]
+  moved = jnp.transpose(data, [0] + [1 + a for a in bound] + [1 + a for a in rest])
+  where = (table.ptr[k],) + tuple(table.cols[block[a]] for a in bound)
+  return moved.at[where].get(mode="fill", fill_value=0), tuple(block[a] for a in rest)
 
 
 def _einsum(operands, subscripts, out_subscripts):
@@ -258,11 +274,22 @@ def _assemble_dense(spec, table, operands, subscripts):
 
 
 def _assemble_sampled(spec, table, operands, subscripts):
+  """Accumulates each row into its pattern slot; a block index the row table binds (a
+  sparse index of another operand) selects the block element the row adds to."""
   out = spec.out_operand
   lay = out.layout
-  vals = _einsum(operands, subscripts, [_ROW] + list(out.block))
+  bound = [i for i in out.block if i in table.cols]
+  free = [i for i in out.block if i not in table.cols]
+  vals = _einsum(operands, subscripts, [_ROW] + free)
   n_rows = math.prod(lay.batch_shape) * lay.nse
-  summed = jax.ops.segment_sum(vals, table.ptr[PATTERN], num_segments=n_rows)
+  if not bound:
+    summed = jax.ops.segment_sum(vals, table.ptr[PATTERN], num_segments=n_rows)
+    return summed.reshape(lay.data_shape)
+  order = bound + free
+  shape = (n_rows,) + tuple(spec.size(i) for i in order)
+  where = (table.ptr[PATTERN],) + tuple(table.cols[i] for i in bound)
+  summed = jnp.zeros(shape, vals.dtype).at[where].add(vals, mode="drop")
+  summed = jnp.transpose(summed, [0] + [1 + order.index(i) for i in out.block])
   return summed.reshape(lay.data_shape)
 
 
@@ -270,6 +297,36 @@ def _assemble_sparse(spec, table, operands, subscripts):
   out = spec.out_operand
   lay = out.layout
   vals = _einsum(operands, subscripts, [_ROW] + list(out.block))
+  order, keys, valid, rank, flat_b, counts = _distinct_coordinates(spec, table)
+  vals = vals[order]
+  n_b = lay.n_batch
+  n_batch_total = math.prod(lay.batch_shape)
+  slot = jnp.where(valid, flat_b * lay.nse + rank, n_batch_total * lay.nse)
+  slot = jnp.where(valid & (rank < lay.nse), slot, n_batch_total * lay.nse)
+  idt = lay.index_dtype
+  sizes = jnp.asarray(lay.level_sizes, idt)
+  coords = jnp.broadcast_to(sizes, (n_batch_total * lay.nse, lay.n_sparse))
+  coords = coords.at[slot].set(jnp.stack(keys[n_b:], -1), mode="drop")
+  data = jnp.zeros((n_batch_total * lay.nse,) + vals.shape[1:], vals.dtype)
+  data = data.at[slot].add(vals, mode="drop")
+  coords = coords.reshape(lay.batch_shape + (lay.nse, lay.n_sparse))
+  data = data.reshape(lay.data_shape)
+  data, indices = convert.from_coordinates(lay, coords, data, func="einsum",
+                                           is_sorted=True, is_unique=True, check=False)
+  data = enforce_capacity(counts.max() if n_batch_total else 0, lay.nse, data, "einsum",
+                          check=False)
+  return [data, *indices]
+
+
+def _distinct_coordinates(spec, table):
+  """Sorts the join's rows by output coordinate (batch, then storage order).
+
+  Returns ``(order, sorted keys, valid, rank, flat batch index, counts)``: ``rank`` is
+  each row's distinct-coordinate number within its batch element (its output slot)
+  and ``counts`` the distinct coordinates per batch element.
+  """
+  out = spec.out_operand
+  lay = out.layout
   batch_ids = out.indices[:lay.n_batch]
   sparse_ids = out.indices[lay.n_batch:lay.n_batch + lay.n_sparse]
   storage_ids = [sparse_ids[d] for d in lay.format.mode_ordering]
@@ -279,7 +336,6 @@ def _assemble_sparse(spec, table, operands, subscripts):
   n = table.n
   order = jax.lax.sort((*keys, jnp.arange(n, dtype=idt)), num_keys=len(keys))[-1]
   keys = [k[order] for k in keys]
-  vals = vals[order]
   valid = table.valid[order]
   differs = jnp.zeros(max(n - 1, 0), bool)
   for k in keys:
@@ -301,18 +357,20 @@ def _assemble_sparse(spec, table, operands, subscripts):
   else:
     rank, flat_b = unique_id, jnp.zeros(n, idt)
   n_batch_total = math.prod(lay.batch_shape)
-  slot = jnp.where(valid, flat_b * lay.nse + rank, n_batch_total * lay.nse)
-  slot = jnp.where(valid & (rank < lay.nse), slot, n_batch_total * lay.nse)
-  sizes = jnp.asarray(lay.level_sizes, idt)
-  coords = jnp.broadcast_to(sizes, (n_batch_total * lay.nse, lay.n_sparse))
-  coords = coords.at[slot].set(jnp.stack(keys[n_b:], -1), mode="drop")
-  data = jnp.zeros((n_batch_total * lay.nse,) + vals.shape[1:], vals.dtype)
-  data = data.at[slot].add(vals, mode="drop")
   counts = jax.ops.segment_sum(first.astype(idt), jnp.where(valid, flat_b, n_batch_total),
                                num_segments=n_batch_total)
-  coords = coords.reshape(lay.batch_shape + (lay.nse, lay.n_sparse))
-  data = data.reshape(lay.data_shape)
-  data, indices = convert.from_coordinates(lay, coords, data, func="einsum",
-                                           is_sorted=True, is_unique=True)
-  data = enforce_capacity(counts.max() if n_batch_total else 0, lay.nse, data, "einsum")
-  return [data, *indices]
+  return order, keys, valid, rank, flat_b, counts
+
+
+def needed_capacities(spec: EinsumSpec, *flat) -> tuple[jax.Array, jax.Array]:
+  """Traced ``(work, nse)`` that ``spec`` needs on these inputs (for a ``checkify`` check).
+
+  Evaluated outside the lowering, where checks can be functionalized; ``nse`` is
+  exact when ``work`` suffices (otherwise the ``work`` check already fails).
+  """
+  groups, pattern = spec.split_inputs(flat)
+  table, needed_work = _join(spec, groups, pattern, spec.work)
+  needed_work = jnp.int32(0) if needed_work is None else needed_work
+  if spec.out_kind != SPARSE_OUT or not math.prod(spec.out_layout.batch_shape):
+    return needed_work, jnp.int32(0)
+  return needed_work, _distinct_coordinates(spec, table)[-1].max()

@@ -190,8 +190,7 @@ def test_complex_parts():
 def test_unary_grads_vmap_and_eval_shape():
   A, _ = data()
   P = abs(A)                  # positive values; padding stays 0, where f must stay smooth
-  smooth = ["sin", "tanh", "sqrt", "cbrt", "expm1", "log1p", "arctan", "arcsinh", "square",
-            "gelu", "silu"]
+  smooth = ["sin", "tanh", "sqrt", "cbrt", "log1p", "arcsinh", "gelu"]
 
   @jax.jit
   def f(d):

@@ -34,6 +34,7 @@ import numpy as np
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum as js_einsum
 from jscorch.ops_unary import valid_mask
+from jscorch.primitives._errors import CapacityRequiredError
 from jscorch.primitives.union import canonical_format
 
 from ._errors import SparsifyError, describe
@@ -432,9 +433,7 @@ def _call_einsum(p: Product, terms, out):
   operands = [v for v, _ in terms]
   try:
     return js_einsum(subscripts, *operands)
-  except ValueError as e:
-    if "data-dependent" not in str(e):
-      raise
+  except CapacityRequiredError:
     if p.policy is None or not p.policy.densify:
       raise SparsifyError(
           f"sparsify: the product {subscripts!r} of sparse operands for primitive "

@@ -298,16 +298,6 @@ CASES: dict[str, Case] = {
     "empty_free_dim": Case("ij,jk->ik", (Sp(A45), Dn((5, 0))), "empty", dtypes=(F32,)),
 }
 
-KNOWN_BUGS = {
-    "sddmm_transposed_out_dcsc": (
-        "bug: einsum_kernel.kernel_plan compares the sampled pattern (a transposed *view* of "
-        "the operand: the same buffers, with mode ordering, shape and bound ids permuted) "
-        "with the operand's raw layout and bound ids, so one pattern counts as two "
-        "structures; they are not co-iterable (different mode orderings) and the plan falls "
-        "back as 'co-iteration' although only one pattern is involved."),
-}
-
-
 # Cases left at the default dtypes run in both only when listed here (SIMD lane counts and
 # tails differ between float32 and float64); the others alternate, deterministically.
 BOTH_DTYPES = {"spmv_csr", "spmm_csr", "spmm_wide19_csr", "transposed_csr", "sddmm_csr",
@@ -321,10 +311,7 @@ def case_params():
   out = []
   for name, case in CASES.items():
     for dtype in DTYPES[name]:
-      marks = [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])] \
-          if name in KNOWN_BUGS else []
-      out.append(pytest.param(name, np.dtype(dtype), id=f"{name}-{np.dtype(dtype).name}",
-                              marks=marks))
+      out.append(pytest.param(name, np.dtype(dtype), id=f"{name}-{np.dtype(dtype).name}"))
   return out
 
 
