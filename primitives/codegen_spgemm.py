@@ -7,12 +7,17 @@ static capacity ``nse``. The kernel
 1. splits the rows into chunks of about equal *multiply-adds* (the sum over a row's
    entries of the matching B row lengths — power-law rows are balanced by their real
    work, not their length);
-2. counts each result row's entries (parallel over chunks; a bitmap marks columns);
+2. counts each result row's entries (parallel over chunks; a bitmap marks columns,
+   without data-dependent branches);
 3. turns the counts into ``pos`` (a prefix sum) and clamps at the capacity;
 4. computes each row into a dense workspace (parallel; each chunk owns its bitmap,
    values and column list) and writes it at ``pos[i]`` in column order, choosing per
-   row the cheaper of two ways: scan the bitmap words between the row's smallest and
-   largest column (dense rows), or sort the row's column list (sparse rows).
+   row the cheapest of three ways: scan the bitmap words between the row's smallest
+   and largest column (dense rows); mark the non-empty words in a summary bitmap and
+   visit only those (sparse rows); sort the column list (very wide, very sparse rows).
+
+Output columns are sorted without any full sort of the result, and no pass over a
+``flops``-sized intermediate is made.
 
 No intermediate ever needs ``nse(A) * nse(B)`` — or even ``flops`` — memory: peak
 memory is the result plus one dense row per chunk. When the result needs more

@@ -54,15 +54,20 @@ def _ready(x):
 
 
 def measure(fn, repeats: int) -> Measurement:
-  """Times ``fn()``: the first call (compile + run) and the median of ``repeats`` more."""
+  """Times ``fn()``: the first call (compile + run) and the median of ``repeats`` more.
+
+  ``peak_mb`` is the largest resident-set growth while a call runs, with the previous
+  call's result already released; ``result`` is the last call's.
+  """
   with _PeakRss() as rss:
     start = time.perf_counter()
     result = _ready(fn())
     first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
+      result = None             # one result alive at a time: the peak is one call's
       start = time.perf_counter()
-      _ready(fn())
+      result = _ready(fn())
       times.append(time.perf_counter() - start)
   median = float(np.median(times)) * 1e3
   return Measurement(median, max(first - median / 1e3, 0.0), (rss.peak - rss.base) / 2**20,
