@@ -61,16 +61,21 @@ class SpgemmPlan:
     return "jscorch_spgemm_" + hashlib.sha256(repr(key).encode()).hexdigest()[:16]
 
 
-def _row_walk(numeric: bool) -> str:
+def _row_walk(numeric: bool, heavy: bool = False) -> str:
   """C statements that walk row i of A x B without data-dependent branches: mark each
   column in the bitmap, append it to ``cols`` (the append only advances for a new
   column), track the column range, and when ``numeric`` accumulate into ``w`` (kept
-  all-zero between rows)."""
+  all-zero between rows). A ``heavy`` row only marks (and accumulates): its bitmap is
+  read whole afterwards."""
+  track = "" if heavy else """cols[cnt] = (I)c;
+        cnt += !(word & bit);
+        lo_c = c < lo_c ? c : lo_c;
+        hi_c = c > hi_c ? c : hi_c;"""
   av = "const T av = a->a_data[p];" if numeric else ""
   acc = "w[c] += av * a->b_data[q];" if numeric else ""
   pf = "__builtin_prefetch(a->b_data + a->b_pos[j1]);" if numeric else ""
   return f"""
-    int64_t lo_c = N, hi_c = -1, cnt = 0;
+    {"" if heavy else "int64_t lo_c = N, hi_c = -1, cnt = 0;"}
     int64_t pa_hi = a->a_pos[i + 1]; if (pa_hi > a->nse_a) pa_hi = a->nse_a;
     for (int64_t p = a->a_pos[i]; p < pa_hi; ++p) {{
       const int64_t j = a->a_crd[p];
@@ -91,10 +96,7 @@ def _row_walk(numeric: bool) -> str:
         if ((uint64_t)c >= N) continue;
         const uint64_t word = bm[c >> 6], bit = 1ull << (c & 63);
         bm[c >> 6] = word | bit;
-        cols[cnt] = (I)c;
-        cnt += !(word & bit);
-        lo_c = c < lo_c ? c : lo_c;
-        hi_c = c > hi_c ? c : hi_c;
+        {track}
         {acc}
       }}
     }}"""
@@ -192,6 +194,29 @@ static inline int emission(int64_t lo_c, int64_t hi_c, int64_t cnt) {{
   return summary_words <= cnt * (64 - __builtin_clzll((uint64_t)cnt)) ? SUMMARY : SORT;
 }}
 
+/* Rows with at least this many products (in work[]) are heavy: marking alone is
+   cheaper, and the whole bitmap is read afterwards. */
+static inline int heavy_row(const args_t* a, int64_t i) {{
+  return a->work && a->work[i + 1] - a->work[i] >= 2 * WORDS + 64;
+}}
+
+/* Writes the columns set in bitmap words [wlo, whi] with their values at *o (below
+   end), clearing bitmap and values. */
+static inline void emit_words(const args_t* a, uint64_t* bm, T* w, int64_t wlo, int64_t whi,
+                              int64_t* o, int64_t end) {{
+  for (int64_t wd = wlo; wd <= whi; ++wd) {{
+    uint64_t word = bm[wd];
+    bm[wd] = 0;
+    while (word) {{
+      const int64_t c = wd * 64 + __builtin_ctzll(word);
+      word &= word - 1;
+      const T v = w[c];
+      w[c] = 0;
+      if (*o < end) {{ a->crd[*o] = (I)c; a->data[*o] = v; ++*o; }}
+    }}
+  }}
+}}
+
 /* Per-chunk workspace: bitmap, column list and (numeric pass) the summary of the
    bitmap and the values, all zero between rows. */
 typedef struct {{ uint64_t* bm; uint64_t* sm; I* cols; T* w; }} workspace_t;
@@ -215,7 +240,13 @@ static void count_rows(const void* a_, int64_t lo, int64_t hi) {{
   const args_t* a = (const args_t*)a_;
   workspace_t ws = workspace(0);
   uint64_t* bm = ws.bm; I* cols = ws.cols;
-  for (int64_t i = lo; i < hi; ++i) {{{_row_walk(False)}
+  for (int64_t i = lo; i < hi; ++i) {{
+    if (heavy_row(a, i)) {{{_row_walk(False, heavy=True)}
+      int64_t cnt = 0;
+      for (int64_t wd = 0; wd < WORDS; ++wd) {{ cnt += __builtin_popcountll(bm[wd]); bm[wd] = 0; }}
+      a->pos[i + 1] = (I)cnt;
+      continue;
+    }}{_row_walk(False)}
     a->pos[i + 1] = (I)cnt;
     if (hi_c < 0) continue;
     if ((hi_c >> 6) - (lo_c >> 6) < 2 * cnt)
@@ -231,23 +262,17 @@ static void fill_rows(const void* a_, int64_t lo, int64_t hi) {{
   const args_t* a = (const args_t*)a_;
   workspace_t ws = workspace(1);
   uint64_t* bm = ws.bm; uint64_t* sm = ws.sm; I* cols = ws.cols; T* w = ws.w;
-  for (int64_t i = lo; i < hi; ++i) {{{_row_walk(True)}
+  for (int64_t i = lo; i < hi; ++i) {{
     int64_t o = a->pos[i];
     const int64_t end = a->pos[i + 1];
+    if (heavy_row(a, i)) {{{_row_walk(True, heavy=True)}
+      emit_words(a, bm, w, 0, WORDS - 1, &o, end);
+      continue;
+    }}{_row_walk(True)}
     if (hi_c < 0) continue;
     const int how = emission(lo_c, hi_c, cnt);
     if (how == DENSE) {{
-      for (int64_t wd = lo_c >> 6; wd <= (hi_c >> 6); ++wd) {{
-        uint64_t word = bm[wd];
-        bm[wd] = 0;
-        while (word) {{
-          const int64_t c = wd * 64 + __builtin_ctzll(word);
-          word &= word - 1;
-          const T v = w[c];
-          w[c] = 0;
-          if (o < end) {{ a->crd[o] = (I)c; a->data[o] = v; ++o; }}
-        }}
-      }}
+      emit_words(a, bm, w, lo_c >> 6, hi_c >> 6, &o, end);
     }} else if (how == SUMMARY) {{
       for (int64_t t = 0; t < cnt; ++t) sm[cols[t] >> 12] |= 1ull << ((cols[t] >> 6) & 63);
       for (int64_t sw = lo_c >> 12; sw <= (hi_c >> 12); ++sw) {{
