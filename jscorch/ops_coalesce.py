@@ -53,7 +53,8 @@ def _capacity(A: SparseArray, fmt: Format, nse, func: str) -> int:
   """The result capacity: ``A.nse`` by default; all-dense formats store every coordinate."""
   if all(lvl.kind == DENSE for lvl in fmt.levels):
     return math.prod(A.layout.level_sizes)
-  return A.nse if nse is None else _static.static_int(nse, "nse", func)
+  cap = A.nse if nse is None else _static.static_int(nse, "nse", func)
+  return Layout.make(fmt, A.shape, cap, func).nse     # validates (non-negative, index range)
 
 
 def _raise_overflow(needed: int, nse: int, func: str):
@@ -196,12 +197,11 @@ def _drop_jit(A, keep, cap: int, func: str):
 
 def _compact(coords, data, valid):
   """Moves the valid rows first, keeping their order (padding rows after them)."""
-  n = valid.shape[0]
   kept = jnp.cumsum(valid) - 1
   dropped = valid.sum() + jnp.cumsum(~valid) - 1
   dest = jnp.where(valid, kept, dropped)
   return (jnp.zeros_like(coords).at[dest].set(coords, unique_indices=True),
-          jnp.zeros_like(data).at[dest].set(data, unique_indices=True)) if n else (coords, data)
+          jnp.zeros_like(data).at[dest].set(data, unique_indices=True))
 
 
 def eliminate_zeros(A: SparseArray, nse: int | None = None) -> SparseArray:

@@ -22,6 +22,7 @@ import scipy.sparse as sps
 
 import jscorch as js
 from jscorch.primitives import union
+from jscorch.primitives._errors import SparseFormatError
 
 import util
 
@@ -244,6 +245,9 @@ def test_sum_duplicates_capacity():
   assert np.isnan(np.asarray(poisoned.data)).all()
   with pytest.raises(TypeError, match=r"^sum_duplicates: nse must be a static Python int"):
     jax.jit(lambda A, k: A.sum_duplicates(nse=k))(A, 3)
+  with pytest.raises(SparseFormatError, match=(
+      r"^sum_duplicates: nse must be a non-negative int; got nse=-1\.$")):
+    A.sum_duplicates(nse=-1)
   with pytest.raises(TypeError, match=r"^sum_duplicates: expects a SparseArray; got ndarray\. "):
     js.sum_duplicates(np.ones((2, 2)))
 
