@@ -114,7 +114,8 @@ def generate(plan: SpgemmPlan) -> str:
 typedef {T} T;
 typedef {I} I;
 enum {{ M = {plan.m}, K = {plan.k}, N = {plan.n}, WORDS = {words},
-       SUMMARY_WORDS = {(words + 63) // 64}, AHEAD = 4 }};
+       SUMMARY_WORDS = {(words + 63) // 64}, AHEAD = 4,
+       SERIAL_WORK = 1 << 15 }};
 
 typedef struct {{
   const T* a_data; const I* a_pos; const I* a_crd;
@@ -149,13 +150,14 @@ static int64_t* row_work(const args_t* a) {{
   return work;
 }}
 
-/* Chunk boundaries balanced by row work (one chunk per row range when no memory). */
+/* Chunk boundaries balanced by row work: one chunk (serial) for small products, where
+   waking other threads costs more than it saves, or when out of memory. */
 static int64_t split_rows(args_t* a, int64_t n_threads, int64_t* bounds) {{
   int64_t n_chunks = 8 * n_threads;
   if (n_chunks > 256) n_chunks = 256;
   if (M == 0) return 0;
   a->work = row_work(a);
-  if (!a->work) {{ bounds[0] = 0; bounds[1] = M; return 1; }}
+  if (!a->work || a->work[M] < SERIAL_WORK) {{ bounds[0] = 0; bounds[1] = M; return 1; }}
   return jscorch_split(M, work_before, a, n_chunks, bounds);
 }}
 

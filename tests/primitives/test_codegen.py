@@ -329,7 +329,8 @@ def test_spgemm_wide_rows_sorted_both_ways_and_eager_count():
   the bitmap-summary scan; the eager counter sizes it exactly (power-law A, padding in
   both operands), values match float64 scipy, and a capacity one short poisons with NaN."""
   A, S = power_law_csr(5, 300, 2000, 9000)
-  B, T = power_law_csr(6, 2000, 70000, 6000)
+  B, T = power_law_csr(6, 2000, 70000, 12000)
+  assert np.diff(T.indptr)[S.indices].sum() > 2**15     # products: above the serial cutoff
   pattern = (abs(S) @ abs(T)).tocsr()                    # structural: no cancellation
   pattern.sort_indices()
   row_nnz = np.diff(pattern.indptr)
