@@ -144,3 +144,42 @@ def test_readme_python_examples_run():
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert res.returncode == 0, res.stderr
   assert "[ 4. 14. 14.]" in res.stdout, res.stdout
+
+
+def test_bench_checks_spgemm_as_sparse_difference_and_gcn_torch_runs():
+  """``bench``: every SpGEMM contender is checked against the float64 product as a sparse
+  difference (column order and explicit zeros do not matter, a wrong value does), and
+  the torch GCN contender runs in float32."""
+  import numpy as np
+  import scipy.sparse as sps
+  from jscorch.bench import data, runner, workloads
+  m = data.rmat(7, 600, seed=3)
+  wl = workloads.spgemm(m)
+  (ref,) = wl.reference
+  assert {c.name for c in wl.contenders} >= {"jscorch", "scipy"}
+  for c in wl.contenders:
+    assert runner.relative_error(c.to_numpy(c.run()), wl.reference) < 1e-6, c.name
+  shuffled = ref.copy()                         # same matrix, columns reversed in each row
+  for i in range(ref.shape[0]):
+    lo, hi = ref.indptr[i], ref.indptr[i + 1]
+    shuffled.indices[lo:hi] = ref.indices[lo:hi][::-1]
+    shuffled.data[lo:hi] = ref.data[lo:hi][::-1]
+  coo = ref.tocoo()
+  free = next((i, j) for i in range(ref.shape[0]) for j in range(ref.shape[1])
+              if ref[i, j] == 0)
+  with_zero = sps.csr_matrix((np.append(coo.data, 0.0), (np.append(coo.row, free[0]),
+                                                          np.append(coo.col, free[1]))),
+                             shape=ref.shape)
+  assert with_zero.nnz == ref.nnz + 1           # an explicit zero outside ref's pattern
+  assert runner.relative_error((shuffled,), (ref,)) < 1e-12
+  assert runner.relative_error((with_zero,), (ref,)) < 1e-12
+  wrong = ref.copy()
+  wrong.data[0] += 1.0
+  assert runner.relative_error((wrong,), (ref,)) > 1e-3
+  assert runner.relative_error((ref[:-1],), (ref,)) == float("inf")
+  with pytest.raises(ValueError, match="jscorch: result columns are not sorted"):
+    workloads._sorted_csr(shuffled.indptr, shuffled.indices, shuffled.data, ref.shape, "jscorch")
+  pytest.importorskip("torch")
+  gcn = workloads.gcn(m, 8, False)
+  (torch_step,) = [c for c in gcn.contenders if c.name == "torch"]
+  assert runner.relative_error(torch_step.to_numpy(torch_step.run()), gcn.reference) < 1e-5
