@@ -223,8 +223,8 @@ def test_not_zero_preserving_raises(name):
 
 def test_unsupported_functions_raise():
   A, _ = data()
-  for call in (lambda: jsnp.reshape(A, (20,)), lambda: jsnp.stack([A, A]),
-               lambda: jsnp.mean(A), lambda: jsnp.where(True, A, 0.0)):
+  for call in (lambda: jsnp.cumsum(A), lambda: jsnp.argsort(A), lambda: jsnp.tile(A, 2),
+               lambda: jsnp.where(True, A, 0.0)):
     with pytest.raises(TypeError, match=r"jscorch\.numpy\.\w+: SparseArrays are not supported "
                                         r".*Call A\.todense\(\) first"):
       call()
