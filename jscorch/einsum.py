@@ -11,6 +11,7 @@ from jax.experimental import checkify
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
+from jscorch.ops_coalesce import sum_duplicates
 from jscorch.primitives import einsum_kernel, einsum_portable
 from jscorch.primitives._errors import (CapacityRequiredError, SparseCapacityError,
                                          SparseFormatError)
@@ -21,7 +22,6 @@ from jscorch.primitives.formats import Format, FormatLike, compressed, dense, re
 from jscorch.primitives.layout import Layout
 from jscorch.primitives.planner import make_plan
 from jscorch.primitives.settings import settings
-from jscorch.primitives.union import canonical_format
 
 _LETTERS = string.ascii_letters
 _ELLIPSIS_BASE = 1000      # ids of '...' dimensions, counted from the right
@@ -274,11 +274,7 @@ def _coalesced(x: SparseArray) -> SparseArray:
   (A pattern with duplicates is joined with its own operand by coordinates, so each
   duplicate slot would receive the contributions of all of them.)
   """
-  return x if x.format.unique else _coalesce(x)
-
-
-# One compiled conversion per layout (eager conversions would run op by op).
-_coalesce = jax.jit(lambda x: x.asformat(canonical_format(x.format)))
+  return x if x.format.unique else sum_duplicates(x)
 
 
 def _groups_kept(x, ids, out):
