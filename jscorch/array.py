@@ -268,7 +268,7 @@ class SparseArray:
     return ops_shape.reshape(self, shape[0] if len(shape) == 1 else shape, format=format)
 
   def __getitem__(self, key):
-    """Indexing with ints, slices, ``None``, ``...`` and one integer array (see :mod:`jscorch.ops_index`)."""
+    """``A[key]``: ints, slices, ``None``, ``...``, one int array (see :mod:`jscorch.ops_index`)."""
     from jscorch import ops_index   # noqa: PLC0415 (ops_index imports this module)
     return ops_index.getitem(self, key)
 

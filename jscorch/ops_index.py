@@ -138,15 +138,22 @@ def take(A: SparseArray, index, axis: int, func: str = "take") -> SparseArray:
   """
   nb, ns = A.n_batch, A.n_sparse
   n = A.shape[axis]
-  concrete = not isinstance(index, jax.core.Tracer)
+  k = int(np.shape(index)[0])
+  if not k:
+    raise IndexError(f"{func}: an empty index array along axis {axis} gives an empty result, "
+                     "which SparseArrays do not support. Index A.todense() instead.")
+  if isinstance(index, jax.core.Tracer):
+    index = jnp.clip(jnp.where(index < 0, index + n, index), 0, max(n - 1, 0)).astype(jnp.int32)
+    m = k
+  else:
+    index = np.clip(np.where(np.asarray(index) < 0, np.asarray(index) + n, index), 0,
+                    max(n - 1, 0)).astype(np.int32)
+    m = int(np.bincount(index).max())
   index = jnp.asarray(index)
-  k = int(index.shape[0])
-  index = jnp.clip(jnp.where(index < 0, index + n, index), 0, max(n - 1, 0)).astype(jnp.int32)
   if axis < nb:
     return _slice_buffers(A, axis, lambda x, ax: jnp.take(x, index, axis=ax))
   if axis >= nb + ns:
     return _with_block(A, axis, lambda x, ax: jnp.take(x, index, axis=ax))
-  m = int(np.bincount(np.asarray(index), minlength=1).max()) if concrete and k else k
   shape = A.shape[:axis] + (k,) + A.shape[axis + 1:]
   nse = min(A.nse * m, math.prod(shape[nb:nb + ns]))
   coords, valid = entries(A)
@@ -156,14 +163,14 @@ def take(A: SparseArray, index, axis: int, func: str = "take") -> SparseArray:
   c = coords[..., d]
   lo = jnp.searchsorted(ordered, c, side="left")
   hi = jnp.searchsorted(ordered, c, side="right")
-  t = jnp.arange(max(m, 1), dtype=lo.dtype)
+  t = jnp.arange(m, dtype=lo.dtype)
   slot = lo[..., None] + t                                       # [*batch, nse, m]
   ok = valid[..., None] & (slot < hi[..., None])
-  new = order[jnp.clip(slot, 0, max(k - 1, 0))].astype(coords.dtype)
-  rows = coords[..., None, :].repeat(max(m, 1), axis=-2)       # [*batch, nse, m, ns]
+  new = order[jnp.clip(slot, 0, k - 1)].astype(coords.dtype)
+  rows = coords[..., None, :].repeat(m, axis=-2)       # [*batch, nse, m, ns]
   rows = rows.at[..., d].set(new)
   flat = lambda x: x.reshape(x.shape[:nb] + (-1,) + x.shape[nb + 2:])
-  data = jnp.repeat(A.data, max(m, 1), axis=nb)
+  data = jnp.repeat(A.data, m, axis=nb)
   return build(flat(rows), flat(ok), data, shape, A.format, nse, func)
 
 
@@ -246,8 +253,9 @@ def getitem(A: SparseArray, key):
     n = A.shape[d]
     if kind == "array":
       if not isinstance(k, jax.core.Tracer):
-        for v in np.asarray(k):
-          _check_static(int(v), n, d, func)
+        bad = np.asarray(k)[(np.asarray(k) < -n) | (np.asarray(k) >= n)]
+        if bad.size:
+          _check_static(int(bad[0]), n, d, func)
       A = take(A, k, d, func)
       limit[d] = A.shape[d]
     elif kind == "int":
@@ -295,6 +303,6 @@ def _move_to_front(A, src: int, func: str):
   perm = [src] + [d for d in range(A.ndim) if d != src]
   if not isinstance(A, SparseArray):
     return jnp.transpose(A, perm)
-  if src < A.n_batch or src == 0:
+  if src < A.n_batch or (A.n_batch == 0 and src < A.n_sparse):
     return A.transpose(perm)
   return transform(A, perm, func)

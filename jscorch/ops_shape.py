@@ -1,4 +1,4 @@
-"""Shape operations on SparseArrays: reshape, expand_dims, squeeze, broadcast_to, stack, concatenate.
+"""Shape operations on SparseArrays: reshape, expand_dims, squeeze, broadcast_to, stack, concat.
 
 Operations that only add, remove or repeat **batch** or **block** dimensions act on
 the buffers directly (free). Operations that change the **sparse** dimensions
