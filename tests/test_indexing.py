@@ -156,3 +156,9 @@ def test_getitem_errors():
     A[0.5]
   with pytest.raises(TypeError, match=r"slice bounds must be static ints"):
     jax.jit(lambda A, i: A[i:])(A, 1)
+
+
+def test_exact_buffers():
+  A = js.from_dense(jnp.array([[1., 0., 2.], [0., 3., 0.]]), format="csr", nse=4)
+  util.assert_buffers_equal(A[:, ::-1], [[0, 2, 3], [0, 2, 1, 3]], [2., 1., 3., 0.])
+  util.assert_buffers_equal(A[[1, 1]], [[0, 1, 2], [1, 1, 3, 3, 3, 3]], [3., 3., 0., 0., 0., 0.])

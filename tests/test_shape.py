@@ -216,8 +216,8 @@ def re_tuple(shape):
 
 
 # -- stack / concatenate -------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt", util.format_params())
-def test_stack_concatenate_every_format(fmt):
+@pytest.mark.parametrize("fmt", util.format_params(SAMPLE))
+def test_stack_concatenate_formats(fmt):
   shape = util.SPARSE_SHAPES[fmt.n_sparse]
   A, x = util.random_sparse(16, shape, fmt, padding=2)
   B, y = util.random_sparse(17, shape, "coo" if fmt.n_sparse != 2 else "csc", padding=1)
@@ -297,3 +297,12 @@ def test_transpose_every_format(fmt):
   assert base(B.T.T) == base(B)
   if fmt in (js.CSR, js.CSC):
     assert base(B.T) == (js.CSC if fmt == js.CSR else js.CSR)
+
+
+def test_exact_buffers():
+  A = js.from_dense(jnp.array([[1., 0., 2.], [0., 3., 0.]]), format="csr", nse=4)
+  util.assert_buffers_equal(A.reshape(3, 2), [[0, 1, 2, 3], [0, 0, 0, 2]], [1., 2., 3., 0.])
+  util.assert_buffers_equal(js.broadcast_to(A, (2, 2, 3)), [[[0, 2, 3]] * 2, [[0, 2, 1, 3]] * 2],
+                            [[1., 2., 3., 0.]] * 2)
+  util.assert_buffers_equal(js.expand_dims(A, 0), [[[0, 2, 3]], [[0, 2, 1, 3]]],
+                            [[1., 2., 3., 0.]])
