@@ -86,15 +86,13 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
     return _dense_einsum(ops, in_ids, out_ids)
   dtype = jnp.result_type(*[x.dtype for x in ops])
   ops = [x.astype(dtype) for x in ops]
-  if not (isinstance(out_format, str) and out_format.lower() == "dense"):
-    ops = [_coalesced(x) if _may_sample(x, ids, out_ids) else x for x, ids in zip(ops, in_ids)]
+  kind, out_layout, pattern, ops = _infer_output(ops, in_ids, out_ids, sizes, out_format, func)
   spec_ops = tuple(Operand(tuple(ids), x.layout if is_sparse(x) else None)
                    for x, ids in zip(ops, in_ids))
   flat = []
   for x in ops:
     flat += [x.data, *x.indices] if is_sparse(x) else [x]
   size_pairs = tuple(sorted(sizes.items()))
-  kind, out_layout, pattern = _infer_output(ops, in_ids, out_ids, sizes, out_format, func)
   spec = EinsumSpec(spec_ops, tuple(out_ids), size_pairs, kind, out_layout, 0)
   spec = _with_capacities(spec, flat + list(pattern), nse, work, func)
   result = einsum_bind(spec, *flat, *pattern)
@@ -219,16 +217,18 @@ def _dense_einsum(ops, in_ids, out_ids):
 
 
 def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
-  """Returns ``(kind, out_layout, pattern buffers)`` following Scorch's rules."""
+  """Returns ``(kind, out_layout, pattern buffers, operands)`` following Scorch's rules
+  (the operand that gives a sampled output its pattern comes back coalesced)."""
   out = tuple(out_ids)
   if isinstance(out_format, str) and out_format.lower() == "dense":
-    return DENSE_OUT, None, ()
-  for x, ids in zip(ops, in_ids):
+    return DENSE_OUT, None, (), ops
+  for k, (x, ids) in enumerate(zip(ops, in_ids)):
     if _may_sample(x, ids, out):
+      x = _coalesced(x)
       view = x.transpose([list(ids).index(i) for i in out]) if tuple(ids) != out else x
       if out_format is None or resolve_format(out_format, len(out), n_batch=view.n_batch,
                                               n_dense=view.n_dense, func=func) == view.format:
-        return SAMPLED_OUT, view.layout, tuple(view.indices)
+        return SAMPLED_OUT, view.layout, tuple(view.indices), ops[:k] + [x] + ops[k + 1:]
   sparse_ops = [(x, ids) for x, ids in zip(ops, in_ids) if is_sparse(x)]
   bound = {i for x, ids in sparse_ops for i in ids[:x.n_batch + x.n_sparse]}
   if out_format is None:
@@ -241,7 +241,7 @@ def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
       dense_ids |= {sparse_ids[d] for d, lvl in zip(x.format.mode_ordering, x.format.levels)
                     if lvl.kind == "dense"}
     if len(sparse_ops) < 2 or not out or not set(out) <= bound or set(out) <= dense_ids:
-      return DENSE_OUT, None, ()
+      return DENSE_OUT, None, (), ops
   n_batch = 0
   batch_ids = {i for x, ids in sparse_ops for i in ids[:x.n_batch]}
   while n_batch < len(out) and out[n_batch] in batch_ids:
@@ -259,7 +259,7 @@ def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
     fmt = Format(*levels, n_batch=n_batch, n_dense=n_dense)
   else:
     fmt = resolve_format(out_format, len(out), n_batch=n_batch, n_dense=n_dense, func=func)
-  return SPARSE_OUT, Layout.make(fmt, tuple(sizes[i] for i in out), 0, func), ()
+  return SPARSE_OUT, Layout.make(fmt, tuple(sizes[i] for i in out), 0, func), (), ops
 
 
 def _may_sample(x, ids, out) -> bool:
