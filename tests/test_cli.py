@@ -183,3 +183,18 @@ def test_bench_checks_spgemm_as_sparse_difference_and_gcn_torch_runs():
   gcn = workloads.gcn(m, 8, False)
   (torch_step,) = [c for c in gcn.contenders if c.name == "torch"]
   assert runner.relative_error(torch_step.to_numpy(torch_step.run()), gcn.reference) < 1e-5
+
+
+def test_bench_kernel_build_section(capsys):
+  """``bench --only build``: a new kernel is compiled in one fresh process and loaded from
+  the disk cache in a second; loading must be much cheaper than compiling."""
+  from jscorch.bench import runner
+  rows = runner.run("quick", only={"build"})
+  out = capsys.readouterr().out
+  (row,) = rows
+  t = row["results"]
+  assert row["workload"] == "kernel build"
+  assert 0 < t["warm_build_s"] < t["cold_build_s"] <= t["cold_s"], t
+  assert 0 < t["warm_s"] and t["hot_ms"] > 0
+  assert re.search(r"cold \(C compile\)\s+\d+\.\d{3}\s+\d+\.\d{3}", out), out
+  assert re.search(r"warm \(cached binary\)\s+\d+\.\d{3}\s+\d+\.\d{3}", out), out

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from jscorch.bench import data, workloads
+from jscorch.bench import build, data, workloads
 from jscorch.bench.timing import measure
 
 # (scale of the R-MAT / uniform matrices, edges, SpGEMM (scale, edges) of the uniform and the
@@ -83,6 +83,8 @@ def run(size_name: str, only=None, json_path=None, out=print) -> list[dict]:
       results.append(dict(impl=name, skipped=why))
     _print_table(wl, results, out)
     rows.append(dict(workload=wl.name, data=wl.data, results=results))
+  if only is None or "build" in only:
+    rows.append(dict(workload="kernel build", results=build.report(out)))
   out(f"\ntotal {time.perf_counter() - started:.1f} s")
   if json_path:
     with open(json_path, "w") as f:
@@ -109,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   parser.add_argument("--only", nargs="*", metavar="WORKLOAD",
-                      help="subset of SpMV SpMM SDDMM GCN GCN-A SpGEMM MTTKRP")
+                      help="subset of SpMV SpMM SDDMM GCN GCN-A SpGEMM MTTKRP build")
 
 
 def main(args: argparse.Namespace) -> int:
