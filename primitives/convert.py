@@ -45,6 +45,14 @@ def _element(lay: Layout) -> Layout:
 
 
 # -- level buffers -> coordinates ------------------------------------------------------
+def _take(col: jax.Array, at: jax.Array, fill: int) -> jax.Array:
+  """``col[at]`` with out-of-range positions (and every position of an empty ``col``,
+  a level under a dimension of size 0) giving ``fill``."""
+  if not col.shape[0]:
+    return jnp.full(at.shape, fill, col.dtype)
+  return col.at[at].get(mode="fill", fill_value=fill)
+
+
 def _leaf_coordinates_1(lay: Layout, indices: Indices) -> jax.Array:
   sizes, caps = lay.level_sizes, lay.capacities
   idt = lay.index_dtype
@@ -63,7 +71,7 @@ def _leaf_coordinates_1(lay: Layout, indices: Indices) -> jax.Array:
     else:
       crd = next(buffers)
       parent = jnp.arange(cap, dtype=idt)
-    cols = [col.at[parent].get(mode="fill", fill_value=sizes[j]) for j, col in enumerate(cols)]
+    cols = [_take(col, parent, sizes[j]) for j, col in enumerate(cols)]
     cols.append(crd.astype(idt))
   coords = jnp.stack(cols, axis=-1) if cols else jnp.zeros((lay.nse, 0), idt)
   size_row = jnp.asarray(sizes, idt)
@@ -230,7 +238,8 @@ def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):
       mask = jnp.ones_like(mask)
     nz = jnp.nonzero(mask, size=el.nse, fill_value=sizes)
     coords = jnp.stack(nz, axis=-1).astype(el.index_dtype)
-    values = xs.at[nz].get(mode="fill", fill_value=0)
+    values = xs.at[nz].get(mode="fill", fill_value=0) if xs.size else \
+        jnp.zeros((el.nse,) + xs.shape[n_sp:], xs.dtype)        # a dimension of size 0
     valid = jnp.all(coords < jnp.asarray(sizes, coords.dtype), axis=-1)
     out, indices, _ = _build_levels_1(el, coords, valid, values)
     return out, indices, mask.sum()

@@ -257,7 +257,7 @@ def _batch_front(x, d, size):
 
 # -- lowering -------------------------------------------------------------------------------
 def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
-  if spec.work == 0 and make_plan(spec).expands:
+  if spec.work == 0 and make_plan(spec).expands and all(size for _, size in spec.sizes):
     raise ValueError(
         f"jscorch_einsum: the portable lowering of {spec} joins sparse operands that contract "
         "and needs work= (the number of matching entry pairs); it was omitted because a "

@@ -194,6 +194,8 @@ def exact_capacities(spec: EinsumSpec, *flat) -> tuple[int, int]:
 def evaluate(spec: EinsumSpec, *flat):
   """Evaluates ``spec`` on flat inputs; returns the list of flat outputs."""
   groups, pattern = spec.split_inputs(flat)
+  if any(size == 0 for _, size in spec.sizes):
+    return _zeros(spec, groups[0][0].dtype)
   table, needed_work = _join(spec, groups, pattern, spec.work)
 
   operands, subscripts = [], []
@@ -228,6 +230,21 @@ def evaluate(spec: EinsumSpec, *flat):
     out[0] = enforce_capacity(needed_work, spec.work, out[0],
                               "einsum (intermediate join, work=)", check=False)
   return out
+
+
+def _zeros(spec: EinsumSpec, dtype) -> list:
+  """The result when some index has size 0: every sum is empty."""
+  if spec.out_kind == DENSE_OUT:
+    return [jnp.zeros(spec.out_shape, dtype)]
+  lay = spec.out_layout
+  data = jnp.zeros(lay.data_shape, dtype)
+  if spec.out_kind == SAMPLED_OUT:
+    return [data]
+  padding = jnp.broadcast_to(jnp.asarray(lay.level_sizes, lay.index_dtype),
+                             lay.batch_shape + (lay.nse, lay.n_sparse))
+  data, indices = convert.from_coordinates(lay, padding, data, func="einsum", is_sorted=True,
+                                           is_unique=True, check=False)
+  return [data, *indices]
 
 
 def _sparse_values(table: _Table, k: int, op, data):

@@ -329,6 +329,23 @@ def test_index_block_in_one_operand_sparse_in_another():
   util.assert_allclose(dense(js.einsum("ic,c->i", A, s, out_format="dense")), a @ sv, F64)
 
 
+@pytest.mark.parametrize("fmt", ["csr", "coo", util.DCSC], ids=["csr", "coo", "dcsc"])
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0)], ids=["no_rows", "no_cols"])
+def test_zero_size_dimensions(fmt, shape):
+  """Every sum over an empty dimension is 0; results keep their shapes and formats."""
+  A = js.from_dense(np.zeros(shape), format=fmt, nse=1)
+  B = js.from_dense(np.zeros((shape[1], 2)), format="csr", nse=1)
+  assert A.todense().shape == shape and A.asformat("coo").todense().shape == shape
+  np.testing.assert_array_equal(js.einsum("ij,jk->ik", A, jnp.ones((shape[1], 2))),
+                                np.zeros((shape[0], 2)))
+  C = js.einsum("ij,jk->ik", A, B)
+  assert js.is_sparse(C) and int(C.nnz) == 0 and C.todense().shape == (shape[0], 2)
+  S = js.einsum("ij,ij->ij", A, jnp.ones(shape))
+  assert S.nse == A.nse and S.todense().shape == shape
+  g = jax.grad(lambda d: js.einsum("ij,jk->", A.with_data(d), jnp.ones((shape[1], 2))))(A.data)
+  np.testing.assert_array_equal(g, np.zeros(A.nse))
+
+
 def test_integer_values_are_exact():
   A, a = util.random_sparse(54, A45, "csr", dtype=np.int32)
   x = util.random_values(55, (5, 3), np.int32)
