@@ -23,6 +23,28 @@ def static_int(value, name: str, func: str) -> int:
   return int(value)
 
 
+def axes(axis, ndim: int, func: str) -> tuple[int, ...]:
+  """Sorted, non-negative axes from ``None`` (all), an int or a sequence of ints.
+
+  Example:
+    >>> axes((-1, 0), 3, "sum")
+    (0, 2)
+  """
+  if axis is None:
+    return tuple(range(ndim))
+  raw = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+  out = []
+  for ax in raw:
+    ax = static_int(ax, "axis", func)
+    if not -ndim <= ax < ndim:
+      raise ValueError(f"{func}: axis out of range; got axis={axis!r}, expected "
+                       f"-{ndim} <= axis < {ndim} for an array of rank {ndim}.")
+    out.append(ax % ndim)
+  if len(set(out)) != len(out):
+    raise ValueError(f"{func}: repeated axis; got axis={axis!r}, expected distinct axes.")
+  return tuple(sorted(out))
+
+
 def static_shape(shape, func: str) -> tuple[int, ...]:
   """A tuple of ints from an int or a sequence of ints (never traced)."""
   if isinstance(shape, (int, np.integer)):

@@ -461,22 +461,6 @@ def power(a, p):
 
 
 # -- reductions and shape ---------------------------------------------------------------------
-def _axes(axis, ndim: int, func: str) -> tuple[int, ...]:
-  if axis is None:
-    return tuple(range(ndim))
-  raw = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
-  axes = []
-  for ax in raw:
-    ax = _static.static_int(ax, "axis", func)
-    if not -ndim <= ax < ndim:
-      raise ValueError(f"{func}: axis out of range; got axis={axis!r}, expected "
-                       f"-{ndim} <= axis < {ndim} for an array of rank {ndim}.")
-    axes.append(ax % ndim)
-  if len(set(axes)) != len(axes):
-    raise ValueError(f"{func}: repeated axis; got axis={axis!r}, expected distinct axes.")
-  return tuple(sorted(axes))
-
-
 def sum(a, axis: int | Sequence[int] | None = None, dtype=None, out=None,
         keepdims: bool = False, initial=None, where=None, promote_integers: bool = True):
   """``jnp.sum``; a SparseArray gives a dense result (an einsum over its stored entries).
@@ -500,7 +484,7 @@ def sum(a, axis: int | Sequence[int] | None = None, dtype=None, out=None,
   if extra:
     raise TypeError(f"{func}: {sorted(extra)} not supported for a SparseArray; got "
                     f"{extra!r}. Call A.todense() first.")
-  axes = _axes(axis, a.ndim, func)
+  axes = _static.axes(axis, a.ndim, func)
   target = dtype or jax.eval_shape(
       lambda v: jnp.sum(v, promote_integers=promote_integers),
       jax.ShapeDtypeStruct((), a.dtype)).dtype

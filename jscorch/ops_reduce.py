@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch import ops, ops_coalesce
+from jscorch import _static, ops, ops_coalesce
 from jscorch.array import SparseArray, is_sparse
 from jscorch.primitives.layout import index_dtype_for
 from jscorch.primitives.union import logical_coordinates
@@ -120,7 +120,7 @@ def extremum(A: SparseArray, axes: Axis, kind: str, keepdims: bool = False,
   """
   func = func or kind
   _check_values(A, func)
-  axes = ops._axes(axes, A.ndim, func)
+  axes = _static.axes(axes, A.ndim, func)
   if _reduced_size(A, axes) == 0:
     raise ValueError(f"{func}: zero-size reduction has no identity; got axis={axes} of "
                      f"shape {A.shape}, expected non-empty reduced dimensions. Use "
@@ -197,7 +197,7 @@ def mean(a, axis: Axis = None, dtype=None, out=None, keepdims: bool = False, *, 
     return jnp.mean(a, axis=axis, dtype=dtype, out=out, keepdims=keepdims, where=where)
   func = "mean"
   _unsupported(func, out=out, where=where)
-  axes = ops._axes(axis, a.ndim, func)
+  axes = _static.axes(axis, a.ndim, func)
   target = dtype or jax.eval_shape(lambda v: jnp.mean(v),
                                    jax.ShapeDtypeStruct((), a.dtype)).dtype
   total = ops.sum(a.astype(target), axis=axes, keepdims=keepdims)
@@ -220,7 +220,7 @@ def count_nonzero(a, axis: Axis = None, keepdims: bool = False):
   if not is_sparse(a):
     return jnp.count_nonzero(a, axis=axis, keepdims=keepdims)
   func = "count_nonzero"
-  axes = ops._axes(axis, a.ndim, func)
+  axes = _static.axes(axis, a.ndim, func)
   count, _ = _reduce(a, axes, "count")
   dtype = jax.eval_shape(jnp.count_nonzero, jax.ShapeDtypeStruct((1,), a.dtype)).dtype
   return _finish(count.astype(dtype), axes, keepdims)
@@ -233,7 +233,7 @@ def _segment(A, axis, empty, kind: str):
     raise TypeError(f"{func}: expects a SparseArray; got {type(A).__name__}. For a dense "
                     f"array use jnp.{kind}.")
   _check_values(A, func)
-  axes = ops._axes(axis, A.ndim, func)
+  axes = _static.axes(axis, A.ndim, func)
   best, stored = _reduce(A, axes, kind)
   if empty is None:
     return best

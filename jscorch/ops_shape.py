@@ -196,20 +196,6 @@ def reshape_as(A: SparseArray, shape, format: FormatLike | None, func: str) -> S
 
 
 # -- unit dims -------------------------------------------------------------------------------
-def _axes(axis, ndim: int, func: str) -> tuple[int, ...]:
-  raw = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
-  axes = []
-  for ax in raw:
-    ax = _static.static_int(ax, "axis", func)
-    if not -ndim <= ax < ndim:
-      raise ValueError(f"{func}: axis out of range; got axis={axis!r}, expected "
-                       f"-{ndim} <= axis < {ndim} for a result of rank {ndim}.")
-    axes.append(ax % ndim)
-  if len(set(axes)) != len(axes):
-    raise ValueError(f"{func}: repeated axis; got axis={axis!r}, expected distinct axes.")
-  return tuple(sorted(axes))
-
-
 def expand_dims(A: SparseArray, axis: int | Sequence[int], *, format: FormatLike | None = None):
   """``A`` with unit dims inserted at ``axis`` (positions in the result), as ``jnp.expand_dims``.
 
@@ -233,7 +219,7 @@ def expand_dims(A: SparseArray, axis: int | Sequence[int], *, format: FormatLike
   if not is_sparse(A):
     return jnp.expand_dims(A, axis)
   n_new = len(axis) if isinstance(axis, (tuple, list)) else 1
-  for p in _axes(axis, A.ndim + n_new, func):     # ascending positions in the result
+  for p in _static.axes(axis, A.ndim + n_new, func):     # ascending positions in the result
     A = _insert_unit(A, p, format, func)
   return A
 
@@ -274,8 +260,8 @@ def squeeze(A: SparseArray, axis: int | Sequence[int] | None = None, *,
   func = "squeeze"
   if not is_sparse(A):
     return jnp.squeeze(A, axis)
-  axes = tuple(d for d, n in enumerate(A.shape) if n == 1) if axis is None else _axes(
-      axis, A.ndim, func)
+  axes = tuple(d for d, n in enumerate(A.shape) if n == 1) if axis is None else \
+      _static.axes(axis, A.ndim, func)
   for d in axes:
     if A.shape[d] != 1:
       raise ValueError(f"{func}: cannot squeeze axis {d} of size {A.shape[d]} (shape {A.shape}); "
@@ -378,7 +364,7 @@ def stack(arrays: Sequence, axis: int = 0, *, dtype=None):
       raise ValueError(f"{func}: all operands must have the same shape and batch/block split; "
                        f"got shapes {[y.shape for y in arrays]} with (n_batch, n_dense) "
                        f"{[(y.n_batch, y.n_dense) for y in arrays]}.")
-  (ax,) = _axes(axis, first.ndim + 1, func)
+  (ax,) = _static.axes(axis, first.ndim + 1, func)
   if ax > first.n_batch + first.n_sparse:
     raise ValueError(f"{func}: axis {ax} would be a block dimension of {first!r}; got "
                      f"axis={axis}, expected axis <= {first.n_batch + first.n_sparse}. "
@@ -414,7 +400,7 @@ def concatenate(arrays: Sequence, axis: int = 0, dtype=None):
   if not _all_sparse(arrays, func):
     return jnp.concatenate(arrays, axis=axis, dtype=dtype)
   first = arrays[0]
-  (ax,) = _axes(axis, first.ndim, func)
+  (ax,) = _static.axes(axis, first.ndim, func)
   for x in arrays[1:]:
     if x.ndim != first.ndim or (x.n_batch, x.n_dense) != (first.n_batch, first.n_dense) or \
         any(s != t for d, (s, t) in enumerate(zip(x.shape, first.shape)) if d != ax):

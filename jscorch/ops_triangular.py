@@ -19,7 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jscorch import _static, ops, ops_coalesce, ops_reduce
+from jscorch import _static, ops_coalesce, ops_reduce
 from jscorch.array import SparseArray, is_sparse
 from jscorch.primitives import convert
 from jscorch.primitives.formats import FormatLike, resolve_format
@@ -164,7 +164,7 @@ def diagonal(a, offset: int = 0, axis1: int = 0, axis2: int = 1):
   offset = _static.static_int(offset, "offset", func)
   if a.ndim < 2:
     raise ValueError(f"{func}: needs an array of rank >= 2; got {a!r}.")
-  (ax1,), (ax2,) = ops._axes(axis1, a.ndim, func), ops._axes(axis2, a.ndim, func)
+  (ax1,), (ax2,) = _static.axes(axis1, a.ndim, func), _static.axes(axis2, a.ndim, func)
   if ax1 == ax2:
     raise ValueError(f"{func}: axis1 and axis2 must differ; got axis1={axis1}, "
                      f"axis2={axis2} (both dimension {ax1}). Pick two different axes.")

@@ -308,3 +308,21 @@ def stored_coordinates(A) -> np.ndarray:
   logical = np.empty_like(rows)
   logical[:, list(fmt.mode_ordering)] = rows
   return logical
+
+
+def einsum_eqns(fun, *args):
+  """``jscorch_einsum`` equations of ``fun``'s jaxpr, recursing into sub-jaxprs."""
+  found = []
+
+  def walk(jaxpr):
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "jscorch_einsum":
+        found.append(eqn)
+      for p in eqn.params.values():
+        for sub in (p if isinstance(p, (list, tuple)) else [p]):
+          if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+            walk(sub)
+
+  walk(jax.make_jaxpr(fun)(*args))
+  return found

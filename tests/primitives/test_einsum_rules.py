@@ -33,24 +33,6 @@ def x64():
     yield
 
 
-def einsum_eqns(fun, *args):
-  """``jscorch_einsum`` equations of ``fun``'s jaxpr, recursing into sub-jaxprs."""
-  found = []
-
-  def walk(jaxpr):
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    for eqn in jaxpr.eqns:
-      if eqn.primitive is einsum_p:
-        found.append(eqn)
-      for p in eqn.params.values():
-        for sub in (p if isinstance(p, (list, tuple)) else [p]):
-          if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-            walk(sub)
-
-  walk(jax.make_jaxpr(fun)(*args))
-  return found
-
-
 def spmm_spec(A) -> EinsumSpec:
   """``ij,jk->ik`` with sparse A `[4, 5]` and dense X `[5, 3]`."""
   return EinsumSpec((Operand((I, J), A.layout), Operand((J, K))), out=(I, K),
@@ -118,7 +100,7 @@ def test_jvp_is_a_sum_of_einsums_with_one_operand_replaced(data):
   tx = jnp.asarray(util.random_values(rng, x.shape, F64))
   f = lambda d, x: spmm(A, d, x)
   primal, tangent = jax.jvp(f, (A.data, x), (td, tx))
-  eqns = einsum_eqns(lambda d, x, td, tx: jax.jvp(f, (d, x), (td, tx)), A.data, x, td, tx)
+  eqns = util.einsum_eqns(lambda d, x, td, tx: jax.jvp(f, (d, x), (td, tx)), A.data, x, td, tx)
   assert len(eqns) == 3 and all(e.params["spec"] == spmm_spec(A) for e in eqns)
   want = A.with_data(td).todense() @ x + a @ tx
   util.assert_allclose(tangent, want, F64)
@@ -127,7 +109,7 @@ def test_jvp_is_a_sum_of_einsums_with_one_operand_replaced(data):
 
 def test_jvp_skips_symbolic_zero_tangents(data):
   A, x = data["A"], data["x"]
-  eqns = einsum_eqns(lambda d, td: jax.jvp(lambda d: spmm(A, d, x), (d,), (td,)), A.data,
+  eqns = util.einsum_eqns(lambda d, td: jax.jvp(lambda d: spmm(A, d, x), (d,), (td,)), A.data,
                      A.data)
   assert len(eqns) == 2                  # the primal and one tangent term
 
@@ -138,7 +120,7 @@ def test_jvp_of_sparse_result_is_sampled_at_the_output_pattern(data):
   spec = spgemm_spec(A, B, nse=nnz + 2, work=A.nse * B.nse)
   f = lambda d, e: einsum_bind(spec, d, *A.indices, e, *B.indices)
   td, te = A.data * 0.5 + 1.0, B.data - 2.0
-  eqns = einsum_eqns(lambda d, e: jax.jvp(f, (d, e), (td, te)), A.data, B.data)
+  eqns = util.einsum_eqns(lambda d, e: jax.jvp(f, (d, e), (td, te)), A.data, B.data)
   primal = [e for e in eqns if e.params["spec"].out_kind == SPARSE_OUT]
   tangents = [e for e in eqns if e.params["spec"].out_kind == SAMPLED_OUT]
   assert len(primal) == 1 and len(tangents) == 2
@@ -162,7 +144,7 @@ def test_transpose_wrt_dense_operand(data):
   _, vjp = jax.vjp(lambda x: spmm(A, A.data, x), x)
   (gx,) = vjp(ct)
   util.assert_allclose(gx, a.T @ np.asarray(ct), F64)
-  specs = [e.params["spec"] for e in einsum_eqns(lambda c: vjp(c), ct)]
+  specs = [e.params["spec"] for e in util.einsum_eqns(lambda c: vjp(c), ct)]
   assert len(specs) == 1
   (spec,) = specs
   assert spec.out_kind == DENSE_OUT and spec.out == (J, K)
@@ -176,7 +158,7 @@ def test_transpose_wrt_sparse_values_is_sampled_at_its_pattern(data):
   assert gd.shape == A.data.shape
   util.assert_allclose(A.with_data(gd).todense(), (np.asarray(ct) @ np.asarray(x).T) * (a != 0),
                        F64)
-  (eqn,) = einsum_eqns(lambda c: vjp(c), ct)
+  (eqn,) = util.einsum_eqns(lambda c: vjp(c), ct)
   spec = eqn.params["spec"]
   assert spec.out_kind == SAMPLED_OUT and spec.out_layout == A.layout and spec.out == (I, J)
   assert all(not op.sparse for op in spec.operands)      # x and the cotangent, both dense
@@ -193,7 +175,7 @@ def test_transpose_of_sampled_output(data):
   util.assert_allclose(A.with_data(gd).todense(), C * (un @ vn.T) * (a != 0), F64)
   util.assert_allclose(gu, (C * a) @ vn, F64)
   util.assert_allclose(gv, (C * a).T @ un, F64)
-  specs = [e.params["spec"] for e in einsum_eqns(lambda c: vjp(c), ct)]
+  specs = [e.params["spec"] for e in util.einsum_eqns(lambda c: vjp(c), ct)]
   assert sorted(s.out_kind for s in specs) == [DENSE_OUT, DENSE_OUT, SAMPLED_OUT]
   for s in specs:
     assert any(op.sparse and op.layout == A.layout for op in s.operands)
@@ -243,7 +225,7 @@ def test_batching_dense_operand_gains_an_index(data):
   f = lambda x: spmm(A, A.data, x)
   got = jax.vmap(f, in_axes=1)(X)
   util.assert_allclose(got, np.einsum("ij,jnk->nik", a, X), F64)
-  (eqn,) = einsum_eqns(jax.vmap(f, in_axes=1), X)
+  (eqn,) = util.einsum_eqns(jax.vmap(f, in_axes=1), X)
   spec = eqn.params["spec"]
   new = spec.fresh_index() - 1
   assert spec.operands[1].indices == (new, J, K) and spec.out == (new, I, K)
@@ -257,7 +239,7 @@ def test_batching_values_only_gain_a_block_dimension(data):
   got = jax.vmap(f)(D)
   for n in range(N):
     util.assert_allclose(got[n], A.with_data(D[n]).todense() @ x, F64)
-  (eqn,) = einsum_eqns(jax.vmap(f), D)
+  (eqn,) = util.einsum_eqns(jax.vmap(f), D)
   op = eqn.params["spec"].operands[0]
   assert op.layout.n_dense == 1 and op.layout.n_batch == 0 and op.layout.shape == A45 + (N,)
 
@@ -268,7 +250,7 @@ def test_batching_patterns_gain_a_batch_dimension(data):
   f = lambda A: spmm(A, A.data, x)
   got = jax.vmap(f)(As)
   util.assert_allclose(got, np.einsum("nij,jk->nik", xs, x), F64)
-  (eqn,) = einsum_eqns(jax.vmap(f), As)
+  (eqn,) = util.einsum_eqns(jax.vmap(f), As)
   op = eqn.params["spec"].operands[0]
   assert op.layout.n_batch == 1 and op.layout.shape == (N,) + A45
 
@@ -296,7 +278,7 @@ def test_batching_sampled_output(data):
   assert got.shape == (N,) + A.data.shape
   for n in range(N):
     util.assert_allclose(A.with_data(got[n]).todense(), a * (U[n] @ np.asarray(v).T), F64)
-  (eqn,) = einsum_eqns(jax.vmap(f), U)
+  (eqn,) = util.einsum_eqns(jax.vmap(f), U)
   assert eqn.params["spec"].out_layout.n_dense == 1
   # Pattern batched: the output gains a batch dimension (each element its own pattern).
   As, xs = _stack_sparse("dcsr", 3)
@@ -305,7 +287,7 @@ def test_batching_sampled_output(data):
   for n in range(N):
     util.assert_allclose(util.element(As, n).with_data(got[n]).todense(),
                          xs[n] * (np.asarray(u) @ np.asarray(v).T), F64)
-  (eqn,) = einsum_eqns(jax.vmap(g), As)
+  (eqn,) = util.einsum_eqns(jax.vmap(g), As)
   assert eqn.params["spec"].out_layout.n_batch == 1
 
 
@@ -318,7 +300,7 @@ def test_batching_sparse_result(data):
   outs = jax.vmap(f)(As)
   C = js.SparseArray._make(outs[0], outs[1:], js.CSR.replace(n_batch=1), (N, 4, 6))
   util.assert_allclose(C.todense(), np.einsum("nij,jk->nik", xs, b), F64)
-  (eqn,) = einsum_eqns(jax.vmap(f), As)
+  (eqn,) = util.einsum_eqns(jax.vmap(f), As)
   assert eqn.params["spec"].out_layout.n_batch == 1
 
 

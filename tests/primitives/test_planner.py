@@ -39,20 +39,7 @@ def x64():
 
 def einsum_specs(fun, *args) -> list[EinsumSpec]:
   """Every ``jscorch_einsum`` spec in the jaxpr of ``fun`` (recursing into sub-jaxprs)."""
-  found = []
-
-  def walk(jaxpr):
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "jscorch_einsum":
-        found.append(eqn.params["spec"])
-      for p in eqn.params.values():
-        for sub in (p if isinstance(p, (list, tuple)) else [p]):
-          if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-            walk(sub)
-
-  walk(jax.make_jaxpr(fun)(*args))
-  return found
+  return [eqn.params["spec"] for eqn in util.einsum_eqns(fun, *args)]
 
 
 def spec_of(subscripts, *operands, **kwargs) -> EinsumSpec:
