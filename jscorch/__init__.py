@@ -52,6 +52,8 @@ from jscorch.ops_shape import stack as stack  # noqa: E402
 from jscorch.ops import divide as divide  # noqa: E402
 from jscorch.ops import dot as dot  # noqa: E402
 from jscorch.ops import matmul as matmul  # noqa: E402
+from jscorch.ops import maximum as maximum  # noqa: E402
+from jscorch.ops import minimum as minimum  # noqa: E402
 from jscorch.ops import multiply as multiply  # noqa: E402
 from jscorch.ops import power as power  # noqa: E402
 from jscorch.ops import subtract as subtract  # noqa: E402
@@ -64,7 +66,8 @@ from jscorch.ops_unary import ZERO_PRESERVING as ZERO_PRESERVING  # noqa: E402
 # of ZERO_PRESERVING.
 globals().update({_name: getattr(_ops_unary, _name) for _name in _ops_unary.ZERO_PRESERVING})
 __all__ += ["ZERO_PRESERVING", "add", "broadcast_to", "concatenate", "divide", "dot",
-            "expand_dims", "matmul", "multiply", "power", "reshape", "softmax", "squeeze", "stack",
+            "expand_dims", "matmul", "maximum", "minimum", "multiply", "power", "reshape",
+            "softmax", "squeeze", "stack",
             "subtract", "sum", "transpose", *_ops_unary.ZERO_PRESERVING]
 from jscorch.ops_coalesce import eliminate_zeros as eliminate_zeros  # noqa: E402
 from jscorch.ops_coalesce import sort_indices as sort_indices  # noqa: E402

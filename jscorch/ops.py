@@ -408,6 +408,85 @@ def add(a, b, *, nse: int | None = None):
   return _add(a, b, nse, "add", 1)
 
 
+def union_values(a: SparseArray, b: SparseArray, *, nse: int | None = None,
+                 func: str = "union_values"):
+  """Both operands' values on the union of their patterns: ``(U, a_values, b_values)``.
+
+  ``U`` is the union (as :func:`add`, same capacity rules) holding ``a``'s values;
+  ``a_values`` and ``b_values`` are ``[*batch, U.nse, *block]`` with 0 where an
+  operand stores nothing. Any binary function ``f`` with ``f(0, 0) == 0`` then
+  gives ``U.with_data(f(a_values, b_values))``.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> A = js.from_dense(jnp.array([[1., 0.], [0., 2.]]))
+    >>> B = js.from_dense(jnp.array([[0., 3.], [0., 4.]]))
+    >>> U, a, b = js.ops.union_values(A, B)
+    >>> a, b
+    (Array([1., 0., 2.], dtype=float32), Array([0., 3., 4.], dtype=float32))
+  """
+  ua = _union(a, b.with_data(jnp.zeros_like(b.data)), nse, func)
+  ub = _union(a.with_data(jnp.zeros_like(a.data)), b, nse, func)
+  return ua, ua.data, ub.data
+
+
+def _extremum(a, b, nse, func: str, fn):
+  sa, sb = is_sparse(a), is_sparse(b)
+  if sa and sb:
+    U, x, y = union_values(a, b, nse=nse, func=func)
+    return U.with_data(fn(x, y))
+  if nse is not None:
+    raise TypeError(f"{func}: nse= sets the capacity of a result of two SparseArrays; got "
+                    f"nse={nse} with a dense operand. Drop nse=.")
+  if not (sa or sb):
+    return fn(a, b)
+  A, other = (a, b) if sa else (b, a)
+  if not hasattr(other, "shape") or not jnp.shape(other):
+    if float(jnp.asarray(other)) == 0:     # f(x, 0) keeps implicit zeros at 0
+      return A.with_data(jnp.where(valid_mask(A), fn(A.data, jnp.asarray(other, A.dtype)),
+                                   jnp.zeros((), A.dtype)))
+  da = _todense(a) if sa else _dense(a, func, "a")
+  db = _todense(b) if sb else _dense(b, func, "b")
+  _broadcast_shapes(da, db, func)
+  return fn(da, db)
+
+
+def maximum(a, b, *, nse: int | None = None):
+  """``jnp.maximum``; two SparseArrays give a SparseArray on the union of their patterns.
+
+  Implicit zeros take part (the maximum of a stored -1 and an implicit 0 is 0).
+  Capacity as in :func:`add`. ``maximum(A, 0)`` keeps ``A``'s pattern (ReLU);
+  a dense operand or another scalar gives a dense result. Gradients follow
+  ``jnp.maximum`` (ties split evenly).
+
+  Raises:
+    ValueError: sparse operands of different shapes or dimension splits.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> A = js.from_dense(jnp.array([[1., 0.], [0., -2.]]))
+    >>> B = js.from_dense(jnp.array([[0., 3.], [0., -4.]]))
+    >>> js.maximum(A, B).todense()
+    Array([[ 1.,  3.],
+           [ 0., -2.]], dtype=float32)
+  """
+  return _extremum(a, b, nse, "maximum", jnp.maximum)
+
+
+def minimum(a, b, *, nse: int | None = None):
+  """``jnp.minimum``; see :func:`maximum`.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> A = js.from_dense(jnp.array([[1., 0.], [0., -2.]]))
+    >>> B = js.from_dense(jnp.array([[0., 3.], [0., -4.]]))
+    >>> js.minimum(A, B).todense()
+    Array([[ 0.,  0.],
+           [ 0., -4.]], dtype=float32)
+  """
+  return _extremum(a, b, nse, "minimum", jnp.minimum)
+
+
 def subtract(a, b, *, nse: int | None = None):
   """``a - b``: :func:`add` with ``b`` negated (union for two SparseArrays).
 

@@ -4,8 +4,8 @@
 SparseArrays (and are the ``jax.numpy`` functions on dense inputs):
 
 * products and sums: ``einsum``, ``matmul``, ``dot``, ``multiply``, ``divide`` /
-  ``true_divide``, ``add``, ``subtract``, ``power``, ``sum``, ``transpose`` (see
-  :mod:`jscorch.ops`);
+  ``true_divide``, ``add``, ``subtract``, ``maximum``, ``minimum``, ``power``,
+  ``sum``, ``transpose`` (see :mod:`jscorch.ops`);
 * shapes: ``reshape``, ``expand_dims``, ``squeeze``, ``broadcast_to``, ``stack``,
   ``concatenate`` (:mod:`jscorch.ops_shape`);
 * reductions and triangles: ``max``, ``min``, ``mean``, ``count_nonzero``
@@ -39,6 +39,8 @@ from jscorch.ops import add as add
 from jscorch.ops import divide as divide
 from jscorch.ops import dot as dot
 from jscorch.ops import matmul as matmul
+from jscorch.ops import maximum as maximum
+from jscorch.ops import minimum as minimum
 from jscorch.ops import multiply as multiply
 from jscorch.ops import power as power
 from jscorch.ops import subtract as subtract
@@ -73,7 +75,7 @@ del _name
 
 _OWN = ["add", "concatenate", "divide", "dot", "einsum", "matmul", "multiply", "pow", "power",
         "subtract", "sum", "transpose", "true_divide", "count_nonzero", "diag", "diagonal",
-        "max", "mean", "min", "tril", "triu", "broadcast_to", "expand_dims", "reshape",
+        "max", "maximum", "mean", "min", "minimum", "tril", "triu", "broadcast_to", "expand_dims", "reshape",
         "squeeze", "stack", *_UNARY]
 
 __all__ = sorted(set(_OWN) | set(_wrap.public_names()))

@@ -51,8 +51,4 @@ def reduce_extremum(A: SparseArray, axes, kind: str) -> jax.Array:
 
 def union_align(A: SparseArray, B: SparseArray):
   """``(pattern, a_values, b_values)``: both operands' values on the union of their patterns."""
-  zero_b = B.with_data(jnp.zeros_like(B.data))
-  zero_a = A.with_data(jnp.zeros_like(A.data))
-  ua = ops.add(A, zero_b)
-  ub = ops.add(zero_a, B)
-  return ua, ua.data, ub.data
+  return ops.union_values(A, B, func="sparsify")

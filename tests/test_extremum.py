@@ -1,0 +1,93 @@
+"""``js.maximum`` / ``js.minimum``: unions whose implicit zeros take part."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jscorch as js
+import jscorch.numpy as jsnp
+
+import util
+
+F64 = np.float64
+
+
+@pytest.fixture(autouse=True)
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+FUNCS = [(js.maximum, np.maximum), (js.minimum, np.minimum)]
+IDS = ["maximum", "minimum"]
+
+
+@pytest.mark.parametrize("fn, ref", FUNCS, ids=IDS)
+@pytest.mark.parametrize("fa, fb", [("csr", "csc"), ("coo", util.DCSC),
+                                    (util.UNORDERED_COO, "csr")],
+                         ids=["csr_csc", "coo_dcsc", "unordered_coo_csr"])
+def test_two_sparse_eager_and_jit(fn, ref, fa, fb):
+  A, a = util.random_sparse(1, (4, 5), fa, dtype=F64)
+  B, b = util.random_sparse(2, (4, 5), fb, dtype=F64)
+  C = fn(A, B)
+  assert js.is_sparse(C) and C.nse == int(np.count_nonzero((a != 0) | (b != 0)))
+  util.assert_allclose(C.todense(), ref(a, b), F64)
+  D = jax.jit(lambda A, B: fn(A, B, nse=A.nse + B.nse))(A, B)
+  assert D.nse == A.nse + B.nse
+  util.assert_allclose(D.todense(), ref(a, b), F64)
+
+
+def test_implicit_zeros_take_part():
+  A = js.from_dense(np.array([[-1., 0.], [0., 2.]]))
+  B = js.from_dense(np.array([[0., -3.], [0., 1.]]))
+  np.testing.assert_array_equal(js.maximum(A, B).todense(), [[0., 0.], [0., 2.]])
+  np.testing.assert_array_equal(js.minimum(A, B).todense(), [[-1., -3.], [0., 1.]])
+
+
+@pytest.mark.parametrize("fn, ref", FUNCS, ids=IDS)
+def test_grads_vmap_and_eval_shape(fn, ref):
+  A, a = util.random_sparse(3, (3, 4), "csr", dtype=F64)
+  B, b = util.random_sparse(4, (3, 4), "coo", dtype=F64)
+  nse = A.nse + B.nse
+  f = lambda x, y: fn(A.with_data(x), B.with_data(y), nse=nse).data
+  util.check_grads_both(f, (A.data, B.data))
+  ga, gb = jax.grad(lambda x, y: jnp.sum(fn(A.with_data(x), B.with_data(y)).todense()),
+                    argnums=(0, 1))(A.data, B.data)
+  dense_fn = getattr(jnp, ref.__name__)
+  wa, wb = jax.grad(lambda x, y: jnp.sum(dense_fn(x, y)), argnums=(0, 1))(jnp.asarray(a),
+                                                                        jnp.asarray(b))
+  util.assert_allclose(A.with_data(ga).todense(), np.where(a != 0, wa, 0), F64)
+  util.assert_allclose(B.with_data(gb).todense(), np.where(b != 0, wb, 0), F64)
+  scales = jnp.asarray([1., -2.])
+  got = jax.vmap(lambda s: fn(A.with_data(A.data * s), B, nse=nse).todense())(scales)
+  for k, s in enumerate([1., -2.]):
+    util.assert_allclose(got[k], ref(a * s, b), F64)
+  shape = jax.eval_shape(lambda A, B: fn(A, B, nse=nse), A, B)
+  assert shape.shape == (3, 4) and shape.nse == nse
+
+
+def test_scalar_zero_keeps_pattern_other_operands_are_dense():
+  A, a = util.random_sparse(5, (4, 5), "csr", dtype=F64)
+  R = js.maximum(A, 0.)
+  assert js.is_sparse(R) and R.format == A.format and R.nse == A.nse
+  util.assert_allclose(R.todense(), np.maximum(a, 0), F64)
+  util.assert_allclose(jsnp.minimum(A, 0.).todense(), np.minimum(a, 0), F64)
+  x = util.random_values(6, (4, 5), F64)
+  util.assert_allclose(js.maximum(A, x), np.maximum(a, x), F64)
+  util.assert_allclose(js.minimum(x, A), np.minimum(x, a), F64)
+  util.assert_allclose(js.maximum(A, 1.), np.maximum(a, 1.), F64)
+
+
+def test_errors():
+  A, _ = util.random_sparse(7, (4, 5), "csr", dtype=F64)
+  B, _ = util.random_sparse(8, (5, 4), "csr", dtype=F64)
+  with pytest.raises(ValueError, match=r"maximum: sparse operands must have the same shape; "
+                                       r"got a.shape=\(4, 5\), b.shape=\(5, 4\)"):
+    js.maximum(A, B)
+  with pytest.raises(TypeError, match=r"minimum: nse= sets the capacity .* Drop nse="):
+    js.minimum(A, np.ones((4, 5)), nse=3)
+  with pytest.raises(js.SparseCapacityError, match=r"maximum: the union needs \d+ stored "
+                                                   r"entries but its capacity is nse=1"):
+    js.maximum(A, js.from_dense(np.ones((4, 5))), nse=1)
