@@ -258,6 +258,3 @@ def test_synthetic_sbm_properties():
   d = graph.default_graph()
   assert (d.num_nodes, d.num_classes, d.num_features) == (2000, 5, 500)
 
-
-def test_doctests():
-  lu.run_doctests(graph)

@@ -53,6 +53,3 @@ def test_gat_model_runs():
   h = train.fit(model, G, epochs=3, lr=0.005)
   assert np.all(np.isfinite(h.loss))
 
-
-def test_doctests():
-  lu.run_doctests(train)

@@ -110,18 +110,3 @@ def test_halo_plan_maps_every_entry():
     rows = np.repeat(np.arange(cols.size), np.diff(pos[s]))
     assert np.all(np.diff(rows * 10_000 + plan.crd[s][: live.sum()]) > 0)   # rows stay sorted
 
-
-# -- docstring examples (a one-device mesh, in this process) ---------------------------------------
-@pytest.mark.parametrize("name", ["jscorch.distributed", "jscorch.distributed.partition",
-                                  "jscorch.distributed.sharded", "jscorch.distributed.products",
-                                  "jscorch.distributed.layers",
-                                  "jscorch.distributed.attention"])
-def test_doctests(name):
-  import doctest
-  import importlib
-  module = importlib.import_module(name)
-  runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-  for test in doctest.DocTestFinder().find(module, module.__name__):
-    runner.run(test)
-  result = runner.summarize(verbose=False)
-  assert result.failed == 0 and result.attempted > 0, name

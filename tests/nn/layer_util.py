@@ -1,4 +1,4 @@
-"""Helpers for the ``jscorch.nn`` layer tests: random graphs, pure layer functions, doctests.
+"""Helpers for the ``jscorch.nn`` layer tests: random graphs and pure layer functions.
 
 Example:
   >>> import layer_util
@@ -8,7 +8,6 @@ Example:
 """
 from __future__ import annotations
 
-import doctest
 
 import jax
 import jax.numpy as jnp
@@ -78,17 +77,6 @@ def pure(model, fn):
     return fn(nnx.merge(graphdef, params, rest), *args)
 
   return f, params
-
-
-def run_doctests(module) -> None:
-  """Runs ``module``'s docstring examples; fails with the report on any failure."""
-  finder = doctest.DocTestFinder()
-  runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-  for test in finder.find(module, module.__name__):
-    runner.run(test)
-  result = runner.summarize(verbose=False)
-  assert result.failed == 0, f"{result.failed} doctest failure(s) in {module.__name__}"
-  assert result.attempted > 0, f"no doctests in {module.__name__}"
 
 
 def leaky_relu(x, slope):

@@ -241,6 +241,3 @@ def test_mask_helpers_match_their_definitions():
   with pytest.raises(ValueError, match="strided_mask: stride must be a positive int"):
     nn.strided_mask(8, 0)
 
-
-def test_doctests():
-  lu.run_doctests(attention)

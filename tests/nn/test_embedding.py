@@ -11,7 +11,6 @@ from flax import nnx
 import layer_util as lu
 import util
 from jscorch import nn
-from jscorch.nn import embedding
 
 VOCAB, F, BATCH = 9, 4, 5
 
@@ -102,6 +101,3 @@ def test_errors():
   with pytest.raises(TypeError, match="EmbeddingBag: bags must be a SparseArray"):
     layer([[1, 2]])
 
-
-def test_doctests():
-  lu.run_doctests(embedding)

@@ -12,7 +12,6 @@ import jscorch as js
 import layer_util as lu
 import util
 from jscorch import graph, nn
-from jscorch.nn import graph_conv
 
 N, F_IN, F_OUT = 7, 5, 3
 F64 = np.float64
@@ -237,6 +236,3 @@ def test_errors(name, cls):
   with pytest.raises(TypeError, match=rf"{name}: the adjacency must be a jscorch SparseArray"):
     layer(jnp.eye(N), x)
 
-
-def test_doctests():
-  lu.run_doctests(graph_conv)

@@ -11,7 +11,6 @@ from flax import nnx
 import layer_util as lu
 import util
 from jscorch import nn
-from jscorch.nn import linear
 
 F_IN, F_OUT = 6, 4
 
@@ -118,6 +117,3 @@ def test_errors():
   with pytest.raises(TypeError, match="SparseLinear.from_dense: expected an nnx.Linear"):
     nn.SparseLinear.from_dense(layer, density=0.5)
 
-
-def test_doctests():
-  lu.run_doctests(linear)

@@ -11,7 +11,6 @@ from flax import nnx
 import layer_util as lu
 import util
 from jscorch import nn
-from jscorch.nn import moe
 
 E, F_IN, F_OUT, T = 4, 5, 3, 6
 
@@ -107,6 +106,3 @@ def test_errors():
   with pytest.raises(ValueError, match=r"MoE: wrong feature width: x.shape=\(6, 4\)"):
     model(jnp.ones((T, F_IN - 1)))
 
-
-def test_doctests():
-  lu.run_doctests(moe)
