@@ -326,3 +326,17 @@ def einsum_eqns(fun, *args):
 
   walk(jax.make_jaxpr(fun)(*args))
   return found
+
+
+# -- compiled helpers (one compile per layout instead of op-by-op dispatch) ---------------------
+jit_todense = jax.jit(lambda A: A.todense())
+jit_from_dense = jax.jit(js.from_dense, static_argnames=("format", "nse", "n_batch", "n_dense"))
+jit_from_coo = jax.jit(js.from_coo, static_argnames=("shape", "format", "nse", "check"))
+
+
+def random_sparse_jit(seed, shape, fmt, *, n_batch=0, n_dense=0, padding=2, density=0.5,
+                      dtype=np.float64):
+  """:func:`random_sparse` with a compiled ``from_dense`` (float64 by default)."""
+  x = random_dense(seed, shape, n_batch=n_batch, n_dense=n_dense, density=density, dtype=dtype)
+  nse = stored_count(x, n_batch, n_dense) + padding
+  return jit_from_dense(x, format=fmt, nse=nse, n_batch=n_batch, n_dense=n_dense), x

@@ -13,18 +13,10 @@ import util
 
 F64 = np.float64
 
-# -- compiled test helpers (one compile per layout instead of op-by-op dispatch) ---------------
-todense = jax.jit(lambda A: A.todense())
-from_dense = jax.jit(js.from_dense, static_argnames=("format", "nse", "n_batch", "n_dense"))
-from_coo = jax.jit(js.from_coo, static_argnames=("shape", "format", "nse", "check"))
-
-
-def random_sparse(seed, shape, fmt, *, n_batch=0, n_dense=0, padding=2, density=0.5, dtype=F64):
-  """``util.random_sparse`` with a compiled ``from_dense``."""
-  x = util.random_dense(seed, shape, n_batch=n_batch, n_dense=n_dense, density=density,
-                        dtype=dtype)
-  nse = util.stored_count(x, n_batch, n_dense) + padding
-  return from_dense(x, format=fmt, nse=nse, n_batch=n_batch, n_dense=n_dense), x
+# One compile per layout instead of op-by-op dispatch (tests/util.py).
+todense = util.jit_todense
+from_dense = util.jit_from_dense
+random_sparse = util.random_sparse_jit
 
 
 @pytest.fixture(autouse=True)
