@@ -20,11 +20,21 @@ class MoE(nnx.Module):
   """A layer of ``num_experts`` linear experts with top-k routing (Shazeer et al.; Switch).
 
   The router ``gate`` (``nnx.Linear`` `[in, num_experts]`, no bias) gives
-  probabilities ``p = softmax(x W_g)``; each token keeps its ``top_k`` experts,
-  with weights renormalised to sum to 1 (equivalently a softmax over the kept
-  logits, as in Mixtral). These weights form a **sparse gate array** ``G``
-  `[tokens, num_experts]` (CSR, exactly ``top_k`` entries per row), and the layer
-  is the Scorch einsum
+  probabilities ``p = softmax(x W_g)``; each token keeps its ``top_k`` experts.
+  The weight of a kept expert ``e`` is
+
+  * ``top_k == 1`` (Switch Transformer): the router probability ``p_e`` itself,
+    *not* renormalised to 1, so the expert output is scaled by ``p_e`` and the
+    router learns from the task loss (a weight renormalised to 1 is a constant
+    and would give the router exactly zero task gradient);
+  * ``top_k > 1`` (Mixtral, GShard top-2): the kept probabilities renormalised
+    to sum to 1 (a softmax over the kept logits); the router still gets a task
+    gradient through the ratios between the kept experts.
+
+  ``renormalize=`` overrides this choice (``True`` with ``top_k=1`` gives the
+  router no task gradient, only the auxiliary loss's). These weights form a
+  **sparse gate array** ``G`` `[tokens, num_experts]` (CSR, exactly ``top_k``
+  entries per row), and the layer is the Scorch einsum
 
   ``y[t, o] = sum_e G[t, e] * (sum_i x[t, i] * kernel[e, i, o] + bias[e, o])``,
 
@@ -43,6 +53,8 @@ class MoE(nnx.Module):
     num_experts: number of experts.
     in_features, out_features: widths of every expert.
     top_k: experts per token (``1 <= top_k <= num_experts``).
+    renormalize: renormalise the kept gate weights to sum to 1 per token;
+      default ``top_k > 1`` (see above).
     use_bias: experts have a bias.
     param_dtype: parameter dtype.
     rngs: ``nnx.Rngs`` (required).
@@ -63,7 +75,7 @@ class MoE(nnx.Module):
   """
 
   def __init__(self, num_experts: int, in_features: int, out_features: int, *, top_k: int = 2,
-               use_bias: bool = True, kernel_init=lecun_init, bias_init=zeros_init,
+               renormalize: bool | None = None, use_bias: bool = True, kernel_init=lecun_init, bias_init=zeros_init,
                param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
     name = "MoE"
     rngs = _util.require_rngs(rngs, name)
@@ -75,6 +87,7 @@ class MoE(nnx.Module):
       raise ValueError(f"{name}: top_k must be at most num_experts; got top_k={top_k}, "
                        f"num_experts={num_experts}.")
     self.top_k = top_k
+    self.renormalize = top_k > 1 if renormalize is None else bool(renormalize)
     self.use_bias = use_bias
     self.gate = nnx.Linear(in_features, num_experts, use_bias=False, param_dtype=param_dtype,
                            rngs=rngs)
@@ -99,7 +112,8 @@ class MoE(nnx.Module):
     CSR with ``top_k`` entries per row, expert ids sorted within a row.
     """
     self._check(x)
-    return _gates(x.reshape(-1, self.in_features), self.gate.kernel[...], self.top_k)
+    return _gates(x.reshape(-1, self.in_features), self.gate.kernel[...], self.top_k,
+                  self.renormalize)
 
   def load_balancing_loss(self, gate: SparseArray, probs: jax.Array) -> jax.Array:
     """Switch's ``E * sum_e f_e P_e`` from :meth:`gates`' outputs (1 when balanced)."""
@@ -109,21 +123,23 @@ class MoE(nnx.Module):
     """``x`` `[..., in_features]` → ``(y, aux_loss)`` with ``y`` `[..., out_features]`."""
     self._check(x)
     y, aux = _moe(x.reshape(-1, self.in_features), self.gate.kernel[...], self.kernel[...],
-                  self.bias[...] if self.use_bias else None, self.top_k)
+                  self.bias[...] if self.use_bias else None, self.top_k, self.renormalize)
     return y.reshape(x.shape[:-1] + (self.out_features,)), aux
 
 
 # Forwards are jitted functions of arrays and static options (see graph_conv.py).
-@functools.partial(jax.jit, static_argnums=(2,))
-def _gates(tokens, gate_kernel, top_k):
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _gates(tokens, gate_kernel, top_k, renormalize):
   dtype = _util.compute_dtype(tokens, gate_kernel)
   logits = jnp.matmul(tokens.astype(dtype), gate_kernel.astype(dtype),
                       precision=jax.lax.Precision.HIGHEST)
   probs = jax.nn.softmax(logits, axis=-1)
   _, experts = jax.lax.top_k(jax.lax.stop_gradient(logits), top_k)
   experts = jnp.sort(experts, axis=-1).astype(jnp.int32)       # CSR: columns sorted
-  kept = jnp.take_along_axis(logits, experts, axis=-1)
-  weights = jax.nn.softmax(kept, axis=-1)                      # renormalised top-k probs
+  if renormalize:                                              # Mixtral / GShard
+    weights = jax.nn.softmax(jnp.take_along_axis(logits, experts, axis=-1), axis=-1)
+  else:                                                        # Switch: p_e itself
+    weights = jnp.take_along_axis(probs, experts, axis=-1)
   t, num_experts = logits.shape
   pos = jnp.arange(t + 1, dtype=jnp.int32) * top_k
   gate = SparseArray.from_buffers(weights.reshape(-1), (pos, experts.reshape(-1)),
@@ -138,9 +154,9 @@ def _load_balancing_loss(gate, probs, top_k):
   return probs.shape[1] * jnp.sum(f * p)
 
 
-@functools.partial(jax.jit, static_argnums=(4,))
-def _moe(tokens, gate_kernel, kernel, bias, top_k):
-  gate, probs = _gates(tokens, gate_kernel, top_k)
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _moe(tokens, gate_kernel, kernel, bias, top_k, renormalize):
+  gate, probs = _gates(tokens, gate_kernel, top_k, renormalize)
   dtype = gate.dtype
   tokens = tokens.astype(dtype)
   kernel = kernel.astype(dtype)

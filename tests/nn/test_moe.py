@@ -15,14 +15,16 @@ from jscorch import nn
 E, F_IN, F_OUT, T = 4, 5, 3, 6
 
 
-def moe_ref(x, p, top_k):
+def moe_ref(x, p, top_k, renormalize=None):
   logits = x @ p[("gate", "kernel")]
   probs = np.exp(logits - logits.max(1, keepdims=True))
   probs /= probs.sum(1, keepdims=True)
   top = np.argsort(-logits, axis=1)[:, :top_k]
   gate = np.zeros_like(probs)
   rows = np.arange(len(x))[:, None]
-  gate[rows, top] = probs[rows, top] / probs[rows, top].sum(1, keepdims=True)
+  renormalize = top_k > 1 if renormalize is None else renormalize
+  kept = probs[rows, top]
+  gate[rows, top] = kept / kept.sum(1, keepdims=True) if renormalize else kept
   experts = np.einsum("ti,eio->teo", x, p[("kernel",)]) + p[("bias",)][None]
   y = np.einsum("te,teo->to", gate, experts)
   f = np.zeros(probs.shape[1])
@@ -52,6 +54,52 @@ def test_matches_dense_reference_float64(top_k):
     np.testing.assert_array_equal(np.asarray(gate.pos(1)), np.arange(T + 1) * top_k)
     util.assert_allclose(gate.to_scipy().toarray(), gate_ref, dtype=np.float64)
     util.assert_allclose(probs.sum(1), np.ones(T), dtype=np.float64)
+
+
+def _dense_moe_task_loss(x, gate_kernel, kernel, bias, top_k, renormalize):
+  """The task loss of a dense-gate MoE in jnp (the top-k choice held fixed, as in the layer)."""
+  logits = x @ gate_kernel
+  probs = jax.nn.softmax(logits, axis=-1)
+  _, top = jax.lax.top_k(jax.lax.stop_gradient(logits), top_k)
+  mask = jnp.zeros_like(probs).at[jnp.arange(x.shape[0])[:, None], top].set(1.0)
+  gate = mask * probs
+  if renormalize:
+    gate = gate / gate.sum(1, keepdims=True)
+  y = jnp.einsum("te,ti,eio->to", gate, x, kernel) + gate @ bias
+  return jnp.sum(jnp.sin(y))
+
+
+@pytest.mark.parametrize("top_k", [1, 2, E])
+def test_router_gets_task_gradient(top_k):
+  """Every top_k trains the router from the task loss alone (Switch scales the top-1 output
+  by p_e; top_k > 1 renormalises over the kept experts), matching a dense-gate reference."""
+  with jax.enable_x64(True):
+    model = _model(jnp.float64, top_k, seed=7)
+    x = jnp.asarray(util.random_values(8, (T, F_IN), np.float64))
+
+    def task_loss(m):
+      y, _ = m(x)
+      return jnp.sum(jnp.sin(y))                 # no auxiliary loss
+
+    g = nnx.grad(task_loss)(model).gate.kernel[...]
+    p = lu.params_of(model)
+    g_ref = jax.grad(_dense_moe_task_loss, argnums=1)(
+        x, jnp.asarray(p[("gate", "kernel")]), jnp.asarray(p[("kernel",)]),
+        jnp.asarray(p[("bias",)]), top_k, top_k > 1)
+    util.assert_allclose(g, g_ref, dtype=np.float64)
+    assert float(jnp.max(jnp.abs(g))) > 1e-3, g
+
+
+def test_renormalized_top1_has_no_router_task_gradient():
+  """The documented trap of ``renormalize=True`` with ``top_k=1``: the kept weight is 1."""
+  model = nn.MoE(E, F_IN, F_OUT, top_k=1, renormalize=True, rngs=nnx.Rngs(0))
+  assert not nn.MoE(E, F_IN, F_OUT, top_k=1, rngs=nnx.Rngs(0)).renormalize
+  assert model.renormalize and nn.MoE(E, F_IN, F_OUT, top_k=2, rngs=nnx.Rngs(0)).renormalize
+  x = jnp.asarray(util.random_values(9, (T, F_IN), np.float32))
+  gate, _ = model.gates(x)
+  np.testing.assert_array_equal(np.asarray(gate.data), np.ones(T, np.float32))
+  g = nnx.grad(lambda m: jnp.sum(m(x)[0] ** 2))(model).gate.kernel[...]
+  np.testing.assert_array_equal(np.asarray(g), 0.0)
 
 
 def test_load_balancing_loss_is_one_when_balanced():
