@@ -5,7 +5,8 @@ Subcommands:
 * ``info``: versions of jscorch and its dependencies, the JAX backend and
   devices, the C compiler the kernel builder would use, and ``jscorch.config``.
 * ``demo`` (the default): the environment, then trains a two-layer GCN on the
-  embedded synthetic graph (or ``--data PATH.npz``) with a progress bar, prints
+  embedded synthetic graph (or ``--data PATH.npz``, schema in ``docs/data.md``)
+  with a progress bar (plain lines when stderr is not a terminal), prints
   the accuracies and the time per epoch and writes a PNG of the training curves
   (``--plot``, default ``gcn_training.png``).
 
@@ -118,12 +119,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
       "demo", help="train a 2-layer GCN on a sparse graph (the default)",
       description="Train a two-layer GCN (jscorch.nn.GCNConv) on the embedded synthetic graph "
       "(a stochastic block model with sparse class-correlated features) or on a graph .npz "
-      "(the schema of shared/data/README.md, e.g. ../shared/data/cora.npz), with a progress "
-      "bar; print the train/validation/test accuracy and the time per epoch, and write a PNG "
+      "(the schema is in docs/data.md), with a progress bar (plain lines when stderr is not "
+      "a terminal); print the train/validation/test accuracy and the time per epoch, and write a PNG "
       "plot of the loss and accuracy curves.")
   p.add_argument("--data", metavar="PATH.npz", default=None,
-                 help="graph file in the shared npz schema (default: the embedded synthetic "
-                 "graph)")
+                 help="graph file in the .npz schema of docs/data.md (default: the embedded "
+                 "synthetic graph)")
   p.add_argument("--epochs", type=int, default=200, help="training epochs (default: 200)")
   p.add_argument("--plot", metavar="PATH.png", default="gcn_training.png",
                  help="where to write the training curves (default: gcn_training.png)")
@@ -136,37 +137,54 @@ def _section(title: str) -> None:
   print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
 
 
-class _Progress:
-  """A progress bar: tqdm when installed, else a carriage-return line on stderr."""
+class Progress:
+  """Training progress on ``stream`` (default stderr).
 
-  def __init__(self, total: int, desc: str):
+  On a terminal, a ``rich`` progress bar that redraws in place. Otherwise (a log
+  file, a pipe, CI) plain lines without carriage returns: the first epoch, about
+  every tenth of the run, and the last.
+
+  Args:
+    total: number of epochs.
+    desc: label of the bar and the lines.
+    stream: a text stream (default ``sys.stderr``).
+  """
+
+  def __init__(self, total: int, desc: str, stream=None):
     self.total, self.desc, self.n = total, desc, 0
-    try:
-      from tqdm.auto import tqdm
-    except ImportError:
-      self.bar = None
-    else:
-      self.bar = tqdm(total=total, desc=desc, unit="epoch", leave=True, file=sys.stderr)
+    self.stream = sys.stderr if stream is None else stream
+    self.every = max(1, total // 10)
+    self.bar = None
+    isatty = getattr(self.stream, "isatty", None)
+    if callable(isatty) and isatty():
+      from rich.console import Console
+      from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+      from rich.progress import TextColumn, TimeElapsedColumn
+      self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
+                              MofNCompleteColumn(), TimeElapsedColumn(),
+                              TextColumn("{task.fields[metrics]}"),
+                              console=Console(file=self.stream), auto_refresh=False,
+                              transient=False)
+      self.task = self.bar.add_task(desc, total=total, metrics="")
+      self.bar.start()
 
   def update(self, metrics: dict) -> None:
+    """Records one finished epoch with its ``loss``, ``train_acc`` and ``val_acc``."""
     self.n += 1
     text = (f"loss {metrics['loss']:.4f}  train {metrics['train_acc']:.3f}  "
             f"val {metrics['val_acc']:.3f}")
     if self.bar is not None:
-      self.bar.set_postfix_str(text, refresh=False)
-      self.bar.update(1)
+      self.bar.update(self.task, advance=1, metrics=text, refresh=True)
       return
-    width = 30
-    done = int(width * self.n / max(self.total, 1))
-    sys.stderr.write(f"\r{self.desc} [{'#' * done}{'.' * (width - done)}] "
-                     f"epoch {self.n}/{self.total}  {text}")
-    if self.n == self.total:
-      sys.stderr.write("\n")
-    sys.stderr.flush()
+    if self.n == 1 or self.n == self.total or self.n % self.every == 0:
+      self.stream.write(f"{self.desc} epoch {self.n}/{self.total}  {text}\n")
+      self.stream.flush()
 
   def close(self) -> None:
+    """Stops the bar (leaving its last state on the terminal)."""
     if self.bar is not None:
-      self.bar.close()
+      self.bar.stop()
+      self.bar = None
 
 
 def plot_history(history, path: str, title: str) -> None:
@@ -223,7 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{args.epochs} epochs, full batch")
 
   _section("training")
-  bar = _Progress(args.epochs, "GCN")
+  bar = Progress(args.epochs, "GCN")
   try:
     history = train.fit(model, g, epochs=args.epochs, seed=args.seed,
                         callback=lambda epoch, metrics: bar.update(metrics))

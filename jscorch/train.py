@@ -32,20 +32,13 @@ from flax import nnx
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
 from jscorch.graph import Graph
-from jscorch.nn import GATConv, GCNConv
+from jscorch.nn import GATConv, GCNConv, SparseDropout
 
 __all__ = ["GAT", "GCN", "History", "fit", "fit_seeds", "make_gat", "make_gcn",
            "normalize_rows"]
 
 
 # -- models ---------------------------------------------------------------------------------------
-def _dropout(drop: nnx.Dropout, x, deterministic, key):
-  """``nnx.Dropout`` on a dense array or on the stored values of a SparseArray."""
-  if is_sparse(x):
-    return x.with_data(drop(x.data, deterministic=deterministic, rngs=key))
-  return drop(x, deterministic=deterministic, rngs=key)
-
-
 def _keys(rngs, n):
   """``n`` dropout keys from a call-time key (or None: the layers' own streams)."""
   if rngs is None:
@@ -72,12 +65,12 @@ class GCN(nnx.Module):
                rngs: nnx.Rngs):
     self.conv1 = GCNConv(in_features, hidden, rngs=rngs)
     self.conv2 = GCNConv(hidden, num_classes, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.dropout = SparseDropout(dropout, rngs=rngs)
 
   def __call__(self, adj: SparseArray, x, *, deterministic: bool | None = None, rngs=None):
     k1, k2 = _keys(rngs, 2)
-    h = jax.nn.relu(self.conv1(adj, _dropout(self.dropout, x, deterministic, k1)))
-    return self.conv2(adj, _dropout(self.dropout, h, deterministic, k2))
+    h = jax.nn.relu(self.conv1(adj, self.dropout(x, deterministic=deterministic, rngs=k1)))
+    return self.conv2(adj, self.dropout(h, deterministic=deterministic, rngs=k2))
 
 
 class GAT(nnx.Module):
@@ -98,14 +91,14 @@ class GAT(nnx.Module):
     self.conv1 = GATConv(in_features, hidden, num_heads=heads, dropout=dropout, rngs=rngs)
     self.conv2 = GATConv(hidden * heads, num_classes, num_heads=1, concat=False,
                          dropout=dropout, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.dropout = SparseDropout(dropout, rngs=rngs)
 
   def __call__(self, adj: SparseArray, x, *, deterministic: bool | None = None, rngs=None):
     k1, k2, k3, k4 = _keys(rngs, 4)
-    h = self.conv1(adj, _dropout(self.dropout, x, deterministic, k1),
+    h = self.conv1(adj, self.dropout(x, deterministic=deterministic, rngs=k1),
                    deterministic=deterministic, rngs=k2)
     h = jax.nn.elu(h)
-    return self.conv2(adj, _dropout(self.dropout, h, deterministic, k3),
+    return self.conv2(adj, self.dropout(h, deterministic=deterministic, rngs=k3),
                       deterministic=deterministic, rngs=k4)
 
 

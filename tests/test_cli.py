@@ -1,6 +1,7 @@
 """Tests of the ``python -m jscorch`` command line, the README and the CI script."""
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -60,18 +61,50 @@ def test_demo_subprocess(tmp_path):
   assert "30/30" in res.stderr                       # the progress bar reached the end
 
 
-def test_demo_with_data_file_and_no_tqdm(tmp_path, monkeypatch, capsys):
+def test_demo_with_data_file_logs_plain_lines(tmp_path, monkeypatch, capsys):
   from jscorch import graph
   path = tmp_path / "tiny.npz"
   graph.save_npz(path, graph.synthetic_sbm(num_nodes=60, num_features=20, num_classes=3,
                                            train_per_class=5, seed=1))
-  monkeypatch.setitem(sys.modules, "tqdm.auto", None)       # fall back to the plain bar
   monkeypatch.chdir(tmp_path)
   assert cli.main(["demo", "--data", str(path), "--epochs", "3"]) == 0
   captured = capsys.readouterr()
   assert "60 nodes" in captured.out and "test accuracy" in captured.out
-  assert "epoch 3/3" in captured.err and "loss" in captured.err
+  # stderr is not a terminal here: one plain line per reported epoch, no carriage returns.
+  assert "\r" not in captured.err
+  assert [line.split("  ")[0] for line in captured.err.splitlines() if "epoch" in line] == [
+      "GCN epoch 1/3", "GCN epoch 2/3", "GCN epoch 3/3"], captured.err
+  assert "loss" in captured.err
   assert (tmp_path / "gcn_training.png").exists()             # the default --plot
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_progress_plain_lines_when_not_a_terminal():
+  stream = io.StringIO()
+  bar = cli.Progress(25, "GCN", stream=stream)
+  for k in range(25):
+    bar.update({"loss": 1.0 / (k + 1), "train_acc": 0.5, "val_acc": 0.25})
+  bar.close()
+  lines = stream.getvalue().splitlines()
+  assert "\r" not in stream.getvalue()
+  assert [line.split("  ")[0] for line in lines] == [
+      f"GCN epoch {n}/25" for n in (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25)]
+  assert lines[-1] == "GCN epoch 25/25  loss 0.0400  train 0.500  val 0.250"
+
+
+def test_progress_bar_on_a_terminal():
+  stream = _Terminal()
+  bar = cli.Progress(4, "GCN", stream=stream)
+  assert bar.bar is not None                                 # a rich bar
+  for _ in range(4):
+    bar.update({"loss": 0.5, "train_acc": 1.0, "val_acc": 0.75})
+  bar.close()
+  out = stream.getvalue()
+  assert "4/4" in out and "loss 0.5000" in out and "GCN epoch" not in out, out
 
 
 def test_demo_bad_arguments(tmp_path, capsys):

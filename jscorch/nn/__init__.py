@@ -11,6 +11,7 @@ from jscorch.nn.attention import SparseAttention as SparseAttention
 from jscorch.nn.attention import bigbird_mask as bigbird_mask
 from jscorch.nn.attention import local_window_mask as local_window_mask
 from jscorch.nn.attention import strided_mask as strided_mask
+from jscorch.nn.dropout import SparseDropout as SparseDropout
 from jscorch.nn.embedding import EmbeddingBag as EmbeddingBag
 from jscorch.nn.graph_conv import GCNConv as GCNConv
 from jscorch.nn.graph_conv import GINConv as GINConv
@@ -21,5 +22,6 @@ from jscorch.nn.moe import MoE as MoE
 
 __all__ = [
     "EmbeddingBag", "GATConv", "GCNConv", "GINConv", "MoE", "SAGEConv", "SparseAttention",
-    "SparseLinear", "SparsePattern", "bigbird_mask", "local_window_mask", "strided_mask",
+    "SparseDropout", "SparseLinear", "SparsePattern", "bigbird_mask", "local_window_mask",
+    "strided_mask",
 ]
