@@ -91,3 +91,6 @@ from jscorch.primitives._errors import SparsifyError as SparsifyError  # noqa: E
 from jscorch.sparsify import sparsify as sparsify  # noqa: E402
 
 __all__ += ["SparsifyError", "distributed", "graph", "sparsify"]
+from jscorch.ops_dropout import dropout as dropout  # noqa: E402
+
+__all__ += ["dropout"]

@@ -8,6 +8,7 @@ stand-in of the same shape and dtype, then evaluates the traced program
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Callable
 
 import jax
@@ -31,6 +32,25 @@ def _stand_in(x):
   aval = jax.typeof(x) if isinstance(x, jax.Array) else None
   return jax.ShapeDtypeStruct(np.shape(x), x.dtype,
                               weak_type=bool(getattr(aval, "weak_type", False)))
+
+
+def _nnx_variable_type():
+  """``flax.nnx.Variable`` when Flax NNX is imported (then arguments may hold Variables)."""
+  nnx = sys.modules.get("flax.nnx")
+  return getattr(nnx, "Variable", None)
+
+
+def _closure_mutation_error(e: Exception) -> Exception | None:
+  """A SparsifyError for Flax's TraceContextError (a closed-over NNX object was mutated)."""
+  errors = sys.modules.get("flax.errors")
+  if errors is None or not isinstance(e, getattr(errors, "TraceContextError", ())):
+    return None
+  return SparsifyError(
+      f"sparsify: fun mutates a Flax NNX object it closes over ({e}); got a closed-over "
+      "module (e.g. nnx.Dropout or nnx.Rngs drawing a key), expected every module that "
+      "fun updates to be an argument, as nnx.jit requires. Pass it as one: "
+      "js.sparsify(lambda model, A: model(A))(model, A), or use nn.SparseDropout / "
+      "js.dropout outside js.sparsify.")
 
 
 def sparsify(fun: Callable | None = None, *, densify: bool = False) -> Callable:
@@ -57,7 +77,13 @@ def sparsify(fun: Callable | None = None, *, densify: bool = False) -> Callable:
   with dense carries.
 
   Non-array leaves of the arguments (Python scalars, strings, ...) are static:
-  ``fun`` sees them as they are. ``fun`` is traced at every call (wrap the result
+  ``fun`` sees them as they are. Flax NNX modules may be arguments (as with
+  ``nnx.jit``): the Variables ``fun`` updates (an ``nnx.Dropout``'s RNG count,
+  batch statistics) are written back to the caller's module, so ``nnx.Dropout``
+  draws a fresh mask at every call and acts on a sparse operand's stored values.
+  A module that ``fun`` *closes over* cannot be updated from inside the trace
+  (Flax's rule for every transform): that raises :class:`SparsifyError` saying
+  to pass the module as an argument. ``fun`` is traced at every call (wrap the result
   in ``jax.jit`` to trace once).
 
   Args:
@@ -96,23 +122,44 @@ def sparsify(fun: Callable | None = None, *, densify: bool = False) -> Callable:
 
   @functools.wraps(fun)
   def sparsified(*args, **kwargs):
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_sparse)
+    # NNX Variables are leaves: each is rebuilt around its traced value inside the
+    # trace (where Flax lets it be updated) and its new value is written back after.
+    var_type = _nnx_variable_type()
+    is_var = (lambda x: isinstance(x, var_type)) if var_type is not None else lambda x: False
+    leaves, treedef = jax.tree_util.tree_flatten(
+        (args, kwargs), is_leaf=lambda x: is_sparse(x) or is_var(x))
+    variables = {k: x for k, x in enumerate(leaves) if is_var(x)}
+    leaves = [x.get_value() if k in variables else x for k, x in enumerate(leaves)]
     if not any(is_sparse(x) for x in leaves):
       return fun(*args, **kwargs)
     dynamic = [k for k, x in enumerate(leaves) if _is_dynamic(x)]
+    updated = []               # the Variables fun updated (found while tracing)
 
     def flat_fun(*values):
       full = list(leaves)
       for k, v in zip(dynamic, values):
         full[k] = v
-      a, kw = jax.tree_util.tree_unflatten(treedef, full)
-      return fun(*a, **kw)
+      rebuilt = {k: variables[k].replace(full[k]) for k in variables}
+      a, kw = jax.tree_util.tree_unflatten(
+          treedef, [rebuilt[k] if k in rebuilt else x for k, x in enumerate(full)])
+      out = fun(*a, **kw)
+      updated[:] = [k for k, v in rebuilt.items() if v.get_value() is not full[k]]
+      return out, [rebuilt[k].get_value() for k in updated]
 
-    closed, out_shape = jax.make_jaxpr(flat_fun, return_shape=True)(
-        *[_stand_in(leaves[k]) for k in dynamic])
+    try:
+      closed, (out_shape, _) = jax.make_jaxpr(flat_fun, return_shape=True)(
+          *[_stand_in(leaves[k]) for k in dynamic])
+    except Exception as e:
+      error = _closure_mutation_error(e)
+      if error is None:
+        raise
+      raise error from e
     ctx = Context(densify)
     outs = eval_jaxpr(ctx, closed.jaxpr, closed.consts, [leaves[k] for k in dynamic])
     outs = [output(ctx, v) for v in outs]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
+    n_out = len(outs) - len(updated)
+    for k, value in zip(updated, outs[n_out:]):
+      variables[k].set_value(value)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs[:n_out])
 
   return sparsified
