@@ -51,6 +51,15 @@ class GCNConv(nnx.Module):
   cached. Pass an already normalised adjacency with ``normalize=False,
   add_self_loops=False``.
 
+  ``x`` may be dense `[n, in_features]` **or a SparseArray** (any 2-D format,
+  e.g. bag-of-words features in CSR). Sparse features are never densified:
+  ``x @ kernel`` is a sparse einsum over the stored entries, and so is the
+  gradient w.r.t. ``kernel``. Keep mostly-zero features sparse: the work scales
+  with their stored entries instead of ``n * in_features`` (on Cora's features,
+  1.3 % non-zero, a jitted forward + backward step ran several times faster on
+  CPU than with the same features densified). Drop out the stored values with
+  :class:`SparseDropout` or :func:`jscorch.dropout`.
+
   Args:
     in_features, out_features: feature widths.
     add_self_loops: add the missing self loops first.
@@ -70,6 +79,10 @@ class GCNConv(nnx.Module):
     ((4, 2), (2,))
     >>> conv(adj, jnp.ones((3, 4))).shape
     (3, 2)
+    >>> import jscorch as js                  # sparse features: same result, no densifying
+    >>> x = js.from_dense(jnp.eye(3, 4), format="csr")
+    >>> bool(jnp.allclose(conv(adj, x), conv(adj, x.todense())))
+    True
   """
 
   def __init__(self, in_features: int, out_features: int, *, add_self_loops: bool = True,
