@@ -22,6 +22,7 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jscorch as js
 
@@ -105,6 +106,7 @@ def capacities(problem: Problem, ops) -> dict:
   return caps
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=25)
 @hypothesis.given(problem=problems(), seed=st.integers(0, 2 ** 16))
 def test_einsum_matches_numpy_with_grad_and_vmap(problem, seed):

@@ -236,6 +236,7 @@ def test_stack_concatenate_formats(fmt):
     util.assert_allclose(todense(C), np.concatenate([x, y, x], axis))
 
 
+@pytest.mark.slow
 def test_stack_concatenate_batched_and_transforms():
   A, x = util.random_sparse(18, (2, 4, 5, 3), "csr", n_batch=1, n_dense=1, padding=2)
   B, y = util.random_sparse(19, (2, 4, 5, 3), "dcsr", n_batch=1, n_dense=1, padding=1)

@@ -17,6 +17,7 @@ from jscorch import graph, nn
 from test_shard import run_child
 
 
+@pytest.mark.slow
 def test_on_8_devices():
   """Runs ``mesh8/check_layers.py`` (layers, the example, Explicit meshes) on 8 devices."""
   proc = run_child("check_layers.py")

@@ -34,6 +34,7 @@ def run_child(targets: str, devices: int = 8, timeout: int = 600) -> subprocess.
 
 # one child per test module (pytest-xdist spreads them), each paying JAX's start-up once;
 # mesh8/check_layers.py runs from tests/distributed/test_layers.py
+@pytest.mark.slow
 def test_on_8_devices():
   """Runs ``mesh8/check_products.py``, ``check_errors.py`` and ``check_bench.py`` on 8
   simulated CPU devices."""

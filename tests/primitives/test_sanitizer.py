@@ -83,6 +83,7 @@ def test_harness_catches_an_overflow(tmp_path):
   assert "jscorch_overflow" in res.stderr
 
 
+@pytest.mark.slow
 def test_kernel_matrix_under_address_sanitizer(tmp_path):
   cache = tmp_path / "cache"
   res = subprocess.run([sys.executable, str(HERE / "_sanitizer_matrix.py")],
