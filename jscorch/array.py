@@ -330,7 +330,8 @@ class SparseArray:
     return self
 
   def __abs__(self) -> SparseArray:
-    return self.with_data(jnp.abs(self.data))
+    from jscorch import ops_unary   # noqa: PLC0415 (duplicates summed first: abs is not linear)
+    return ops_unary.abs(self)
 
   def sum(self, axis: int | Sequence[int] | None = None, dtype=None,
           keepdims: bool = False) -> jax.Array:

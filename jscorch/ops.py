@@ -443,6 +443,7 @@ def _extremum(a, b, nse, func: str, fn):
   A, other = (a, b) if sa else (b, a)
   if not hasattr(other, "shape") or not jnp.shape(other):
     if float(jnp.asarray(other)) == 0:     # f(x, 0) keeps implicit zeros at 0
+      A = _unique(A)                       # (not linear: duplicates summed first)
       return A.with_data(jnp.where(valid_mask(A), fn(A.data, jnp.asarray(other, A.dtype)),
                                    jnp.zeros((), A.dtype)))
   da = _todense(a) if sa else _dense(a, func, "a")

@@ -8,6 +8,17 @@ one table of such functions; each becomes a public function of the same name in
 Functions that are not zero-preserving (``exp``, ``cos``, ...) are refused on
 SparseArrays by ``jscorch.numpy`` with a message that names ``todense()``.
 
+Duplicates: a format that is not unique may store one coordinate several
+times, and the array holds their sum. A **linear** function (``negative``,
+``positive``, ``conj``, ``real``, ``imag``, the angle conversions: ``f(a + b) ==
+f(a) + f(b)``) maps each stored value and keeps ``A``'s index buffers exactly
+(the same buffer objects: nothing is coalesced). Every other function (``sin``,
+``abs``, ``sign``, ``floor``, ``square``, powers, ...) must see the summed
+value, so a non-unique ``A`` is first coalesced with
+:func:`jscorch.ops_coalesce.sum_duplicates` (same capacity ``nse``, so shapes
+stay static under ``jit``; the result has the ordered, unique version of the
+format); a unique format is mapped as it is.
+
 Padding keeps value 0, and gradients at padding are 0 even where ``f'(0)`` is
 infinite (``sqrt``, ``cbrt``, fractional powers): those are evaluated at a safe
 point for padding leaves.
@@ -26,22 +37,33 @@ import jax
 import jax.numpy as jnp
 
 from jscorch.array import SparseArray, is_sparse
+from jscorch.ops_coalesce import sum_duplicates
 from jscorch.primitives import segment
 
 
 class Unary(NamedTuple):
-  """One zero-preserving function: ``fn(x, *args, **kwargs)`` and whether ``fn'(0)`` is infinite."""
+  """One zero-preserving function ``fn(x, *args, **kwargs)``.
+
+  ``singular_at_zero``: ``fn'(0)`` is infinite. ``linear``: ``fn(a + b) ==
+  fn(a) + fn(b)``, so duplicates need not be summed first.
+  """
   fn: Callable
   singular_at_zero: bool
   reference: str          # the dense function's public name, e.g. "jnp.sin"
+  linear: bool = False
+
+
+LINEAR_NAMES = frozenset({"negative", "positive", "conj", "conjugate", "real", "imag",
+                          "deg2rad", "rad2deg", "radians", "degrees"})
+"""The table entries that are linear (additive): they map duplicates one by one."""
 
 
 def _np(name: str, singular: bool = False) -> Unary:
-  return Unary(getattr(jnp, name), singular, f"jnp.{name}")
+  return Unary(getattr(jnp, name), singular, f"jnp.{name}", name in LINEAR_NAMES)
 
 
 def _nn(name: str) -> Unary:
-  return Unary(getattr(jax.nn, name), False, f"jax.nn.{name}")
+  return Unary(getattr(jax.nn, name), False, f"jax.nn.{name}", name in LINEAR_NAMES)
 
 
 _NUMPY_NAMES = (
@@ -72,16 +94,30 @@ def valid_mask(A: SparseArray) -> jax.Array:
   return valid.reshape(valid.shape + (1,) * A.n_dense)
 
 
+def coalesced(A: SparseArray) -> SparseArray:
+  """``A`` with duplicates summed: ``A`` itself for a unique format, else
+  :func:`~jscorch.ops_coalesce.sum_duplicates` (same ``nse``, ordered unique format)."""
+  return A if A.format.unique else sum_duplicates(A)
+
+
 def map_values(A: SparseArray, fn: Callable, *args, singular_at_zero: bool = False,
-               **kwargs) -> SparseArray:
-  """``A``'s pattern with ``fn`` applied to the stored values (``fn(0)`` must be 0).
+               linear: bool = False, **kwargs) -> SparseArray:
+  """``fn`` applied to the tensor ``A`` stores, through its values (``fn(0)`` must be 0).
 
   Args:
-    A: the sparse operand.
+    A: the sparse operand (any format; duplicates of a non-unique format hold
+      one coordinate's value together).
     fn: an elementwise function with ``fn(0) == 0``.
     *args, **kwargs: extra arguments of ``fn``.
     singular_at_zero: evaluate padding leaves at 1 (then reset to 0), so an
       infinite ``fn'(0)`` does not make their gradient NaN.
+    linear: ``fn(a + b) == fn(a) + fn(b)``: duplicates are mapped one by one and
+      the result shares ``A``'s index buffers. Otherwise (the default, always
+      correct) a non-unique ``A`` is coalesced first (:func:`coalesced`).
+
+  Returns:
+    A SparseArray of ``A``'s shape and ``nse``: ``A``'s pattern, or for a
+    non-linear ``fn`` on a non-unique format, its coalesced pattern.
 
   Example:
     >>> import jax.numpy as jnp, jscorch as js
@@ -89,6 +125,8 @@ def map_values(A: SparseArray, fn: Callable, *args, singular_at_zero: bool = Fal
     >>> map_values(js.from_dense(jnp.array([0., 3.]), "coo"), lambda v: 2 * v).data
     Array([6.], dtype=float32)
   """
+  if not linear:
+    A = coalesced(A)
   if not singular_at_zero:
     return A.with_data(fn(A.data, *args, **kwargs))
   valid = valid_mask(A)
@@ -97,12 +135,20 @@ def map_values(A: SparseArray, fn: Callable, *args, singular_at_zero: bool = Fal
   return A.with_data(jnp.where(valid, out, jnp.zeros((), out.dtype)))
 
 
+_DUPLICATES = {
+    True: "It is linear: duplicates of a non-unique format are mapped one by one, and the "
+          "index buffers are those of ``x`` (not copied).",
+    False: "Duplicates of a non-unique format are summed first (``x.sum_duplicates()``, same "
+           "``nse``), since ``f(a + b) != f(a) + f(b)``.",
+}
+
+
 def _make(name: str, entry: Unary) -> Callable:
-  fn, singular = entry.fn, entry.singular_at_zero
+  fn, singular, linear = entry.fn, entry.singular_at_zero, entry.linear
 
   def op(x, *args, **kwargs):
     if is_sparse(x):
-      return map_values(x, fn, *args, singular_at_zero=singular, **kwargs)
+      return map_values(x, fn, *args, singular_at_zero=singular, linear=linear, **kwargs)
     return fn(x, *args, **kwargs)
 
   op.__name__ = op.__qualname__ = name
@@ -111,8 +157,9 @@ def _make(name: str, entry: Unary) -> Callable:
 
   On a :class:`SparseArray` the result has the same pattern (format, ``nse``,
   padding) with ``{entry.reference}`` applied to the stored values; extra
-  arguments are passed on. Dense inputs go straight to ``{entry.reference}``.
-  Works under ``jit``, ``vmap`` and ``grad`` like the dense function.
+  arguments are passed on. {_DUPLICATES[entry.linear]} Dense inputs go straight
+  to ``{entry.reference}``. Works under ``jit``, ``vmap`` and ``grad`` like the
+  dense function.
 
   Args:
     x: a dense array or a SparseArray.
@@ -134,4 +181,5 @@ def _make(name: str, entry: Unary) -> Callable:
 _FUNCS = {name: _make(name, entry) for name, entry in ZERO_PRESERVING.items()}
 globals().update(_FUNCS)
 
-__all__ = ["ZERO_PRESERVING", "JAX_NN_NAMES", "Unary", "map_values", "valid_mask", *_FUNCS]
+__all__ = ["ZERO_PRESERVING", "JAX_NN_NAMES", "LINEAR_NAMES", "Unary", "coalesced", "map_values",
+           "valid_mask", *_FUNCS]

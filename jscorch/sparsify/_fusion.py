@@ -529,10 +529,12 @@ def _broadcast_dense(x, inner, out, sizes):
 def _anchored(p: Product, terms, out, sparse, anchor):
   """A product that keeps the pattern of sparse term ``anchor`` (its dims are all kept)."""
   S, ids = terms[anchor]
-  S = coalesce(S)
   others = [t for k, t in enumerate(terms) if k != anchor]
   extra = [i for i in out if i not in ids]
-  if all(v_ids == () and not is_sparse(v) for v, v_ids in others):
+  scaling = all(v_ids == () and not is_sparse(v) for v, v_ids in others)
+  if not (scaling and tuple(ids) == tuple(out)):   # a scaling is linear: duplicates and
+    S = coalesce(S)                                 # index buffers are kept as they are
+  if scaling:
     if others:                     # A * scalar, transposes, expand_dims: no einsum at all
       S = S.with_data(S.data * math.prod([v for v, _ in others]))
     return _astype(_rearrange(p, S, ids, out), p.dtype)

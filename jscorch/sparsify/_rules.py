@@ -229,8 +229,43 @@ def _classify(prim, params, specs):
   return zero, singular, value.item() if value.size == 1 else value
 
 
+_LINEAR = frozenset({"conj", "real", "imag", "stop_gradient", "copy", "copy_p"})
+"""Elementwise primitives with ``f(a + b) == f(a) + f(b)``: they may map duplicates one by one."""
+
+
+def _is_linear(prim, params, args) -> bool:
+  """True when ``prim`` is additive in its (single) sparse argument; ``convert_element_type``
+  is, unless it rounds or truncates (to an integer or bool type from a non-integer one)."""
+  if sum(is_sparse(a) for a in args) != 1:
+    return False
+  if prim.name == "convert_element_type":
+    new, old = np.dtype(params["new_dtype"]), np.dtype(next(a for a in args if is_sparse(a)).dtype)
+    return jnp.issubdtype(new, jnp.inexact) or (
+        jnp.issubdtype(new, jnp.integer) and jnp.issubdtype(old, jnp.integer))
+  return prim.name in _LINEAR
+
+
+def _coalesce_args(P, args):
+  """``(P, args)`` with every sparse argument's duplicates summed (they share ``P``'s pattern,
+  so their coalesced values align); unchanged for a unique format."""
+  if P.format.unique:
+    return P, args
+  done = {}
+  for a in args:
+    if is_sparse(a) and id(a) not in done:
+      done[id(a)] = fu.coalesce(a)
+  args = [done[id(a)] if is_sparse(a) else a for a in args]
+  return done[id(P)], args
+
+
 def _map_values(ctx, P, prim, params, args, singular):
-  """``P``'s pattern with ``prim`` applied to its values (sparse args give ``data``)."""
+  """``P``'s pattern with ``prim`` applied to its values (sparse args give ``data``).
+
+  A non-linear ``prim`` must see each coordinate's summed value: a non-unique
+  ``P`` is coalesced first (same capacity); a linear one keeps ``P``'s buffers.
+  """
+  if not _is_linear(prim, params, args):
+    P, args = _coalesce_args(P, args)
   if singular:
     valid = fu.valid_entries(P, ctx.policy)
     vals = [jnp.where(valid, a.data, jnp.ones((), a.dtype)) if is_sparse(a)
@@ -281,6 +316,8 @@ def _elementwise(ctx, eqn, invals):
           return [_map_values(ctx, P, prim, params, args, singular)]
         why = _why_map(eqn, at_zero)
       elif prim.name in FIRST_ARG_ZERO and is_sparse(args[0]) and len(args) == 2:
+        if prim.name not in ("div", "mul"):       # rem, and, shifts: not linear in P
+          P = fu.coalesce(P)
         valid = fu.valid_entries(P, ctx.policy)
         other = _sample(ctx, args[1], P, valid)
         out = prim.bind(P.data, other, **params)
