@@ -94,3 +94,18 @@ __all__ += ["SparsifyError", "distributed", "graph", "sparsify"]
 from jscorch.ops_dropout import dropout as dropout  # noqa: E402
 
 __all__ += ["dropout"]
+
+
+def __getattr__(name: str):
+  """``js.nn`` (the Flax NNX layers) imports on first use, so ``import jscorch`` stays light."""
+  if name == "nn":
+    import importlib   # noqa: PLC0415
+    return importlib.import_module("jscorch.nn")
+  raise AttributeError(f"module 'jscorch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | {"nn"})
+
+
+__all__ += ["nn"]

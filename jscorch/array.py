@@ -17,6 +17,9 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
+import sys
+import warnings
 from typing import Sequence
 
 import jax
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch.primitives import checks, convert
-from jscorch.primitives._errors import SparseFormatError
+from jscorch.primitives._errors import SparseEfficiencyWarning, SparseFormatError
 from jscorch.primitives.formats import Format, FormatLike, resolve_format
 from jscorch.primitives.layout import Layout
 
@@ -41,6 +44,32 @@ class SparseArray:
   Build one with :func:`jscorch.from_dense`, :func:`jscorch.from_coo`,
   :func:`jscorch.from_scipy`, :func:`jscorch.random` or, from raw level buffers,
   :meth:`SparseArray.from_buffers`.
+
+  Array conventions: ``A != 0``, ``A > 0``, ``A == 2`` (a scalar ``s`` with ``0 op s``
+  false) give a bool SparseArray with ``A``'s pattern; a comparison with a dense array
+  gives a dense bool array; ``A == 0``, ``A >= 0`` and comparisons of two SparseArrays
+  raise (their result is dense: compare ``A.todense()``). ``bool(A)`` works for one
+  element only; ``np.asarray(A)`` is the dense numpy array; ``hash(A)`` raises, as for
+  ``jax.Array``. ``jnp.*``, ``jax.nn.*`` and Flax layers refuse a SparseArray with a
+  ``TypeError`` pointing to ``A.sum()``, :mod:`jscorch.numpy` and :func:`jscorch.sparsify`
+  (nothing densifies implicitly).
+
+  With JAX transformations: a SparseArray is a pytree whose index buffers are integer
+  leaves, so ``jax.grad`` w.r.t. it fails with JAX's "requires real- or complex-valued
+  inputs … got int32" (JAX offers no hook to explain it): use :func:`jscorch.grad`,
+  which returns a SparseArray gradient with the same pattern, or
+  ``jax.grad(f, allow_int=True)`` (float0 gradients for the indices). ``jax.vmap``
+  maps over batch dimensions: build them with ``n_batch=`` (``js.from_dense(x,
+  n_batch=1)``) or :func:`jscorch.stack`, or pass ``in_axes=None`` for an unbatched one.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> A = js.from_dense(jnp.array([[0., 2.], [-3., 0.]]))
+    >>> (A > 0).todense()
+    Array([[False,  True],
+           [False, False]], dtype=bool)
+    >>> js.grad(lambda A: (A * A).sum())(A).data
+    Array([ 4., -6.], dtype=float32)
   """
   __slots__ = ("data", "indices", "_format", "_shape")
   __array_priority__ = 100   # numpy defers binary operators to us
@@ -110,7 +139,10 @@ class SparseArray:
   # -- static metadata -----------------------------------------------------------------
   @property
   def n_batch(self) -> int:
-    return self.data.ndim - 1 - self._format.n_dense
+    n = self.data.ndim - 1 - self._format.n_dense
+    if n < 0:
+      raise SparseFormatError(_split_entries_message(self))
+    return n
 
   @property
   def n_dense(self) -> int:
@@ -174,6 +206,8 @@ class SparseArray:
         f"SparseArray.{role}: level {level} of format {self.format!r} has no {role} buffer.")
 
   def __repr__(self):
+    if self.data.ndim - 1 - self._format.n_dense < 0:    # see _split_entries_message
+      return f"SparseArray(<entries split by vmap: data {self.data.shape}>)"
     name = self._format.name
     fmt = name.upper() if name else repr(self._format)
     extra = "".join(f", {k}={v}" for k, v in (("n_batch", self.n_batch),
@@ -288,40 +322,40 @@ class SparseArray:
 
   # -- arithmetic (jscorch.ops; see there for the rules) -----------------------------------
   def __matmul__(self, other):
-    return _ops().matmul(self, other) if _ops().is_operand(other) else NotImplemented
+    return _ops().matmul(self, other) if _operand(other) else NotImplemented
 
   def __rmatmul__(self, other):
-    return _ops().matmul(other, self) if _ops().is_operand(other) else NotImplemented
+    return _ops().matmul(other, self) if _operand(other) else NotImplemented
 
   def __mul__(self, other):
-    return _ops().multiply(self, other) if _ops().is_operand(other) else NotImplemented
+    return _ops().multiply(self, other) if _operand(other) else NotImplemented
 
   def __rmul__(self, other):
-    return _ops().multiply(other, self) if _ops().is_operand(other) else NotImplemented
+    return _ops().multiply(other, self) if _operand(other) else NotImplemented
 
   def __truediv__(self, other):
-    return _ops().divide(self, other) if _ops().is_operand(other) else NotImplemented
+    return _ops().divide(self, other) if _operand(other) else NotImplemented
 
   def __rtruediv__(self, other):
-    return _ops().divide(other, self) if _ops().is_operand(other) else NotImplemented
+    return _ops().divide(other, self) if _operand(other) else NotImplemented
 
   def __add__(self, other):
-    return _ops().add(self, other) if _ops().is_operand(other) else NotImplemented
+    return _ops().add(self, other) if _operand(other) else NotImplemented
 
   def __radd__(self, other):
-    return _ops().add(other, self) if _ops().is_operand(other) else NotImplemented
+    return _ops().add(other, self) if _operand(other) else NotImplemented
 
   def __sub__(self, other):
-    return _ops().subtract(self, other) if _ops().is_operand(other) else NotImplemented
+    return _ops().subtract(self, other) if _operand(other) else NotImplemented
 
   def __rsub__(self, other):
-    return _ops().subtract(other, self) if _ops().is_operand(other) else NotImplemented
+    return _ops().subtract(other, self) if _operand(other) else NotImplemented
 
   def __pow__(self, other):
-    return _ops().power(self, other) if _ops().is_operand(other) else NotImplemented
+    return _ops().power(self, other) if _operand(other) else NotImplemented
 
   def __rpow__(self, other):
-    return _ops().power(other, self) if _ops().is_operand(other) else NotImplemented
+    return _ops().power(other, self) if _operand(other) else NotImplemented
 
   def __neg__(self) -> SparseArray:
     return self.with_data(-self.data)
@@ -332,6 +366,82 @@ class SparseArray:
   def __abs__(self) -> SparseArray:
     from jscorch import ops_unary   # noqa: PLC0415 (duplicates summed first: abs is not linear)
     return ops_unary.abs(self)
+
+  # -- array conventions: comparisons, truth value, numpy and JAX conversion ----------------
+  __hash__ = None   # as jax.Array and np.ndarray: an array is not a dict key or set member
+
+  def __eq__(self, other):
+    """``A == s``: elementwise (see :func:`_compare` for which comparisons are defined)."""
+    return _compare(self, other, "==")
+
+  def __ne__(self, other):
+    return _compare(self, other, "!=")
+
+  def __lt__(self, other):
+    return _compare(self, other, "<")
+
+  def __le__(self, other):
+    return _compare(self, other, "<=")
+
+  def __gt__(self, other):
+    return _compare(self, other, ">")
+
+  def __ge__(self, other):
+    return _compare(self, other, ">=")
+
+  def __bool__(self) -> bool:
+    """The truth value of a one-element array, as numpy's; other sizes raise."""
+    if self.size != 1:
+      what = "an empty array" if self.size == 0 else "an array with more than one element"
+      raise ValueError(
+          f"The truth value of {what} is ambiguous; got bool() of {self!r}. Use "
+          "A.todense().any() or A.todense().all(), or A.nnz for the number of stored "
+          "entries.")
+    return bool(self.todense().reshape(()))
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    """``np.asarray(A)``: the dense numpy array (a host copy, so never ``copy=False``).
+
+    Warns with :class:`SparseEfficiencyWarning` above ``2**27`` elements. Under
+    ``jit`` this fails as for any traced array.
+    """
+    if copy is False:
+      raise ValueError(
+          f"SparseArray.__array__: a SparseArray has no dense buffer to share; got "
+          f"copy=False, expected copy=None or True. Use np.asarray(A) (a dense copy).")
+    if self.size > DENSE_WARN_SIZE:
+      warnings.warn(
+          f"np.asarray: densifying {self!r} into {self.size} elements "
+          f"({self.size * jnp.dtype(self.dtype).itemsize / 2**30:.1f} GiB). Keep it sparse "
+          "(A.to_scipy() for scipy) or densify a slice.", SparseEfficiencyWarning,
+          stacklevel=2)
+    out = np.asarray(self.todense())
+    return out if dtype is None else out.astype(dtype)
+
+  @property
+  def __jax_array__(self):
+    """JAX's hook for array-likes: refuses, with what to use instead (never densifies).
+
+    ``jnp.sum(A)``, ``jnp.dot(A, x)``, ``jax.nn.relu(A)`` and Flax layers call it, and
+    get a ``TypeError`` naming ``A.sum()``, ``jscorch.numpy`` and ``js.sparsify``.
+    JAX's binary operators (``x + A`` with a ``jax.Array`` ``x``) look it up too:
+    for them the attribute is absent, so that Python calls ``A.__radd__``.
+    """
+    caller = sys._getframe(1).f_globals.get("__name__")
+    if caller == "jax._src.numpy.array_methods":
+      raise AttributeError("__jax_array__")
+    if caller in ("jax._src.core", "jax._src.dtypes"):   # abstractification (lax.*)
+      self._refuse_jax_array()
+    return self._refuse_jax_array
+
+  def _refuse_jax_array(self):
+    raise TypeError(
+        f"a jax.numpy / jax.nn / flax function got a SparseArray ({self!r}), but jscorch "
+        "never densifies implicitly. Use the SparseArray's own methods and operators "
+        "(A.sum(), A.max(), A @ x, A * x), jscorch.numpy (import jscorch.numpy as jsnp; "
+        "jsnp.sum(A), jsnp.dot(A, x)), or run the whole function on sparse inputs with "
+        "js.sparsify(f)(A) (e.g. js.sparsify(jax.nn.relu)(A), or a Flax module). To "
+        "densify on purpose, call A.todense().")
 
   def sum(self, axis: int | Sequence[int] | None = None, dtype=None,
           keepdims: bool = False) -> jax.Array:
@@ -402,6 +512,80 @@ def _ops():
   return ops
 
 
+def _operand(x) -> bool:
+  """True for what the operators accept; another library's sparse matrix raises."""
+  hint = checks.conversion_hint(x)
+  if hint:
+    raise TypeError(f"SparseArray: the other operand of an arithmetic operator is not a "
+                    f"jscorch array; got {checks.describe(x)}.{hint}")
+  return _ops().is_operand(x)
+
+
 def is_sparse(x) -> bool:
   """True for a :class:`SparseArray`."""
   return isinstance(x, SparseArray)
+
+
+# -- array conventions (SparseArray dunders) ----------------------------------------------
+DENSE_WARN_SIZE = 2 ** 27   # np.asarray(A) warns (SparseEfficiencyWarning) above this size
+
+_COMPARISONS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+                ">": operator.gt, ">=": operator.ge}
+_COMPLEMENT = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+
+
+def _compare(A: SparseArray, other, symbol: str):
+  """``A <symbol> other``, elementwise, where the result is well defined.
+
+  * a concrete scalar ``s`` with ``0 <symbol> s`` False (``A != 0``, ``A > 0``,
+    ``A == 2``): a bool SparseArray with ``A``'s format and pattern (duplicates of a
+    non-unique format summed first), ``data <symbol> s`` at each stored entry;
+  * a dense array (not 0-d): the dense bool array ``A.todense() <symbol> x``, as
+    ``A + x`` is dense;
+  * a scalar with ``0 <symbol> s`` True (``A == 0``, ``A >= 0``): ``ValueError`` (every
+    implicit zero would be ``True``); a traced scalar: ``TypeError`` (the sparsity of
+    the result would depend on its value); another SparseArray: ``TypeError``.
+  """
+  op = _COMPARISONS[symbol]
+  if is_sparse(other):
+    raise TypeError(
+        f"SparseArray {symbol}: comparing two SparseArrays elementwise is not supported; got "
+        f"{A!r} {symbol} {other!r}, expected a scalar or a dense array on one side. Compare "
+        f"the dense arrays, A.todense() {symbol} B.todense(), or get a sparse mask of where "
+        "they differ with (A - B) != 0.")
+  hint = checks.conversion_hint(other)
+  if hint:
+    raise TypeError(f"SparseArray {symbol}: the other operand is not a jscorch array; got "
+                    f"{checks.describe(other)}.{hint}")
+  if not _ops().is_operand(other):
+    return NotImplemented
+  if jnp.ndim(other) > 0:
+    return op(A.todense(), jnp.asarray(other))
+  if not checks.is_concrete(other):
+    raise TypeError(
+        f"SparseArray {symbol}: the scalar is traced, so whether the result is sparse (0 "
+        f"{symbol} s False) is unknown at trace time; got {A!r} {symbol} {checks.describe(other)}, "
+        "expected a concrete scalar. Compare the stored values, "
+        f"A.with_data(A.data {symbol} s), when 0 {symbol} s is False, or the dense array, "
+        f"A.todense() {symbol} s.")
+  s = np.asarray(other)
+  if bool(op(np.zeros((), jnp.dtype(A.dtype)), s)):
+    raise ValueError(
+        f"SparseArray {symbol}: A {symbol} {s.item()!r} is True at every implicit zero of A, so "
+        f"the result is dense; got {A!r} {symbol} {s.item()!r}, expected a scalar s with 0 "
+        f"{symbol} s False (as in A != 0, A > 0). Use the complement, A "
+        f"{_COMPLEMENT[symbol]} {s.item()!r}, which is sparse, or compare densely, "
+        f"A.todense() {symbol} {s.item()!r}.")
+  B = A if A.format.unique else A.sum_duplicates()
+  return B.with_data(op(B.data, other))
+
+
+def _split_entries_message(A: SparseArray) -> str:
+  """The error for a SparseArray whose values lost their entry axis (vmap over it)."""
+  return (
+      f"SparseArray: the values have shape {tuple(A.data.shape)}, which has no axis of stored "
+      f"entries; expected at least {1 + A._format.n_dense} dims ([*batch, nse, *block]). This "
+      "happens when jax.vmap maps over a SparseArray without batch dimensions (n_batch=0): "
+      "vmap then splits its stored entries, not its rows. Build a batched array, "
+      "js.from_dense(x, n_batch=1) or js.stack([A0, A1, ...]), or pass in_axes=None for "
+      "this argument.")

@@ -75,7 +75,11 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
 
   Args:
     indices: integer `[*batch, n, n_sparse]` coordinates in logical dimension order.
-      Under ``jit``, rows with a coordinate out of range are padding.
+      Negative coordinates are **never wrapped** (``-1`` is not the last row, as it
+      would be in numpy indexing): concrete input with ``check=True`` raises, and
+      under ``jit`` (or with ``check=False``) an entry with a negative or too large
+      coordinate is padding (dropped), so ``-1`` or the dimension size can mark
+      unused slots.
     values: `[*batch, n, *block]`.
     shape: the full shape ``(*batch, *sparse, *block)`` (static).
     format: the storage format; batch and block dims are read from the operands.
@@ -83,9 +87,15 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
       in-range entries for a non-unique format) when the inputs are concrete, else ``n``.
     check: on concrete input, raise on out-of-range (or negative) coordinates.
 
+  Coordinates are range-checked in their own dtype, before the cast to the index
+  dtype (int32 unless ``jax_enable_x64``), so a large int64 coordinate is never
+  wrapped into range. A host (numpy) coordinate of ``2**31`` or more with x64 off is
+  reported as needing ``jax_enable_x64``.
+
   Raises:
     TypeError: non-integer ``indices``.
-    SparseFormatError: shapes that do not agree, out-of-range coordinates.
+    SparseFormatError: shapes that do not agree, out-of-range coordinates, an index
+      space that needs ``jax_enable_x64``.
     SparseCapacityError: ``nse`` below the number of distinct coordinates.
 
   Example:
@@ -97,7 +107,12 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
            [4., 0.]], dtype=float32)
   """
   func = _func
-  indices, values = jnp.asarray(indices), jnp.asarray(values)
+  if not isinstance(indices, jax.Array) and checks.is_concrete(*jax.tree.leaves(indices)):
+    host = np.asarray(indices)      # integer host input keeps its dtype: JAX would narrow int64
+    indices = host if np.issubdtype(host.dtype, np.integer) else jnp.asarray(host)
+  else:
+    indices = jnp.asarray(indices)
+  values = jnp.asarray(values)
   shape = _static.static_shape(shape, func)
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise TypeError(f"{func}: indices must be integers; got dtype {indices.dtype}. Cast them "
@@ -125,10 +140,20 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
     bad = (host < 0) | (host >= sizes)
     if bad.any():
       at = np.argwhere(bad)[0]
+      row = tuple(int(v) for v in host[tuple(at[:-1])])
+      if max(abs(v) for v in row) > np.iinfo(np.int32).max and \
+          not jax.config.jax_enable_x64:
+        fix = (" Coordinates beyond int32 need 64-bit indices: this index space needs "
+               "jax_enable_x64 (jax.config.update('jax_enable_x64', True)).")
+      elif min(row) < 0:
+        fix = (" Negative coordinates are not wrapped; mark unused slots with the dimension "
+               "size or pass check=False to drop them.")
+      else:
+        fix = " Fix the coordinates or the shape, or pass check=False to drop them."
       raise SparseFormatError(
           f"{func}: coordinate out of range: indices[{', '.join(map(str, at[:-1]))}] = "
-          f"{tuple(int(v) for v in host[tuple(at[:-1])])} for shape {shape}; expected "
-          f"0 <= index < {tuple(int(s) for s in sizes)} in every dimension.")
+          f"{row} for shape {shape}; expected 0 <= index < {tuple(int(s) for s in sizes)} "
+          f"in every dimension.{fix}")
   if nse is None:
     nse = indices.shape[-2]
     if concrete and indices.size:
@@ -138,8 +163,17 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
   nse = _static.static_int(nse, "nse", func)
   lay = Layout.make(fmt, shape, nse, func)
   idt = lay.index_dtype
-  storage = convert.logical_to_storage(lay, indices.astype(idt))
-  storage = jnp.where((storage < 0), jnp.asarray(lay.level_sizes, idt), storage)
+  # out of range (negative included) -> the dimension size (padding), in the input's own
+  # dtype, before the cast to idt could wrap a large coordinate into range
+  if isinstance(indices, np.ndarray):
+    with np.errstate(all="ignore"):
+      indices = np.where((indices < 0) | (indices >= sizes), sizes, indices).astype(idt)
+  else:
+    if jnp.iinfo(indices.dtype).bits < jnp.iinfo(idt).bits:
+      indices = indices.astype(idt)
+    size_arr = jnp.asarray(sizes, indices.dtype)
+    indices = jnp.where((indices < 0) | (indices >= size_arr), size_arr, indices)
+  storage = convert.logical_to_storage(lay, jnp.asarray(indices).astype(idt))
   data, bufs = convert.from_coordinates(lay, storage, values, func=func)
   return SparseArray._make(data, bufs, fmt, shape)
 

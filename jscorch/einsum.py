@@ -12,7 +12,7 @@ from jax.experimental import checkify
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.ops_coalesce import sum_duplicates
-from jscorch.primitives import einsum_kernel, einsum_portable
+from jscorch.primitives import checks, einsum_kernel, einsum_portable
 from jscorch.primitives._errors import (CapacityRequiredError, SparseCapacityError,
                                          SparseFormatError)
 from jscorch.primitives.einsum import einsum_bind
@@ -112,7 +112,7 @@ def _as_operand(x, k, func):
       hasattr(x, "__jax_array__"):
     return jnp.asarray(x)
   raise TypeError(f"{func}: operand {k} must be an array or a SparseArray; got "
-                  f"{type(x).__name__}.")
+                  f"{checks.describe(x)}.{checks.conversion_hint(x)}")
 
 
 def _parse(subscripts: str, ops, func):

@@ -52,7 +52,8 @@ def is_operand(x) -> bool:
 def _dense(x, func: str, name: str) -> jax.Array:
   if not is_operand(x):
     raise TypeError(f"{func}: {name} must be an array, a scalar or a SparseArray; got "
-                    f"{type(x).__name__}. Convert it with jnp.asarray first.")
+                    f"{checks.describe(x)}." + (checks.conversion_hint(x) or
+                                                " Convert it with jnp.asarray first."))
   return jnp.asarray(x)
 
 

@@ -147,3 +147,40 @@ def _short(a, n=8):
   a = np.asarray(a)
   body = ", ".join(str(int(v)) for v in a[:n])
   return f"[{body}{', ...' if a.size > n else ''}]"
+
+
+def describe(x) -> str:
+  """A short description of an operand for error messages: type, dtype and shape, never values.
+
+  Example:
+    >>> import numpy as np
+    >>> describe(np.zeros((2, 3), np.float32))
+    'ndarray(float32[2, 3])'
+  """
+  name = type(x).__name__
+  shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+  if shape is None:
+    text = repr(x)
+    return f"{name} {text}" if len(text) <= 40 else name
+  try:
+    dtype = np.dtype(dtype).name
+  except TypeError:
+    dtype = str(dtype)
+  return f"{name}({dtype}[{', '.join(map(str, shape))}])"
+
+
+def conversion_hint(x) -> str:
+  """How to turn another library's sparse matrix into a jscorch operand ('' for others).
+
+  Example:
+    >>> import scipy.sparse as sp
+    >>> conversion_hint(sp.eye(2, format="csr"))
+    ' Convert it with js.from_scipy(x) (or x.toarray() for a dense array).'
+  """
+  module = type(x).__module__ or ""
+  if module.startswith("scipy.sparse"):
+    return " Convert it with js.from_scipy(x) (or x.toarray() for a dense array)."
+  if module.startswith("jax.experimental.sparse"):
+    return (" Convert it with js.from_bcoo(x) (a BCSR: js.from_bcoo(x.to_bcoo())), or "
+            "x.todense() for a dense array.")
+  return ""

@@ -116,7 +116,8 @@ class ShardedSparseArray:
   """A 2-D sparse matrix partitioned over mesh axes (see the module docstring).
 
   Build one with :func:`shard`; get the :class:`~jscorch.SparseArray` back with
-  :meth:`unshard`. Multiply with :func:`jscorch.distributed.spmm` (or ``A @ x``),
+  :meth:`unshard`. Multiply with ``A @ x`` (global rows in and out) or, keeping node
+  layout for chained layers, :meth:`spmm` / :func:`jscorch.distributed.spmm`; see also
   :func:`~jscorch.distributed.sddmm`, :func:`~jscorch.distributed.gcn_aggregate`.
   """
   __slots__ = ("data", "pos", "crd", "loops", "ids", "halo", "_layout")
@@ -245,9 +246,48 @@ class ShardedSparseArray:
     from jscorch.distributed import products
     return products.row_mask(self)
 
-  def __matmul__(self, x):
+  def __matmul__(self, x) -> jax.Array:
+    """``A @ x``: a global `[n_cols, *rest]` in, a global `[n_rows, *rest]` out.
+
+    The shape contract of ``@`` for any matrix: the product is computed sharded
+    (:func:`~jscorch.distributed.spmm`) and its rows gathered back (``unshard_rows``),
+    in the original node labels. Chained layers should stay in node layout with
+    :meth:`spmm` instead, which skips the gather.
+
+    Raises:
+      SparseShardingError: ``x`` does not have ``n_cols`` rows (e.g. an operand
+        already in node layout: use :meth:`spmm`).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscorch as js
+      >>> from jscorch import distributed as jsd
+      >>> mesh = jax.make_mesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> A = jsd.shard(js.from_dense(jnp.array([[0., 2.], [3., 0.]])), mesh, axis="x")
+      >>> A @ jnp.ones((2, 1))
+      Array([[2.],
+             [3.]], dtype=float32)
+    """
+    func = "ShardedSparseArray @"
+    shape = tuple(np.shape(x)) if hasattr(x, "shape") or isinstance(x, (list, tuple)) else None
+    if shape is None:
+      return NotImplemented
+    if not shape or shape[0] != self.shape[1]:
+      raise SparseShardingError(
+          f"{func}: x must be a global array with one row per column of A; got x.shape="
+          f"{shape}, expected ({self.shape[1]}, ...). For an operand in node layout "
+          f"(A.shard_cols(x), {self._layout.cols.padded} rows) use A.spmm(x), which also "
+          "returns node layout.")
+    return self.unshard_rows(self.spmm(x))
+
+  def spmm(self, x, *, exchange: str | None = None) -> jax.Array:
+    """``A @ x`` in **node layout** `[P * rows.size, *rest]`: the form chained layers use.
+
+    ``x`` is global `[n_cols, *rest]` or already in node layout (``A.shard_cols(x)``);
+    ``A.unshard_rows`` turns the result into global rows. The same as
+    :func:`jscorch.distributed.spmm` (see there for ``exchange``).
+    """
     from jscorch.distributed import products
-    return products.spmm(self, x)
+    return products.spmm(self, x, exchange=exchange)
 
 
 def is_sharded(x) -> bool:

@@ -57,8 +57,15 @@ def test_more_devices_than_rows_and_matvec(meshes):
   x = np.diag(np.arange(1.0, 6.0)).astype(np.float32)
   As = jsd.shard(sp.csr_array(x), mesh, axis=axis)
   np.testing.assert_array_equal(As.unshard().to_scipy().toarray(), x)
-  y = As @ np.ones(5, np.float32)                     # SpMV, global vector: replicated
+  y = As @ np.ones(5, np.float32)                     # SpMV: global rows in and out
+  assert y.shape == (5,)
+  np.testing.assert_array_equal(np.asarray(y), x.sum(1))
+  y = As.spmm(np.ones(5, np.float32))                 # node layout (8 padded rows)
+  assert y.shape == (As.layout.rows.padded,)
   np.testing.assert_array_equal(np.asarray(As.unshard_rows(y)), x.sum(1))
+  with pytest.raises(Err, match=r"ShardedSparseArray @: x must be a global array .* got "
+                                r"x.shape=\(8,\), expected \(5, ...\).*use A.spmm\(x\)"):
+    As @ As.shard_cols(np.ones(5, np.float32))
 
 
 def test_exchange_choices(meshes, matrices, setup):
