@@ -425,12 +425,25 @@ def _letters(ids_list):
   return names
 
 
+def _reduces(terms, out) -> bool:
+  """True when the product sums away dims of a sparse term that holds every output dim.
+
+  Such a product is a reduction of that operand (``jnp.sum(A * B, axis=-1)``,
+  ``A.T @ (A @ x)``): its result is dense, as ``A.sum(1)`` is, never a new pattern.
+  A sparse term whose dims are all kept makes it a sampled product instead.
+  """
+  sparse = [set(ids) for v, ids in terms if is_sparse(v)]
+  return not any(s <= set(out) for s in sparse) and any(set(out) <= s for s in sparse)
+
+
 def _call_einsum(p: Product, terms, out):
   """One ``js.einsum`` call; capacity problems under jit become a sparsify error or densify."""
   names = _letters([ids for _, ids in terms] + [out])
   subscripts = ",".join("".join(names[i] for i in ids) for _, ids in terms) + "->" + \
       "".join(names[i] for i in out)
   operands = [v for v, _ in terms]
+  if _reduces(terms, out):
+    return js_einsum(subscripts, *operands, out_format="dense")
   try:
     return js_einsum(subscripts, *operands)
   except CapacityRequiredError:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch import ops
+from jscorch import ops, ops_shape
 from jscorch.array import is_sparse
 
 from . import _fusion as fu
@@ -439,6 +439,28 @@ def _concatenate(ctx, eqn, invals):
   return bind(eqn, ctx.policy.densify_operands(ctx.site(eqn), vals, why))
 
 
+@rule("stack")
+def _stack(ctx, eqn, invals):
+  vals = [force(v) for v in invals]
+  if all(is_sparse(v) for v in vals):
+    try:
+      return [ops_shape.stack(ops_shape.common_split(vals, "sparsify(stack)"),
+                              axis=eqn.params["axis"])]
+    except ValueError as e:
+      why = f"cannot stack these sparse operands without densifying ({e})"
+  else:
+    why = "stacks sparse and dense operands, so its result is dense"
+  return bind(eqn, ctx.policy.densify_operands(ctx.site(eqn), vals, why))
+
+
+@rule("rev")
+def _rev(ctx, eqn, invals):
+  x = force(invals[0])
+  if not is_sparse(x):
+    return bind(eqn, [x])
+  return [so.flip(x, eqn.params["dimensions"])]
+
+
 @rule("slice")
 def _slice(ctx, eqn, invals):
   x = force(invals[0])
@@ -533,48 +555,10 @@ def _dense(ctx, eqn, v, why):
   return ctx.policy.densify_operands(ctx.site(eqn), [v], why)[0] if is_sparse(v) else v
 
 
-@rule("scan")
-def _scan(ctx, eqn, invals):
-  p = eqn.params
-  nc, ncarry = p["num_consts"], p["num_carry"]
-  vals = _forced(invals)
-  consts, carry, xs = vals[:nc], vals[nc:nc + ncarry], vals[nc + ncarry:]
-  why = "carries a sparse value through a loop (loop carries must be dense)"
-  carry = [_dense(ctx, eqn, v, why) for v in carry]
-  xs = [_dense(ctx, eqn, x, "scans over a sparse operand without a batch dimension")
-        if is_sparse(x) and x.n_batch == 0 else x for x in xs]
-  jaxpr, jconsts = _open(p["jaxpr"])
-
-  def body(c, x):
-    outs = _forced(ctx.eval(jaxpr, jconsts, list(consts) + list(c) + list(x)))
-    return [_dense(ctx, eqn, o, why) for o in outs[:ncarry]], outs[ncarry:]
-
-  c, ys = jax.lax.scan(body, carry, xs, length=p["length"], reverse=p["reverse"],
-                       unroll=p["unroll"])
-  return list(c) + list(ys)
-
-
-@rule("while")
-def _while(ctx, eqn, invals):
-  p = eqn.params
-  cn, bn = p["cond_nconsts"], p["body_nconsts"]
-  vals = _forced(invals)
-  cconsts, bconsts, init = vals[:cn], vals[cn:cn + bn], vals[cn + bn:]
-  why = "carries a sparse value through a loop (loop carries must be dense)"
-  init = [_dense(ctx, eqn, v, why) for v in init]
-  cj, cc = _open(p["cond_jaxpr"])
-  bj, bc = _open(p["body_jaxpr"])
-
-  def cond_fun(c):
-    return _dense(ctx, eqn, force(ctx.eval(cj, cc, list(cconsts) + list(c))[0]), why)
-
-  def body_fun(c):
-    return [_dense(ctx, eqn, o, why) for o in _forced(ctx.eval(bj, bc, list(bconsts) + list(c)))]
-
-  return list(jax.lax.while_loop(cond_fun, body_fun, init))
-
-
 LAZY_DENSE = frozenset({"dot_general", "mul", "neg", "transpose", "reduce_sum",
                         "broadcast_in_dim", "squeeze", "reshape", "div", "add", "sub", "add_any",
                         "select_n", *_UNARY, *_BINARY})
 """Primitives whose rule also runs on dense operands (they build lazy values)."""
+
+
+from . import _control, _conv   # noqa: E402,F401  (they register the loop and conv rules)

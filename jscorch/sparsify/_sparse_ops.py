@@ -43,6 +43,11 @@ def dynamic_slice(A: SparseArray, starts, sizes, func="sparsify(dynamic_slice)")
   return ops_index.dynamic_slice(A, starts, sizes, func)
 
 
+def flip(A: SparseArray, dims, func="sparsify(rev)") -> SparseArray:
+  """``lax.rev`` of a SparseArray (see :func:`jscorch.ops_index.flip`)."""
+  return ops_index.flip(A, tuple(int(d) for d in dims), func)
+
+
 def reduce_extremum(A: SparseArray, axes, kind: str) -> jax.Array:
   """``reduce_max`` / ``reduce_min`` over ``axes`` with the implicit zeros counted (dense)."""
   return ops_reduce.extremum(A, tuple(int(a) for a in axes), kind,
