@@ -55,3 +55,17 @@ def pytest_generate_tests(metafunc):
       metafunc.fixturenames.append("lowering")
     metafunc.parametrize("lowering", ["auto", "portable"], indirect=True, scope="module",
                          ids=["kernel", "portable"])
+
+
+# -- quiet end of an xdist run -------------------------------------------------------------
+# When the run is over, execnet gives each pytest-xdist worker 5 s to finish and then sends
+# it SIGINT. A worker's last full garbage collection (pytest's unraisable-exception check)
+# runs JAX's gc callback over the whole heap and can take longer on a loaded machine; the
+# KeyboardInterrupt then lands in that callback and is printed as an "Exception ignored in
+# _xla_gc_callback" traceback after a green run. The results are already sent, so a
+# worker ignores SIGINT from then on and finishes its cleanup.
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+  if hasattr(session.config, "workerinput"):       # an xdist worker, not the controller
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
