@@ -1,7 +1,7 @@
 """jscorch: sparse machine learning in JAX.
 
 Sparse arrays in any TACO-style format, carried through ``jit``, ``vmap`` and
-``grad``; see ``README.md`` and ``DESIGN.md``.
+``grad``; see ``README.md`` and ``docs/``.
 """
 from jscorch.array import SparseArray as SparseArray
 from jscorch.array import is_sparse as is_sparse
