@@ -46,10 +46,6 @@ def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
   func = "from_dense"
   x = jnp.asarray(x)
   fmt = resolve_format(format, x.ndim, n_batch=n_batch, n_dense=n_dense, func=func)
-  if fmt.n_sparse < 1:
-    raise SparseFormatError(f"{func}: an array needs at least one sparse dimension; got "
-                            f"x.shape={x.shape} with n_batch={fmt.n_batch}, "
-                            f"n_dense={fmt.n_dense}.")
   probe = Layout(fmt, x.shape, 0)
   if all(l.kind == "dense" for l in fmt.levels):
     nse = math.prod(probe.level_sizes)

@@ -14,6 +14,7 @@ Conventions (DESIGN §3):
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -87,6 +88,9 @@ def leaf_coordinates(lay: Layout, indices: Indices) -> jax.Array:
     level ``k``. Padding rows hold the level sizes.
   """
   el = _element(lay)
+  if not indices:                         # all-dense or level-less: one pattern for all
+    one = _leaf_coordinates_1(el, ())
+    return jnp.broadcast_to(one, lay.batch_shape + one.shape)
   return vmap_batch(lambda *idx: _leaf_coordinates_1(el, idx), lay.n_batch)(*indices)
 
 
@@ -116,17 +120,28 @@ def todense(lay: Layout, data: jax.Array, indices: Indices) -> jax.Array:
   el = _element(lay)
 
   def one(data, *indices):
-    coords = storage_to_logical(el, _leaf_coordinates_1(el, indices))
+    if not el.n_sparse:                   # the one block at the empty coordinate
+      return data.any(0) if data.dtype == jnp.bool_ else data.sum(0)
     out = jnp.zeros(el.sparse_shape + el.block_shape, data.dtype)
+    if not out.size:            # a dimension of size 0: nothing to scatter (nor to transpose)
+      return out
+    coords = storage_to_logical(el, _leaf_coordinates_1(el, indices))
     return scatter_sum(out, tuple(coords.T), data)
 
   return vmap_batch(one, lay.n_batch)(data, *indices)
 
 
 # -- coordinates -> level buffers --------------------------------------------------------
+def _largest(count: jax.Array) -> jax.Array:
+  """The largest per-batch-element count; 0 for an empty batch (no element needs room)."""
+  return count if count.size else jnp.zeros((), count.dtype)
+
+
 def _sort_coordinates(coords, data):
   """Sorts leaves lexicographically (padding rows, holding the sizes, sort last)."""
   n, n_keys = coords.shape
+  if not n_keys:                          # no sparse dimension: one coordinate, no order
+    return coords, data
   keys = [coords[:, k] for k in range(n_keys)]
   perm = jax.lax.sort((*keys, jnp.arange(n, dtype=coords.dtype)), num_keys=n_keys)[-1]
   return coords[perm], data[perm]
@@ -215,7 +230,7 @@ def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: s
     return _build_levels_1(el, coords, valid, data)
 
   out, indices, count = vmap_batch(one, lay.n_batch)(coords, data)
-  return enforce_capacity(count, lay.nse, out, func, check=check), indices
+  return enforce_capacity(_largest(count), lay.nse, out, func, check=check), indices
 
 
 def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):
@@ -232,6 +247,8 @@ def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):
   all_dense = all(l.kind == DENSE for l in el.format.levels)
 
   def one(x):
+    if not n_sp:                          # no sparse dimension: x is the one stored block
+      return x[None], (), jnp.ones((), el.index_dtype)
     xs = jnp.transpose(x, perm)
     mask = jnp.any(xs != 0, axis=block_axes) if block_axes else xs != 0
     if all_dense:
@@ -245,7 +262,7 @@ def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):
     return out, indices, mask.sum()
 
   out, indices, count = vmap_batch(one, lay.n_batch)(x)
-  return enforce_capacity(count, lay.nse, out, func), indices
+  return enforce_capacity(_largest(count), lay.nse, out, func), indices
 
 
 def convert(src: Layout, dst: Layout, data: jax.Array, indices: Indices,
@@ -263,3 +280,100 @@ def convert(src: Layout, dst: Layout, data: jax.Array, indices: Indices,
                           is_sorted=same_order and src.format.ordered,
                           is_unique=src.format.unique)
 
+
+
+# -- layout changes: batch <-> sparse <-> block dimensions ----------------------------------
+def relayout_capacity(src: Layout, dst_format, nse: int | None = None) -> int:
+  """The static capacity of ``src``'s tensor in ``dst_format`` (same shape).
+
+  Moving batch or block dimensions into the sparse ones multiplies the capacity by
+  their sizes (every stored block element becomes an entry, explicit zeros
+  included); moving sparse dimensions into blocks or batches can only merge or
+  split entries. A unique format never needs more than its number of coordinates;
+  an all-dense (or level-less) format stores every coordinate.
+  """
+  probe = Layout(dst_format, src.shape, 0)
+  space = math.prod(probe.level_sizes)
+  if all(lvl.kind == DENSE for lvl in dst_format.levels):
+    return space
+  if nse is None:
+    nb, nd = src.n_batch, src.n_dense
+    grow = math.prod(src.shape[min(nb, probe.n_batch):nb])
+    grow *= math.prod(src.block_shape[:max(nd - probe.n_dense, 0)])
+    nse = src.nse * grow
+  return min(nse, space) if dst_format.unique else nse
+
+
+def _grid(sizes, idt):
+  """`[*sizes, len(sizes)]`: the coordinates of every element of a box."""
+  return jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=idt) for s in sizes], indexing="ij"),
+                   -1).reshape(tuple(sizes) + (len(sizes),))
+
+
+def relayout(src: Layout, dst: Layout, data: jax.Array, indices: Indices, *,
+             func: str = "update_layout", check: bool = True):
+  """Level buffers of the same tensor in ``dst``, whose batch / block split may differ.
+
+  Batch dimensions that become sparse prefix the coordinates of their elements'
+  entries; block dimensions that become sparse turn every block element into an
+  entry (explicit zeros included); sparse dimensions that become block dimensions
+  gather the entries sharing the remaining coordinates into one block; sparse
+  dimensions that become batch dimensions split the entries by coordinate. The
+  intermediate coordinate lists hold up to ``nse * prod(moved sizes)`` rows.
+
+  Returns:
+    ``(data, indices)`` of ``dst``; duplicates are summed where ``dst`` is unique.
+    Overflow of ``dst.nse`` raises (eager) or poisons the values (jit).
+  """
+  assert src.shape == dst.shape, (src.shape, dst.shape)
+  if (src.n_batch, src.n_dense) == (dst.n_batch, dst.n_dense):
+    return convert(src, dst, data, indices, func=func)
+  shape = src.shape
+  coords = storage_to_logical(src, leaf_coordinates(src, indices))
+  idt = dst.index_dtype
+  coords = coords.astype(idt)
+  valid = jnp.all(coords < jnp.asarray(src.sparse_shape, idt), axis=-1)
+  nb, nd = src.n_batch, src.n_dense
+  if dst.n_batch < nb:                  # batch -> sparse: prefix the batch coordinates
+    lead, moved = shape[:dst.n_batch], shape[dst.n_batch:nb]
+    n = coords.shape[-2]
+    grid = jnp.broadcast_to(_grid(moved, idt)[..., None, :], lead + moved + (n, len(moved)))
+    coords = jnp.concatenate([grid, coords], -1)
+    coords = coords.reshape(lead + (math.prod(moved) * n, coords.shape[-1]))
+    valid = valid.reshape(lead + (-1,))
+    data = data.reshape(lead + (math.prod(moved) * n,) + data.shape[nb + 1:])
+    nb = dst.n_batch
+  if dst.n_dense < nd:                  # block -> sparse: one entry per block element
+    moved = src.block_shape[:nd - dst.n_dense]
+    q, n = math.prod(moved), coords.shape[-2]
+    rows = jnp.broadcast_to(coords[..., None, :], coords.shape[:-1] + (q, coords.shape[-1]))
+    grid = jnp.broadcast_to(_grid(moved, idt).reshape(q, len(moved)),
+                            coords.shape[:-1] + (q, len(moved)))
+    coords = jnp.concatenate([rows, grid], -1).reshape(shape[:nb] + (n * q, -1))
+    valid = jnp.repeat(valid, q, axis=-1)
+    data = data.reshape(shape[:nb] + (n * q,) + data.shape[nb + 1 + len(moved):])
+    nd = dst.n_dense
+  if dst.n_dense > nd:                  # sparse -> block: gather entries into blocks
+    m = dst.n_dense - nd
+    moved_sizes = shape[len(shape) - dst.n_dense:len(shape) - nd]
+    moved = coords[..., coords.shape[-1] - m:]
+    coords = coords[..., :coords.shape[-1] - m]
+    hit = jnp.all(moved.reshape(moved.shape[:-1] + (1,) * m + (m,)) ==
+                  _grid(moved_sizes, idt), axis=-1)
+    block = data.reshape(data.shape[:nb + 1] + (1,) * m + data.shape[nb + 1:])
+    data = jnp.where(hit.reshape(hit.shape + (1,) * nd), block, jnp.zeros((), data.dtype))
+    nd = dst.n_dense
+  if dst.n_batch > nb:                  # sparse -> batch: split entries by coordinate
+    m = dst.n_batch - nb
+    lead, moved_sizes = shape[:nb], shape[nb:dst.n_batch]
+    n = coords.shape[-2]
+    split = lambda a: a.reshape(lead + (1,) * m + a.shape[nb:])  # noqa: E731
+    here = jnp.all(split(coords)[..., :m] == _grid(moved_sizes, idt)[..., None, :], axis=-1)
+    valid = split(valid) & here
+    coords = jnp.broadcast_to(split(coords)[..., m:], valid.shape + (coords.shape[-1] - m,))
+    data = jnp.broadcast_to(split(data), valid.shape + data.shape[nb + 1:])
+    nb = dst.n_batch
+  keep = valid.reshape(valid.shape + (1,) * (data.ndim - valid.ndim))
+  data = jnp.where(keep, data, jnp.zeros((), data.dtype))
+  coords = jnp.where(valid[..., None], coords, jnp.asarray(dst.sparse_shape, idt))
+  return from_coordinates(dst, logical_to_storage(dst, coords), data, func=func, check=check)

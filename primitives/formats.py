@@ -16,6 +16,17 @@ Level types (TACO / MLIR ``sparse_tensor``):
   ``crd`` buffer (coordinates);
 * ``singleton``: a ``crd`` buffer only, one coordinate per parent position (COO).
 
+**Dense levels below the last sparse level** (Scorch's ``sd``, ``sdd``, ``ssdd``:
+sparse rows of dense vectors, as in embedding tables) are stored as a dense block
+under each entry of the last sparse level: ``Format(compressed, dense)`` of a
+`[n, m]` array keeps `data` `[nse, m]`, where ``nse`` counts the stored *rows*.
+Such a format keeps its spelling (``repr``, equality, ``spelled_levels``) while
+its storage attributes (``levels``, ``mode_ordering``, ``n_dense``) describe the
+equivalent block layout, which every converter and kernel understands:
+``Format(compressed, dense).levels == (compressed,)``, ``.n_dense == 1`` and
+``.n_block_levels == 1``. The dense levels must store the last sparse dimensions
+in order; a dense level *between* sparse levels is refused.
+
 Example:
   >>> import jscorch as js
   >>> js.CSR
@@ -24,6 +35,9 @@ Example:
   True
   >>> js.COO.name, js.CSC.mode_ordering
   ('coo', (1, 0))
+  >>> rows = js.Format(js.compressed, js.dense)
+  >>> rows, rows.levels, rows.n_dense, rows.n_block_levels
+  (Format(compressed, dense), (compressed,), 1, 1)
 """
 from __future__ import annotations
 
@@ -91,53 +105,82 @@ class Format:
   """A sparse tensor format (static, hashable).
 
   Args:
-    *levels: the sparse levels in storage order.
+    *levels: the levels in storage order. A trailing run of ``dense`` levels after
+      the last sparse level is stored as dense blocks (see the module docstring).
     mode_ordering: ``mode_ordering[k]`` is the sparse dimension stored by level
       ``k``; identity by default.
     n_batch: number of leading batch dimensions.
-    n_dense: number of trailing dense block dimensions.
+    n_dense: number of trailing dense block dimensions (besides dense levels below
+      the last sparse level).
+
+  Attributes:
+    levels, mode_ordering: the levels with index buffers (and leading dense
+      levels), in storage order; ``n_sparse`` counts them.
+    n_batch: leading batch dimensions.
+    n_dense: trailing dimensions stored densely under each entry, including the
+      ``n_block_levels`` dense levels spelled below the last sparse level.
+    n_block_levels: how many of the block dimensions were given as dense levels.
 
   Raises:
     SparseFormatError: when the levels do not form a valid format (a singleton
-      level needs a non-unique parent, a dense level cannot follow a sparse one,
+      level needs a non-unique parent, a dense level between sparse levels,
       ``mode_ordering`` is not a permutation, ...).
   """
-  __slots__ = ("levels", "mode_ordering", "n_batch", "n_dense")
+  __slots__ = ("levels", "mode_ordering", "n_batch", "n_dense", "n_block_levels")
 
   def __init__(self, *levels: Level, mode_ordering: Sequence[int] | None = None,
                n_batch: int = 0, n_dense: int = 0):
     levels = tuple(levels)
     order = tuple(range(len(levels))) if mode_ordering is None else tuple(
         int(m) for m in mode_ordering)
-    object.__setattr__(self, "levels", levels)
-    object.__setattr__(self, "mode_ordering", order)
-    object.__setattr__(self, "n_batch", int(n_batch))
-    object.__setattr__(self, "n_dense", int(n_dense))
+    self._set(levels, order, int(n_batch), int(n_dense), 0)
+    _check_levels(levels, order)
+    last_sparse = max((k for k, lvl in enumerate(levels) if lvl.kind != DENSE), default=None)
+    n_below = 0 if last_sparse is None else len(levels) - 1 - last_sparse
+    if n_below:
+      n = len(levels)
+      if order[last_sparse + 1:] != tuple(range(n - n_below, n)):
+        raise SparseFormatError(
+            f"Format: dense levels below the last sparse level must store the last sparse "
+            f"dimensions in order; got mode_ordering={order} for levels {levels}, expected "
+            f"it to end with {tuple(range(n - n_below, n))}. Transpose the array so those "
+            "dimensions come last, or use compressed levels for them.")
+      self._set(levels[:last_sparse + 1], order[:last_sparse + 1], int(n_batch),
+                int(n_dense) + n_below, n_below)
     self._validate()
+
+  @classmethod
+  def _from_storage(cls, levels, mode_ordering, n_batch, n_dense, n_block_levels) -> Format:
+    """A format from its storage attributes (``n_block_levels`` of the blocks spelled as
+    dense levels); the spelling is dropped where it cannot apply."""
+    self = object.__new__(cls)
+    has_sparse = any(lvl.kind != DENSE for lvl in levels)
+    n_below = min(int(n_block_levels), int(n_dense)) if has_sparse else 0
+    self._set(tuple(levels), tuple(mode_ordering), int(n_batch), int(n_dense), n_below)
+    self._validate()
+    return self
+
+  def _set(self, levels, order, n_batch, n_dense, n_block_levels):
+    for name, value in zip(self.__slots__, (levels, order, n_batch, n_dense, n_block_levels)):
+      object.__setattr__(self, name, value)
 
   def __setattr__(self, name, value):
     raise dataclasses.FrozenInstanceError(f"Format is immutable; cannot set {name}.")
 
   def _validate(self):
     levels = self.levels
-    if not all(isinstance(lvl, Level) for lvl in levels):
-      raise SparseFormatError(
-          f"Format: levels must be Level objects (js.dense, js.compressed, js.singleton); "
-          f"got {levels!r}.")
-    if sorted(self.mode_ordering) != list(range(len(levels))):
-      raise SparseFormatError(
-          f"Format: mode_ordering must be a permutation of range({len(levels)}); "
-          f"got mode_ordering={self.mode_ordering}.")
+    _check_levels(levels, self.mode_ordering)
     if self.n_batch < 0 or self.n_dense < 0:
       raise SparseFormatError(
           f"Format: n_batch and n_dense must be >= 0; got n_batch={self.n_batch}, "
-          f"n_dense={self.n_dense}.")
+          f"n_dense={self.n_dense - self.n_block_levels}.")
     seen_sparse = False
     for k, lvl in enumerate(levels):
       if lvl.kind == DENSE and seen_sparse:
         raise SparseFormatError(
-            f"Format: level {k} is dense but follows a sparse level; got {levels}. "
-            "Store trailing dense dimensions as blocks with n_dense= instead.")
+            f"Format: level {k} is dense but lies between sparse levels; got {levels}. Use a "
+            "compressed level there, or order the dimensions so that the dense ones come "
+            "last (dense levels below the last sparse level are stored as blocks).")
       if lvl.kind == SINGLETON:
         parent = levels[k - 1] if k else None
         if parent is None or parent.kind == DENSE or parent.unique:
@@ -154,12 +197,23 @@ class Format:
   # -- derived properties -----------------------------------------------------------
   @property
   def n_sparse(self) -> int:
-    """Number of sparse (level) dimensions."""
+    """Number of sparse (level) dimensions (dense levels below the last sparse one excluded)."""
     return len(self.levels)
 
   @property
   def ndim(self) -> int:
     return self.n_batch + self.n_sparse + self.n_dense
+
+  @property
+  def spelled_levels(self) -> tuple[Level, ...]:
+    """The levels as given: ``levels`` followed by the ``n_block_levels`` dense levels."""
+    return self.levels + (dense,) * self.n_block_levels
+
+  @property
+  def spelled_mode_ordering(self) -> tuple[int, ...]:
+    """``mode_ordering`` over :attr:`spelled_levels`."""
+    n = self.n_sparse
+    return self.mode_ordering + tuple(range(n, n + self.n_block_levels))
 
   @property
   def dims_of_levels(self) -> tuple[int, ...]:
@@ -196,6 +250,8 @@ class Format:
   @property
   def name(self) -> str | None:
     """The canonical name (``"csr"``, ...) when this is a named format, else None."""
+    if self.n_block_levels:
+      return None
     base = self.replace(n_batch=0, n_dense=0)
     for fmt_name, make in _NAMED.items():
       try:
@@ -206,16 +262,21 @@ class Format:
     return None
 
   def replace(self, **changes) -> Format:
-    """A copy with some of ``levels``, ``mode_ordering``, ``n_batch``, ``n_dense`` changed."""
+    """A copy with some of ``levels``, ``mode_ordering``, ``n_batch``, ``n_dense``,
+    ``n_block_levels`` changed (storage attributes; the spelling of dense levels below
+    the last sparse level is kept where it still applies)."""
     kw = dict(levels=self.levels, mode_ordering=self.mode_ordering,
-              n_batch=self.n_batch, n_dense=self.n_dense)
+              n_batch=self.n_batch, n_dense=self.n_dense, n_block_levels=self.n_block_levels)
     kw.update(changes)
+    n_block_levels = kw.pop("n_block_levels")
     levels = kw.pop("levels")
-    return Format(*levels, **kw)
+    base = Format(*levels, **kw)
+    return Format._from_storage(base.levels, base.mode_ordering, base.n_batch, base.n_dense,
+                                base.n_block_levels + n_block_levels)
 
   # -- value semantics ----------------------------------------------------------------
   def _key(self):
-    return (self.levels, self.mode_ordering, self.n_batch, self.n_dense)
+    return (self.levels, self.mode_ordering, self.n_batch, self.n_dense, self.n_block_levels)
 
   def __eq__(self, other):
     return isinstance(other, Format) and self._key() == other._key()
@@ -224,21 +285,33 @@ class Format:
     return hash(self._key())
 
   def __repr__(self):
-    parts = [repr(lvl) for lvl in self.levels]
-    if self.mode_ordering != tuple(range(self.n_sparse)):
-      parts.append(f"mode_ordering={self.mode_ordering}")
+    parts = [repr(lvl) for lvl in self.spelled_levels]
+    order = self.spelled_mode_ordering
+    if order != tuple(range(len(order))):
+      parts.append(f"mode_ordering={order}")
     if self.n_batch:
       parts.append(f"n_batch={self.n_batch}")
-    if self.n_dense:
-      parts.append(f"n_dense={self.n_dense}")
+    if self.n_dense - self.n_block_levels:
+      parts.append(f"n_dense={self.n_dense - self.n_block_levels}")
     return f"Format({', '.join(parts)})"
 
   def __reduce__(self):
     return (_rebuild_format, self._key())
 
 
-def _rebuild_format(levels, mode_ordering, n_batch, n_dense):
-  return Format(*levels, mode_ordering=mode_ordering, n_batch=n_batch, n_dense=n_dense)
+def _check_levels(levels, order):
+  if not all(isinstance(lvl, Level) for lvl in levels):
+    raise SparseFormatError(
+        f"Format: levels must be Level objects (js.dense, js.compressed, js.singleton); "
+        f"got {levels!r}.")
+  if sorted(order) != list(range(len(levels))):
+    raise SparseFormatError(
+        f"Format: mode_ordering must be a permutation of range({len(levels)}); "
+        f"got mode_ordering={order}.")
+
+
+def _rebuild_format(levels, mode_ordering, n_batch, n_dense, n_block_levels=0):
+  return Format._from_storage(levels, mode_ordering, n_batch, n_dense, n_block_levels)
 
 
 # -- named formats -------------------------------------------------------------------
@@ -297,7 +370,10 @@ def resolve_format(fmt: FormatLike, ndim: int, *, n_batch: int | None = None,
   """Turns a format name or Format into a Format for a tensor of rank ``ndim``.
 
   Named formats adapt to the number of sparse dimensions (``"coo"`` and ``"csf"``
-  to any rank); ``n_batch`` / ``n_dense`` given here override zeros in ``fmt``.
+  to any rank; every name to the level-less ``Format()`` when ``n_batch`` and
+  ``n_dense`` cover all dimensions); ``n_batch`` / ``n_dense`` given here override
+  zeros in ``fmt``. For a format with dense levels below its last sparse level,
+  ``n_dense`` may count those levels or not (the rank decides).
 
   Args:
     fmt: a :class:`Format` or one of ``"coo"``, ``"csr"``, ``"csc"``, ``"dcsr"``,
@@ -314,6 +390,10 @@ def resolve_format(fmt: FormatLike, ndim: int, *, n_batch: int | None = None,
     Format(compressed(nonunique), singleton(nonunique), singleton)
     >>> resolve_format("csr", 3, n_batch=1)
     Format(dense, compressed, n_batch=1)
+    >>> resolve_format(Format(compressed, dense), 3, n_batch=1).n_dense
+    1
+    >>> resolve_format("csr", 2, n_batch=2)
+    Format(n_batch=2)
   """
   if isinstance(fmt, str):
     key = fmt.lower()
@@ -324,6 +404,8 @@ def resolve_format(fmt: FormatLike, ndim: int, *, n_batch: int | None = None,
     nb = n_batch or 0
     nd = n_dense or 0
     n_sparse = ndim - nb - nd
+    if n_sparse == 0 and ndim:
+      return Format(n_batch=nb, n_dense=nd)      # no sparse dimension: nothing to name
     try:
       base = _NAMED[key](n_sparse)
     except SparseFormatError as e:
@@ -335,19 +417,24 @@ def resolve_format(fmt: FormatLike, ndim: int, *, n_batch: int | None = None,
         f"{func}: format must be a js.Format or a name in {FORMAT_NAMES}; got "
         f"{type(fmt).__name__} {fmt!r}.")
   nb = fmt.n_batch if n_batch is None else n_batch
-  nd = fmt.n_dense if n_dense is None else n_dense
-  for arg, given, own in (("n_batch", n_batch, fmt.n_batch), ("n_dense", n_dense, fmt.n_dense)):
+  t = fmt.n_block_levels
+  own_nd = fmt.n_dense - t          # block dims not spelled as dense levels
+  if t and n_dense is not None and n_dense == own_nd + t and \
+      ndim - nb - n_dense != fmt.n_sparse + t:
+    n_dense = own_nd                # the caller counted the dense levels as block dims
+  nd = own_nd if n_dense is None else n_dense
+  for arg, given, own in (("n_batch", n_batch, fmt.n_batch), ("n_dense", n_dense, own_nd)):
     if given is not None and own and given != own:
       raise SparseFormatError(
           f"{func}: {arg}={given} conflicts with the format's own {arg}={own}; got "
           f"format={fmt!r}. Pass one or the other.")
   n_sparse = ndim - nb - nd
-  if fmt.n_sparse != n_sparse:
+  if fmt.n_sparse + t != n_sparse:
     name = fmt.name
     if name in ("coo", "csf") and n_sparse >= 1:
       return _NAMED[name](n_sparse).replace(n_batch=nb, n_dense=nd)
     raise SparseFormatError(
-        f"{func}: format {fmt!r} has {fmt.n_sparse} sparse levels but the array has "
+        f"{func}: format {fmt!r} has {fmt.n_sparse + t} sparse levels but the array has "
         f"{n_sparse} sparse dimensions (rank {ndim}, n_batch={nb}, n_dense={nd}). Pass a "
         "format with one level per sparse dimension, or adjust n_batch=/n_dense=.")
-  return fmt.replace(n_batch=nb, n_dense=nd)
+  return fmt.replace(n_batch=nb, n_dense=nd + t)

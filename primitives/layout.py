@@ -78,10 +78,10 @@ class Layout:
     if not isinstance(nse, (int, np.integer)) or nse < 0:
       raise SparseFormatError(f"{func}: nse must be a non-negative int; got nse={nse!r}.")
     lay = Layout(fmt, shape, int(nse))
-    if fmt.n_sparse and all(l.kind == DENSE for l in fmt.levels) and nse != lay.capacities[-1]:
+    if all(l.kind == DENSE for l in fmt.levels) and nse != math.prod(lay.level_sizes):
       raise SparseFormatError(
-          f"{func}: an all-dense format stores every coordinate; got nse={nse}, expected "
-          f"{lay.capacities[-1]}.")
+          f"{func}: an all-dense (or level-less) format stores every coordinate; got "
+          f"nse={nse}, expected {math.prod(lay.level_sizes)}.")
     index_dtype_for(max(shape + (int(nse) + 1,) + tuple(c + 1 for c in lay.capacities)), func)
     return lay
 

@@ -258,12 +258,9 @@ def test_from_dense_nse_type(nse, match):
      r"\('coo', 'csr', 'csc', 'dcsr', 'csf'\)"),
     (dict(format="csr", n_batch=1), r"from_dense: format='csr' does not fit an array of rank 2 "
      r"with n_batch=1, n_dense=0"),
-    (dict(format=js.Format(), n_batch=2),
-     r"from_dense: an array needs at least one sparse dimension; got x.shape=\(3, 4\) with "
-     r"n_batch=2, n_dense=0"),
     (dict(format=js.CSR, n_dense=1), r"from_dense: format Format\(dense, compressed\) has 2 "
      r"sparse levels but the array has 1 sparse dimensions \(rank 2, n_batch=0, n_dense=1\)"),
-], ids=["unknown_name", "csr_batched_2d", "no_sparse_dim", "level_count"])
+], ids=["unknown_name", "csr_batched_2d", "level_count"])
 def test_from_dense_format_errors(kw, match):
   with pytest.raises(SparseFormatError, match=match):
     js.from_dense(X, **kw)

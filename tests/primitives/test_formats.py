@@ -159,8 +159,11 @@ def test_format_derived_properties(fmt, expect):
      r"singleton level 0 needs a non-unique compressed or singleton parent"),
     (lambda: js.Format(js.dense, js.singleton),
      r"singleton level 1 needs a non-unique compressed or singleton parent"),
-    (lambda: js.Format(js.compressed, js.dense),
-     r"level 1 is dense but follows a sparse level.*n_dense="),
+    (lambda: js.Format(js.compressed, js.dense, js.compressed),
+     r"level 1 is dense but lies between sparse levels.*Use a compressed level there"),
+    (lambda: js.Format(js.compressed, js.dense, mode_ordering=(1, 0)),
+     r"dense levels below the last sparse level must store the last sparse dimensions in "
+     r"order; got mode_ordering=\(1, 0\)"),
     (lambda: js.Format(js.compressed(unique=False), js.compressed),
      r"level 1 follows a non-unique level and must be a singleton"),
     (lambda: js.Format(js.dense, js.compressed, mode_ordering=(0, 0)),
@@ -176,7 +179,7 @@ def test_format_derived_properties(fmt, expect):
     (lambda: js.Format(js.dense, js.compressed, n_dense=-2),
      r"n_batch and n_dense must be >= 0; got n_batch=0, n_dense=-2"),
 ], ids=["singleton_unique_parent", "singleton_first", "singleton_dense_parent",
-        "dense_after_sparse", "nonunique_then_compressed", "mode_ordering_repeat",
+        "dense_between_sparse", "dense_below_transposed", "nonunique_then_compressed", "mode_ordering_repeat",
         "mode_ordering_length", "mode_ordering_range", "level_strings", "negative_batch",
         "negative_dense"])
 def test_format_validation_errors(build, match):
@@ -234,9 +237,9 @@ def test_resolve_format_names(name, ndim, kw, expected):
      r"n_dense=0: CSR stores exactly 2 sparse dimensions; got 3"),
     ("csc", 1, {}, r"format='csc' does not fit an array of rank 1.*CSC stores exactly 2"),
     ("dcsr", 4, dict(n_batch=1), r"DCSR stores exactly 2 sparse dimensions; got 3"),
-    ("coo", 2, dict(n_batch=1, n_dense=1), r"COO needs at least 1 sparse dimension; got 0"),
-    ("csf", 1, dict(n_dense=1), r"CSF needs at least 1 sparse dimension; got 0"),
-], ids=["csr_rank3", "csc_rank1", "dcsr_batch", "coo_no_sparse", "csf_no_sparse"])
+    ("coo", 0, {}, r"COO needs at least 1 sparse dimension; got 0"),
+    ("csf", 0, {}, r"CSF needs at least 1 sparse dimension; got 0"),
+], ids=["csr_rank3", "csc_rank1", "dcsr_batch", "coo_rank0", "csf_rank0"])
 def test_resolve_format_name_rank_errors(name, ndim, kw, match):
   with pytest.raises(SparseFormatError, match=match):
     resolve_format(name, ndim, func="myfunc", **kw)

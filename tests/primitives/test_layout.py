@@ -103,7 +103,8 @@ def test_layout_is_static_and_hashable():
     (js.CSR, (4, 6), -1, r"myfunc: nse must be a non-negative int; got nse=-1"),
     (js.CSR, (4, 6), 2.0, r"myfunc: nse must be a non-negative int; got nse=2.0"),
     (js.Format(js.dense, js.dense), (2, 3), 5,
-     r"myfunc: an all-dense format stores every coordinate; got nse=5, expected 6"),
+     r"myfunc: an all-dense \(or level-less\) format stores every coordinate; got nse=5, "
+     r"expected 6"),
 ], ids=["rank", "negative_shape", "negative_nse", "float_nse", "all_dense_nse"])
 def test_layout_make_errors(fmt, shape, nse, match):
   with pytest.raises(SparseFormatError, match=match):
