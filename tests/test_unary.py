@@ -63,7 +63,7 @@ def prepare(name: str):
   return "positive" if name == "sqrt" else "plain"
 
 
-_TRANSFORMS = {"plain": lambda v: v, "small": lambda v: 0.15 * v, "positive": np.abs}
+TRANSFORMS = {"plain": lambda v: v, "small": lambda v: 0.15 * v, "positive": abs}
 
 
 # -- cases: (sparse array, float64 dense sum) ------------------------------------------------
@@ -86,7 +86,7 @@ def case(case_id: str, transform: str = "plain", dtype=np.float32):
   the float64 dense array it holds (duplicates summed with ``np.add.at``)."""
   fmt, shape, n_batch, n_dense, duplicates = CASES[case_id]
   seed = CASE_IDS.index(case_id)
-  tf = _TRANSFORMS[transform]
+  tf = TRANSFORMS[transform]
   if not duplicates:
     x = tf(util.random_dense(seed, shape, n_batch=n_batch, n_dense=n_dense, dtype=dtype))
     nse = util.stored_count(x, n_batch, n_dense) + PADDING
@@ -144,7 +144,7 @@ def test_values_jit(case_id):
   functions, so each function meets two of the six cases."""
   k = CASE_IDS.index(case_id)
   names = NAMES[k % 3::3]
-  arrays = {t: case(case_id, t)[0] for t in _TRANSFORMS}
+  arrays = {t: case(case_id, t)[0] for t in TRANSFORMS}
   fns = jax.jit(lambda arrays: {n: getattr(js, n)(arrays[prepare(n)]) for n in names})
   out = fns(arrays)
   for n in names:
