@@ -304,11 +304,24 @@ def same_pattern(a: SparseArray, b: SparseArray) -> bool:
       x is y for x, y in zip(a.indices, b.indices))
 
 
-def coalesce(A: SparseArray) -> SparseArray:
-  """``A`` with duplicates summed (a no-op for unique formats)."""
+def coalesce(A: SparseArray, policy=None) -> SparseArray:
+  """``A`` with duplicates summed (a no-op for unique formats; same capacity).
+
+  With the evaluation's ``policy``, every array of one pattern coalesces to one
+  shared pattern (the very same index buffers), so values computed from several
+  of them still align (:func:`same_pattern`).
+  """
   if A.format.unique:
     return A
-  return A.asformat(canonical_format(A.format))
+  C = A.asformat(canonical_format(A.format))
+  if policy is None:
+    return C
+  cache = vars(policy).setdefault("coalesce_cache", {})
+  key = (A.layout, tuple(id(i) for i in A.indices))
+  if key not in cache:
+    cache[key] = (A.indices, C)     # keeps the buffers alive: ids stay unique
+    return C
+  return cache[key][1].with_data(C.data)
 
 
 # -- sampling a value at a sparse pattern ---------------------------------------------------
@@ -381,7 +394,7 @@ def valid_entries(S: SparseArray, policy):
 
 def fold_into(S: SparseArray, S_ids, m, m_ids, policy) -> SparseArray:
   """``S * m`` at ``S``'s pattern, ``m`` (dims ``m_ids`` ⊆ ``S_ids``) read only there."""
-  S = coalesce(S)
+  S = coalesce(S, policy)
   valid = valid_entries(S, policy)
   vals = sample_at(m, m_ids, S, S_ids, valid, policy)
   data = S.data * vals.astype(S.dtype) if hasattr(vals, "astype") else S.data * vals
@@ -436,17 +449,46 @@ def _reduces(terms, out) -> bool:
   return not any(s <= set(out) for s in sparse) and any(set(out) <= s for s in sparse)
 
 
+def _staged(p: Product, terms, out):
+  """A dense-result product of several sparse terms, one sparse term first (or None).
+
+  Under ``jit`` a join of sparse operands needs a static capacity; a reduction
+  (``(A @ y) * (A @ y)``, ``A.T @ (A @ y)``) does not need the join: the sparse term
+  that sums away the most dims is contracted first with the dense terms within its
+  dims, into a dense partial result over the dims still needed.
+  """
+  best = None
+  for k, (S, ids) in enumerate(terms):
+    if not is_sparse(S):
+      continue
+    group = [k] + [j for j, (v, jids) in enumerate(terms)
+                   if j != k and not is_sparse(v) and set(jids) <= set(ids)]
+    rest = [t for j, t in enumerate(terms) if j not in group]
+    needed = set(out).union(*[set(jids) for _, jids in rest])
+    kept = tuple(dict.fromkeys(i for i in ids if i in needed))
+    if len(kept) < len(set(ids)) and (best is None or len(kept) < len(best[1])):
+      best = (group, kept, rest)
+  if best is None:
+    return None
+  group, kept, rest = best
+  partial = _call_einsum(p, [terms[j] for j in group], kept)
+  assert not is_sparse(partial), "a sparse term with summed dims reduces to a dense partial"
+  return _call_einsum(p, rest + [(partial, kept)], out)
+
+
 def _call_einsum(p: Product, terms, out):
   """One ``js.einsum`` call; capacity problems under jit become a sparsify error or densify."""
   names = _letters([ids for _, ids in terms] + [out])
   subscripts = ",".join("".join(names[i] for i in ids) for _, ids in terms) + "->" + \
       "".join(names[i] for i in out)
   operands = [v for v, _ in terms]
-  if _reduces(terms, out):
-    return js_einsum(subscripts, *operands, out_format="dense")
+  reduces = _reduces(terms, out)
   try:
-    return js_einsum(subscripts, *operands)
+    return js_einsum(subscripts, *operands, out_format="dense" if reduces else None)
   except CapacityRequiredError:
+    staged = _staged(p, terms, out) if reduces else None
+    if staged is not None:
+      return staged
     if p.policy is None or not p.policy.densify:
       raise SparsifyError(
           f"sparsify: the product {subscripts!r} of sparse operands for primitive "
@@ -546,7 +588,7 @@ def _anchored(p: Product, terms, out, sparse, anchor):
   extra = [i for i in out if i not in ids]
   scaling = all(v_ids == () and not is_sparse(v) for v, v_ids in others)
   if not (scaling and tuple(ids) == tuple(out)):   # a scaling is linear: duplicates and
-    S = coalesce(S)                                 # index buffers are kept as they are
+    S = coalesce(S, p.policy)                       # index buffers are kept as they are
   if scaling:
     if others:                     # A * scalar, transposes, expand_dims: no einsum at all
       S = S.with_data(S.data * math.prod([v for v, _ in others]))
