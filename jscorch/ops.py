@@ -57,6 +57,15 @@ def _dense(x, func: str, name: str) -> jax.Array:
   return jnp.asarray(x)
 
 
+def _no_foreign(func: str, **operands) -> None:
+  """Raises for another library's sparse matrix (described, never printed) with its conversion."""
+  for name, x in operands.items():
+    hint = checks.conversion_hint(x)
+    if hint:
+      raise TypeError(f"{func}: {name} must be an array, a scalar or a SparseArray; got "
+                      f"{checks.describe(x)}.{hint}")
+
+
 def _shape(x) -> tuple[int, ...]:
   return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
 
@@ -181,6 +190,7 @@ def matmul(a, b, *, nse: int | None = None, work: int | None = None, **kwargs):
     2
   """
   func = "matmul"
+  _no_foreign(func, a=a, b=b)
   if not (is_sparse(a) or is_sparse(b)):
     return jnp.matmul(a, b, **kwargs)
   out_dtype = _product_kwargs(func, kwargs)
@@ -226,6 +236,7 @@ def dot(a, b, *, nse: int | None = None, work: int | None = None, **kwargs):
     Array([3., 8.], dtype=float32)
   """
   func = "dot"
+  _no_foreign(func, a=a, b=b)
   if not (is_sparse(a) or is_sparse(b)):
     return jnp.dot(a, b, **kwargs)
   out_dtype = _product_kwargs(func, kwargs)
@@ -284,6 +295,7 @@ def multiply(a, b):
     (Array([ 10., 200.], dtype=float32), Array([2., 4.], dtype=float32))
   """
   func = "multiply"
+  _no_foreign(func, a=a, b=b)
   sa, sb = is_sparse(a), is_sparse(b)
   if not (sa or sb):
     return jnp.multiply(a, b)
@@ -319,6 +331,7 @@ def divide(a, b):
     (Array([0.5, 1. ], dtype=float32), Array([0.25, 0.25], dtype=float32))
   """
   func = "divide"
+  _no_foreign(func, a=a, b=b)
   if not (is_sparse(a) or is_sparse(b)):
     return jnp.divide(a, b)
   if is_sparse(b):
@@ -369,6 +382,7 @@ def _union(a: SparseArray, b: SparseArray, nse, func: str) -> SparseArray:
 
 
 def _add(a, b, nse, func: str, sign: int):
+  _no_foreign(func, a=a, b=b)
   sa, sb = is_sparse(a), is_sparse(b)
   if not (sa or sb):
     return jnp.add(a, b) if sign > 0 else jnp.subtract(a, b)
@@ -432,6 +446,7 @@ def union_values(a: SparseArray, b: SparseArray, *, nse: int | None = None,
 
 
 def _extremum(a, b, nse, func: str, fn):
+  _no_foreign(func, a=a, b=b)
   sa, sb = is_sparse(a), is_sparse(b)
   if sa and sb:
     U, x, y = union_values(a, b, nse=nse, func=func)
@@ -518,6 +533,7 @@ def power(a, p):
     (Array([ 9., 16.], dtype=float32), Array([1.7320508, 2.       ], dtype=float32))
   """
   func = "power"
+  _no_foreign(func, a=a, p=p)
   if not is_sparse(a):
     if is_sparse(p):
       raise TypeError(f"{func}: the exponent is a SparseArray, so x ** 0 = 1 would fill its "
@@ -557,6 +573,7 @@ def sum(a, axis: int | Sequence[int] | None = None, dtype=None, out=None,
     (Array(6., dtype=float32), Array([4., 2.], dtype=float32), (2, 1))
   """
   func = "sum"
+  _no_foreign(func, a=a)
   if not is_sparse(a):
     return jnp.sum(a, axis=axis, dtype=dtype, out=out, keepdims=keepdims, initial=initial,
                    where=where, promote_integers=promote_integers)
@@ -586,4 +603,5 @@ def transpose(a, axes: Sequence[int] | None = None):
   """
   if is_sparse(a):
     return a.transpose(axes)
+  _no_foreign("transpose", a=a)
   return jnp.transpose(a, axes)

@@ -197,7 +197,9 @@ def test_other_libraries_sparse_matrices_get_a_conversion_hint(A_x, kind):
     m = jsparse.BCOO.from_scipy_sparse(m)
   hint = r"js.from_scipy\(x\)" if kind == "scipy" else r"js.from_bcoo\(x\)"
   shown = r"csr_matrix\(float32\[400, 300\]\)" if kind == "scipy" else r"BCOO\(float32\[400, 300\]\)"
-  calls = [lambda: js.einsum("ij,j->i", m, jnp.ones(300)),
+  calls = [lambda: js.einsum("ij,j->i", m, jnp.ones(300)), lambda: js.sum(m),
+           lambda: js.matmul(m, jnp.ones(300)), lambda: js.transpose(m),
+           lambda: js.maximum(m, A), lambda: js.power(m, 2),
            lambda: js.multiply(A, m), lambda: A + m, lambda: A @ m, lambda: A == m]
   for call in calls:
     with pytest.raises(TypeError, match=rf"got {shown}\..*{hint}") as info:
