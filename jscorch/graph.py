@@ -444,7 +444,7 @@ def _csr(indptr, indices, data, shape, what, path):
 
 
 def load_npz(path: str | os.PathLike) -> Graph:
-  """Loads a graph stored in the schema of ``shared/data/README.md`` (e.g. ``cora.npz``).
+  """Loads a graph stored in the schema of ``docs/data.md`` (e.g. ``cora.npz``).
 
   Keys: ``num_nodes``; ``adj_indptr``, ``adj_indices`` (CSR adjacency, values 1);
   ``feat_indptr``, ``feat_indices``, ``feat_data``, ``feat_shape`` (CSR features);
@@ -472,7 +472,7 @@ def load_npz(path: str | os.PathLike) -> Graph:
     missing = [k for k in _NPZ_KEYS if k not in f.files]
     if missing:
       raise SparseFormatError(f"load_npz: {path} lacks key(s) {missing}; the graph schema needs "
-                              f"{list(_NPZ_KEYS)} (see shared/data/README.md).")
+                              f"{list(_NPZ_KEYS)} (see docs/data.md in the jscorch repository).")
     d = {k: f[k] for k in f.files}
   n = int(d["num_nodes"])
   adj_data = d.get("adj_data", np.ones(len(d["adj_indices"]), np.float32))
