@@ -94,6 +94,10 @@ __all__ += ["SparsifyError", "distributed", "graph", "sparsify"]
 from jscorch.ops_dropout import dropout as dropout  # noqa: E402
 
 __all__ += ["dropout"]
+from jscorch.ops_layout import todense as todense  # noqa: E402
+from jscorch.ops_layout import update_layout as update_layout  # noqa: E402
+
+__all__ += ["todense", "update_layout"]
 
 
 def __getattr__(name: str):

@@ -232,29 +232,35 @@ class SparseArray:
     return _todense(self.layout, self.data, self.indices)
 
   def asformat(self, format: FormatLike, *, nse: int | None = None) -> SparseArray:
-    """The same tensor stored in another format (batch and block dims kept).
+    """The same tensor stored in another format (see :func:`jscorch.ops_layout.asformat`).
 
     Args:
-      format: the target format or its name.
-      nse: the target capacity (static); default: this array's ``nse``.
+      format: the target format or its name; dense levels below its last sparse
+        level store rows of dense vectors (``nse`` then counts rows).
+      nse: the target capacity (static); default: this array's ``nse`` when the
+        batch / sparse / block split is unchanged.
 
     Example:
       >>> import jax.numpy as jnp, jscorch as js
       >>> js.from_dense(jnp.eye(3), format="csr").asformat("csc").format
       Format(dense, compressed, mode_ordering=(1, 0))
     """
-    from jscorch import _static
-    func = "SparseArray.asformat"
-    fmt = resolve_format(format, self.ndim, n_batch=self.n_batch, n_dense=self.n_dense,
-                         func=func)
-    nse = self.nse if nse is None else _static.static_int(nse, "nse", func)
-    if all(l.kind == "dense" for l in fmt.levels):
-      nse = math.prod(Layout(fmt, self.shape, 0).level_sizes)
-    dst = Layout.make(fmt, self.shape, nse, func)
-    if dst == self.layout:
-      return self
-    data, indices = convert.convert(self.layout, dst, self.data, self.indices, func=func)
-    return SparseArray._make(data, indices, fmt, self.shape)
+    from jscorch import ops_layout   # noqa: PLC0415 (ops_layout imports this module)
+    return ops_layout.asformat(self, format, nse=nse)
+
+  def update_layout(self, n_batch: int | None = None, n_dense: int | None = None, *,
+                    format: FormatLike | None = None, nse: int | None = None,
+                    on_inefficient: str | None = "warn") -> SparseArray:
+    """The same tensor with other batch / block dim counts (see :func:`jscorch.update_layout`).
+
+    Example:
+      >>> import jax.numpy as jnp, jscorch as js
+      >>> js.from_dense(jnp.eye(2), format="coo").update_layout(n_batch=1).format
+      Format(compressed, n_batch=1)
+    """
+    from jscorch import ops_layout   # noqa: PLC0415
+    return ops_layout.update_layout(self, n_batch, n_dense, format=format, nse=nse,
+                                    on_inefficient=on_inefficient)
 
   def astype(self, dtype) -> SparseArray:
     """The same pattern with values cast to ``dtype``."""

@@ -79,6 +79,10 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
     values: `[*batch, n, *block]`.
     shape: the full shape ``(*batch, *sparse, *block)`` (static).
     format: the storage format; batch and block dims are read from the operands.
+      For a format with dense levels below its last sparse level
+      (``Format(compressed, dense)``), ``indices`` may give every element's
+      coordinates (the rows are gathered; ``nse`` then counts rows) or only the
+      sparse ones, with ``values`` `[n, *dense_level_sizes, *block]`.
     nse: capacity (static). Default: the number of distinct coordinates (all
       in-range entries for a non-unique format) when the inputs are concrete, else ``n``.
     check: on concrete input, raise on out-of-range (or negative) coordinates.
@@ -121,6 +125,11 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
   n_sparse = indices.shape[-1]
   n_dense = values.ndim - n_batch - 1
   fmt = resolve_format(format, len(shape), n_batch=n_batch, n_dense=n_dense, func=func)
+  target = None
+  if fmt.n_block_levels and fmt.n_sparse < n_sparse:
+    # element coordinates for dense levels below the last sparse one: COO, then rows
+    target, target_nse, nse = fmt, nse, None
+    fmt = resolve_format("coo", len(shape), n_batch=n_batch, n_dense=n_dense, func=func)
   if fmt.n_sparse != n_sparse or n_dense < 0 or \
       values.shape[:n_batch + 1] != indices.shape[:-1] or \
       tuple(shape[:n_batch]) != indices.shape[:n_batch] or \
@@ -156,6 +165,8 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
       host = np.asarray(indices).reshape((-1,) + indices.shape[-2:])
       kept = [h[np.all((h >= 0) & (h < sizes), 1)] for h in host]
       nse = max(len(np.unique(h, axis=0)) if fmt.unique else len(h) for h in kept)
+      if target is not None and target_nse is None:      # distinct rows
+        target_nse = max(len(np.unique(h[:, :target.n_sparse], axis=0)) for h in kept)
   nse = _static.static_int(nse, "nse", func)
   lay = Layout.make(fmt, shape, nse, func)
   idt = lay.index_dtype
@@ -171,15 +182,22 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
     indices = jnp.where((indices < 0) | (indices >= size_arr), size_arr, indices)
   storage = convert.logical_to_storage(lay, jnp.asarray(indices).astype(idt))
   data, bufs = convert.from_coordinates(lay, storage, values, func=func)
-  return SparseArray._make(data, bufs, fmt, shape)
+  out = SparseArray._make(data, bufs, fmt, shape)
+  if target is not None:
+    from jscorch import ops_layout   # noqa: PLC0415 (ops_layout imports construct's peers)
+    out = ops_layout.asformat(out, target, nse=target_nse, func=func)
+  return out
 
 
 def random(key, shape, density: float, format: FormatLike = "csr", dtype=jnp.float32, *,
            n_batch: int | None = None, n_dense: int | None = None) -> SparseArray:
   """A random sparse array: uniformly placed entries with standard normal values.
 
-  Each batch element gets its own pattern of ``round(density * prod(sparse_shape))``
-  entries (capacity ``nse``). Small index spaces are sampled without replacement;
+  Each batch element gets its own pattern of ``ceil(density * prod(sparse_shape))``
+  entries (capacity ``nse``; as ``jax.experimental.sparse.random_bcoo``, so any
+  positive density stores at least one entry). For a format with dense levels
+  below its last sparse level the entries are rows of dense vectors (``density``
+  is the fraction of stored rows). Small index spaces are sampled without replacement;
   large ones (over 2**24 coordinates) with replacement and de-duplicated, so a few
   slots may be padding. Integer dtypes get values in ``[1, 10)``.
 
@@ -203,7 +221,7 @@ def random(key, shape, density: float, format: FormatLike = "csr", dtype=jnp.flo
   probe = Layout(fmt, shape, 0)
   sizes = probe.sparse_shape
   space = math.prod(sizes)
-  nse = int(round(float(density) * space))
+  nse = math.ceil(round(float(density) * space, 9))     # rounding: no ceil of float noise
   if all(l.kind == "dense" for l in fmt.levels):
     nse = space
   batch = probe.batch_shape
@@ -237,19 +255,53 @@ def random(key, shape, density: float, format: FormatLike = "csr", dtype=jnp.flo
   return SparseArray._make(data, bufs, fmt, shape)
 
 
-def eye(n: int, m: int | None = None, k: int = 0, format: FormatLike = "csr",
-        dtype=jnp.float32) -> SparseArray:
+def eye(n: int, m: int | None = None, k: int = 0, format: FormatLike | None = None,
+        dtype=jnp.float32, *, n_batch: int = 0, n_dense: int = 0) -> SparseArray:
   """The ``n × m`` identity (ones on diagonal ``k``) as a sparse array.
+
+  As ``jax.experimental.sparse.eye``, ``n_batch`` / ``n_dense`` choose how the two
+  dimensions are stored, the shape stays ``(n, m)``: ``n_batch=1`` makes each row a
+  batch element holding its one entry (``nse == 1``), ``n_dense=1`` stores the
+  rows with an entry as dense vectors. For a stack of identities use
+  :func:`jscorch.broadcast_to`.
+
+  Args:
+    n, m: rows and columns (static; ``m`` defaults to ``n``).
+    k: the diagonal (static): 0 the main one, > 0 above, < 0 below.
+    format: the storage format of the sparse dims; default ``"csr"`` with two
+      sparse dims, else ``"coo"`` (and ``Format()`` with none).
+    dtype: the value dtype.
+    n_batch, n_dense: batch and block dimension counts (static, sum at most 2).
+
+  Raises:
+    SparseFormatError: counts out of range, a format that does not fit.
 
   Example:
     >>> import jscorch as js
     >>> js.eye(3, format="coo").todense()[2]
     Array([0., 0., 1.], dtype=float32)
+    >>> E = js.eye(3, n_batch=1)
+    >>> E.shape, E.n_batch, E.nse
+    ((3, 3), 1, 1)
   """
+  from jscorch import ops_layout   # noqa: PLC0415 (ops_layout imports the array module)
   func = "eye"
   n = _static.static_int(n, "n", func)
   m = n if m is None else _static.static_int(m, "m", func)
   k = _static.static_int(k, "k", func)
+  nb = _static.static_int(n_batch, "n_batch", func)
+  nd = _static.static_int(n_dense, "n_dense", func)
+  if nb < 0 or nd < 0 or nb + nd > 2:
+    raise SparseFormatError(f"{func}: n_batch and n_dense must be >= 0 with a sum of at most "
+                            f"2; got n_batch={nb}, n_dense={nd}. The identity is 2-D.")
   rows = np.arange(max(0, -k), min(n, m - k))
   coords = np.stack([rows, rows + k], axis=-1).astype(np.int32).reshape(-1, 2)
-  return from_coo(coords, jnp.ones(len(rows), dtype), (n, m), format=format)
+  if format is None:
+    format = "csr" if nb + nd == 0 else "coo"
+  A = from_coo(coords, jnp.ones(len(rows), dtype), (n, m),
+               format=format if nb + nd == 0 else "coo", _func=func)
+  if nb + nd == 0:
+    return A
+  # the exact capacity of the new split: a row per entry, or one entry per batch element
+  nse = len(rows) if (nb, nd) == (0, 1) else 1
+  return ops_layout.update_layout(A, nb, nd, format=format, nse=nse, on_inefficient=None)

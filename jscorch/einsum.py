@@ -87,6 +87,12 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
   dtype = jnp.result_type(*[x.dtype for x in ops])
   ops = [x.astype(dtype) for x in ops]
   kind, out_layout, pattern, ops = _infer_output(ops, in_ids, out_ids, sizes, out_format, func)
+  if kind == SPARSE_OUT and out_layout.format.n_block_levels:   # rows of dense vectors
+    from jscorch import ops_layout   # noqa: PLC0415 (ops_layout calls einsum)
+    rows = ops_layout.einsum_rows(subscripts, operands, ops, in_ids, out_ids, out_layout,
+                                  nse, work)
+    if rows is not None:
+      return rows
   spec_ops = tuple(Operand(tuple(ids), x.layout if is_sparse(x) else None)
                    for x, ids in zip(ops, in_ids))
   flat = []

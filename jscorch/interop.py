@@ -71,6 +71,8 @@ def from_scipy(m, *, nse: int | None = None) -> SparseArray:
 def to_scipy(A: SparseArray):
   """A ``scipy.sparse`` array: csr_array for CSR, csc_array for CSC, else coo_array."""
   sp = _scipy()
+  if A.ndim == 2 and not A.n_batch and A.format.n_block_levels == A.n_dense == 1:
+    A = A.asformat("coo")              # rows of dense vectors: one entry per element
   if A.ndim != 2 or A.n_batch or A.n_dense:
     raise SparseFormatError(
         f"SparseArray.to_scipy: scipy holds 2-D matrices without batch or block dims; got "

@@ -277,8 +277,11 @@ def multiply(a, b):
     row and column vectors, extra leading dims, which become batch dims): the
     result has ``A``'s pattern and stores ``A[i] * X[i]``; ``X`` is only read at
     ``A``'s entries (an einsum, no dense intermediate).
-  * ``A * B`` (both sparse, equal shapes): the intersection, stored at ``A``'s
-    pattern (entries of ``A`` absent from ``B`` hold 0).
+  * ``A * B`` (both sparse, numpy-broadcast: ``[n, 1] * [n, m]``, ``[m] * [n, m]``):
+    the intersection, stored at the pattern of the operand that has the result's
+    shape (``A``'s when both do; entries absent from the other hold 0). When both
+    broadcast (``[n, 1] * [1, m]``) the result is a new pattern, whose capacity
+    must be given under ``jit`` (use :func:`jscorch.einsum` with ``nse=``).
   * ``A * s`` for a scalar ``s`` scales the stored values.
 
   Non-unique formats are coalesced first (the result then has the ordered,
@@ -300,13 +303,34 @@ def multiply(a, b):
   if not (sa or sb):
     return jnp.multiply(a, b)
   if sa and sb:
-    if a.shape != b.shape:
-      raise ValueError(f"{func}: sparse operands must have the same shape; got "
-                       f"a.shape={a.shape}, b.shape={b.shape}, expected equal shapes (sparse "
-                       "* sparse does not broadcast). Densify one with .todense() or reshape.")
-    a, b = _unique(a), _unique(b)
-    ids = _ids(a.ndim)
-    return einsum(f"{ids},{ids}->{ids}", a, b)
+    shape = _broadcast_shapes(a, b, func)
+    out = _ids(len(shape))
+
+    def unit_dims(x):    # size-1 dims that broadcast: squeezed away (no summed index, no join)
+      lead = len(shape) - x.ndim
+      return tuple(d for d, n in enumerate(x.shape) if n != shape[lead + d])
+
+    def ids(x):
+      lead = len(shape) - x.ndim
+      return "".join(out[lead + d] for d in range(x.ndim) if d not in unit_dims(x))
+
+    if not ids(a) or not ids(b):    # a one-element operand scales the other's values
+      one, other = (a, b) if not ids(a) else (b, a)
+      other = _unique(_broadcast_sparse(other, shape, func))
+      dtype = jnp.result_type(a.dtype, b.dtype)
+      return other.with_data(other.data.astype(dtype) * _todense(one).reshape(()).astype(dtype))
+    expr = f"{ids(a)},{ids(b)}->{out}"
+    ua, ub = unit_dims(a), unit_dims(b)
+    sq_a = _unique(a.squeeze(ua) if ua else a)
+    sq_b = _unique(b.squeeze(ub) if ub else b)
+    try:
+      return einsum(expr, sq_a, sq_b)
+    except CapacityRequiredError as e:
+      raise CapacityRequiredError(
+          f"{func}: both sparse operands broadcast, so the product has a new pattern whose "
+          f"size is data-dependent; got a.shape={a.shape}, b.shape={b.shape} under jit, "
+          f"expected a static capacity. Call js.einsum({expr!r}, a, b, nse=...) on the "
+          "squeezed operands instead.") from e
   A, x = (a, _dense(b, func, "b")) if sa else (b, _dense(a, func, "a"))
   if x.ndim == 0:
     return A.with_data(A.data * x)
