@@ -73,8 +73,9 @@ def sparsify(fun: Callable | None = None, *, densify: bool = False) -> Callable:
   ``custom_vjp`` bodies are evaluated inline: a custom differentiation rule is
   replaced by differentiating the sparse implementation of the primal body.
   ``cond`` takes sparse operands (a result stays sparse when every branch
-  returns the same layout), ``scan`` and ``while_loop`` take sparse constants
-  with dense carries.
+  returns the same layout); ``scan``, ``while_loop`` and ``fori_loop`` carry
+  sparse values whose pattern the body keeps (or stores in the same capacity),
+  and refuse a body that would grow it.
 
   Non-array leaves of the arguments (Python scalars, strings, ...) are static:
   ``fun`` sees them as they are. Flax NNX modules may be arguments (as with
