@@ -308,9 +308,17 @@ class SparseArray:
     return ops_shape.reshape(self, shape[0] if len(shape) == 1 else shape, format=format)
 
   def __getitem__(self, key):
-    """``A[key]``: ints, slices, ``None``, ``...``, one int array (see :mod:`jscorch.ops_index`)."""
+    """``A[key]``, numpy's rules: ints, slices, ``None``, ``...``, integer arrays and boolean
+    masks; dense when every sparse dim is indexed by points (see :mod:`jscorch.ops_index`)."""
     from jscorch import ops_index   # noqa: PLC0415 (ops_index imports this module)
     return ops_index.getitem(self, key)
+
+  def __len__(self) -> int:
+    """The size of the first dimension, as ``len`` of a numpy array (0-d arrays raise)."""
+    if not self.ndim:
+      raise TypeError(f"SparseArray.__len__: len() of unsized object; got a 0-d {self!r}, "
+                      "expected at least one dimension.")
+    return self.shape[0]
 
   def expand_dims(self, axis: int | Sequence[int]) -> SparseArray:
     """Unit dims inserted at ``axis`` (see :func:`jscorch.expand_dims`)."""

@@ -5,12 +5,35 @@ filter and shift the logical coordinates and rebuild the level buffers in the sa
 format (:func:`jscorch.ops_shape.build`), so ``jit``, ``vmap``, ``grad`` (w.r.t. the
 stored values) and ``eval_shape`` come from JAX. Padding stays padding.
 
-``A[key]`` accepts integers (negative too; a traced integer under ``jit`` reads like
-``lax.dynamic_slice``: clamped into range), static slices with any step, ``None``,
-``Ellipsis`` and one integer array along one axis (a gather; repeated indices
-allowed). Integer keys drop their dims as in numpy (a result with no sparse dim left
-is dense). The result keeps the format of the sparse dims it keeps; dropping a sparse
-dim follows the format rule of :mod:`jscorch.ops_shape`.
+``A[key]`` follows numpy's rules for:
+
+* integers (negative too; a traced integer under ``jit`` reads like
+  ``lax.dynamic_slice``: clamped into range), static slices with any step (empty
+  ones too: a dim of size 0, capacity 0 when a sparse window is empty), ``None``
+  and ``Ellipsis``;
+* **integer arrays** of any shape, several of them broadcast together (``A[rows,
+  cols]``, ``A[idx]`` with ``idx`` of shape ``[m, k]``); the broadcast shape
+  replaces the indexed dims in place when the array and integer indices are
+  adjacent in the key, and goes first otherwise. Repeated and negative indices are
+  allowed; traced ones are clamped into range (static ones out of range raise);
+* **boolean masks** over one or more consecutive dims (``A[mask]``, ``A[:, mask]``,
+  a full-shape ``A[x > 0]``), read as the integer arrays of ``np.nonzero(mask)``.
+  A mask must be concrete: under ``jit`` its number of ``True`` entries would fix
+  the result shape, so a traced mask raises; pass ``jnp.nonzero(mask, size=n)``
+  (integer arrays of static size) instead.
+
+**Dense or sparse.** As with integers, a result in which every sparse dim of ``A``
+was indexed by an integer or an array (points: ``A[1, 2]``, ``A[rows, cols]``,
+``v[idx]`` of a 1-D ``v``, ``A[x > 0]``) is a **dense** array: the values at
+those coordinates (duplicates summed, zero where nothing is stored), with the batch
+and block dims kept. Otherwise the result is **sparse**, in the format of the
+sparse dims it keeps (dropping or adding sparse dims follows the format rule of
+:mod:`jscorch.ops_shape`). Arrays over batch dims gather buffers (the result's
+batch dims); arrays over sparse dims copy each stored entry to every index naming
+its coordinate (capacity ``nse * m``, ``m`` the largest multiplicity of a point
+in the index when it is concrete, else the number of points); arrays over block
+dims gather blocks. Arrays over dims of several kinds (batch and sparse, say)
+first turn ``A`` into an all-sparse array (no batch or block dims).
 
 Example:
   >>> import jax.numpy as jnp, jscorch as js
@@ -24,6 +47,13 @@ Example:
   Array([[0., 3., 0.],
          [0., 3., 0.],
          [1., 0., 2.]], dtype=float32)
+  >>> A[jnp.array([0, 1, 1]), jnp.array([2, 1, 0])]      # points: a dense array
+  Array([2., 3., 0.], dtype=float32)
+  >>> A[:, jnp.array([True, False, True])].todense()
+  Array([[1., 2.],
+         [0., 0.]], dtype=float32)
+  >>> A[2:2].shape
+  (0, 3)
 """
 from __future__ import annotations
 
@@ -35,12 +65,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch.array import SparseArray
-from jscorch.ops_shape import build, entries, expand_dims, squeeze, transform
+from jscorch.ops_shape import (build, default_format, entries, expand_dims, reshape_as, squeeze,
+                               transform)
+from jscorch.primitives import convert
+from jscorch.primitives.layout import index_dtype_for
 
 
 # -- windows of the sparse dims --------------------------------------------------------------
 def _shift_sparse(A: SparseArray, starts, sizes, strides, func: str) -> SparseArray:
-  """Keeps the entries of ``A`` inside a window of its sparse dims (same format and nse)."""
+  """Keeps the entries of ``A`` inside a window of its sparse dims (same format and nse;
+  capacity 0 for an empty window)."""
   nb, ns = A.n_batch, A.n_sparse
   coords, valid = entries(A)
   idt = coords.dtype
@@ -50,7 +84,8 @@ def _shift_sparse(A: SparseArray, starts, sizes, strides, func: str) -> SparseAr
   inside = (rel >= 0) & (rel % strides == 0) & (rel // strides < jnp.asarray(sizes, idt))
   valid = valid & jnp.all(inside, axis=-1)
   shape = A.shape[:nb] + tuple(int(s) for s in sizes) + A.shape[nb + ns:]
-  return build(rel // strides, valid, A.data, shape, A.format, A.nse, func)
+  nse = A.nse if math.prod(sizes) else 0
+  return build(rel // strides, valid, A.data, shape, A.format, nse, func)
 
 
 def _slice_buffers(A: SparseArray, axis: int, slicer) -> SparseArray:
@@ -128,50 +163,189 @@ def flip(A: SparseArray, axes: Sequence[int], func: str = "flip") -> SparseArray
 
 
 # -- gathers ---------------------------------------------------------------------------------
-def take(A: SparseArray, index, axis: int, func: str = "take") -> SparseArray:
-  """``A`` gathered along ``axis`` at the 1-D integer ``index`` (clamped into range).
+def _index_array(k, n: int, d: int, func: str):
+  """An integer index along a dim of size ``n``: negatives wrapped; static ones checked
+  (``IndexError``), traced ones clamped into range."""
+  if isinstance(k, jax.core.Tracer):
+    k = jnp.where(k < 0, k + n, k)
+    return jnp.clip(k, 0, max(n - 1, 0)).astype(index_dtype_for(n, func))
+  k = np.asarray(k)
+  bad = k[(k < -n) | (k >= n)]
+  if bad.size:
+    _check_static(int(bad.flat[0]), n, d, func)
+  return np.where(k < 0, k + n, k).astype(index_dtype_for(n, func))
 
-  Batch and block dims gather buffers. Along a sparse dim each stored entry is copied
-  to every position of ``index`` that names its coordinate; the capacity becomes
-  ``nse * m`` (``m``: the largest multiplicity of a value in ``index`` when it is
-  concrete, else ``len(index)``), at most the number of coordinates of the result.
+
+def take(A: SparseArray, index, axis: int, func: str = "take") -> SparseArray:
+  """``A`` gathered along ``axis`` at the 1-D integer ``index`` (a sparse result).
+
+  Negative indices wrap; out-of-range ones raise when ``index`` is concrete and are
+  clamped into range when it is traced. Batch and block dims gather buffers. Along a
+  sparse dim each stored entry is copied to every position of ``index`` that names
+  its coordinate; the capacity becomes ``nse * m`` (``m``: the largest multiplicity
+  of a value in ``index`` when it is concrete, else ``len(index)``), at most the
+  number of coordinates of the result when its format is unique. An empty ``index``
+  gives a dim of size 0.
   """
-  nb, ns = A.n_batch, A.n_sparse
-  n = A.shape[axis]
-  k = int(np.shape(index)[0])
-  if not k:
-    raise IndexError(f"{func}: an empty index array along axis {axis} gives an empty result, "
-                     "which SparseArrays do not support. Index A.todense() instead.")
-  if isinstance(index, jax.core.Tracer):
-    index = jnp.clip(jnp.where(index < 0, index + n, index), 0, max(n - 1, 0)).astype(jnp.int32)
-    m = k
+  index = _index_array(index, A.shape[axis], axis, func)
+  if axis < A.n_batch:
+    return _gather_batch(A, axis, [index])
+  if axis >= A.n_batch + A.n_sparse:
+    return _gather_block(A, axis, [index])
+  return _gather_sparse(A, axis, [jnp.asarray(index)], func)
+
+
+def _gather_batch(A: SparseArray, p: int, index) -> SparseArray:
+  """Batch dims ``p .. p + len(index) - 1`` indexed by the (broadcast) arrays ``index``."""
+  key = (slice(None),) * p + tuple(index)
+  data = A.data[key]
+  n_batch = A.n_batch + data.ndim - A.data.ndim
+  shape = data.shape[:n_batch] + A.shape[A.n_batch:]
+  return SparseArray._make(data, [i[key] for i in A.indices], A.format.replace(n_batch=n_batch),
+                           shape)
+
+
+def _gather_block(A: SparseArray, p: int, index) -> SparseArray:
+  """Block dims ``p .. p + len(index) - 1`` indexed by the (broadcast) arrays ``index``."""
+  at = p - A.n_sparse + 1                                    # the axis of ``A.data``
+  data = A.data[(slice(None),) * at + tuple(index)]
+  n_dense = data.ndim - 1 - A.n_batch
+  shape = A.shape[:p] + data.shape[at:]
+  return SparseArray._make(data, A.indices, A.format.replace(n_dense=n_dense), shape)
+
+
+def _keys(columns, sizes, dtype):
+  """Row-major linear keys of coordinate ``columns`` in a space of ``sizes``."""
+  strides = np.cumprod((1,) + tuple(sizes[::-1]))[::-1][1:]
+  return sum(c.astype(dtype) * dtype.type(s) for c, s in zip(columns, strides))
+
+
+def _gather_sparse(A: SparseArray, p: int, index, func: str) -> SparseArray:
+  """Sparse dims ``p .. p + k - 1`` of ``A`` at the points ``index`` (``k`` arrays of
+  shape ``[P]``): a sparse result whose dim ``p`` has size ``P`` (see :func:`take`)."""
+  nb, ns, k = A.n_batch, A.n_sparse, len(index)
+  sizes = A.shape[p:p + k]
+  n_points = int(index[0].shape[0])
+  shape = A.shape[:p] + (n_points,) + A.shape[p + k:]
+  fmt = default_format(A, ns - k + 1, nb, A.n_dense, None, func)
+  kdt = index_dtype_for(math.prod(sizes) + 1, func)
+  if any(isinstance(i, jax.core.Tracer) for i in index):
+    m = n_points
+    points = _keys(index, sizes, kdt)
   else:
-    index = np.clip(np.where(np.asarray(index) < 0, np.asarray(index) + n, index), 0,
-                    max(n - 1, 0)).astype(np.int32)
-    m = int(np.bincount(index).max())
-  index = jnp.asarray(index)
-  if axis < nb:
-    return _slice_buffers(A, axis, lambda x, ax: jnp.take(x, index, axis=ax))
-  if axis >= nb + ns:
-    return _with_block(A, axis, lambda x, ax: jnp.take(x, index, axis=ax))
-  shape = A.shape[:axis] + (k,) + A.shape[axis + 1:]
-  nse = min(A.nse * m, math.prod(shape[nb:nb + ns]))
+    points = _keys([np.asarray(i) for i in index], sizes, kdt)
+    m = int(np.unique(points, return_counts=True)[1].max()) if n_points else 0
+    points = jnp.asarray(points)
   coords, valid = entries(A)
-  d = axis - nb
-  order = jnp.argsort(index)
-  ordered = index[order]
-  c = coords[..., d]
+  d = p - nb
+  order = jnp.argsort(points)
+  ordered = points[order]
+  c = _keys([coords[..., d + j] for j in range(k)], sizes, kdt)
   lo = jnp.searchsorted(ordered, c, side="left")
   hi = jnp.searchsorted(ordered, c, side="right")
-  t = jnp.arange(m, dtype=lo.dtype)
-  slot = lo[..., None] + t                                       # [*batch, nse, m]
+  slot = lo[..., None] + jnp.arange(m, dtype=lo.dtype)          # [*batch, nse, m]
   ok = valid[..., None] & (slot < hi[..., None])
-  new = order[jnp.clip(slot, 0, k - 1)].astype(coords.dtype)
-  rows = coords[..., None, :].repeat(m, axis=-2)       # [*batch, nse, m, ns]
-  rows = rows.at[..., d].set(new)
+  new = order[jnp.clip(slot, 0, max(n_points - 1, 0))].astype(coords.dtype) if n_points else \
+      jnp.zeros(slot.shape, coords.dtype)
+  rows = jnp.broadcast_to(coords[..., None, :], ok.shape + coords.shape[-1:])
+  rows = jnp.concatenate([rows[..., :d], new[..., None], rows[..., d + k:]], axis=-1)
   flat = lambda x: x.reshape(x.shape[:nb] + (-1,) + x.shape[nb + 2:])
-  data = jnp.repeat(A.data, m, axis=nb)
-  return build(flat(rows), flat(ok), data, shape, A.format, nse, func)
+  nse = A.nse * m
+  if fmt.unique:
+    nse = min(nse, math.prod(shape[nb:nb + ns - k + 1]))
+  return build(flat(rows), flat(ok), jnp.repeat(A.data, m, axis=nb), shape, fmt, nse, func)
+
+
+def _lookup(A: SparseArray, index, func: str) -> jax.Array:
+  """The dense values `[*batch, P, *block]` of ``A`` at the points ``index`` (one array of
+  shape ``[P]`` per sparse dim); duplicates summed, zero where nothing is stored."""
+  from jscorch.ops_coalesce import sum_duplicates   # noqa: PLC0415 (imports ops_shape)
+  nb, ns = A.n_batch, A.n_sparse
+  sizes = A.shape[nb:nb + ns]
+  n_points = int(index[0].shape[0])
+  shape = A.shape[:nb] + (n_points,) + A.shape[nb + ns:]
+  if not n_points or not A.nse:
+    return jnp.zeros(shape, A.dtype)
+  if not A.format.unique:
+    A = sum_duplicates(A)
+  kdt = index_dtype_for(math.prod(sizes) + 1, func)
+  points = _keys([jnp.asarray(i) for i in index], sizes, kdt)
+  coords, valid = entries(A)
+  keys = jnp.where(valid, _keys([coords[..., j] for j in range(ns)], sizes, kdt),
+                   kdt.type(math.prod(sizes)))       # padding: past every point
+
+  def one(keys, data):
+    order = jnp.argsort(keys)
+    at = jnp.minimum(jnp.searchsorted(keys[order], points), A.nse - 1)
+    hit = keys[order[at]] == points
+    values = data[order[at]]
+    return jnp.where(hit.reshape(hit.shape + (1,) * (values.ndim - 1)), values,
+                     jnp.zeros((), values.dtype))
+
+  return convert.vmap_batch(one, nb)(keys, A.data)
+
+
+def _permute(A, perm: Sequence[int], func: str):
+  """``A`` with dims permuted: free within the batch / sparse / block groups, else rebuilt
+  all-sparse (:func:`jscorch.ops_shape.transform`)."""
+  perm = list(perm)
+  if perm == list(range(len(perm))):
+    return A
+  if not isinstance(A, SparseArray):
+    return jnp.transpose(A, perm)
+  group = [0] * A.n_batch + [1] * A.n_sparse + [2] * A.n_dense
+  if all(group[q] == group[i] for i, q in enumerate(perm)):
+    return A.transpose(perm)
+  return transform(A, perm, func)
+
+
+def _advanced(A, dims: list[int], index: list, front: bool, func: str):
+  """``A`` indexed at ``dims`` by integer arrays ``index`` (numpy advanced indexing).
+
+  The broadcast shape of ``index`` replaces ``dims`` at the position of the first of
+  them, or at the front when ``front`` (or when ``dims`` are not adjacent).
+  """
+  try:
+    bshape = np.broadcast_shapes(*[np.shape(i) for i in index])
+  except ValueError:
+    raise IndexError(f"{func}: shape mismatch: indexing arrays could not be broadcast "
+                     f"together; got shapes {[tuple(np.shape(i)) for i in index]}, expected "
+                     "shapes that broadcast (numpy rules).") from None
+  k = len(dims)
+  p = dims[0]
+  if dims != list(range(p, p + k)):                      # not adjacent: numpy puts them first
+    rest = [d for d in range(A.ndim) if d not in dims]
+    A = _permute(A, rest[:p] + dims + rest[p:], func)
+    front = True
+  index = [jnp.broadcast_to(i, bshape) if isinstance(i, jax.core.Tracer) else
+           np.broadcast_to(i, bshape) for i in index]
+  if not isinstance(A, SparseArray):
+    out = A[(slice(None),) * p + tuple(index)]
+  else:
+    nb, ns = A.n_batch, A.n_sparse
+    points = set(range(nb, nb + ns)) <= set(range(p, p + k))     # every sparse dim indexed
+    if p + k <= nb:
+      out = _gather_batch(A, p, index)
+    elif p >= nb + ns:
+      out = _gather_block(A, p, index)
+    else:
+      if p < nb or p + k > nb + ns:                         # several kinds of dims
+        A = transform(A, range(A.ndim), func)
+      flat = [i.reshape(-1) for i in index]
+      new = A.shape[:p] + bshape + A.shape[p + k:]
+      if k == A.n_sparse:
+        out = _lookup(A, flat, func).reshape(new)
+      else:
+        out = _gather_sparse(A, p, flat, func)
+        if len(bshape) != 1:
+          out = reshape_as(out, new, None, func)
+        if points:
+          out = out.todense()
+  if front and p:
+    nd = len(bshape)
+    out = _permute(out, list(range(p, p + nd)) + list(range(p)) +
+                   list(range(p + nd, out.ndim)), func)
+  return out
 
 
 # -- A[key] ----------------------------------------------------------------------------------
@@ -184,16 +358,31 @@ def _is_int(k) -> bool:
       k.dtype, jnp.integer)
 
 
-def _int_array(k, func: str):
-  """``k`` as a 1-D integer array index, or None when ``k`` is not an array."""
-  if isinstance(k, (list, tuple)):
+def _array(k, func: str):
+  """``k`` as an integer or boolean array index, or None when ``k`` is not an array."""
+  if isinstance(k, (bool, np.bool_)):
     k = np.asarray(k)
+  if isinstance(k, (list, tuple)):
+    try:
+      k = np.asarray(k)
+    except ValueError:
+      return None
   if not isinstance(k, (np.ndarray, jax.Array)):
     return None
-  if not jnp.issubdtype(k.dtype, jnp.integer) or k.ndim != 1:
-    raise TypeError(f"{func}: an array index must be 1-D of integers; got dtype {k.dtype} with "
-                    f"shape {k.shape}. Boolean masks and multi-dimensional indices are not "
-                    "supported: index A.todense() instead.")
+  if k.dtype == np.bool_:
+    if isinstance(k, jax.core.Tracer):
+      raise IndexError(
+          f"{func}: a boolean mask index must be concrete; got a traced {k.dtype}{list(k.shape)} "
+          "under jit, whose number of True entries would fix the result's shape. Pass integer "
+          "indices of a static size instead, e.g. A[jnp.nonzero(mask, size=n)] (or "
+          "A[:, jnp.nonzero(mask, size=n)[0]]), or index outside jit.")
+    if k.ndim == 0:
+      raise IndexError(f"{func}: a 0-d boolean index is not supported; got {k!r}. Use None "
+                       "to add a unit dimension.")
+    return k
+  if not jnp.issubdtype(k.dtype, jnp.integer):
+    raise TypeError(f"{func}: an array index must hold integers or booleans; got dtype "
+                    f"{k.dtype} with shape {k.shape}. Cast it with .astype(int).")
   return k
 
 
@@ -203,8 +392,10 @@ def _check_static(i: int, n: int, d: int, func: str) -> int:
   return i % n
 
 
-def _parse(key, ndim: int, func: str):
-  """Expands ``key`` into ``[(kind, value)]`` with one entry per dim (plus ``None`` items)."""
+def _parse(key, shape: tuple[int, ...], func: str):
+  """Expands ``key`` into ``[(kind, value)]`` with one entry per dim (plus ``None`` items
+  and the ellipsis marker); boolean masks become one integer array per dim they cover."""
+  ndim = len(shape)
   key = key if isinstance(key, tuple) else (key,)
   items = []
   for k in key:
@@ -222,42 +413,50 @@ def _parse(key, ndim: int, func: str):
     elif _is_int(k):
       items.append(("int", k))
     else:
-      arr = _int_array(k, func)
+      arr = _array(k, func)
       if arr is None:
         raise TypeError(f"{func}: unsupported index {k!r} of type {type(k).__name__}; expected "
-                        "ints, slices, None, Ellipsis or one 1-D integer array.")
-      items.append(("array", arr))
+                        "ints, slices, None, Ellipsis, integer arrays or boolean masks.")
+      items.append(("bool" if arr.dtype == np.bool_ else "array", arr))
   if sum(kind == "ellipsis" for kind, _ in items) > 1:
     raise IndexError(f"{func}: an index can only have a single ellipsis ('...'); got {key!r}.")
-  used = sum(kind in ("slice", "int", "array") for kind, _ in items)
+  width = lambda kind, v: v.ndim if kind == "bool" else int(kind in ("slice", "int", "array"))
+  used = sum(width(kind, v) for kind, v in items)
   if used > ndim:
     raise IndexError(f"{func}: too many indices for an array of rank {ndim}; got {used} "
                      f"in {key!r}.")
-  if sum(kind == "array" for kind, _ in items) > 1:
-    raise IndexError(f"{func}: at most one integer-array index is supported; got {key!r}. "
-                     "Index one axis at a time.")
   fill = [("slice", slice(None))] * (ndim - used)
   at = next((i for i, (kind, _) in enumerate(items) if kind == "ellipsis"), len(items))
-  return items[:at] + fill + [it for it in items[at:] if it[0] != "ellipsis"]
+  # The ellipsis stays as a marker of no width: numpy counts it (even when it stands for
+  # no dim) as separating the advanced indices on its two sides.
+  items = items[:at] + fill + items[at:at + 1] + items[at + 1:]
+  out, d = [], 0
+  for kind, v in items:
+    if kind == "bool":
+      want = shape[d:d + v.ndim]
+      if tuple(v.shape) != want:
+        raise IndexError(f"{func}: boolean index did not match the indexed dims {d}.."
+                         f"{d + v.ndim - 1}; got a mask of shape {tuple(v.shape)}, expected "
+                         f"{want}.")
+      out += [("array", nz) for nz in np.nonzero(np.asarray(v))]
+    else:
+      out.append((kind, v))
+    d += width(kind, v)
+  return out
 
 
 def getitem(A: SparseArray, key):
   """``A[key]``; see the module docstring."""
   func = "SparseArray.__getitem__"
-  items = _parse(key, A.ndim, func)
-  dims = [i for i, (kind, _) in enumerate(items) if kind != "none"]   # item of each dim
+  items = _parse(key, A.shape, func)
+  dims = [i for i, (kind, _) in enumerate(items) if kind not in ("none", "ellipsis")]
   start, limit, stride = [0] * A.ndim, list(A.shape), [1] * A.ndim
-  flips, ints, dynamic = [], [], {}
+  flips, ints, dynamic, arrays = [], [], {}, []
   for d, i in enumerate(dims):
     kind, k = items[i]
     n = A.shape[d]
     if kind == "array":
-      if not isinstance(k, jax.core.Tracer):
-        bad = np.asarray(k)[(np.asarray(k) < -n) | (np.asarray(k) >= n)]
-        if bad.size:
-          _check_static(int(bad[0]), n, d, func)
-      A = take(A, k, d, func)
-      limit[d] = A.shape[d]
+      arrays.append((d, _index_array(k, n, d, func)))
     elif kind == "int":
       ints.append(d)
       if isinstance(k, jax.core.Tracer):
@@ -268,10 +467,8 @@ def getitem(A: SparseArray, key):
     else:
       r = range(*k.indices(n))
       if not r:
-        raise IndexError(f"{func}: the slice {k} selects nothing along axis {d} of size {n}; "
-                         "empty results are not supported for SparseArrays. Index "
-                         "A.todense() instead.")
-      if r.step > 0:
+        limit[d] = 0                                     # an empty window
+      elif r.step > 0:
         start[d], limit[d], stride[d] = r.start, r[-1] + 1, r.step
       else:
         start[d], limit[d], stride[d] = r[-1], r.start + 1, -r.step
@@ -285,24 +482,25 @@ def getitem(A: SparseArray, key):
     A = dynamic_slice(A, starts, sizes, func)
   if ints:
     A = squeeze(A, tuple(ints))
-  # numpy moves the array dim to the front when the advanced indices are not adjacent.
+  # numpy: the arrays' broadcast dims go where the advanced indices (arrays and ints) are
+  # when those are adjacent in the key, and first otherwise.
   adv = [i for i, (kind, _) in enumerate(items) if kind in ("array", "int")]
-  arr = [i for i, (kind, _) in enumerate(items) if kind == "array"]
-  out = [i for i, (kind, _) in enumerate(items) if kind in ("slice", "array", "none")]
-  if arr and adv[-1] - adv[0] + 1 != len(adv):
-    out.remove(arr[0])
-    out.insert(0, arr[0])
-    kept = [i for i in out if items[i][0] != "none"]
-    src = sorted(kept).index(arr[0])
-    A = _move_to_front(A, src, func)
-  new_axes = tuple(p for p, i in enumerate(out) if items[i][0] == "none")
+  front = bool(arrays) and adv[-1] - adv[0] + 1 != len(adv)
+  n_new = 0
+  if arrays:
+    at = [d - sum(j < d for j in ints) for d, _ in arrays]
+    before = A.ndim
+    A = _advanced(A, at, [a for _, a in arrays], front, func)
+    n_new = A.ndim - before + len(arrays)
+  out = []
+  for i, (kind, _) in enumerate(items):
+    if kind == "slice":
+      out.append("dim")
+    elif kind == "none":
+      out.append("none")
+    elif arrays and i == adv[0] and not front:
+      out += ["dim"] * n_new
+  if front:
+    out = ["dim"] * n_new + out
+  new_axes = tuple(p for p, t in enumerate(out) if t == "none")
   return expand_dims(A, new_axes) if new_axes else A
-
-
-def _move_to_front(A, src: int, func: str):
-  perm = [src] + [d for d in range(A.ndim) if d != src]
-  if not isinstance(A, SparseArray):
-    return jnp.transpose(A, perm)
-  if src < A.n_batch or (A.n_batch == 0 and src < A.n_sparse):
-    return A.transpose(perm)
-  return transform(A, perm, func)
