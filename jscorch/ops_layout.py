@@ -23,10 +23,11 @@ import math
 import warnings
 
 import jax
+import numpy as np
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
-from jscorch.primitives import convert
+from jscorch.primitives import checks, convert
 from jscorch.primitives._errors import SparseEfficiencyWarning, SparseFormatError
 from jscorch.primitives.formats import DENSE, Format, FormatLike, resolve_format
 from jscorch.primitives.layout import Layout
@@ -237,4 +238,17 @@ def einsum_rows(subscripts: str, operands, ops, in_ids, out_ids, out_layout: Lay
   block = math.prod(out_layout.block_shape[:t])
   result = einsum(subscripts, *operands, out_format=inner,
                   nse=None if nse is None else nse * block, work=work)
+  if nse is None and checks.is_concrete(*result.indices):      # eager: the exact row count
+    nse = _distinct_rows(result, fmt.n_sparse)
   return asformat(result, fmt, nse=nse, func="einsum")
+
+
+def _distinct_rows(A: SparseArray, n_sparse: int) -> int:
+  """The largest number of distinct leading ``n_sparse`` sparse coordinates of any batch
+  element of a concrete ``A`` (in use entries only)."""
+  lay = A.layout
+  coords = np.asarray(convert.storage_to_logical(lay, convert.leaf_coordinates(lay, A.indices)))
+  coords = coords.reshape((-1,) + coords.shape[-2:])
+  sizes = np.asarray(lay.sparse_shape)
+  counts = [len(np.unique(c[np.all(c < sizes, 1)][:, :n_sparse], axis=0)) for c in coords]
+  return max(counts, default=0)
