@@ -1,6 +1,7 @@
 """``js.einsum``: Einstein summation over any mix of sparse and dense operands."""
 from __future__ import annotations
 
+import math
 import string
 from typing import Sequence
 
@@ -20,7 +21,7 @@ from jscorch.primitives.einsum_spec import (DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, 
                                             Operand)
 from jscorch.primitives.formats import Format, FormatLike, compressed, dense, resolve_format
 from jscorch.primitives.layout import Layout
-from jscorch.primitives.planner import make_plan
+from jscorch.primitives.planner import make_plan, pinned
 from jscorch.primitives.settings import settings
 
 _LETTERS = string.ascii_letters
@@ -46,13 +47,20 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
     subscripts: the einsum expression, e.g. ``"ij,jk->ik"``.
     *operands: dense arrays and SparseArrays (any format, batch and block dims).
     out_format: ``"dense"`` to force a dense result, or a format (object or name)
-      for a new sparse pattern.
-    nse: capacity of a new sparse result (static). Eager calls compute the exact
-      size when omitted; under ``jit`` it is required.
+      for a new sparse pattern. An all-dense level format (``js.Format(js.dense,
+      js.dense)``, any mode ordering) stores every coordinate of the dense result
+      (no capacity needed). When no operand is sparse, the dense result is stored
+      in ``out_format`` (its nonzeros; ``nse`` is then required under ``jit``).
+    nse: capacity of a new sparse result (static), per batch element. Eager calls
+      compute the exact size when omitted; under ``jit`` it is required. Inside
+      ``vmap`` it is the capacity of each mapped element.
     work: capacity of the intermediate join when two sparse operands contract
       over an index (portable lowering; the entries of A times the matching
-      entries of B). Eager calls size it exactly; under ``jit`` it is required
-      for such products. Overflow poisons the result with NaN (see
+      entries of B, summed over batch elements of a batched operand; inside
+      ``vmap``, of each mapped element). Eager calls size it exactly; under
+      ``jit`` it is required for such products. The same capacities serve the
+      gradients and tangents. Overflow of ``nse`` or ``work`` poisons the result
+      (and its tangents and cotangents) with NaN (see
       :mod:`jscorch.primitives.capacity`).
 
   Returns:
@@ -82,8 +90,16 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
   ops = [_prepare_dense(x, ids, sizes) if not is_sparse(x) else x for x, ids in zip(ops, in_ids)]
   in_ids = [tuple(dict.fromkeys(ids)) if not is_sparse(x) and len(set(ids)) < len(ids) else ids
             for x, ids in zip(operands, in_ids)]
-  if not any(is_sparse(x) for x in ops):
-    return _dense_einsum(ops, in_ids, out_ids)
+  if _all_dense_levels(out_format) or not any(is_sparse(x) for x in ops):
+    # Every coordinate stored (all-dense levels), or no sparse operand to take a pattern
+    # from: the dense result, then stored in out_format.
+    if any(is_sparse(x) for x in ops):
+      result = einsum(subscripts, *operands, out_format="dense", work=work)
+    else:
+      result = _dense_einsum(ops, in_ids, out_ids)
+    if out_format is None or isinstance(out_format, str) and out_format.lower() == "dense":
+      return result
+    return _stored_in(result, out_format, out_ids, ops, in_ids, nse, func)
   dtype = jnp.result_type(*[x.dtype for x in ops])
   ops = [x.astype(dtype) for x in ops]
   kind, out_layout, pattern, ops = _infer_output(ops, in_ids, out_ids, sizes, out_format, func)
@@ -99,7 +115,7 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
   for x in ops:
     flat += [x.data, *x.indices] if is_sparse(x) else [x]
   size_pairs = tuple(sorted(sizes.items()))
-  spec = EinsumSpec(spec_ops, tuple(out_ids), size_pairs, kind, out_layout, 0)
+  spec = pinned(EinsumSpec(spec_ops, tuple(out_ids), size_pairs, kind, out_layout, 0))
   spec = _with_capacities(spec, flat + list(pattern), nse, work, func)
   result = einsum_bind(spec, *flat, *pattern)
   if settings.checkify_capacity:
@@ -220,6 +236,46 @@ def _dense_einsum(ops, in_ids, out_ids):
   for x, ids in zip(ops, in_ids):
     args += [x, list(ids)]
   return jnp.einsum(*args, list(out_ids))
+
+
+def _all_dense_levels(out_format) -> bool:
+  return isinstance(out_format, Format) and all(l.kind == "dense" for l in out_format.levels)
+
+
+def _stored_in(x, out_format, out_ids, ops, in_ids, nse, func) -> SparseArray:
+  """The dense einsum result ``x`` stored in ``out_format``.
+
+  An all-dense level format stores every coordinate: its values are ``x`` in storage
+  order (a transpose and a reshape; no capacity needed). Other formats keep the
+  nonzeros of ``x``, with capacity ``nse`` (computed from a concrete ``x``).
+  """
+  batch_ids = {i for op, ids in zip(ops, in_ids) if is_sparse(op) for i in ids[:op.n_batch]}
+  n_batch = 0
+  while n_batch < len(out_ids) and out_ids[n_batch] in batch_ids:
+    n_batch += 1
+  if isinstance(out_format, Format) and out_format.ndim != len(out_ids) and \
+      not out_format.n_batch and not out_format.n_dense:
+    n_dense = max(len(out_ids) - n_batch - out_format.n_sparse, 0)   # sparse path's counts
+    fmt = resolve_format(out_format, x.ndim, n_batch=n_batch, n_dense=n_dense, func=func)
+  else:
+    fmt = resolve_format(out_format, x.ndim, func=func)
+  probe = Layout(fmt, x.shape, 0)
+  if all(l.kind == "dense" for l in fmt.levels):
+    full = math.prod(probe.level_sizes)
+    lay = Layout.make(fmt, x.shape, full if nse is None else _static.static_int(nse, "nse", func),
+                      func)
+    nb, ns = fmt.n_batch, fmt.n_sparse
+    perm = [*range(nb), *(nb + d for d in fmt.mode_ordering), *range(nb + ns, x.ndim)]
+    data = jnp.transpose(x, perm).reshape(lay.data_shape)
+    return SparseArray._make(data, (), fmt, x.shape)
+  if nse is None and isinstance(x, jax.core.Tracer):
+    raise CapacityRequiredError(
+        f"{func}: out_format={out_format!r} asks for a sparse result of an einsum whose "
+        f"operands give it no pattern; got nse=None under jit, expected a static int (the "
+        f"number of nonzeros of the result, shape {x.shape}). Pass nse=, or "
+        "out_format='dense'.")
+  from jscorch.construct import from_dense      # construct imports nothing of einsum
+  return from_dense(x, fmt, nse=nse)
 
 
 def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
@@ -359,4 +415,6 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
     nse = _static.static_int(nse, "nse", func)
     lay = spec.out_layout
     spec = spec.replace(out_layout=Layout.make(lay.format, lay.shape, nse, func))
-  return spec.replace(work=_static.static_int(work, "work", func) if expands and work else 0)
+  # A join of no pairs still has one (padding) row: capacity 0 would read as "not sized".
+  work = max(_static.static_int(work, "work", func), 1) if expands and work is not None else 0
+  return spec.replace(work=work)

@@ -31,7 +31,7 @@ from jax.interpreters import ad, batching, mlir
 from . import einsum_kernel, einsum_portable
 from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand
 from .layout import Layout
-from .planner import make_plan
+from .planner import make_plan, pinned
 from .settings import _on_change as settings_on_change
 
 einsum_p = Primitive("jscorch_einsum")
@@ -87,6 +87,7 @@ def _einsum_abstract_eval(*avals, spec: EinsumSpec):
 # -- JVP -----------------------------------------------------------------------------------
 def _einsum_jvp(primals, tangents, *, spec: EinsumSpec):
   out = einsum_p.bind(*primals, spec=spec)
+  spec = pinned(spec)     # the tangents join in the forward's order: its work suffices
   groups, pattern = spec.split_inputs(primals)
   tgroups, _ = spec.split_inputs(tangents)
   tan_spec = spec
@@ -103,7 +104,17 @@ def _einsum_jvp(primals, tangents, *, spec: EinsumSpec):
     total = term if total is None else total + term
   if total is None:
     total = _zero_tangent(out[0])
+  elif spec.out_kind == SPARSE_OUT:
+    total = total * _poison_scale(out[0])
   return out, [total] + [_zero_tangent(x) for x in out[1:]]
+
+
+def _poison_scale(data):
+  """NaN where the primal values are NaN, else 1: a primal whose capacity ``nse``
+  overflowed is poisoned, and its tangent (sampled at the truncated pattern) must not
+  look right. A factor, so the tangent stays linear and cotangents are poisoned too."""
+  nan = jnp.array(np.nan, data.dtype)
+  return jax.lax.stop_gradient(jnp.where(jnp.isnan(data), nan, jnp.ones((), data.dtype)))
 
 
 def _zero_tangent(x):
@@ -127,6 +138,7 @@ def _einsum_transpose(cts, *flat, spec: EinsumSpec):
   assert len(linear) == 1, "jscorch_einsum is transposed with respect to one operand at a time"
   (k,) = linear
   ct = cts[0]
+  spec = pinned(spec)
   result = [None] * len(flat)
   if type(ct) is ad.Zero:
     return result
@@ -195,6 +207,7 @@ def _dense_only(spec, flat, out):
 # -- batching -------------------------------------------------------------------------------
 def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
   size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+  spec = pinned(spec)     # new batch indices must not reorder the joins that work sized
   new = spec.fresh_index()
   groups, pattern = spec.split_inputs(args)
   gdims, pdims = spec.split_inputs(dims)
@@ -257,7 +270,7 @@ def _batch_front(x, d, size):
 
 # -- lowering -------------------------------------------------------------------------------
 def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
-  if spec.work == 0 and make_plan(spec).expands and all(size for _, size in spec.sizes):
+  if spec.work == 0 and make_plan(spec).expands and not einsum_portable.is_empty(spec):
     raise ValueError(
         f"jscorch_einsum: the portable lowering of {spec} joins sparse operands that contract "
         "and needs work= (the number of matching entry pairs); it was omitted because a "

@@ -79,7 +79,7 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
   if spec.out_kind == SAMPLED_OUT:
     sources.append(PATTERN)
   first = source_operand(spec, sources[0])
-  if first.layout.nse == 0:
+  if any(source_operand(spec, s).layout.nse == 0 for s in sources):
     return None, "empty"
   # Group the sources by identical structure (same layout and the same index buffers).
   groups_of: list[tuple[int, tuple]] = []        # (first source, buffers) per structure
@@ -103,7 +103,8 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
   positions, _ = spec.split_inputs(list(range(len(flat))))
 
   def index_input(s):
-    return positions[s][1] if s != PATTERN else sum(op.n_buffers for op in spec.operands)
+    # (an all-dense source has no index buffers: the position they would start at)
+    return positions[s][0] + 1 if s != PATTERN else sum(op.n_buffers for op in spec.operands)
 
   def bare(lay):
     return lay.replace(format=lay.format.replace(n_dense=0),

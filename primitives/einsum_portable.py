@@ -80,10 +80,10 @@ def _merge_sorted(t_keys, s_keys, n_t, n_s):
   keys = [jnp.concatenate([s, t]) for s, t in zip(s_keys, t_keys)]
   out = jax.lax.sort((*keys, flag, ids), num_keys=len(keys) + 1)
   keys, flag, ids = out[:-2], out[-2], out[-1]
-  differs = jnp.zeros(n_s + n_t - 1, bool)
+  differs = jnp.zeros(max(n_s + n_t - 1, 0), bool)
   for k in keys:
     differs |= k[1:] != k[:-1]
-  new_group = jnp.concatenate([jnp.ones((1,), bool), differs])
+  new_group = jnp.concatenate([jnp.ones((min(n_s + n_t, 1),), bool), differs])
   return flag == 0, ids, new_group
 
 
@@ -174,6 +174,8 @@ def exact_capacities(spec: EinsumSpec, *flat) -> tuple[int, int]:
   entries of any batch element (0 unless the output is a new sparse pattern).
   """
   groups, pattern = spec.split_inputs(flat)
+  if is_empty(spec, out=False):         # (a new pattern's nse is what is being sized)
+    return 0, 0
   table, needed = _join(spec, groups, pattern, None)
   work = 0 if needed is None else int(needed)
   if spec.out_kind != SPARSE_OUT:
@@ -194,7 +196,7 @@ def exact_capacities(spec: EinsumSpec, *flat) -> tuple[int, int]:
 def evaluate(spec: EinsumSpec, *flat):
   """Evaluates ``spec`` on flat inputs; returns the list of flat outputs."""
   groups, pattern = spec.split_inputs(flat)
-  if any(size == 0 for _, size in spec.sizes):
+  if is_empty(spec):
     return _zeros(spec, groups[0][0].dtype)
   table, needed_work = _join(spec, groups, pattern, spec.work)
 
@@ -232,8 +234,17 @@ def evaluate(spec: EinsumSpec, *flat):
   return out
 
 
+def is_empty(spec: EinsumSpec, *, out: bool = True) -> bool:
+  """Whether the result is zero (or empty) by shapes alone: some index has size 0, a
+  sparse operand has capacity 0 (the product has a zero factor everywhere), or (with
+  ``out``) a sampled or new pattern has no slot to fill."""
+  return any(size == 0 for _, size in spec.sizes) or \
+      any(op.sparse and op.layout.nse == 0 for op in spec.operands) or \
+      out and spec.out_kind != DENSE_OUT and spec.out_layout.nse == 0
+
+
 def _zeros(spec: EinsumSpec, dtype) -> list:
-  """The result when some index has size 0: every sum is empty."""
+  """The result when :func:`is_empty`: every sum is empty."""
   if spec.out_kind == DENSE_OUT:
     return [jnp.zeros(spec.out_shape, dtype)]
   lay = spec.out_layout
@@ -386,6 +397,8 @@ def needed_capacities(spec: EinsumSpec, *flat) -> tuple[jax.Array, jax.Array]:
   exact when ``work`` suffices (otherwise the ``work`` check already fails).
   """
   groups, pattern = spec.split_inputs(flat)
+  if is_empty(spec, out=False):
+    return jnp.int32(0), jnp.int32(0)
   table, needed_work = _join(spec, groups, pattern, spec.work)
   needed_work = jnp.int32(0) if needed_work is None else needed_work
   if spec.out_kind != SPARSE_OUT or not math.prod(spec.out_layout.batch_shape):

@@ -73,10 +73,13 @@ class EinsumSpec:
     out_layout: the output layout for sampled and sparse outputs.
     work: capacity of the intermediate join of sparse operands that contract
       against each other (portable lowering only); 0 when no expansion happens.
-    ranks: tie-break rank of each operand and, last, of the sampled pattern
-      (None: their positions). Rules that swap roles (a transpose turns an
-      operand into the pattern) carry ranks along, so every derived einsum joins
-      its sparse sources in the forward's order and needs the same ``work``.
+    ranks: the join order: a rank for each operand and, last, for the sampled
+      pattern; sparse sources join by increasing rank (None: the planner chooses
+      the order). Rules that derive einsums pin the order first
+      (:func:`jscorch.primitives.planner.pinned`) and carry the ranks along when
+      roles swap (a transpose turns an operand into the pattern), so every
+      derived einsum joins its sparse sources in the forward's order and needs
+      the same ``work``.
   """
   operands: tuple[Operand, ...]
   out: tuple[int, ...]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from .einsum_spec import SAMPLED_OUT, EinsumSpec, Operand
+from .einsum_spec import DENSE_OUT, SAMPLED_OUT, EinsumSpec, Operand
 
 PATTERN = -1     # the sampled output pattern, as a join source
 
@@ -72,21 +72,32 @@ def _rank(spec: EinsumSpec, source: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def make_plan(spec: EinsumSpec) -> Plan:
-  """Chooses join order, loop order and output assembly for ``spec``."""
+  """Chooses join order, loop order and output assembly for ``spec``.
+
+  Without ``spec.ranks`` the join order is chosen (most bound indices first, then
+  lookups, then the source sharing most bound indices); with ranks it is the rank
+  order (see :func:`pinned`), each source looked up when it can be.
+  """
   sources = [k for k, op in enumerate(spec.operands) if op.sparse]
   if spec.out_kind == SAMPLED_OUT:
     sources.append(PATTERN)
   assert sources, "an einsum without sparse operands is a plain jnp.einsum"
   bound_of = {s: set(source_operand(spec, s).bound) for s in sources}
   rank = functools.partial(_rank, spec)
-  first = min(sources, key=lambda s: (-len(bound_of[s]), rank(s)))
+  if spec.ranks is not None:
+    sources.sort(key=rank)
+  first = sources[0] if spec.ranks is not None else \
+      min(sources, key=lambda s: (-len(bound_of[s]), rank(s)))
   sources.remove(first)
   steps = [("scan", first)]
   bound = list(dict.fromkeys(_storage_bound(source_operand(spec, first))))
   while sources:
     lookups = [s for s in sources if bound_of[s] <= set(bound)
                and source_operand(spec, s).layout.format.unique]
-    if lookups:
+    if spec.ranks is not None:
+      s = sources[0]
+      mode = "lookup" if s in lookups else "expand"
+    elif lookups:
       s, mode = min(lookups, key=rank), "lookup"
     else:
       s = min(sources, key=lambda s: (-len(bound_of[s] & set(bound)), rank(s)))
@@ -98,3 +109,22 @@ def make_plan(spec: EinsumSpec) -> Plan:
       [i for i in spec.out if i not in bound]
   loop_order = tuple(bound) + tuple(dict.fromkeys(rest))
   return Plan(tuple(steps), loop_order, spec.out_kind)
+
+
+def pinned(spec: EinsumSpec) -> EinsumSpec:
+  """``spec`` with ``ranks`` fixing its current join order (unchanged if already set).
+
+  The capacity ``work`` bounds the joins of one particular order. Rules that derive
+  einsums (tangents, transposes, batched einsums) pin the order first, so a derived
+  einsum joins the forward's sources in the forward's order and the same ``work``
+  suffices: sources it adds (a sparse result's pattern, sampled by the tangent)
+  rank after them and join last, by lookup. Non-sources rank last, by position.
+  """
+  n_sources = sum(op.sparse for op in spec.operands) + (spec.out_kind != DENSE_OUT)
+  if spec.ranks is not None or n_sources < 2:      # one source: no order to keep
+    return spec
+  order = [s for _, s in make_plan(spec).steps]
+  n = len(spec.operands)
+  slots = [*range(n), PATTERN]
+  ranks = tuple(order.index(s) if s in order else len(order) + k for k, s in enumerate(slots))
+  return spec.replace(ranks=ranks)
