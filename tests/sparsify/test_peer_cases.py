@@ -6,8 +6,6 @@ Values against float64 numpy references (padding present), eager and under
 ``jit``; gradients with ``check_grads`` (order 2, forward and reverse, float64)
 w.r.t. the stored values; ``vmap`` against a loop where it applies.
 """
-import re
-import warnings
 
 import jax
 import jax.numpy as jnp
