@@ -156,7 +156,7 @@ def update_layout(A: SparseArray, n_batch: int | None = None, n_dense: int | Non
   Example:
     >>> import jax.numpy as jnp, jscorch as js
     >>> A = js.from_dense(jnp.array([[1., 0.], [0., 2.]]), format="coo")
-    >>> B = js.update_layout(A, n_batch=1)
+    >>> B = js.update_layout(A, n_batch=1, nse=1)     # one entry per row
     >>> B.n_batch, B.nse, B.format
     (1, 1, Format(compressed, n_batch=1))
     >>> bool((B.todense() == A.todense()).all())
