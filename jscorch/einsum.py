@@ -45,7 +45,8 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
 
   Args:
     subscripts: the einsum expression, e.g. ``"ij,jk->ik"``.
-    *operands: dense arrays and SparseArrays (any format, batch and block dims).
+    *operands: dense arrays and SparseArrays (any format, batch and block dims; one
+      with no sparse dimension takes part as its dense value).
     out_format: ``"dense"`` to force a dense result, or a format (object or name)
       for a new sparse pattern. An all-dense level format (``js.Format(js.dense,
       js.dense)``, any mode ordering) stores every coordinate of the dense result
@@ -129,7 +130,8 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
 
 def _as_operand(x, k, func):
   if is_sparse(x):
-    return x
+    # no sparse dimension (all batch / block dims): the one stored block is the dense value
+    return x.todense() if not x.n_sparse else x
   if isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex, bool)) or \
       hasattr(x, "__jax_array__"):
     return jnp.asarray(x)

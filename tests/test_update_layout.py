@@ -109,6 +109,9 @@ def test_no_sparse_dimension(n_batch, n_dense):
                                           on_inefficient=None).todense(), x, F64)
     g = jax.grad(lambda d: jnp.sum(A.with_data(d).todense() ** 2))(A.data)
     util.assert_allclose(g, 2 * A.data, F64)
+    v = util.random_values(4, (4,), F64)
+    util.assert_allclose(js.einsum("ij,j->i", A, v), x @ v, F64)       # as its dense value
+    util.assert_allclose(A @ v, x @ v, F64)
   with pytest.raises(SparseFormatError, match=r"from_buffers: an all-dense \(or level-less\) "
                      r"format stores every coordinate; got nse=2, expected 1"):
     js.SparseArray.from_buffers(np.ones((3, 2, 4)), [], shape=(3, 4),
