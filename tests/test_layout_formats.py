@@ -135,7 +135,7 @@ _2D = util.FORMATS_2D + [("dense2", js.Format(js.dense, js.dense))]
 def test_asformat_every_2d_format(other):
   with util.dtype_context(F64):
     x = _row_dense(1, (5, 4), 1)
-    A = js.from_dense(x, ROWS, nse=4)
+    A = js.from_dense(x, ROWS, nse=5)                       # at most 4 rows: padding
     B = A.asformat(other)
     assert B.format == other
     util.assert_allclose(util.jit_todense(B), x, F64)
@@ -178,7 +178,7 @@ def test_einsum_values(lowering):
     x = _row_dense(4, (5, 4), 1)
     z = util.random_dense(5, (4, 4), dtype=F64)
     y = util.random_values(6, (4, 3), F64)
-    A = js.from_dense(x, ROWS, nse=4)
+    A = js.from_dense(x, ROWS, nse=5)                       # at most 4 rows: padding
     B = js.from_dense(z, "csr", nse=10)
     w = util.random_values(9, (5, 4), F64)
     got = _ops(A, B, y, w, x.T @ x)
@@ -195,7 +195,7 @@ def test_einsum_grads_and_vmap(lowering):
   with util.dtype_context(F64):
     x = _row_dense(7, (5, 4), 1)
     y = util.random_values(8, (4, 3), F64)
-    A = js.from_dense(x, ROWS, nse=4)
+    A = js.from_dense(x, ROWS, nse=5)                       # at most 4 rows: padding
     f = lambda d, y: jnp.sum(js.einsum("ij,jk->ik", A.with_data(d), y) ** 2)
     util.check_grads_both(f, (A.data, y))
     G = js.grad(lambda A: f(A.data, y))(A)
@@ -203,6 +203,6 @@ def test_einsum_grads_and_vmap(lowering):
     util.assert_allclose(G.todense(), 2 * (x @ y) @ y.T * (np.abs(x).sum(1, keepdims=True) != 0)
                          * np.ones_like(x), F64)
     xs = np.stack([x, 3 * x])
-    Ab = js.from_dense(xs, ROWS, n_batch=1, nse=4)
+    Ab = js.from_dense(xs, ROWS, n_batch=1, nse=5)
     got = jax.vmap(lambda A, y: js.einsum("ij,jk->ik", A, y), in_axes=(0, None))(Ab, y)
     util.assert_allclose(got, np.stack([x @ y, 3 * x @ y]), F64)
