@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch import _static
+from jscorch import _static, ops_layout
 from jscorch.array import SparseArray, is_sparse
 from jscorch.primitives import convert, union
 from jscorch.primitives.formats import Format, FormatLike, resolve_format
@@ -111,49 +111,12 @@ def transform(A: SparseArray, perm: Sequence[int], func: str,
   return build(coords[:, list(perm)], valid, values, shape, fmt, values.shape[0], func)
 
 
-def regroup(A: SparseArray, n_batch: int, n_dense: int, func: str) -> SparseArray:
-  """``A`` with its last batch dims and first block dims turned into sparse dims.
-
-  The result has ``n_batch <= A.n_batch`` batch and ``n_dense <= A.n_dense`` block
-  dims; each moved dim multiplies the capacity by its size (every batch element's
-  entries, every block element, become entries; stored zeros of a block stay
-  stored). Format rule of :mod:`jscorch.ops_shape`.
-  """
-  nb, nd, ns = A.n_batch, A.n_dense, A.n_sparse
-  assert 0 <= n_batch <= nb and 0 <= n_dense <= nd, (n_batch, n_dense, A)
-  if (n_batch, n_dense) == (nb, nd):
-    return A
-  coords, valid = entries(A)
-  data = A.data
-  keep, moved = A.shape[:n_batch], A.shape[n_batch:nb]
-  if moved:          # batch dims n_batch..nb join the entry axis (outer coordinates)
-    full = coords.shape[:-1]
-    cols = [jax.lax.broadcasted_iota(coords.dtype, full, n_batch + k) for k in range(len(moved))]
-    coords = jnp.concatenate([jnp.stack(cols, -1), coords], -1)
-    n = math.prod(moved) * A.nse
-    coords, valid = coords.reshape(keep + (n, -1)), valid.reshape(keep + (n,))
-    data = data.reshape(keep + (n,) + data.shape[nb + 1:])
-  k = nd - n_dense
-  if k:              # block dims 0..k join the entry axis (inner coordinates)
-    at = n_batch + 1
-    blk = data.shape[at:at + k]
-    full = valid.shape + blk
-    inner = [jax.lax.broadcasted_iota(coords.dtype, full + (1,), at + j) for j in range(k)]
-    outer = jnp.broadcast_to(coords.reshape(valid.shape + (1,) * k + coords.shape[-1:]),
-                             full + coords.shape[-1:])
-    n = valid.shape[-1] * math.prod(blk)
-    coords = jnp.concatenate([outer, *inner], -1).reshape(keep + (n, -1))
-    valid = jnp.broadcast_to(valid.reshape(valid.shape + (1,) * k), full).reshape(keep + (n,))
-    data = data.reshape(keep + (n,) + data.shape[at + k:])
-  fmt = default_format(A, A.ndim - n_batch - n_dense, n_batch, n_dense, None, func)
-  return build(coords, valid, data, A.shape, fmt, coords.shape[-2], func)
-
-
-def common_split(arrays: Sequence[SparseArray], func: str) -> list[SparseArray]:
-  """``arrays`` regrouped to their smallest ``n_batch`` and ``n_dense`` (see :func:`regroup`)."""
+def common_split(arrays: Sequence[SparseArray]) -> list[SparseArray]:
+  """``arrays`` with their smallest ``n_batch`` and ``n_dense``: the batch and block dims
+  that another operand stores as sparse become sparse (:func:`jscorch.update_layout`)."""
   nb = builtins.min(x.n_batch for x in arrays)
   nd = builtins.min(x.n_dense for x in arrays)
-  return [regroup(x, nb, nd, func) for x in arrays]
+  return [ops_layout.update_layout(x, nb, nd, on_inefficient=None) for x in arrays]
 
 
 # -- reshape ---------------------------------------------------------------------------------
@@ -422,8 +385,8 @@ def concatenate(arrays: Sequence, axis: int = 0, dtype=None):
 
   All operands must be SparseArrays (or all dense) with equal shapes except
   along ``axis``; their formats may differ, and so may their batch / block splits (a
-  batch or block dim that another operand stores as sparse becomes sparse, see
-  :func:`regroup`). Along a sparse dimension the coordinates are shifted and merged
+  batch or block dim that another operand stores as sparse becomes sparse, as with
+  :func:`jscorch.update_layout`). Along a sparse dimension the coordinates are shifted and merged
   (the result has the first operand's format, ordered and unique, and capacity the
   sum of the capacities); along a batch dimension the buffers are stacked (formats
   converted to the first operand's, capacities padded to the largest).
@@ -447,7 +410,7 @@ def concatenate(arrays: Sequence, axis: int = 0, dtype=None):
     return jnp.concatenate(arrays, axis=axis, dtype=dtype)
   (ax,) = _static.axes(axis, arrays[0].ndim, func)
   if all(x.ndim == arrays[0].ndim for x in arrays):     # mixed splits: batch / block dims
-    arrays = common_split(arrays, func)                 # become sparse where one has them
+    arrays = common_split(arrays)                       # become sparse where one has them
   first = arrays[0]
   for x in arrays[1:]:
     if x.ndim != first.ndim or (x.n_batch, x.n_dense) != (first.n_batch, first.n_dense) or \

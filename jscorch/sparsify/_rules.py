@@ -444,7 +444,7 @@ def _stack(ctx, eqn, invals):
   vals = [force(v) for v in invals]
   if all(is_sparse(v) for v in vals):
     try:
-      return [ops_shape.stack(ops_shape.common_split(vals, "sparsify(stack)"),
+      return [ops_shape.stack(ops_shape.common_split(vals),
                               axis=eqn.params["axis"])]
     except ValueError as e:
       why = f"cannot stack these sparse operands without densifying ({e})"

@@ -130,15 +130,14 @@ def test_concatenate_reconciles_batch_and_block_splits(nb, nd):
   close(out[4], np.concatenate([y, x], axis=1))
 
 
-def test_regroup_keeps_values_and_moves_dims():
-  from jscorch.ops_shape import regroup
+def test_common_split_keeps_values_and_moves_dims():
+  from jscorch.ops_shape import common_split
   A, x = util.random_sparse(9, (2, 3, 4, 2), "csr", n_batch=1, n_dense=1, padding=1)
-  splits = [(0, 1), (1, 0), (0, 0)]
-  out = jax.jit(lambda A: [regroup(A, nb, nd, "t") for nb, nd in splits])(A)
-  for B, (nb, nd) in zip(out, splits):
-    assert (B.n_batch, B.n_dense, B.n_sparse) == (nb, nd, 4 - nb - nd)
-    assert B.nse == A.nse * (2 if nb == 0 else 1) * (2 if nd == 0 else 1)
-    close(B, x)
+  B, y = util.random_sparse(10, (2, 3, 4, 2), "coo", n_batch=0, n_dense=1, padding=1)
+  A2, B2 = jax.jit(common_split)([A, B])
+  assert (A2.n_batch, A2.n_dense, B2.n_batch, B2.n_dense) == (0, 1, 0, 1)
+  assert A2.nse == 2 * A.nse and B2.layout == B.layout
+  close(A2, x), close(B2, y)
 
 
 # -- sparse loop carries ------------------------------------------------------------------------
