@@ -15,8 +15,10 @@ Two kinds of value are kept unevaluated until something needs them:
   operand, it is evaluated only at that operand's stored entries (its dense
   leaves are *sampled* there with a sampled einsum), so ``A * jnp.exp(s[:, None] +
   t[None, :])`` never forms the dense ``n × n`` array. Consumed by anything else
-  it is materialised; if it depends on a sparse value that is a densification
-  (an error unless ``densify=True``).
+  it is materialised: an elementwise expression of sparse values of one pattern
+  (coalesced) and concrete scalars that is 0 where they are 0 (``jax.nn.elu``,
+  ``x / (1 + abs(x))``) is evaluated at that pattern and stays sparse; any other
+  dependence on a sparse value is a densification (an error unless ``densify=True``).
 
 Dense-only lazy values replay the original primitives when materialised
 (``thunk``), so code that never meets a sparse value runs exactly as before.
@@ -152,10 +154,83 @@ class Map(Lazy):
     self.depth = 1 + max((depth(a) for a in self.args), default=0)
 
   def _compute(self):
+    leaves = zero_preserving_pattern(self)
+    if leaves is not None:               # zero wherever its sparse leaves are: stays sparse
+      return map_at_pattern(self, leaves)
     args = [force(a) for a in self.args]
     if any(is_sparse(a) for a in args):
       args = self.policy.densify_operands(self.eqn, args, self.why)
     return self.prim.bind(*args, **self.params)
+
+
+def _evaluate(v, leaf, shape):
+  """The elementwise expression ``v`` with each sparse leaf replaced by ``leaf(leaf)``, or
+  None when ``v`` is not an elementwise expression of sparse leaves of its shape and
+  concrete scalars (a sum, a transpose, a dense array, a traced scalar). ``shape``: that
+  of the leaf values (``()`` at zero), to which scalars broadcast for primitives."""
+  if is_sparse(v):
+    return leaf(v)
+  if isinstance(v, Map):
+    vals = [_evaluate(a, leaf, shape) for a in v.args]
+    if any(x is None for x in vals):
+      return None
+    return v.prim.bind(*[jnp.broadcast_to(x, shape) for x in vals], **v.params)
+  if isinstance(v, Product) and v.has_sparse:
+    vals = []
+    for term, ids in v.terms:
+      if ids != () and tuple(ids) != v.out:
+        return None
+      vals.append(_evaluate(term, leaf, shape))
+    if any(x is None for x in vals):
+      return None
+    return math.prod([jnp.asarray(x).astype(v.dtype) for x in vals],
+                     start=jnp.ones((), v.dtype))
+  s = scalar_source(v)
+  return None if s is None or not is_concrete(s) else jnp.asarray(s)
+
+
+def zero_preserving_pattern(m: Map):
+  """``{id(leaf): leaf coalesced}`` for the sparse leaves of ``m`` if ``m`` can be evaluated
+  at their common (coalesced) pattern, or None.
+
+  That is when ``m`` is an elementwise expression of sparse leaves of its own
+  shape that share one pattern once coalesced, and concrete scalars, and is 0
+  where its leaves are 0 (``jax.nn.elu``, ``x / (1 + |x|)``, a select on ``x >= 0``
+  between ``x`` and ``a * x``): then it is 0 off the pattern. Duplicates are
+  summed first (the expression is not linear in general).
+  """
+  if not m.has_sparse:
+    return None
+  leaves = []
+
+  def at_zero(a):
+    leaves.append(a)
+    return jnp.zeros((), a.dtype)
+
+  with jax.ensure_compile_time_eval():
+    value = _evaluate(m, at_zero, ())
+    if value is None or not bool(np.all(np.asarray(value) == 0)):
+      return None
+  if any(tuple(a.shape) != m.shape for a in leaves):
+    return None
+  coalesced = {}
+  for a in leaves:
+    if id(a) not in coalesced:
+      coalesced[id(a)] = coalesce(a, m.policy)
+  first = coalesced[id(leaves[0])]
+  if not all(same_pattern(a, first) for a in coalesced.values()):
+    return None
+  return coalesced
+
+
+def map_at_pattern(m: Map, coalesced) -> SparseArray:
+  """``m`` evaluated on the values of its leaves coalesced to one pattern (see
+  :func:`zero_preserving_pattern`); padding gets a safe value, then 0."""
+  S = next(iter(coalesced.values()))
+  valid = valid_entries(S, m.policy)
+  data = _evaluate(m, lambda a: _safe(coalesced[id(a)].data, valid), S.data.shape)
+  data = jnp.broadcast_to(data, S.data.shape)
+  return S.with_data(jnp.where(valid, data, jnp.zeros((), data.dtype)).astype(m.dtype))
 
 
 # -- building products -------------------------------------------------------------------
@@ -363,8 +438,10 @@ def _sample_at(v, v_ids, S, S_ids, valid, policy, memo):
     return v.prim.bind(*args, **v.params)
   if scalar_source(v) is not None:
     return jnp.asarray(scalar_source(v))
-  if is_sparse(v) and tuple(v_ids) == tuple(S_ids) and same_pattern(v, S):
-    return _safe(v.data, valid)
+  if is_sparse(v) and tuple(v_ids) == tuple(S_ids):
+    v = coalesce(v, policy)      # a host coalesced from v's pattern shares its coalesced buffers
+    if same_pattern(v, S):
+      return _safe(v.data, valid)
   p = as_product(v, policy=policy)
   terms, sizes = p.relabel(v_ids)
   dtype = p.dtype

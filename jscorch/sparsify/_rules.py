@@ -245,17 +245,14 @@ def _is_linear(prim, params, args) -> bool:
   return prim.name in _LINEAR
 
 
-def _coalesce_args(P, args):
-  """``(P, args)`` with every sparse argument's duplicates summed (they share ``P``'s pattern,
-  so their coalesced values align); unchanged for a unique format."""
-  if P.format.unique:
-    return P, args
+def _coalesce_args(ctx, args):
+  """``args`` with every sparse argument's duplicates summed (unique ones unchanged); arrays
+  of one pattern get one coalesced pattern, so their values still align."""
   done = {}
   for a in args:
     if is_sparse(a) and id(a) not in done:
-      done[id(a)] = fu.coalesce(a)
-  args = [done[id(a)] if is_sparse(a) else a for a in args]
-  return done[id(P)], args
+      done[id(a)] = fu.coalesce(a, ctx.policy)
+  return [done[id(a)] if is_sparse(a) else a for a in args]
 
 
 def _map_values(ctx, P, prim, params, args, singular):
@@ -265,7 +262,8 @@ def _map_values(ctx, P, prim, params, args, singular):
   ``P`` is coalesced first (same capacity); a linear one keeps ``P``'s buffers.
   """
   if not _is_linear(prim, params, args):
-    P, args = _coalesce_args(P, args)
+    args = _coalesce_args(ctx, args)
+    P = next(a for a in args if is_sparse(a))     # P is the first sparse argument
   if singular:
     valid = fu.valid_entries(P, ctx.policy)
     vals = [jnp.where(valid, a.data, jnp.ones((), a.dtype)) if is_sparse(a)
@@ -317,7 +315,7 @@ def _elementwise(ctx, eqn, invals):
         why = _why_map(eqn, at_zero)
       elif prim.name in FIRST_ARG_ZERO and is_sparse(args[0]) and len(args) == 2:
         if prim.name not in ("div", "mul"):       # rem, and, shifts: not linear in P
-          P = fu.coalesce(P)
+          P = fu.coalesce(P, ctx.policy)
         valid = fu.valid_entries(P, ctx.policy)
         other = _sample(ctx, args[1], P, valid)
         out = prim.bind(P.data, other, **params)
@@ -344,7 +342,8 @@ def _select_n(ctx, eqn, invals):
   if not any(has_sparse(v) for v in args):
     return _elementwise(ctx, eqn, args)
   if not any(isinstance(v, Map) and v.has_sparse for v in args):
-    pred, *cases = args
+    args = _coalesce_args(ctx, args)    # a predicate of duplicates must see their sum (and
+    pred, *cases = args                 # values are sampled at a unique pattern)
     for P in [v for v in args if is_sparse(v) and tuple(v.shape) == shape]:
       zero_out = lambda v, P=P: known_zero(v) or (is_sparse(v) and same_pattern(v, P))
       if is_sparse(pred) and same_pattern(pred, P):
