@@ -143,3 +143,32 @@ def test_layout_check_buffers_accepts_exact_shapes():
                      r"needs 4 index buffers \(\['pos\[0\]', 'crd\[0\]', 'pos\[1\]', "
                      r"'crd\[1\]'\]\); got 3"):
     lay.check_buffers(np.zeros(3, np.float32), bufs[:3], func="f")
+
+
+# -- dense levels below the last sparse one, level-less layouts, relayout capacities ----------------
+def test_layout_of_row_formats_and_level_less():
+  rows = Layout.make(js.Format(js.compressed, js.dense), (5, 4), 3)
+  assert rows.capacities == (3,) and rows.data_shape == (3, 4) and rows.block_shape == (4,)
+  assert [s for _, _, s in rows.index_shapes] == [(2,), (3,)]
+  none = Layout.make(js.Format(n_batch=1, n_dense=1), (2, 3), 1)
+  assert none.index_shapes == () and none.data_shape == (2, 1, 3)
+  with pytest.raises(SparseFormatError, match=r"level-less\) format stores every coordinate; "
+                     r"got nse=0, expected 1"):
+    Layout.make(js.Format(n_dense=2), (2, 3), 0)
+
+
+@pytest.mark.parametrize("src, dst, nse, expected", [
+    (("coo", 0, 0), ("coo", 1, 0), 5, 5),          # sparse -> batch: per element, bounded by 5
+    (("coo", 0, 0), ("csf", 0, 1), 7, 4),          # sparse -> block: at most 4 rows
+    (("coo", 1, 0), ("coo", 0, 0), 3, 12),         # batch (4) -> sparse
+    (("csf", 0, 1), ("coo", 0, 0), 2, 10),         # block (5) -> sparse
+    (("coo", 0, 0), ("csr", 2, 0), 6, 1),          # no sparse dim left: one block
+], ids=["to_batch", "to_block", "from_batch", "from_block", "level_less"])
+def test_relayout_capacity(src, dst, nse, expected):
+  from jscorch.primitives import convert
+  from jscorch.primitives.formats import resolve_format
+  shape = (4, 5)
+  s = Layout.make(resolve_format(src[0], 2, n_batch=src[1], n_dense=src[2]), shape, nse)
+  fmt = resolve_format(dst[0], 2, n_batch=dst[1], n_dense=dst[2])
+  assert convert.relayout_capacity(s, fmt) == expected
+  assert convert.relayout_capacity(s, fmt, 3) == (1 if dst[1] == 2 else 3)   # given: kept
