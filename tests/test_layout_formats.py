@@ -155,6 +155,8 @@ def test_batched_and_blocked_rows():
     assert A.data.shape == (2, A.nse, 3, 2)
     util.assert_allclose(util.jit_todense(A), x, F64)
     util.assert_allclose(util.jit_todense(A.asformat("csr")), x, F64)
+    per = jax.vmap(lambda A: A.asformat("coo").asformat(ROWS.replace(n_dense=2)).todense())(A)
+    util.assert_allclose(per, x, F64)                       # conversions inside vmap
 
 
 # -- einsum -------------------------------------------------------------------------------------
