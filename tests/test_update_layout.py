@@ -142,7 +142,7 @@ def test_random_count_is_ceil(shape, density, count):
   assert R.nse == 3 and R.data.shape == (3, 4)                           # 3 of 5 rows
 
 
-# -- todense ----------------------------------------------------------------------------------------
+# -- todense ---------------------------------------------------------------------------------------
 def test_todense_function():
   x = jnp.arange(6.).reshape(2, 3)
   assert js.todense(x) is x
