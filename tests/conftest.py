@@ -36,7 +36,7 @@ hypothesis.settings.load_profile(os.environ.get("JSCORCH_HYPOTHESIS_PROFILE", "j
 # portable lowering, so every test of the portable path also runs on the kernel path.
 import pytest  # noqa: E402
 
-BOTH_LOWERINGS = {"test_einsum.py", "test_ops.py", "test_einsum_rules.py"}
+BOTH_LOWERINGS = {"test_einsum.py", "test_ops.py", "test_einsum_rules.py", "test_einsum_edge.py"}
 
 
 @pytest.fixture(scope="module")
