@@ -58,7 +58,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -192,7 +192,8 @@ def take(A: SparseArray, index, axis: int, func: str = "take") -> SparseArray:
     return _gather_batch(A, axis, [index])
   if axis >= A.n_batch + A.n_sparse:
     return _gather_block(A, axis, [index])
-  return _gather_sparse(A, axis, [jnp.asarray(index)], func)
+  m = None if isinstance(index, jax.core.Tracer) else _multiplicity([index])
+  return _gather_sparse(A, axis, [jnp.asarray(index)], m, func)
 
 
 def _gather_batch(A: SparseArray, p: int, index) -> SparseArray:
@@ -220,22 +221,35 @@ def _keys(columns, sizes, dtype):
   return sum(c.astype(dtype) * dtype.type(s) for c, s in zip(columns, strides))
 
 
-def _gather_sparse(A: SparseArray, p: int, index, func: str) -> SparseArray:
+def _multiplicity(index) -> int:
+  """The largest number of times one point repeats in concrete (broadcast) ``index``."""
+  shape = np.broadcast_shapes(*[np.shape(i) for i in index])
+  points = np.stack([np.broadcast_to(np.asarray(i), shape).reshape(-1) for i in index], -1)
+  return int(np.unique(points, axis=0, return_counts=True)[1].max()) if len(points) else 0
+
+
+def _broadcast_shape(index, func: str) -> tuple[int, ...]:
+  """The broadcast shape of the index arrays (numpy's rules)."""
+  try:
+    return tuple(np.broadcast_shapes(*[np.shape(i) for i in index]))
+  except ValueError:
+    raise IndexError(f"{func}: shape mismatch: indexing arrays could not be broadcast "
+                     f"together; got shapes {[tuple(np.shape(i)) for i in index]}, expected "
+                     "shapes that broadcast (numpy rules).") from None
+
+
+def _gather_sparse(A: SparseArray, p: int, index, m: int | None, func: str) -> SparseArray:
   """Sparse dims ``p .. p + k - 1`` of ``A`` at the points ``index`` (``k`` arrays of
-  shape ``[P]``): a sparse result whose dim ``p`` has size ``P`` (see :func:`take`)."""
+  shape ``[P]``): a sparse result whose dim ``p`` has size ``P`` (see :func:`take`).
+  ``m`` bounds how often one point repeats (None: ``P``)."""
   nb, ns, k = A.n_batch, A.n_sparse, len(index)
   sizes = A.shape[p:p + k]
   n_points = int(index[0].shape[0])
   shape = A.shape[:p] + (n_points,) + A.shape[p + k:]
   fmt = default_format(A, ns - k + 1, nb, A.n_dense, None, func)
   kdt = index_dtype_for(math.prod(sizes) + 1, func)
-  if any(isinstance(i, jax.core.Tracer) for i in index):
-    m = n_points
-    points = _keys(index, sizes, kdt)
-  else:
-    points = _keys([np.asarray(i) for i in index], sizes, kdt)
-    m = int(np.unique(points, return_counts=True)[1].max()) if n_points else 0
-    points = jnp.asarray(points)
+  m = n_points if m is None else m
+  points = _keys([jnp.asarray(i) for i in index], sizes, kdt)
   coords, valid = entries(A)
   d = p - nb
   order = jnp.argsort(points)
@@ -299,26 +313,21 @@ def _permute(A, perm: Sequence[int], func: str):
   return transform(A, perm, func)
 
 
-def _advanced(A, dims: list[int], index: list, front: bool, func: str):
+def _advanced(A, dims: list[int], index: list, front: bool, m: int | None, func: str):
   """``A`` indexed at ``dims`` by integer arrays ``index`` (numpy advanced indexing).
 
   The broadcast shape of ``index`` replaces ``dims`` at the position of the first of
-  them, or at the front when ``front`` (or when ``dims`` are not adjacent).
+  them, or at the front when ``front`` (or when ``dims`` are not adjacent). ``m``: see
+  :func:`_gather_sparse`.
   """
-  try:
-    bshape = np.broadcast_shapes(*[np.shape(i) for i in index])
-  except ValueError:
-    raise IndexError(f"{func}: shape mismatch: indexing arrays could not be broadcast "
-                     f"together; got shapes {[tuple(np.shape(i)) for i in index]}, expected "
-                     "shapes that broadcast (numpy rules).") from None
+  bshape = _broadcast_shape(index, func)
   k = len(dims)
   p = dims[0]
   if dims != list(range(p, p + k)):                      # not adjacent: numpy puts them first
     rest = [d for d in range(A.ndim) if d not in dims]
     A = _permute(A, rest[:p] + dims + rest[p:], func)
     front = True
-  index = [jnp.broadcast_to(i, bshape) if isinstance(i, jax.core.Tracer) else
-           np.broadcast_to(i, bshape) for i in index]
+  index = [jnp.broadcast_to(i, bshape) for i in index]
   if not isinstance(A, SparseArray):
     out = A[(slice(None),) * p + tuple(index)]
   else:
@@ -336,7 +345,7 @@ def _advanced(A, dims: list[int], index: list, front: bool, func: str):
       if k == A.n_sparse:
         out = _lookup(A, flat, func).reshape(new)
       else:
-        out = _gather_sparse(A, p, flat, func)
+        out = _gather_sparse(A, p, flat, m, func)
         if len(bshape) != 1:
           out = reshape_as(out, new, None, func)
         if points:
@@ -446,7 +455,11 @@ def _parse(key, shape: tuple[int, ...], func: str):
 
 
 def getitem(A: SparseArray, key):
-  """``A[key]``; see the module docstring."""
+  """``A[key]``; see the module docstring.
+
+  The key is checked and resolved here (static bounds, masks to integer arrays, the
+  multiplicity of concrete points) into a static plan that :func:`_index` applies.
+  """
   func = "SparseArray.__getitem__"
   items = _parse(key, A.shape, func)
   dims = [i for i, (kind, _) in enumerate(items) if kind not in ("none", "ellipsis")]
@@ -473,25 +486,16 @@ def getitem(A: SparseArray, key):
       else:
         start[d], limit[d], stride[d] = r[-1], r.start + 1, -r.step
         flips.append(d)
-  A = slice_(A, start, limit, stride, func)
-  if flips:
-    A = flip(A, flips, func)
-  if dynamic:
-    starts = [dynamic.get(d, 0) for d in range(A.ndim)]
-    sizes = [1 if d in dynamic else n for d, n in enumerate(A.shape)]
-    A = dynamic_slice(A, starts, sizes, func)
-  if ints:
-    A = squeeze(A, tuple(ints))
   # numpy: the arrays' broadcast dims go where the advanced indices (arrays and ints) are
   # when those are adjacent in the key, and first otherwise.
   adv = [i for i, (kind, _) in enumerate(items) if kind in ("array", "int")]
   front = bool(arrays) and adv[-1] - adv[0] + 1 != len(adv)
-  n_new = 0
+  index = [a for _, a in arrays]
+  n_new, m = 0, None
   if arrays:
-    at = [d - sum(j < d for j in ints) for d, _ in arrays]
-    before = A.ndim
-    A = _advanced(A, at, [a for _, a in arrays], front, func)
-    n_new = A.ndim - before + len(arrays)
+    n_new = len(_broadcast_shape(index, func))
+    if not any(isinstance(a, jax.core.Tracer) for a in index):
+      m = _multiplicity(index)
   out = []
   for i, (kind, _) in enumerate(items):
     if kind == "slice":
@@ -502,5 +506,40 @@ def getitem(A: SparseArray, key):
       out += ["dim"] * n_new
   if front:
     out = ["dim"] * n_new + out
-  new_axes = tuple(p for p, t in enumerate(out) if t == "none")
-  return expand_dims(A, new_axes) if new_axes else A
+  plan = _Plan(start=tuple(start), limit=tuple(limit), stride=tuple(stride), flips=tuple(flips),
+               ints=tuple(ints), dynamic=tuple(dynamic),
+               at=tuple(d - sum(j < d for j in ints) for d, _ in arrays), front=front, m=m,
+               new_axes=tuple(p for p, t in enumerate(out) if t == "none"))
+  return _index(A, tuple(dynamic.values()), tuple(index), plan=plan, func=func)
+
+
+class _Plan(NamedTuple):
+  """A resolved key (static): the window, flips, squeezed and dynamic int dims, the dims
+  the arrays index (after the squeeze), their placement and multiplicity, new unit dims."""
+  start: tuple
+  limit: tuple
+  stride: tuple
+  flips: tuple
+  ints: tuple
+  dynamic: tuple
+  at: tuple
+  front: bool
+  m: int | None
+  new_axes: tuple
+
+
+def _index(A: SparseArray, dynamic, index, *, plan: _Plan, func: str):
+  """``A`` indexed by a resolved key (see :func:`getitem`)."""
+  A = slice_(A, plan.start, plan.limit, plan.stride, func)
+  if plan.flips:
+    A = flip(A, plan.flips, func)
+  if plan.dynamic:
+    at = dict(zip(plan.dynamic, dynamic))
+    starts = [at.get(d, 0) for d in range(A.ndim)]
+    sizes = [1 if d in at else n for d, n in enumerate(A.shape)]
+    A = dynamic_slice(A, starts, sizes, func)
+  if plan.ints:
+    A = squeeze(A, plan.ints)
+  if index:
+    A = _advanced(A, list(plan.at), list(index), plan.front, plan.m, func)
+  return expand_dims(A, plan.new_axes) if plan.new_axes else A
