@@ -33,7 +33,7 @@ def enforce_capacity(needed, capacity: int, data: jax.Array, func: str, *,
   Returns:
     ``data``, unchanged unless it overflowed under ``jit``.
   """
-  needed_max = jnp.max(needed)
+  needed_max = jnp.max(needed, initial=0)          # an empty batch needs nothing
   try:
     concrete = int(needed_max)
   except jax.errors.ConcretizationTypeError:
