@@ -51,7 +51,9 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
       for a new sparse pattern. An all-dense level format (``js.Format(js.dense,
       js.dense)``, any mode ordering) stores every coordinate of the dense result
       (no capacity needed). When no operand is sparse, the dense result is stored
-      in ``out_format`` (its nonzeros; ``nse`` is then required under ``jit``).
+      in ``out_format`` (its nonzeros; ``nse`` is then required under ``jit``); so
+      is the result when the operands cannot give that layout (CSR for SpMM,
+      whose rows are dense).
     nse: capacity of a new sparse result (static), per batch element. Eager calls
       compute the exact size when omitted; under ``jit`` it is required. Inside
       ``vmap`` it is the capacity of each mapped element.
@@ -104,6 +106,9 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
   dtype = jnp.result_type(*[x.dtype for x in ops])
   ops = [x.astype(dtype) for x in ops]
   kind, out_layout, pattern, ops = _infer_output(ops, in_ids, out_ids, sizes, out_format, func)
+  if kind == STORED_OUT:
+    result = einsum(subscripts, *operands, out_format="dense", work=work)
+    return _stored_in(result, out_format, out_ids, ops, in_ids, nse, func)
   if kind == SPARSE_OUT and out_layout.format.n_block_levels:   # rows of dense vectors
     from jscorch import ops_layout   # noqa: PLC0415 (ops_layout calls einsum)
     rows = ops_layout.einsum_rows(subscripts, operands, ops, in_ids, out_ids, out_layout,
@@ -313,6 +318,10 @@ def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
   n_dense = 0
   while n_dense < len(out) - n_batch and out[len(out) - 1 - n_dense] not in bound:
     n_dense += 1
+  if out_format is not None and (
+      any(i not in bound for i in out[n_batch:len(out) - n_dense]) or
+      not _fits(out_format, len(out), n_batch, n_dense)):
+    return STORED_OUT, None, (), ops      # a layout the operands cannot give: store the dense
   if any(i not in bound for i in out[n_batch:len(out) - n_dense]):
     raise ValueError(f"{func}: a sparse result needs each output index to be a batch or sparse "
                      f"index of a sparse operand (or a trailing block dim); got output "
@@ -324,6 +333,21 @@ def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
   else:
     fmt = resolve_format(out_format, len(out), n_batch=n_batch, n_dense=n_dense, func=func)
   return SPARSE_OUT, Layout.make(fmt, tuple(sizes[i] for i in out), 0, func), (), ops
+
+
+STORED_OUT = "stored"
+"""``_infer_output``'s kind for an ``out_format`` no pattern of the operands can give (e.g.
+CSR for ``ij,jk->ik`` of a sparse ``A`` and a dense ``X``, whose rows are dense): the dense
+result is computed, then stored in ``out_format``."""
+
+
+def _fits(out_format, ndim: int, n_batch: int, n_dense: int) -> bool:
+  """Whether ``out_format`` resolves for a sparse result with these batch / block counts."""
+  try:
+    resolve_format(out_format, ndim, n_batch=n_batch, n_dense=n_dense, func="einsum")
+  except SparseFormatError:
+    return False
+  return True
 
 
 def _may_sample(x, ids, out) -> bool:

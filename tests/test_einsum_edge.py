@@ -260,6 +260,22 @@ def test_out_format_of_dense_operands_is_honoured(lowering):
     js.einsum("ij,jk->ik", x, y, out_format="csr", nse=7)
 
 
+def test_out_format_the_operands_cannot_give_is_honoured(lowering):
+  """SpMM's rows are dense: CSR is stored from the dense result (nse under jit)."""
+  once(lowering)
+  A, a = sp(3, (4, 5), "csr")
+  x = dn(4, 5, 3)
+  want = a @ x
+  C = js.einsum("ij,jk->ik", A, x, out_format="csr")
+  assert C.format == js.CSR and C.shape == (4, 3)
+  util.assert_allclose(C.todense(), want, F64)
+  f = jax.jit(lambda d, x: js.einsum("ij,jk->ik", A.with_data(d), x, out_format="csr",
+                                     nse=12).todense())
+  util.assert_allclose(f(A.data, x), want, F64)
+  with pytest.raises(CapacityRequiredError, match="asks for a sparse result .* Pass nse="):
+    jax.jit(lambda x: js.einsum("ij,jk->ik", A, x, out_format="csr"))(x)
+
+
 # -- 4. patterns with nse == 0 --------------------------------------------------------------
 EMPTY = [pytest.param("csr", 0, id="csr"), pytest.param("coo", 0, id="coo"),
          pytest.param("csr", 1, id="csr_batched")]
