@@ -53,8 +53,9 @@ def pytest_generate_tests(metafunc):
   if os.path.basename(str(metafunc.definition.fspath)) in BOTH_LOWERINGS:
     if "lowering" not in metafunc.fixturenames:
       metafunc.fixturenames.append("lowering")
-    metafunc.parametrize("lowering", ["auto", "portable"], indirect=True, scope="module",
-                         ids=["kernel", "portable"])
+    # The portable repeat is `slow`: the quick run (-m "not slow") covers the kernel path.
+    metafunc.parametrize("lowering", ["auto", pytest.param("portable", marks=pytest.mark.slow)],
+                         indirect=True, scope="module", ids=["kernel", "portable"])
 
 
 # -- quiet end of an xdist run -------------------------------------------------------------

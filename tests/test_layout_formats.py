@@ -18,6 +18,8 @@ from jscorch.primitives.formats import resolve_format
 
 import util
 
+pytestmark = pytest.mark.slow   # eager conversions op by op: minutes on 2 cores
+
 F64 = np.float64
 ROWS = js.Format(js.compressed, js.dense)                          # "sd"
 ROWS3 = js.Format(js.compressed, js.dense, js.dense)               # "sdd"

@@ -14,6 +14,8 @@ from jscorch.primitives._errors import CapacityRequiredError
 
 import util
 
+pytestmark = pytest.mark.slow   # eager conversions op by op: minutes on 2 cores
+
 F64 = np.float64
 SHAPE = (2, 3, 4)
 
