@@ -12,7 +12,7 @@ from jax.experimental import checkify
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
-from jscorch.ops_coalesce import sum_duplicates
+from jscorch.ops_coalesce import coalesced
 from jscorch.primitives import checks, einsum_kernel, einsum_portable
 from jscorch.primitives._errors import (CapacityRequiredError, SparseCapacityError,
                                          SparseFormatError)
@@ -293,7 +293,7 @@ def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
     return DENSE_OUT, None, (), ops
   for k, (x, ids) in enumerate(zip(ops, in_ids)):
     if _may_sample(x, ids, out):
-      x = _coalesced(x)
+      x = coalesced(x)   # one slot per coordinate (a duplicate would get every one's sum)
       view = x.transpose([list(ids).index(i) for i in out]) if tuple(ids) != out else x
       if out_format is None or resolve_format(out_format, len(out), n_batch=view.n_batch,
                                               n_dense=view.n_dense, func=func) == view.format:
@@ -354,15 +354,6 @@ def _may_sample(x, ids, out) -> bool:
   """Whether sparse ``x`` can give the output its pattern (see ``_infer_output``)."""
   return is_sparse(x) and sorted(ids) == sorted(out) and len(set(ids)) == len(ids) and \
       _groups_kept(x, ids, tuple(out))
-
-
-def _coalesced(x: SparseArray) -> SparseArray:
-  """``x`` with duplicates summed: a sampled output's slots are then one per coordinate.
-
-  (A pattern with duplicates is joined with its own operand by coordinates, so each
-  duplicate slot would receive the contributions of all of them.)
-  """
-  return x if x.format.unique else sum_duplicates(x)
 
 
 def _groups_kept(x, ids, out):

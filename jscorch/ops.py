@@ -31,7 +31,7 @@ import numpy as np
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
-from jscorch.ops_coalesce import sum_duplicates
+from jscorch.ops_coalesce import coalesced
 from jscorch.ops_shape import concatenate as concatenate  # noqa: F401 (moved; re-exported)
 from jscorch.ops_unary import map_values, negative, valid_mask
 from jscorch.primitives import checks, union
@@ -78,11 +78,6 @@ def _broadcast_shapes(a, b, func: str) -> tuple[int, ...]:
     raise ValueError(f"{func}: operand shapes do not broadcast; got a.shape={sa}, "
                      f"b.shape={sb}, expected numpy-broadcastable shapes. Reshape the "
                      "dense operand (e.g. x[:, None] for a column).") from None
-
-
-def _unique(A: SparseArray) -> SparseArray:
-  """``A`` with duplicates merged (a no-op for unique formats); needed for sampling."""
-  return A if A.format.unique else sum_duplicates(A)
 
 
 # One compiled conversion per layout (eager conversions would run op by op).
@@ -260,7 +255,7 @@ def dot(a, b, *, nse: int | None = None, work: int | None = None, **kwargs):
 def _sampled(A: SparseArray, x: jax.Array, func: str) -> SparseArray:
   """``A * x`` at ``A``'s pattern (``x`` dense, broadcast against ``A``)."""
   shape = _broadcast_shapes(A, x, func)
-  A = _unique(_broadcast_sparse(A, shape, func))
+  A = coalesced(_broadcast_sparse(A, shape, func))
   x = x.reshape((1,) * (len(shape) - x.ndim) + x.shape)
   keep = [d for d in range(len(shape)) if x.shape[d] != 1]
   if not keep:
@@ -316,13 +311,13 @@ def multiply(a, b):
 
     if not ids(a) or not ids(b):    # a one-element operand scales the other's values
       one, other = (a, b) if not ids(a) else (b, a)
-      other = _unique(_broadcast_sparse(other, shape, func))
+      other = coalesced(_broadcast_sparse(other, shape, func))
       dtype = jnp.result_type(a.dtype, b.dtype)
       return other.with_data(other.data.astype(dtype) * _todense(one).reshape(()).astype(dtype))
     expr = f"{ids(a)},{ids(b)}->{out}"
     ua, ub = unit_dims(a), unit_dims(b)
-    sq_a = _unique(a.squeeze(ua) if ua else a)
-    sq_b = _unique(b.squeeze(ub) if ub else b)
+    sq_a = coalesced(a.squeeze(ua) if ua else a)
+    sq_b = coalesced(b.squeeze(ub) if ub else b)
     try:
       return einsum(expr, sq_a, sq_b)
     except CapacityRequiredError as e:
@@ -366,7 +361,7 @@ def divide(a, b):
   if x.ndim == 0:
     return a.with_data(a.data / x)
   shape = _broadcast_shapes(a, x, func)
-  A = _unique(_broadcast_sparse(a, shape, func))
+  A = coalesced(_broadcast_sparse(a, shape, func))
   at_pattern = _sampled(A.with_data(jnp.ones(A.data.shape, x.dtype)), x, func).data
   return A.with_data(A.data / jnp.where(valid_mask(A), at_pattern, 1))
 
@@ -483,7 +478,7 @@ def _extremum(a, b, nse, func: str, fn):
   A, other = (a, b) if sa else (b, a)
   if not hasattr(other, "shape") or not jnp.shape(other):
     if float(jnp.asarray(other)) == 0:     # f(x, 0) keeps implicit zeros at 0
-      A = _unique(A)                       # (not linear: duplicates summed first)
+      A = coalesced(A)                       # (not linear: duplicates summed first)
       return A.with_data(jnp.where(valid_mask(A), fn(A.data, jnp.asarray(other, A.dtype)),
                                    jnp.zeros((), A.dtype)))
   da = _todense(a) if sa else _dense(a, func, "a")

@@ -65,6 +65,21 @@ def _raise_overflow(needed: int, nse: int, func: str):
 
 
 # -- sum_duplicates -------------------------------------------------------------------------
+def coalesced(A: SparseArray) -> SparseArray:
+  """``A`` itself for a unique format, else :func:`sum_duplicates` of it (same ``nse``).
+
+  What a non-linear map or a sampled output needs: one stored value per coordinate.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> from jscorch.ops_coalesce import coalesced
+    >>> A = js.from_dense(jnp.array([[0., 2.], [3., 0.]]), "csr")
+    >>> coalesced(A) is A
+    True
+  """
+  return A if A.format.unique else sum_duplicates(A)
+
+
 def sum_duplicates(A: SparseArray, nse: int | None = None) -> SparseArray:
   """``A`` with every coordinate stored once (duplicates summed), in sorted order.
 

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jscorch.array import SparseArray, is_sparse
-from jscorch.ops_coalesce import sum_duplicates
+from jscorch.ops_coalesce import coalesced
 from jscorch.primitives import segment
 
 
@@ -94,12 +94,6 @@ def valid_mask(A: SparseArray) -> jax.Array:
   return valid.reshape(valid.shape + (1,) * A.n_dense)
 
 
-def coalesced(A: SparseArray) -> SparseArray:
-  """``A`` with duplicates summed: ``A`` itself for a unique format, else
-  :func:`~jscorch.ops_coalesce.sum_duplicates` (same ``nse``, ordered unique format)."""
-  return A if A.format.unique else sum_duplicates(A)
-
-
 def map_values(A: SparseArray, fn: Callable, *args, singular_at_zero: bool = False,
                linear: bool = False, **kwargs) -> SparseArray:
   """``fn`` applied to the tensor ``A`` stores, through its values (``fn(0)`` must be 0).
@@ -113,7 +107,7 @@ def map_values(A: SparseArray, fn: Callable, *args, singular_at_zero: bool = Fal
       infinite ``fn'(0)`` does not make their gradient NaN.
     linear: ``fn(a + b) == fn(a) + fn(b)``: duplicates are mapped one by one and
       the result shares ``A``'s index buffers. Otherwise (the default, always
-      correct) a non-unique ``A`` is coalesced first (:func:`coalesced`).
+      correct) a non-unique ``A`` is coalesced first (:func:`~jscorch.ops_coalesce.coalesced`).
 
   Returns:
     A SparseArray of ``A``'s shape and ``nse``: ``A``'s pattern, or for a
@@ -181,5 +175,5 @@ def _make(name: str, entry: Unary) -> Callable:
 _FUNCS = {name: _make(name, entry) for name, entry in ZERO_PRESERVING.items()}
 globals().update(_FUNCS)
 
-__all__ = ["ZERO_PRESERVING", "JAX_NN_NAMES", "LINEAR_NAMES", "Unary", "coalesced", "map_values",
+__all__ = ["ZERO_PRESERVING", "JAX_NN_NAMES", "LINEAR_NAMES", "Unary", "map_values",
            "valid_mask", *_FUNCS]
