@@ -47,7 +47,7 @@ def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
   x = jnp.asarray(x)
   fmt = resolve_format(format, x.ndim, n_batch=n_batch, n_dense=n_dense, func=func)
   probe = Layout(fmt, x.shape, 0)
-  if all(l.kind == "dense" for l in fmt.levels):
+  if fmt.all_dense:
     nse = math.prod(probe.level_sizes)
   elif nse is None:
     if not checks.is_concrete(x):
@@ -222,7 +222,7 @@ def random(key, shape, density: float, format: FormatLike = "csr", dtype=jnp.flo
   sizes = probe.sparse_shape
   space = math.prod(sizes)
   nse = math.ceil(round(float(density) * space, 9))     # rounding: no ceil of float noise
-  if all(l.kind == "dense" for l in fmt.levels):
+  if fmt.all_dense:
     nse = space
   batch = probe.batch_shape
   n_keys = math.prod(batch)

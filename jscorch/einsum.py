@@ -246,7 +246,7 @@ def _dense_einsum(ops, in_ids, out_ids):
 
 
 def _all_dense_levels(out_format) -> bool:
-  return isinstance(out_format, Format) and all(l.kind == "dense" for l in out_format.levels)
+  return isinstance(out_format, Format) and out_format.all_dense
 
 
 def _stored_in(x, out_format, out_ids, ops, in_ids, nse, func) -> SparseArray:
@@ -267,7 +267,7 @@ def _stored_in(x, out_format, out_ids, ops, in_ids, nse, func) -> SparseArray:
   else:
     fmt = resolve_format(out_format, x.ndim, func=func)
   probe = Layout(fmt, x.shape, 0)
-  if all(l.kind == "dense" for l in fmt.levels):
+  if fmt.all_dense:
     full = math.prod(probe.level_sizes)
     lay = Layout.make(fmt, x.shape, full if nse is None else _static.static_int(nse, "nse", func),
                       func)
@@ -308,7 +308,7 @@ def _infer_output(ops, in_ids, out_ids, sizes, out_format, func):
       dense_ids |= set(ids[:x.n_batch])
       sparse_ids = ids[x.n_batch:x.n_batch + x.n_sparse]
       dense_ids |= {sparse_ids[d] for d, lvl in zip(x.format.mode_ordering, x.format.levels)
-                    if lvl.kind == "dense"}
+                    if not lvl.has_crd}
     if len(sparse_ops) < 2 or not out or not set(out) <= bound or set(out) <= dense_ids:
       return DENSE_OUT, None, (), ops
   n_batch = 0

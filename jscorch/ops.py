@@ -381,7 +381,7 @@ def _union(a: SparseArray, b: SparseArray, nse, func: str) -> SparseArray:
   fmt = union.canonical_format(a.format)
   parts = [(a.layout, a.indices), (b.layout, b.indices)]
   concrete = checks.is_concrete(*a.indices, *b.indices)
-  if all(lvl.kind == "dense" for lvl in fmt.levels):
+  if fmt.all_dense:
     nse = math.prod(a.layout.level_sizes)
   elif nse is not None:
     nse = _static.static_int(nse, "nse", func)

@@ -38,7 +38,7 @@ from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.primitives import checks, convert, union
 from jscorch.primitives._errors import SparseCapacityError
-from jscorch.primitives.formats import DENSE, Format
+from jscorch.primitives.formats import Format
 from jscorch.primitives.layout import Layout
 
 
@@ -51,7 +51,7 @@ def _check_sparse(A, func: str) -> SparseArray:
 
 def _capacity(A: SparseArray, fmt: Format, nse, func: str) -> int:
   """The result capacity: ``A.nse`` by default; all-dense formats store every coordinate."""
-  if all(lvl.kind == DENSE for lvl in fmt.levels):
+  if fmt.all_dense:
     return math.prod(A.layout.level_sizes)
   cap = A.nse if nse is None else _static.static_int(nse, "nse", func)
   return Layout.make(fmt, A.shape, cap, func).nse     # validates (non-negative, index range)
@@ -180,7 +180,7 @@ def drop_entries(A: SparseArray, keep: jax.Array, nse: int | None = None, *,
   """
   fmt = A.format
   cap = _capacity(A, fmt, nse, func)
-  if all(lvl.kind == DENSE for lvl in fmt.levels):
+  if fmt.all_dense:
     mask = keep.reshape(keep.shape + (1,) * A.n_dense)
     return A.with_data(jnp.where(mask, A.data, jnp.zeros((), A.dtype)))
   if checks.is_concrete(keep, *A.indices) and cap < A.nse:

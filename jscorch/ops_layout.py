@@ -29,7 +29,7 @@ from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.primitives import checks, convert
 from jscorch.primitives._errors import SparseEfficiencyWarning, SparseFormatError
-from jscorch.primitives.formats import DENSE, Format, FormatLike, resolve_format
+from jscorch.primitives.formats import Format, FormatLike, resolve_format
 from jscorch.primitives.layout import Layout
 
 _ON_INEFFICIENT = ("warn", "error", None)
@@ -103,7 +103,7 @@ def _to_format(A: SparseArray, fmt: Format, nse: int | None, func: str) -> Spars
   same_split = (fmt.n_batch, fmt.n_dense) == (src.n_batch, src.n_dense)
   if nse is None:
     nse = A.nse if same_split else convert.relayout_capacity(src, fmt)
-  if all(lvl.kind == DENSE for lvl in fmt.levels):
+  if fmt.all_dense:
     nse = math.prod(Layout(fmt, A.shape, 0).level_sizes)
   dst = Layout.make(fmt, A.shape, nse, func)
   if dst == src:

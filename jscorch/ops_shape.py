@@ -57,7 +57,7 @@ def build(coords, valid, data, shape, fmt: Format, nse: int, func: str) -> Spars
     data: `[*batch, n, *block]` values.
     shape: the full result shape; fmt: the result format; nse: its capacity.
   """
-  if fmt.n_sparse and all(lvl.kind == "dense" for lvl in fmt.levels):
+  if fmt.n_sparse and fmt.all_dense:
     nse = math.prod(shape[fmt.n_batch:fmt.n_batch + fmt.n_sparse])
   lay = Layout.make(fmt, shape, nse, func)
   idt = lay.index_dtype
@@ -441,7 +441,7 @@ def concatenate(arrays: Sequence, axis: int = 0, dtype=None):
   shape = first.shape[:ax] + (at,) + first.shape[ax + 1:]
   fmt = union.canonical_format(first.format)
   nse = builtins.sum(x.nse for x in arrays)
-  if all(lvl.kind == "dense" for lvl in fmt.levels):
+  if fmt.all_dense:
     nse = math.prod(shape[nb:nb + ns])
   out = Layout.make(fmt, shape, nse, func)
   data, indices = union.union(out, [(x.layout, x.data, x.indices) for x in arrays],

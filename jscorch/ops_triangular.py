@@ -223,7 +223,7 @@ def _diag_matrix(v, k: int, fmt):
   """The level buffers of the ``(n + |k|)``-square matrix with ``v`` on diagonal ``k``."""
   n = v.shape[0]
   m = n + abs(k)
-  nse = m * m if all(lvl.kind == "dense" for lvl in fmt.levels) else n
+  nse = m * m if fmt.all_dense else n
   lay = Layout.make(fmt, (m, m), nse, "diag")
   i = jnp.arange(n, dtype=lay.index_dtype)
   coords = jnp.stack([i + max(-k, 0), i + max(k, 0)], axis=-1)

@@ -244,7 +244,7 @@ def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):
   block_axes = tuple(range(n_sp, n_sp + el.n_dense))
   perm = tuple(el.format.mode_ordering) + block_axes
   sizes = el.level_sizes
-  all_dense = all(l.kind == DENSE for l in el.format.levels)
+  all_dense = el.format.all_dense
 
   def one(x):
     if not n_sp:                          # no sparse dimension: x is the one stored block
@@ -294,7 +294,7 @@ def relayout_capacity(src: Layout, dst_format, nse: int | None = None) -> int:
   """
   probe = Layout(dst_format, src.shape, 0)
   space = math.prod(probe.level_sizes)
-  if all(lvl.kind == DENSE for lvl in dst_format.levels):
+  if dst_format.all_dense:
     return space
   if nse is None:
     nb, nd = src.n_batch, src.n_dense

@@ -240,6 +240,11 @@ class Format:
     return not self.levels or self.levels[-1].unique
 
   @property
+  def all_dense(self) -> bool:
+    """Every level is dense: the array is stored as one dense block (no index buffers)."""
+    return all(not lvl.has_crd for lvl in self.levels)
+
+  @property
   def n_dense_levels(self) -> int:
     """Number of leading dense levels (the rest are compressed or singleton)."""
     n = 0

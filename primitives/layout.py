@@ -78,7 +78,7 @@ class Layout:
     if not isinstance(nse, (int, np.integer)) or nse < 0:
       raise SparseFormatError(f"{func}: nse must be a non-negative int; got nse={nse!r}.")
     lay = Layout(fmt, shape, int(nse))
-    if all(l.kind == DENSE for l in fmt.levels) and nse != math.prod(lay.level_sizes):
+    if fmt.all_dense and nse != math.prod(lay.level_sizes):
       raise SparseFormatError(
           f"{func}: an all-dense (or level-less) format stores every coordinate; got "
           f"nse={nse}, expected {math.prod(lay.level_sizes)}.")

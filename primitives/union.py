@@ -40,7 +40,7 @@ import numpy as np
 
 from . import checks, convert
 from .capacity import enforce_capacity
-from .formats import DENSE, Format
+from .formats import Format
 from .layout import Layout
 
 Part = tuple     # (Layout, data, indices)
@@ -124,7 +124,7 @@ def _compiled_pattern(out: Layout, layouts: tuple, func: str, offsets: tuple):
   """
   el = Layout(out.format.replace(n_batch=0), out.shape[out.n_batch:], out.nse)
   sizes = el.level_sizes
-  all_dense = all(lvl.kind == DENSE for lvl in el.format.levels)
+  all_dense = el.format.all_dense
 
   def pattern(coords):
     """Level buffers of the distinct coordinates and each input row's destination leaf."""
