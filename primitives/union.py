@@ -119,6 +119,23 @@ def union(out: Layout, parts: Sequence[Part], *, func: str,
 def _compiled_pattern(out: Layout, layouts: tuple, func: str, offsets: tuple):
   """The union pattern, jitted per static signature: index buffers -> (indices, dest, count).
 
+  One ``jscorch_union_pattern`` primitive: a generated merge kernel on CPU where one
+  applies, else :func:`portable_pattern` (its reference rule).
+  """
+  from .structure import union_kernel
+  plan = union_kernel.UnionPlan(out, layouts, offsets, func)
+  n_out = len(out.index_shapes)
+
+  def run(indices):
+    flat = union_kernel.union_pattern(plan, indices)
+    return tuple(flat[:n_out]), flat[n_out], flat[n_out + 1]
+
+  return jax.jit(run)
+
+
+def portable_pattern(out: Layout, layouts: tuple, func: str, offsets: tuple):
+  """The union pattern in XLA (concatenate, sort, merge): index buffers -> (indices, dest, count).
+
   ``dest`` `[*batch, n]` is the output leaf of every input entry (concatenated in
   part order; ``nse`` for padding), ``count`` `[*batch]` the distinct coordinates.
   """
@@ -163,7 +180,7 @@ def _compiled_pattern(out: Layout, layouts: tuple, func: str, offsets: tuple):
     coords = convert.logical_to_storage(out, jnp.concatenate(coords, axis=out.n_batch))
     return convert.vmap_batch(pattern, out.n_batch)(coords)
 
-  return jax.jit(run)
+  return run
 
 
 @functools.lru_cache(maxsize=512)
