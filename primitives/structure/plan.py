@@ -1,0 +1,133 @@
+"""The static plan of one structure computation (conversion or coalescing).
+
+A :class:`StructurePlan` says everything the kernel and the portable rule need to
+turn one batch element's coordinates (given directly, or read from the level
+buffers of a source layout) into the level buffers of a destination layout, plus
+the output slot of every source entry. It is frozen and hashable: it is the
+primitive's only parameter, the kernel's cache key and part of its FFI name.
+
+Example:
+  >>> from jscorch.primitives.formats import CSR, CSC
+  >>> from jscorch.primitives.layout import Layout
+  >>> p = make_plan(Layout(CSC, (4, 5), 6), Layout(CSR, (4, 5), 6))
+  >>> p.sort_levels, p.sums
+  ((0,), False)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..layout import Layout
+
+DENSE_CODE, COMPRESSED_CODE, SINGLETON_CODE = 0, 1, 2
+
+
+def level_codes(lay: Layout) -> tuple[int, ...]:
+  """One small int per level: dense 0, compressed 1, singleton 2 (from the level's
+  buffers, so no level-kind comparison is needed here)."""
+  return tuple(COMPRESSED_CODE if lvl.has_pos else SINGLETON_CODE if lvl.has_crd else DENSE_CODE
+               for lvl in lay.format.levels)
+
+
+@dataclasses.dataclass(frozen=True)
+class StructurePlan:
+  """One structure computation on a single batch element (see module docstring).
+
+  Attributes:
+    dst: the destination layout of one batch element (``n_batch=0``).
+    src: the source layout of one batch element, or None when the input is a
+      coordinate list `[n, n_sparse]` in ``dst``'s storage order.
+    n: entries per batch element of the input (``src.nse`` or the coordinate count).
+    sort_levels: the destination levels to sort by, least significant first (a
+      stable counting sort per level); empty when the input is already in order.
+    sums: entries with equal coordinates are merged (their slots coincide).
+  """
+  dst: Layout
+  src: Layout | None
+  n: int
+  sort_levels: tuple[int, ...]
+  sums: bool
+
+  @property
+  def n_levels(self) -> int:
+    return len(self.dst.format.levels)
+
+  @property
+  def dst_to_src(self) -> tuple[int, ...]:
+    """For each destination level, the source level holding the same dimension."""
+    if self.src is None:
+      return tuple(range(self.n_levels))
+    src_level_of_dim = self.src.format.levels_of_dims
+    return tuple(src_level_of_dim[d] for d in self.dst.format.mode_ordering)
+
+  @property
+  def src_to_dst(self) -> tuple[int, ...]:
+    inv = [0] * self.n_levels
+    for k, j in enumerate(self.dst_to_src):
+      inv[j] = k
+    return tuple(inv)
+
+  def index_shapes(self, lay: Layout) -> tuple[tuple[int, ...], ...]:
+    """Shapes of one batch element's index buffers of ``lay``, in leaf order."""
+    return tuple(shape for _, _, shape in lay.index_shapes)
+
+
+def supports(dst: Layout, src: Layout | None = None) -> bool:
+  """Whether the structure primitive covers ``dst`` (and ``src``): at least one sparse
+  level that stores coordinates, and for conversions the same shape and batch/block split."""
+  def ok(lay):
+    return lay.n_sparse >= 1 and not lay.format.all_dense
+  if not ok(dst):
+    return False
+  if src is None:
+    return True
+  return ok(src) and src.shape == dst.shape and \
+      (src.n_batch, src.n_dense) == (dst.n_batch, dst.n_dense)
+
+
+def element(lay: Layout) -> Layout:
+  """The layout of one batch element."""
+  return Layout(lay.format.replace(n_batch=0), lay.shape[lay.n_batch:], lay.nse)
+
+
+def make_plan(dst: Layout, src: Layout | None = None, *, n: int | None = None,
+              is_sorted: bool = False, is_unique: bool = False) -> StructurePlan:
+  """The plan turning ``src``'s buffers (or ``n`` coordinates) into ``dst``'s buffers.
+
+  Args:
+    dst: the destination layout (batch dimensions are dropped from the plan).
+    src: the source layout, or None for a coordinate-list input.
+    n: the number of input coordinates (coordinate input only).
+    is_sorted: the coordinate input is in ``dst``'s lexicographic storage order.
+    is_unique: the input has no repeated coordinates.
+  """
+  dst = element(dst)
+  n_levels = len(dst.format.levels)
+  lsd = tuple(range(n_levels - 1, -1, -1))
+  if src is None:
+    assert n is not None
+    skip = n_levels if is_sorted else 0
+  else:
+    src = element(src)
+    n = src.nse
+    is_unique = src.format.unique
+    skip = 0
+    if src.format.ordered:
+      # A source sorted by its levels (s_0, ..., s_L-1) has already had the stable passes
+      # of a least-significant-first sort by s_L-1, ..., s_0: skip the first passes of
+      # dst's sort that these cover (all of them when the level orders agree).
+      s = [0] * n_levels
+      src_level_of_dim = src.format.levels_of_dims
+      for k, d in enumerate(dst.format.mode_ordering):
+        s[src_level_of_dim[d]] = k
+      for j in range(n_levels, 0, -1):
+        if tuple(s[:j]) == tuple(range(n_levels - j, n_levels)):
+          skip = j
+          break
+  return StructurePlan(dst, src, int(n), lsd[skip:], bool(dst.format.unique and not is_unique))
+
+
+def np_dtype_name(dtype) -> str:
+  return {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}[np.dtype(dtype)]
