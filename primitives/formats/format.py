@@ -1,20 +1,29 @@
-"""Sparse tensor formats: TACO-style level types, mode ordering, batch and block dimensions.
+"""Sparse tensor formats: levels, the dimension-to-level map, batch and block dimensions.
 
 A :class:`Format` is static metadata (frozen, hashable) that says how each
 dimension of a tensor is stored. The dimensions of a tensor split, in order, into
 
 * ``n_batch`` leading **batch** dimensions: each batch element has its own pattern
   with the same capacity (what ``vmap`` over a sparse array produces);
-* the **sparse** dimensions, stored as one *level* each, in storage order
-  ``mode_ordering`` (level ``k`` stores sparse dimension ``mode_ordering[k]``);
+* the **sparse** dimensions, stored as one *level* each, in storage order given by
+  the **dimension-to-level map** ``dim_to_lvl`` (below);
 * ``n_dense`` trailing **block** dimensions: each stored entry holds a dense block.
 
-Level types (TACO / MLIR ``sparse_tensor``):
+Level types (TACO / MLIR ``sparse_tensor``; one class per type in
+``formats/{dense,compressed,singleton}.py``, see :mod:`.level` for the protocol):
 
 * ``dense``: every coordinate is present, no buffers;
 * ``compressed``: a ``pos`` buffer (segment offsets per parent position) and a
   ``crd`` buffer (coordinates);
 * ``singleton``: a ``crd`` buffer only, one coordinate per parent position (COO).
+
+**The dimension-to-level map.** ``dim_to_lvl[k]`` is a level expression saying
+which coordinate level ``k`` stores, as MLIR's ``dimToLvl`` does. Today every
+expression is ``Dim(d)`` (level ``k`` stores sparse dimension ``d``), so the map is
+a permutation and ``mode_ordering[k] == dim_to_lvl[k].dim``; ``mode_ordering`` is
+the constructor argument and property everything uses. The map leaves room for
+``FloorDiv(d, b)`` / ``Mod(d, b)`` (a blocked level, as in BSR:
+``(i // bm, j // bn, i % bm, j % bn)``) without another rewrite.
 
 **Dense levels below the last sparse level** (Scorch's ``sd``, ``sdd``, ``ssdd``:
 sparse rows of dense vectors, as in embedding tables) are stored as a dense block
@@ -33,8 +42,8 @@ Example:
   Format(dense, compressed)
   >>> js.Format(js.dense, js.compressed, mode_ordering=(1, 0)) == js.CSC
   True
-  >>> js.COO.name, js.CSC.mode_ordering
-  ('coo', (1, 0))
+  >>> js.COO.name, js.CSC.mode_ordering, js.CSC.dim_to_lvl
+  ('coo', (1, 0), (Dim(1), Dim(0)))
   >>> rows = js.Format(js.compressed, js.dense)
   >>> rows, rows.levels, rows.n_dense, rows.n_block_levels
   (Format(compressed, dense), (compressed,), 1, 1)
@@ -44,61 +53,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence, Union
 
-from ._errors import SparseFormatError
+from .._errors import SparseFormatError
+from .compressed import compressed
+from .dense import dense
+from .exprs import Dim, LevelExpr, mode_ordering_of
+from .level import Level
+from .singleton import singleton
 
+# Names of the built-in level types (a level's ``name``); compare capabilities, not these.
 DENSE = "dense"
 COMPRESSED = "compressed"
 SINGLETON = "singleton"
-_LEVEL_KINDS = (DENSE, COMPRESSED, SINGLETON)
-
-
-@dataclasses.dataclass(frozen=True)
-class Level:
-  """One storage level: its type and the properties of its coordinates.
-
-  Attributes:
-    kind: ``"dense"``, ``"compressed"`` or ``"singleton"``.
-    ordered: coordinates within each parent segment are sorted.
-    unique: no coordinate repeats within a parent segment.
-
-  A level is callable to change its properties: ``compressed(unique=False)``.
-  """
-  kind: str
-  ordered: bool = True
-  unique: bool = True
-
-  def __post_init__(self):
-    if self.kind not in _LEVEL_KINDS:
-      raise SparseFormatError(
-          f"Level: unknown level type; got kind={self.kind!r}, expected one of "
-          f"{_LEVEL_KINDS}.")
-    if self.kind == DENSE and not (self.ordered and self.unique):
-      raise SparseFormatError(
-          "Level: a dense level is always ordered and unique; got "
-          f"ordered={self.ordered}, unique={self.unique}. Use a compressed level.")
-
-  def __call__(self, *, ordered: bool | None = None, unique: bool | None = None) -> Level:
-    return Level(self.kind,
-                 self.ordered if ordered is None else ordered,
-                 self.unique if unique is None else unique)
-
-  @property
-  def has_pos(self) -> bool:
-    return self.kind == COMPRESSED
-
-  @property
-  def has_crd(self) -> bool:
-    return self.kind != DENSE
-
-  def __repr__(self):
-    props = [p for p, on in (("unordered", not self.ordered),
-                             ("nonunique", not self.unique)) if on]
-    return self.kind + (f"({', '.join(props)})" if props else "")
-
-
-dense = Level(DENSE)
-compressed = Level(COMPRESSED)
-singleton = Level(SINGLETON)
 
 
 class Format:
@@ -129,13 +94,13 @@ class Format:
   __slots__ = ("levels", "mode_ordering", "n_batch", "n_dense", "n_block_levels")
 
   def __init__(self, *levels: Level, mode_ordering: Sequence[int] | None = None,
-               n_batch: int = 0, n_dense: int = 0):
+               n_batch: int = 0, n_dense: int = 0,
+               dim_to_lvl: Sequence[LevelExpr] | None = None):
     levels = tuple(levels)
-    order = tuple(range(len(levels))) if mode_ordering is None else tuple(
-        int(m) for m in mode_ordering)
+    order = mode_ordering_of(len(levels), mode_ordering, dim_to_lvl)
     self._set(levels, order, int(n_batch), int(n_dense), 0)
     _check_levels(levels, order)
-    last_sparse = max((k for k, lvl in enumerate(levels) if lvl.kind != DENSE), default=None)
+    last_sparse = max((k for k, lvl in enumerate(levels) if not lvl.full), default=None)
     n_below = 0 if last_sparse is None else len(levels) - 1 - last_sparse
     if n_below:
       n = len(levels)
@@ -154,7 +119,7 @@ class Format:
     """A format from its storage attributes (``n_block_levels`` of the blocks spelled as
     dense levels); the spelling is dropped where it cannot apply."""
     self = object.__new__(cls)
-    has_sparse = any(lvl.kind != DENSE for lvl in levels)
+    has_sparse = any(not lvl.full for lvl in levels)
     n_below = min(int(n_block_levels), int(n_dense)) if has_sparse else 0
     self._set(tuple(levels), tuple(mode_ordering), int(n_batch), int(n_dense), n_below)
     self._validate()
@@ -176,23 +141,21 @@ class Format:
           f"n_dense={self.n_dense - self.n_block_levels}.")
     seen_sparse = False
     for k, lvl in enumerate(levels):
-      if lvl.kind == DENSE and seen_sparse:
+      parent = levels[k - 1] if k else None
+      if lvl.full and seen_sparse:
         raise SparseFormatError(
-            f"Format: level {k} is dense but lies between sparse levels; got {levels}. Use a "
-            "compressed level there, or order the dimensions so that the dense ones come "
+            f"Format: level {k} is {lvl.name} but lies between sparse levels; got {levels}. Use "
+            "a compressed level there, or order the dimensions so that the dense ones come "
             "last (dense levels below the last sparse level are stored as blocks).")
-      if lvl.kind == SINGLETON:
-        parent = levels[k - 1] if k else None
-        if parent is None or parent.kind == DENSE or parent.unique:
-          raise SparseFormatError(
-              f"Format: singleton level {k} needs a non-unique compressed or singleton "
-              f"parent; got {levels}. Use compressed(unique=False) before it, as in COO.")
-      if k and levels[k - 1].kind != DENSE and not levels[k - 1].unique \
-          and lvl.kind != SINGLETON:
+      if lvl.branchless and (parent is None or parent.full or parent.unique):
+        raise SparseFormatError(
+            f"Format: {lvl.name} level {k} needs a non-unique compressed or singleton "
+            f"parent; got {levels}. Use compressed(unique=False) before it, as in COO.")
+      if parent is not None and not parent.full and not parent.unique and not lvl.branchless:
         raise SparseFormatError(
             f"Format: level {k} follows a non-unique level and must be a singleton; got "
             f"{levels}.")
-      seen_sparse |= lvl.kind != DENSE
+      seen_sparse |= not lvl.full
 
   # -- derived properties -----------------------------------------------------------
   @property
@@ -214,6 +177,12 @@ class Format:
     """``mode_ordering`` over :attr:`spelled_levels`."""
     n = self.n_sparse
     return self.mode_ordering + tuple(range(n, n + self.n_block_levels))
+
+  @property
+  def dim_to_lvl(self) -> tuple[LevelExpr, ...]:
+    """The level expression of each level: ``Dim(mode_ordering[k])`` today (see the module
+    docstring)."""
+    return tuple(Dim(d) for d in self.mode_ordering)
 
   @property
   def dims_of_levels(self) -> tuple[int, ...]:
@@ -242,13 +211,13 @@ class Format:
   @property
   def all_dense(self) -> bool:
     """Every level is dense: the array is stored as one dense block (no index buffers)."""
-    return all(not lvl.has_crd for lvl in self.levels)
+    return all(lvl.full for lvl in self.levels)
 
   @property
   def n_dense_levels(self) -> int:
     """Number of leading dense levels (the rest are compressed or singleton)."""
     n = 0
-    while n < self.n_sparse and self.levels[n].kind == DENSE:
+    while n < self.n_sparse and self.levels[n].full:
       n += 1
     return n
 
