@@ -29,7 +29,8 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from . import einsum_kernel, einsum_portable
-from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand
+from .einsum_spec import (DENSE_OUT, PATTERN, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand,
+                          with_shared_patterns)
 from .layout import Layout
 from .planner import make_plan, pinned
 from .settings import _on_change as settings_on_change
@@ -39,8 +40,12 @@ einsum_p.multiple_results = True
 
 
 def einsum_bind(spec: EinsumSpec, *flat) -> list:
-  """Binds the primitive (inputs already validated and cast by the caller)."""
-  return einsum_p.bind(*flat, spec=spec)
+  """Binds the primitive (inputs already validated and cast by the caller).
+
+  Sources whose index buffers are the same objects are recorded in
+  ``spec.same_pattern`` here, at bind time (the rules below keep it up to date).
+  """
+  return einsum_p.bind(*flat, spec=with_shared_patterns(spec, flat))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -152,6 +157,12 @@ def _einsum_transpose(cts, *flat, spec: EinsumSpec):
   new_flat += [ct] + (list(pattern) if spec.out_kind == SAMPLED_OUT else [])
   old = spec.source_ranks
   ranks = tuple(r for j, r in enumerate(old[:-1]) if j != k) + (old[-1],)
+  # sources move: operands after k shift down, the sampled pattern becomes the cotangent
+  # operand (last), and a sparse target's pattern becomes the sampled pattern
+  image = {j: j - (j > k) for j in range(len(spec.operands)) if j != k}
+  image[PATTERN] = len(ops) - 1
+  image[k] = PATTERN if target.sparse else None
+  spec = spec.replace(same_pattern=spec.remap_patterns(image))
   if target.sparse:
     new_spec = spec.replace(operands=tuple(ops), out=target.indices, out_kind=SAMPLED_OUT,
                             out_layout=target.layout, ranks=ranks + (spec.source_ranks[k],))
@@ -212,7 +223,8 @@ def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
   groups, pattern = spec.split_inputs(args)
   gdims, pdims = spec.split_inputs(dims)
   ops, flat, patterns_batched = [], [], False
-  for op, bufs, ds in zip(spec.operands, groups, gdims):
+  fronted = set()         # sources whose index buffers gain a leading batch dimension
+  for k, (op, bufs, ds) in enumerate(zip(spec.operands, groups, gdims)):
     if all(d is None for d in ds):
       ops.append(op)
       flat += bufs
@@ -227,6 +239,10 @@ def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
       ops.append(Operand((new,) + op.indices, _with_batch(op.layout, size)))
       flat += [_batch_front(b, d, size) for b, d in zip(bufs, ds)]
       patterns_batched = True
+      fronted.add(k)
+  if spec.out_kind == SAMPLED_OUT and any(d is not None for d in pdims):
+    fronted.add(PATTERN)
+  spec = _split_shared(spec, fronted)
   sizes = spec.sizes + ((new, size),)
   if patterns_batched:     # the join now enumerates the matching pairs of every element
     spec = spec.replace(work=spec.work * size)
@@ -252,6 +268,16 @@ def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
     flat += [_batch_front(b, d, size) for b, d in zip(pattern, pdims)]
   out = einsum_p.bind(*flat, spec=new_spec)
   return out, [0] * len(out)
+
+
+def _split_shared(spec: EinsumSpec, fronted: set) -> EinsumSpec:
+  """``same_pattern`` after batching: sources that shared index buffers still do when
+  their buffers were treated alike (all kept, or all given the same leading batch
+  dimension: shared buffers have the same batch dims), so each group splits in two."""
+  groups = []
+  for g in spec.same_pattern:
+    groups += [tuple(s for s in g if s in fronted), tuple(s for s in g if s not in fronted)]
+  return spec.replace(same_pattern=tuple(sorted(g for g in groups if len(g) > 1)))
 
 
 def _with_block(lay: Layout, size: int) -> Layout:
@@ -286,8 +312,7 @@ ad.primitive_jvps[einsum_p] = _einsum_jvp
 ad.primitive_transposes[einsum_p] = _einsum_transpose
 batching.primitive_batchers[einsum_p] = _einsum_batching_rule
 mlir.register_lowering(einsum_p, _einsum_portable_lowering)
-# Not cacheable: the kernel rule must see which inputs are the same buffers (a sampled
-# output whose pattern is an operand's), and cached lowerings hide that behind fresh
-# function arguments.
+# Cacheable: which inputs share index buffers is in the spec (same_pattern), not read
+# from the lowering-time values.
 mlir.register_lowering(einsum_p, einsum_kernel.lowering(_einsum_portable_lowering),
-                       platform="cpu", cacheable=False)
+                       platform="cpu")

@@ -19,7 +19,10 @@ import numpy as np
 import jax
 from jax.interpreters import mlir
 
-from . import codegen, codegen_spgemm, kernel_build
+from . import codegen_spgemm, kernel_build
+from . import loopnest
+from . import plan as kernel_planner
+from .backends.c import printer
 from .einsum_spec import SAMPLED_OUT, SPARSE_OUT, EinsumSpec
 from .formats import CSR
 from .planner import PATTERN, make_plan, source_operand
@@ -42,11 +45,6 @@ FALLBACKS = {
 last_decisions: collections.deque = collections.deque(maxlen=64)
 
 
-def _source_buffers(spec: EinsumSpec, flat: Sequence, source: int):
-  groups, pattern = spec.split_inputs(flat)
-  return tuple(pattern) if source == PATTERN else tuple(groups[source][1:])
-
-
 def _storage_structure(op) -> tuple:
   """A sparse source's structure in storage order: levels, shapes, capacity and bound ids.
 
@@ -60,12 +58,15 @@ def _storage_structure(op) -> tuple:
           lay.nse, op.bound[:lay.n_batch] + tuple(sparse_ids[d] for d in order))
 
 
-def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.KernelPlan | None, str]:
-  """The kernel plan for ``spec`` or ``(None, reason)`` (a key of :data:`FALLBACKS`).
+def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
+                ) -> tuple[loopnest.Kernel | codegen_spgemm.SpgemmPlan | None, str]:
+  """The planned kernel for ``spec`` (its loop-nest IR, or the SpGEMM plan) or
+  ``(None, reason)`` (a key of :data:`FALLBACKS`).
 
   Args:
     spec: the einsum.
-    flat: the flat inputs (lowering-time values: only their identity is used).
+    flat: the flat inputs (only their number is used; which sources share index
+      buffers is ``spec.same_pattern``).
     dtype: the value dtype.
   """
   if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -81,20 +82,20 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
   first = source_operand(spec, sources[0])
   if any(source_operand(spec, s).layout.nse == 0 for s in sources):
     return None, "empty"
-  # Group the sources by identical structure (same layout and the same index buffers).
-  groups_of: list[tuple[int, tuple]] = []        # (first source, buffers) per structure
+  # Group the sources by identical structure (same layout, and the same index buffers
+  # as recorded in the spec at bind time: spec.same_pattern).
+  groups_of: list[tuple[int, None]] = []        # (first source, None) per structure
   structure = {}
   for s in sources:
-    op, bufs = source_operand(spec, s), _source_buffers(spec, flat, s)
-    for n, (rep, rep_bufs) in enumerate(groups_of):
-      rep_op = source_operand(spec, rep)
-      if _storage_structure(op) == _storage_structure(rep_op) and \
-          all(x is y or x == y for x, y in zip(bufs, rep_bufs)):
+    op = source_operand(spec, s)
+    for n, (rep, _) in enumerate(groups_of):
+      if _storage_structure(op) == _storage_structure(source_operand(spec, rep)) and \
+          spec.shares_pattern(s, rep):
         structure[s] = n
         break
     else:
       structure[s] = len(groups_of)
-      groups_of.append((s, bufs))
+      groups_of.append((s, None))
   if len(groups_of) > 1 and not _co_iterable(spec, [rep for rep, _ in groups_of]):
     return None, "co-iteration"
   lay = first.layout
@@ -113,12 +114,10 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
   partners = tuple((bare(source_operand(spec, rep).layout), index_input(rep))
                    for rep, _ in groups_of[1:])
   structure_of = tuple(structure.get(k, -1) for k in range(len(spec.operands)))
-  kp = codegen.KernelPlan(spec, bare(lay), ids, index_input(sources[0]), np.dtype(dtype),
-                          partners=partners, structure_of=structure_of,
-                          pattern_structure=structure.get(PATTERN, 0))
-  if kp.transposable() and not codegen.owner(kp) and codegen.owner(kp.transposed()):
-    kp = kp.transposed()       # Scorch: transpose the operand whose order conflicts
-  return kp, "kernel"
+  kp = kernel_planner.KernelPlan(spec, bare(lay), ids, index_input(sources[0]), np.dtype(dtype),
+                                 partners=partners, structure_of=structure_of,
+                                 pattern_structure=structure.get(PATTERN, 0))
+  return kernel_planner.lower(kp), "kernel"
 
 
 def spgemm_plan(spec: EinsumSpec, dtype) -> codegen_spgemm.SpgemmPlan | None:
@@ -171,7 +170,7 @@ def spgemm_sizes(plan: codegen_spgemm.SpgemmPlan, a_indices, b_indices) -> tuple
 def _source(kp) -> str:
   if isinstance(kp, codegen_spgemm.SpgemmPlan):
     return codegen_spgemm.generate(kp)
-  return codegen.generate(kp)
+  return printer.generate(kp)
 
 
 def _co_iterable(spec: EinsumSpec, reps) -> bool:
@@ -185,7 +184,8 @@ def _co_iterable(spec: EinsumSpec, reps) -> bool:
         lay.batch_shape != first.batch_shape or lay.sparse_shape != first.sparse_shape or \
         op.bound != ops[0].bound or len(set(op.bound)) != len(op.bound):
       return False
-    if any(l.kind == "singleton" or not (l.ordered and l.unique) for l in lay.format.levels):
+    if any(l.has_crd and not l.has_pos or not (l.ordered and l.unique)
+           for l in lay.format.levels):      # (singleton levels: COO)
       return False
   return True
 

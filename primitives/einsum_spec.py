@@ -29,6 +29,7 @@ from typing import Sequence
 from .layout import Layout
 
 DENSE_OUT, SAMPLED_OUT, SPARSE_OUT = "dense", "sampled", "sparse"
+PATTERN = -1     # the sampled output pattern, as a source (``planner.PATTERN``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,13 @@ class EinsumSpec:
       roles swap (a transpose turns an operand into the pattern), so every
       derived einsum joins its sparse sources in the forward's order and needs
       the same ``work``.
+    same_pattern: groups (sorted tuples, each of two or more) of sparse sources
+      whose index buffers are the *same* buffers: operand numbers, and ``-1``
+      (:data:`PATTERN`) for the sampled output pattern. Decided at bind time from
+      tracer identity (:func:`with_shared_patterns`) and carried along by the rules
+      that derive einsums, so lowerings read it from the spec instead of comparing
+      their inputs (which keeps the lowering cacheable). Sources in one group with
+      the same storage structure iterate as one pattern.
   """
   operands: tuple[Operand, ...]
   out: tuple[int, ...]
@@ -88,6 +96,7 @@ class EinsumSpec:
   out_layout: Layout | None = None
   work: int = 0
   ranks: tuple[int, ...] | None = None
+  same_pattern: tuple[tuple[int, ...], ...] = ()
 
   @property
   def source_ranks(self) -> tuple[int, ...]:
@@ -121,6 +130,22 @@ class EinsumSpec:
       at += op.n_buffers
     return groups, tuple(flat[at:])
 
+  def shares_pattern(self, s: int, t: int) -> bool:
+    """Whether sources ``s`` and ``t`` (operand numbers or ``PATTERN``) have the same
+    index buffers (always true of a source and itself)."""
+    return s == t or any(s in g and t in g for g in self.same_pattern)
+
+  def index_buffers(self, flat: Sequence, source: int) -> tuple:
+    """The index buffers of ``source`` (an operand number or ``PATTERN``) in ``flat``."""
+    groups, pattern = self.split_inputs(flat)
+    return tuple(pattern) if source == PATTERN else tuple(groups[source][1:])
+
+  def remap_patterns(self, image: dict) -> tuple[tuple[int, ...], ...]:
+    """``same_pattern`` of a derived einsum: each source ``s`` becomes ``image[s]``,
+    sources missing from ``image`` (or mapped to None) leave their group; groups of
+    fewer than two go."""
+    return _normal_groups([image.get(s) for s in g] for g in self.same_pattern)
+
   def replace(self, **changes) -> EinsumSpec:
     return dataclasses.replace(self, **changes)
 
@@ -133,6 +158,42 @@ class EinsumSpec:
       return f"{letters}:{op.layout.format!r}" if op.sparse else letters
     ins = ",".join(name(op) for op in self.operands)
     return f"{ins}->{''.join(_letter(i) for i in self.out)} [{self.out_kind}]"
+
+
+def sources(spec: EinsumSpec) -> list[int]:
+  """The sparse sources of ``spec``: its sparse operands, then ``PATTERN`` if sampled."""
+  out = [k for k, op in enumerate(spec.operands) if op.sparse]
+  return out + [PATTERN] if spec.out_kind == SAMPLED_OUT else out
+
+
+def with_shared_patterns(spec: EinsumSpec, flat: Sequence) -> EinsumSpec:
+  """``spec`` with ``same_pattern`` also grouping the sources whose index buffers in
+  ``flat`` are the same objects (tracers or arrays; compared by identity, never by
+  value, so nothing is traced)."""
+  groups = [list(g) for g in spec.same_pattern]
+  found: list[tuple[int, tuple]] = []
+  for s in sources(spec):
+    bufs = spec.index_buffers(flat, s)
+    for rep, rep_bufs in found:
+      if len(bufs) == len(rep_bufs) and all(x is y for x, y in zip(bufs, rep_bufs)):
+        groups.append([rep, s])
+        break
+    else:
+      found.append((s, bufs))
+  new = _normal_groups(groups)
+  return spec if new == spec.same_pattern else spec.replace(same_pattern=new)
+
+
+def _normal_groups(groups) -> tuple[tuple[int, ...], ...]:
+  """Merges overlapping groups (dropping None members); sorted, singletons dropped."""
+  merged: list[set] = []
+  for g in groups:
+    g = {s for s in g if s is not None}
+    for m in [m for m in merged if m & g]:
+      merged.remove(m)
+      g |= m
+    merged.append(g)
+  return tuple(sorted(tuple(sorted(m)) for m in merged if len(m) > 1))
 
 
 def _letter(i: int) -> str:

@@ -15,9 +15,10 @@ import pytest
 from jax.interpreters import ad
 
 import jscorch as js
+from jscorch.primitives import einsum_kernel
 from jscorch.primitives.einsum import einsum_bind, einsum_p
-from jscorch.primitives.einsum_spec import (DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec,
-                                            Operand)
+from jscorch.primitives.einsum_spec import (DENSE_OUT, PATTERN, SAMPLED_OUT, SPARSE_OUT,
+                                            EinsumSpec, Operand, with_shared_patterns)
 from jscorch.primitives.layout import Layout
 
 import util
@@ -313,3 +314,42 @@ def test_rules_compose_second_order(data):
   got = jax.jvp(jax.grad(loss), (A.data,), (t,))[1]
   want = jax.jvp(jax.grad(dense_loss), (A.data,), (t,))[1]
   util.assert_allclose(got, want, F64)
+
+
+# -- shared patterns: facts recorded in the spec at bind time ----------------------------------
+def test_shared_patterns_are_recorded_at_bind_and_kept_by_the_rules(data):
+  """``same_pattern`` comes from buffer identity at bind time (never from values), and the
+  transpose and batching rules carry it to the einsums they derive."""
+  A, u, v, rng = data["A"], data["u"], data["v"], data["rng"]
+  spec_of = lambda f, *args: [e.params["spec"] for e in util.einsum_eqns(f, *args)]
+  (s,) = spec_of(lambda d: sddmm(A, d, u, v), A.data)
+  assert s.same_pattern == ((PATTERN, 0),) and s.shares_pattern(0, PATTERN)
+  copies = [jnp.array(i, copy=True) for i in A.indices]    # equal values, other buffers
+  (s,) = spec_of(lambda d: einsum_bind(sddmm_spec(A), d, *A.indices, u, v, *copies)[0],
+                 A.data)
+  assert s.same_pattern == () and not s.shares_pattern(0, PATTERN)
+  # transpose w.r.t. the sparse values: (u, v, cotangent at the pattern) -> sampled at A
+  ct = jnp.asarray(util.random_values(rng, A.data.shape, F64))
+  _, vjp = jax.vjp(lambda d: sddmm(A, d, u, v), A.data)
+  (s,) = spec_of(lambda c: vjp(c), ct)
+  assert s.out_kind == SAMPLED_OUT and s.same_pattern == ((PATTERN, 2),)
+  # batching: a pattern batched for both the operand and the output stays shared...
+  As, _ = _stack_sparse("csr", 5)
+  (s,) = spec_of(jax.vmap(lambda A: sddmm(A, A.data, u, v)), As)
+  assert s.out_layout.n_batch == 1 and s.same_pattern == ((PATTERN, 0),)
+  # ... and so does one batched nowhere (values only)
+  (s,) = spec_of(jax.vmap(lambda d: sddmm(A, d, u, v)), jnp.stack([A.data] * N))
+  assert s.out_layout.n_dense == 1 and s.same_pattern == ((PATTERN, 0),)
+
+
+def test_kernel_plan_reads_shared_patterns_from_the_spec(data):
+  """The lowering is cacheable: grouping sources is the spec's decision, so the plan is the
+  same whether the lowering-time inputs are the same objects or not."""
+  A, u, v = data["A"], data["u"], data["v"]
+  spec = with_shared_patterns(sddmm_spec(A), [A.data, *A.indices, u, v, *A.indices])
+  flat = [A.data, *A.indices, u, v, *A.indices]
+  distinct = [A.data, *A.indices, u, v, *[jnp.array(i, copy=True) for i in A.indices]]
+  one, reason = einsum_kernel.kernel_plan(spec, flat, F64)
+  assert reason == "kernel" and one == einsum_kernel.kernel_plan(spec, distinct, F64)[0]
+  two, reason = einsum_kernel.kernel_plan(spec.replace(same_pattern=()), flat, F64)
+  assert reason == "kernel" and two != one        # two co-iterated structures
