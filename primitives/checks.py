@@ -3,14 +3,16 @@
 Constructors run these when their inputs are concrete (not traced); under ``jit``
 out-of-range coordinates are padding by definition and nothing is checked. The
 checks run in numpy, one batch element at a time, and raise
-:class:`SparseFormatError` naming the level, the position and the fix.
+:class:`SparseFormatError` naming the level, the position and the fix. Each level
+type checks its own buffers (``Level.check``, in ``formats/``); this module walks the
+levels and checks what spans them: storage order and uniqueness of the entries.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ._errors import SparseFormatError
-from .formats import COMPRESSED, DENSE
+from .formats.level import first_duplicate as _first_duplicate
 from .layout import Layout
 
 
@@ -39,36 +41,13 @@ def check_indices(lay: Layout, indices, func: str) -> None:
 def _check_element(lay, buffers, func, where):
   sizes, caps = lay.level_sizes, lay.capacities
   it = iter(buffers)
-  used_parent = 1
-  leaf_rows = None            # coordinates of used positions of the current level
+  live = np.ones(1, bool)                      # the one root position
+  rows = np.zeros((1, 0), np.int64)            # coordinates of every position of this level
   for k, lvl in enumerate(lay.format.levels):
-    size, cap = sizes[k], caps[k]
-    if lvl.kind == DENSE:
-      rows = np.arange(used_parent * size)
-      leaf_rows = _extend(leaf_rows, rows // max(size, 1), rows % max(size, 1))
-      used_parent *= size
-      continue
-    if lvl.kind == COMPRESSED:
-      pos, crd = next(it), next(it)
-      if pos[0] != 0 or np.any(np.diff(pos) < 0) or pos[-1] > cap:
-        raise SparseFormatError(
-            f"{func}: pos of level {k}{where} must start at 0, never decrease and end at "
-            f"most at {cap}; got pos={_short(pos)}. Build buffers with js.from_coo.")
-      if np.any(pos[used_parent:] != pos[-1]):
-        raise SparseFormatError(
-            f"{func}: pos of level {k}{where} gives entries to padding parents (positions "
-            f">= {used_parent}); got pos={_short(pos)}.")
-      used = int(pos[-1])
-      parent = np.repeat(np.arange(len(pos) - 1), np.diff(pos))
-    else:
-      crd = next(it)
-      used = used_parent
-      parent = np.arange(used)
-    _check_crd(crd, used, size, k, func, where)
-    if lvl.kind == COMPRESSED:
-      _check_segments(crd[:used], parent, lvl, k, func, where)
-    leaf_rows = _extend(leaf_rows, parent, crd[:used])
-    used_parent = used
+    bufs = tuple(next(it) for _ in lvl.buffers)
+    parent, crd, live = lvl.check(bufs, live, caps[k], sizes[k], k, func, where)
+    rows = _extend(rows, parent, crd)
+  leaf_rows = rows[live] if lay.format.levels else None
   fmt = lay.format
   if leaf_rows is not None and len(leaf_rows) > 1 and fmt.ordered:
     step = _lex_compare(leaf_rows[1:], leaf_rows[:-1])
@@ -87,38 +66,12 @@ def _check_element(lay, buffers, func, where):
 
 
 def _extend(rows, parent, crd):
-  crd = np.asarray(crd).reshape(-1, 1)
-  return crd if rows is None else np.concatenate([rows[parent], crd], axis=1)
-
-
-def _check_crd(crd, used, size, k, func, where):
-  bad = (crd[:used] < 0) | (crd[:used] >= size)
-  if np.any(bad):
-    i = int(np.argmax(bad))
-    raise SparseFormatError(
-        f"{func}: coordinate out of range at level {k}{where}, position {i}: got "
-        f"{int(crd[i])}, expected 0 <= crd < {size}. Fix the indices or the shape.")
-  if np.any(crd[used:] != size):
-    raise SparseFormatError(
-        f"{func}: padding positions of level {k}{where} (from {used} on) must hold the "
-        f"dimension size {size}; got {_short(crd[used:])}.")
-
-
-def _check_segments(crd, parent, lvl, k, func, where):
-  if len(crd) < 2:
-    return
-  same = parent[1:] == parent[:-1]
-  step = np.sign(crd[1:].astype(np.int64) - crd[:-1])
-  if lvl.ordered and np.any(same & (step < 0)):
-    i = int(np.argmax(same & (step < 0))) + 1
-    raise SparseFormatError(
-        f"{func}: coordinates of level {k}{where} are unsorted within a segment at position "
-        f"{i} ({int(crd[i - 1])} then {int(crd[i])}), but the level is ordered. Sort them "
-        "or use compressed(ordered=False).")
-  if lvl.unique and _first_duplicate(np.stack([parent, crd], 1)) is not None:
-    raise SparseFormatError(
-        f"{func}: repeated coordinate within a segment of level {k}{where}, but the level is "
-        "unique. Sum duplicates or use compressed(unique=False).")
+  """The coordinates of every position of the next level: its parent's row, then its own."""
+  parent = np.asarray(parent, np.int64)
+  crd = np.asarray(crd).reshape(-1, 1).astype(np.int64)
+  if not len(rows):                            # no parent position: every child is padding
+    return np.zeros((len(crd), rows.shape[1] + 1), np.int64)
+  return np.concatenate([rows[np.clip(parent, 0, len(rows) - 1)], crd], axis=1)
 
 
 def _lex_compare(a, b):
@@ -130,23 +83,8 @@ def _lex_compare(a, b):
   return out
 
 
-def _first_duplicate(rows):
-  """The first repeated row (as a tuple of ints), or None."""
-  if len(rows) < 2:
-    return None
-  srt = rows[np.lexsort(rows.T[::-1])]
-  dup = np.all(srt[1:] == srt[:-1], axis=1)
-  return _row(srt[int(np.argmax(dup))]) if dup.any() else None
-
-
 def _row(r):
   return tuple(int(v) for v in r)
-
-
-def _short(a, n=8):
-  a = np.asarray(a)
-  body = ", ".join(str(int(v)) for v in a[:n])
-  return f"[{body}{', ...' if a.size > n else ''}]"
 
 
 def describe(x) -> str:

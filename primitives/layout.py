@@ -9,7 +9,9 @@ level and the exact shape of every buffer:
 * dense level: no buffers;
 * ``data``: `[*batch, nse, *block]`.
 
-Level capacities: a dense level multiplies its parent's capacity by its size; a
+Each level type answers for its own buffers and capacity (``Level.buffers``,
+``Level.capacity``, ``Level.buffer_shape``; see ``formats/level.py``). For the
+built-in levels: a dense level multiplies its parent's capacity by its size; a
 unique compressed level holds at most ``min(parent * size, nse)`` entries; a
 non-unique compressed level and the last level hold ``nse``; a singleton level
 has its parent's capacity. Unused positions are **padding**: coordinate equal to
@@ -31,7 +33,7 @@ import jax
 import numpy as np
 
 from ._errors import SparseFormatError
-from .formats import COMPRESSED, DENSE, SINGLETON, Format
+from .formats import Format
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -82,6 +84,13 @@ class Layout:
       raise SparseFormatError(
           f"{func}: an all-dense (or level-less) format stores every coordinate; got "
           f"nse={nse}, expected {math.prod(lay.level_sizes)}.")
+    last = len(fmt.levels) - 1
+    if last >= 0 and not fmt.all_dense:
+      fixed = fmt.levels[last].fixed_capacity(lay.parent_capacity(last), lay.level_sizes[last])
+      if fixed is not None and nse != fixed:
+        raise SparseFormatError(
+            f"{func}: the last level of format {fmt!r} stores a fixed number of entries; got "
+            f"nse={nse}, expected {fixed}. Pass nse={fixed}.")
     index_dtype_for(max(shape + (int(nse) + 1,) + tuple(c + 1 for c in lay.capacities)), func)
     return lay
 
@@ -128,17 +137,7 @@ class Layout:
     caps, parent = [], 1
     levels = self.format.levels
     for k, (lvl, size) in enumerate(zip(levels, self.level_sizes)):
-      last = k == len(levels) - 1
-      if lvl.kind == DENSE:
-        cap = parent * size
-      elif last:
-        cap = self.nse
-      elif lvl.kind == SINGLETON:
-        cap = parent
-      elif lvl.unique:
-        cap = min(parent * size, self.nse)
-      else:
-        cap = self.nse
+      cap = lvl.capacity(parent, size, self.nse, k == len(levels) - 1)
       caps.append(cap)
       parent = cap
     return tuple(caps)
@@ -153,10 +152,9 @@ class Layout:
     out = []
     caps = self.capacities
     for k, lvl in enumerate(self.format.levels):
-      if lvl.kind == COMPRESSED:
-        out.append((k, "pos", self.batch_shape + (self.parent_capacity(k) + 1,)))
-      if lvl.kind != DENSE:
-        out.append((k, "crd", self.batch_shape + (caps[k],)))
+      for role in lvl.buffers:
+        out.append((k, role, self.batch_shape + lvl.buffer_shape(
+            role, self.parent_capacity(k), caps[k])))
     return tuple(out)
 
   @property
