@@ -20,7 +20,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from .capacity import enforce_capacity
-from .formats import COMPRESSED, DENSE, SINGLETON
 from .layout import Layout
 from . import structure
 
@@ -62,17 +61,8 @@ def _leaf_coordinates_1(lay: Layout, indices: Indices) -> jax.Array:
   cols: list[jax.Array] = []
   for k, lvl in enumerate(lay.format.levels):
     size, cap = sizes[k], caps[k]
-    if lvl.kind == DENSE:
-      here = jnp.arange(cap, dtype=idt)
-      parent = here // max(size, 1)
-      crd = here % max(size, 1)
-    elif lvl.kind == COMPRESSED:
-      pos, crd = next(buffers), next(buffers)
-      # parent[p] = number of q with pos[q + 1] <= p (positions past the end -> out of range)
-      parent = jnp.cumsum(jnp.zeros(cap, idt).at[pos[1:]].add(1, mode="drop"))
-    else:
-      crd = next(buffers)
-      parent = jnp.arange(cap, dtype=idt)
+    bufs = tuple(next(buffers) for _ in lvl.buffers)
+    parent, crd = lvl.positions(bufs, lay.parent_capacity(k), cap, size, idt)
     cols = [_take(col, parent, sizes[j]) for j, col in enumerate(cols)]
     cols.append(crd.astype(idt))
   coords = jnp.stack(cols, axis=-1) if cols else jnp.zeros((lay.nse, 0), idt)
@@ -172,26 +162,8 @@ def _build_levels_1(lay: Layout, coords, valid, data):
   for k, lvl in enumerate(lay.format.levels):
     size, cap, pcap = sizes[k], caps[k], lay.parent_capacity(k)
     ck = coords[:, k].astype(idt)
-    if lvl.kind == DENSE:
-      node = node * size + jnp.minimum(ck, size - 1) if size else node
-      continue
-    if lvl.kind == COMPRESSED:
-      if lvl.unique:
-        differs = (ck[1:] != ck[:-1]) | (node[1:] != node[:-1])
-        first = jnp.concatenate([jnp.ones((1,), bool), differs]) & valid
-      else:
-        first = valid
-      child = (jnp.cumsum(first) - 1).astype(idt)
-      per_parent = jax.ops.segment_sum(first.astype(idt), jnp.where(first, node, pcap),
-                                       num_segments=pcap)
-      pos = jnp.minimum(jnp.concatenate([jnp.zeros((1,), idt), jnp.cumsum(per_parent)]), cap)
-      crd = jnp.full(cap, size, idt).at[jnp.where(first, child, cap)].set(ck, mode="drop")
-      indices += [pos.astype(idt), crd]
-      node, count = child, first.sum()
-    else:
-      assert lvl.kind == SINGLETON
-      crd = jnp.full(cap, size, idt).at[jnp.where(valid, node, cap)].set(ck, mode="drop")
-      indices.append(crd)
+    bufs, node, count = lvl.assemble(ck, node, valid, count, pcap, cap, size, idt)
+    indices += list(bufs)
   leaf = jnp.where(valid, node, lay.nse)
   out = scatter_sum(jnp.zeros((lay.nse,) + data.shape[1:], data.dtype), leaf, data)
   return out, tuple(indices), count
