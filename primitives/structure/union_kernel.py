@@ -3,9 +3,10 @@
 ``jscorch_union_pattern`` computes, from the index buffers of sparse operands
 (*parts*), the integer half of a union or concatenation (see
 :mod:`jscorch.primitives.union`): the level buffers of the distinct coordinates,
-the output leaf ``dest`` of every input entry (``nse`` for padding) and the
-number of distinct coordinates ``count``. Values never enter it: they keep
-moving in XLA (a scatter by ``dest``), so jvp, transpose and vmap of the values
+the output leaf ``dest`` of every input entry (``nse`` for padding), the
+number of distinct coordinates ``count`` and, per part, its inverse ``src`` (the
+entry of that part at every output leaf). Values never enter it: they keep
+moving in XLA (a gather by ``src``), so jvp, transpose and vmap of the values
 stay exact and the primitive itself is integer-only.
 
 Lowerings: the portable rule (a concatenate-and-sort in XLA) everywhere; on CPU a
@@ -22,10 +23,13 @@ Example:
   >>> from jscorch.primitives.layout import Layout
   >>> a = Layout(CSR, (2, 3), 2)
   >>> plan = UnionPlan(Layout(CSR, (2, 3), 3), (a, a), (None, None), "add")
-  >>> pos, crd, dest, count = union_pattern(plan, [(jnp.array([0, 1, 2]), jnp.array([0, 2])),
-  ...                                              (jnp.array([0, 1, 2]), jnp.array([1, 2]))])
+  >>> pos, crd, dest, count, src_a, src_b = union_pattern(
+  ...     plan, [(jnp.array([0, 1, 2]), jnp.array([0, 2])),
+  ...            (jnp.array([0, 1, 2]), jnp.array([1, 2]))])
   >>> crd, dest, count
   (Array([0, 1, 2], dtype=int32), Array([0, 2, 1, 2], dtype=int32), Array(3, dtype=int32))
+  >>> src_a, src_b      # the part's nse (2) where it stores nothing
+  (Array([0, 2, 1], dtype=int32), Array([2, 0, 1], dtype=int32))
 """
 from __future__ import annotations
 
@@ -70,11 +74,14 @@ class UnionPlan:
     parts: the layout of every part, in order.
     offsets: per part, a shift of its logical sparse coordinates (concatenation), or None.
     func: the public function name, for errors.
+    dest: whether the primitive returns ``dest`` (values only need ``src``; leaving
+      ``dest`` out saves the kernel a write of every input entry).
   """
   out: Layout
   parts: tuple
   offsets: tuple
   func: str
+  dest: bool = True
 
   def with_batch(self, size: int) -> UnionPlan:
     """The plan with one more leading batch dimension of ``size`` on every layout."""
@@ -85,7 +92,8 @@ class UnionPlan:
 
 # ---------------------------------------------------------------------------------------
 # jscorch_union_pattern: index buffers of the parts (cast to the output's index dtype)
-# -> (output index buffers..., dest `[*batch, sum of part nse]`, count `[*batch]`).
+# -> (output index buffers..., dest `[*batch, sum of part nse]`, count `[*batch]`,
+#     src `[*batch, out.nse]` per part).
 # ---------------------------------------------------------------------------------------
 union_pattern_p = Primitive("jscorch_union_pattern")
 union_pattern_p.multiple_results = True
@@ -100,10 +108,12 @@ def union_pattern(plan: UnionPlan, indices: Sequence[Sequence[jax.Array]]):
       dtype (they are cast to the output's index dtype).
 
   Returns:
-    ``(*out_indices, dest, count)``: the output's index buffers, the output leaf of every
-    input entry `[*batch, sum of part nse]` (parts concatenated in order; ``out.nse`` for
-    padding, and leaves at or past ``out.nse`` when the capacity overflows) and the number
-    of distinct coordinates `[*batch]`.
+    ``(*out_indices, dest, count, *src)`` (``dest`` only when ``plan.dest``): the output's
+    index buffers, the output leaf of
+    every input entry `[*batch, sum of part nse]` (parts concatenated in order; ``out.nse``
+    for padding, and leaves at or past ``out.nse`` when the capacity overflows), the number
+    of distinct coordinates `[*batch]` and, per part, the entry stored at every output leaf
+    `[*batch, out.nse]` (the part's ``nse`` where it stores none; see :func:`sources`).
   """
   idt = plan.out.index_dtype
   flat = [jnp.asarray(b).astype(idt) for idx in indices for b in idx]
@@ -123,7 +133,30 @@ def _split(plan: UnionPlan, flat):
 def _portable(plan: UnionPlan):
   from .. import union       # the portable rule lives with the union composition
   run = union.portable_pattern(plan.out, plan.parts, plan.func, plan.offsets)
-  return lambda *flat: tuple(jax.tree_util.tree_leaves(run(_split(plan, flat))))
+
+  def pattern(*flat):
+    indices, dest, count = run(_split(plan, flat))
+    return (*indices, *([dest] if plan.dest else []), count, *sources(plan, dest))
+  return pattern
+
+
+def sources(plan: UnionPlan, dest: jax.Array) -> list[jax.Array]:
+  """Per part, the entry stored at every output leaf `[*batch, out.nse]` (its ``nse``
+  where it stores none): ``dest`` inverted, so values can be gathered."""
+  nb, nse = plan.out.n_batch, plan.out.nse
+  out, at = [], 0
+  for lay in plan.parts:
+    d = dest[..., at:at + lay.nse]
+    at += lay.nse
+
+    def invert(d, cap=lay.nse):
+      return jnp.full((nse,), cap, d.dtype).at[d].set(jnp.arange(cap, dtype=d.dtype),
+                                                       mode="drop")
+    f = invert
+    for _ in range(nb):
+      f = jax.vmap(f)
+    out.append(f(d))
+  return out
 
 
 def _union_pattern_impl(*flat, plan: UnionPlan):
@@ -190,6 +223,7 @@ class _Sizes:
   col_off: tuple
   idx_t: str
   cnt_t: str
+  dest: bool
 
 
 def _sizes(plan: UnionPlan, count_dtype) -> _Sizes:
@@ -203,7 +237,8 @@ def _sizes(plan: UnionPlan, count_dtype) -> _Sizes:
       part_cols=tuple(l.level_sizes[1] for l in plan.parts),
       part_caps=tuple(l.nse for l in plan.parts),
       row_off=tuple(int(o[order[0]]) for o in offs), col_off=tuple(int(o[order[1]]) for o in offs),
-      idx_t=ctype[np.dtype(out.index_dtype)], cnt_t=ctype[np.dtype(count_dtype)])
+      idx_t=ctype[np.dtype(out.index_dtype)], cnt_t=ctype[np.dtype(count_dtype)],
+      dest=plan.dest)
 
 
 def _c_array(name: str, values) -> str:
@@ -233,17 +268,22 @@ def _emit_header(s: _Sizes, name: str, plan: UnionPlan) -> str:
       _c_array("COL_OFF", s.col_off),
       _c_array("DEST_BASE", np.cumsum((0,) + s.part_caps[:-1])),
       f"#define NDEST {sum(s.part_caps)}LL",
+      f"#define WANT_DEST {int(s.dest)}",
+      "#define RET_COUNT (2 + WANT_DEST)     /* rets: pos, crd, [dest], count, src... */",
+      "#define RET_SRC (RET_COUNT + 1)",
   ])
 
 
-# The merge body: NPARTS is a compile-time constant, so gcc unrolls every loop over parts.
-_BODY = r"""
+# The merge, in three pieces; NPARTS is a compile-time constant, so gcc unrolls every loop
+# over parts.
+_SEGMENTS = r"""
 typedef struct {
   const idx_t* pos[NPARTS];   /* this batch element's buffers */
   const idx_t* crd[NPARTS];
   int64_t* start;             /* ROWS + 1: output entries before each row */
   idx_t* out_crd;
   idx_t* dest;
+  idx_t* src[NPARTS];         /* NSE each: the entry of part k at each leaf (PART_CAP: none) */
 } union_args;
 
 /* The in-bounds segment [lo, hi) of output row r in part k (empty outside the part). */
@@ -257,28 +297,43 @@ static inline void segment(const union_args* a, int k, int64_t r, int64_t* lo, i
   *lo = s; *hi = e;
 }
 
-/* Merges row r; when out_crd is set, writes crd (below NSE) and dest from leaf `at`. */
+/* Coordinates out of range at either end of a sorted segment are padding (they only occur
+   in buffers that skipped validation): they go nowhere. */
+static inline void trim(const union_args* a, int k, int64_t* lo, int64_t* hi, int write) {
+  const idx_t* c = a->crd[k];
+  while (*lo < *hi && c[*lo] < 0) {
+    if (write && WANT_DEST) a->dest[DEST_BASE[k] + *lo] = (idx_t)NSE;
+    ++*lo;
+  }
+  while (*hi > *lo && c[*hi - 1] >= PART_COLS[k]) {
+    if (write && WANT_DEST) a->dest[DEST_BASE[k] + *hi - 1] = (idx_t)NSE;
+    --*hi;
+  }
+}
+"""
+
+# Any number of parts: the smallest head column, then every part whose head equals it.
+_MERGE_ANY = r"""
+/* Merges output row r; with `write`, stores crd (below NSE) and the dest of every entry,
+   leaves numbered from `at`. Returns the number of distinct columns. */
 static inline int64_t merge_row(const union_args* a, int64_t r, int64_t at, int write) {
   int64_t p[NPARTS], e[NPARTS];
-  for (int k = 0; k < NPARTS; ++k) segment(a, k, r, &p[k], &e[k]);
+  for (int k = 0; k < NPARTS; ++k) {
+    segment(a, k, r, &p[k], &e[k]);
+    trim(a, k, &p[k], &e[k], write);
+  }
   int64_t n = 0;
   for (;;) {
     int64_t c = INT64_MAX;
-    for (int k = 0; k < NPARTS; ++k) {
-      /* coordinates out of range are padding (only in buffers that skipped validation) */
-      while (p[k] < e[k] && (a->crd[k][p[k]] < 0 || a->crd[k][p[k]] >= PART_COLS[k])) {
-        if (write) a->dest[DEST_BASE[k] + p[k]] = (idx_t)NSE;
-        ++p[k];
-      }
-      if (p[k] < e[k]) {
-        int64_t ck = (int64_t)a->crd[k][p[k]] + COL_OFF[k];
-        if (ck < c) c = ck;
-      }
-    }
+    for (int k = 0; k < NPARTS; ++k)
+      if (p[k] < e[k] && (int64_t)a->crd[k][p[k]] + COL_OFF[k] < c)
+        c = (int64_t)a->crd[k][p[k]] + COL_OFF[k];
     if (c == INT64_MAX) break;
     for (int k = 0; k < NPARTS; ++k) {
-      if (p[k] < e[k] && (int64_t)a->crd[k][p[k]] + COL_OFF[k] == c) {
-        if (write) a->dest[DEST_BASE[k] + p[k]] = (idx_t)(at + n);
+      int hit = p[k] < e[k] && (int64_t)a->crd[k][p[k]] + COL_OFF[k] == c;
+      if (write && at + n < NSE) a->src[k][at + n] = (idx_t)(hit ? p[k] : PART_CAP[k]);
+      if (hit) {
+        if (write && WANT_DEST) a->dest[DEST_BASE[k] + p[k]] = (idx_t)(at + n);
         ++p[k];
       }
     }
@@ -287,7 +342,84 @@ static inline int64_t merge_row(const union_args* a, int64_t r, int64_t at, int 
   }
   return n;
 }
+"""
 
+# Two parts: a branch-free step while both segments last (the heads' order is data, not a
+# predictable branch), then the tails. Both dest slots are written every step; the one whose
+# head did not advance is written again, with its final leaf, when it does.
+_MERGE_TWO = r"""
+/* Writes leaves at, at + 1, ... of the merge of [p0, e0) and [p1, e1); `checked` (a
+   constant after inlining) guards the leaves at or past NSE (only a row that may overflow). */
+static inline int64_t fill_two(const union_args* a, int64_t p0, int64_t e0, int64_t p1,
+                               int64_t e1, int64_t at, int checked) {
+  const idx_t* c0 = a->crd[0];
+  const idx_t* c1 = a->crd[1];
+  idx_t* d0 = WANT_DEST ? a->dest + DEST_BASE[0] : NULL;
+  idx_t* d1 = WANT_DEST ? a->dest + DEST_BASE[1] : NULL;
+  idx_t* oc = a->out_crd;
+  idx_t* s0 = a->src[0];
+  idx_t* s1 = a->src[1];
+  int64_t q = at;
+  while (p0 < e0 && p1 < e1) {
+    int64_t x = (int64_t)c0[p0] + COL_OFF[0], y = (int64_t)c1[p1] + COL_OFF[1];
+    if (WANT_DEST) {
+      d0[p0] = (idx_t)q;
+      d1[p1] = (idx_t)q;
+    }
+    /* arithmetic selects: gcc keeps them branch-free (ternaries became branches) */
+    int64_t g0 = x > y, g1 = y > x;       /* part 0 (1) stores nothing at this leaf */
+    if (!checked || q < NSE) {
+      oc[q] = (idx_t)(x - g0 * (x - y));
+      s0[q] = (idx_t)(p0 + g0 * (PART_CAP[0] - p0));
+      s1[q] = (idx_t)(p1 + g1 * (PART_CAP[1] - p1));
+    }
+    p0 += 1 - g0;
+    p1 += 1 - g1;
+    ++q;
+  }
+  for (; p0 < e0; ++p0, ++q) {
+    if (WANT_DEST) d0[p0] = (idx_t)q;
+    if (!checked || q < NSE) {
+      oc[q] = (idx_t)((int64_t)c0[p0] + COL_OFF[0]);
+      s0[q] = (idx_t)p0;
+      s1[q] = (idx_t)PART_CAP[1];
+    }
+  }
+  for (; p1 < e1; ++p1, ++q) {
+    if (WANT_DEST) d1[p1] = (idx_t)q;
+    if (!checked || q < NSE) {
+      oc[q] = (idx_t)((int64_t)c1[p1] + COL_OFF[1]);
+      s0[q] = (idx_t)PART_CAP[0];
+      s1[q] = (idx_t)p1;
+    }
+  }
+  return q - at;
+}
+
+static inline int64_t merge_row(const union_args* a, int64_t r, int64_t at, int write) {
+  int64_t p0, e0, p1, e1;
+  segment(a, 0, r, &p0, &e0);
+  segment(a, 1, r, &p1, &e1);
+  trim(a, 0, &p0, &e0, write);
+  trim(a, 1, &p1, &e1, write);
+  if (write) {
+    if (at + (e0 - p0) + (e1 - p1) <= NSE) return fill_two(a, p0, e0, p1, e1, at, 0);
+    return fill_two(a, p0, e0, p1, e1, at, 1);
+  }
+  const idx_t* c0 = a->crd[0];
+  const idx_t* c1 = a->crd[1];
+  int64_t n = 0;
+  while (p0 < e0 && p1 < e1) {
+    int64_t x = (int64_t)c0[p0] + COL_OFF[0], y = (int64_t)c1[p1] + COL_OFF[1];
+    p0 += x <= y;
+    p1 += y <= x;
+    ++n;
+  }
+  return n + (e0 - p0) + (e1 - p1);
+}
+"""
+
+_PASSES = r"""
 static void count_rows(const void* args, int64_t lo, int64_t hi) {
   const union_args* a = (const union_args*)args;
   for (int64_t r = lo; r < hi; ++r) a->start[r + 1] = merge_row(a, r, 0, 0);
@@ -318,12 +450,12 @@ def _emit_handler(name: str) -> str:
 XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
   XLA_FFI_Error* early;
   if (jscorch_preamble(cf, &early)) return early;
-  if (cf->args.size != 2 * NPARTS || cf->rets.size != 4)
+  if (cf->args.size != 2 * NPARTS || cf->rets.size != RET_SRC + NPARTS)
     return jscorch_error(cf, "{name}: wrong number of buffers");
   idx_t* out_pos = (idx_t*)jscorch_ret(cf, 0);
   idx_t* out_crd = (idx_t*)jscorch_ret(cf, 1);
-  idx_t* dest = (idx_t*)jscorch_ret(cf, 2);
-  cnt_t* count = (cnt_t*)jscorch_ret(cf, 3);
+  idx_t* dest = WANT_DEST ? (idx_t*)jscorch_ret(cf, 2) : NULL;
+  cnt_t* count = (cnt_t*)jscorch_ret(cf, RET_COUNT);
   int64_t* start = (int64_t*)malloc(sizeof(int64_t) * (ROWS + 1));
   int64_t n_chunks = 4 * jscorch_num_threads(cf);
   int64_t* bounds = (int64_t*)malloc(sizeof(int64_t) * (n_chunks + 1));
@@ -339,9 +471,10 @@ XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
     }}
     a.start = start;
     a.out_crd = out_crd + b * NSE;
-    a.dest = dest + b * NDEST;
+    a.dest = WANT_DEST ? dest + b * NDEST : NULL;
+    for (int k = 0; k < NPARTS; ++k) a.src[k] = (idx_t*)jscorch_ret(cf, RET_SRC + k) + b * NSE;
     /* entries outside every row segment (padding) go nowhere */
-    for (int k = 0; k < NPARTS; ++k) {{
+    for (int k = 0; k < NPARTS && WANT_DEST; ++k) {{
       int64_t s, e;
       s = a.pos[k][0]; s = s < 0 ? 0 : (s > PART_CAP[k] ? PART_CAP[k] : s);
       e = a.pos[k][PART_ROWS[k]]; e = e < s ? s : (e > PART_CAP[k] ? PART_CAP[k] : e);
@@ -357,7 +490,10 @@ XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
     jscorch_parallel_for(cf, fill_rows, &a, bounds, chunks);
     idx_t* pos = out_pos + b * (ROWS + 1);
     for (int64_t r = 0; r <= ROWS; ++r) pos[r] = (idx_t)(start[r] < NSE ? start[r] : NSE);
-    for (int64_t q = start[ROWS]; q < NSE; ++q) a.out_crd[q] = (idx_t)COLS;
+    for (int64_t q = start[ROWS]; q < NSE; ++q) {{
+      a.out_crd[q] = (idx_t)COLS;
+      for (int k = 0; k < NPARTS; ++k) a.src[k][q] = (idx_t)PART_CAP[k];
+    }}
     count[b] = (cnt_t)start[ROWS];
   }}
   free(start);
@@ -372,7 +508,9 @@ def generate(plan: UnionPlan, count_dtype) -> tuple[str, str]:
   s = _sizes(plan, count_dtype)
   key = hashlib.sha256(repr(s).encode()).hexdigest()[:16]
   name = f"jscorch_union_{len(s.part_rows)}_{key}"
-  return name, "\n".join([RUNTIME, _emit_header(s, name, plan), _BODY, _emit_handler(name)])
+  merge = _MERGE_TWO if len(s.part_rows) == 2 else _MERGE_ANY
+  return name, "\n".join([RUNTIME, _emit_header(s, name, plan), _SEGMENTS, merge, _PASSES,
+                          _emit_handler(name)])
 
 
 def ensure_registered(plan: UnionPlan, count_dtype) -> str:
@@ -393,7 +531,7 @@ def _union_pattern_cpu_lowering(ctx, *args, plan: UnionPlan):
   last_decisions.append((plan, reason))
   if reason != "kernel":
     return _union_pattern_portable_lowering(ctx, *args, plan=plan)
-  name = ensure_registered(plan, ctx.avals_out[-1].dtype)
+  name = ensure_registered(plan, ctx.avals_out[len(plan.out.index_shapes) + plan.dest].dtype)
   return jax.ffi.ffi_lowering(name)(ctx, *args)
 
 
