@@ -25,6 +25,8 @@ from .format import Format as Format
 from .format import FormatLike as FormatLike
 from .format import resolve_format as resolve_format
 from .level import Level as Level
+from .level import check_coordinates as check_coordinates
+from .level import check_segments as check_segments
 from .level import level_type as level_type
 from .level import level_types as level_types
 from .level import register_level as register_level
@@ -35,7 +37,8 @@ LevelType = Level
 
 __all__ = ["COMPRESSED", "COO", "CSC", "CSF", "CSR", "Compressed", "DCSR", "DENSE", "Dense",
            "Dim", "FORMAT_NAMES", "Format", "FormatLike", "Level", "LevelExpr", "LevelType",
-           "SINGLETON", "Singleton", "compressed", "dense", "level_type", "level_types",
-           "register_level", "resolve_format", "singleton"]
+           "SINGLETON", "Singleton", "check_coordinates", "check_segments", "compressed",
+           "dense", "level_type", "level_types", "register_level", "resolve_format",
+           "singleton"]
 
 from .format import _rebuild_format  # noqa: E402,F401  (unpickles Formats pickled before the split)

@@ -19,9 +19,11 @@ import dataclasses
 
 import numpy as np
 
+from ..formats import Compressed, Dense, Singleton
 from ..layout import Layout
 
 DENSE_CODE, COMPRESSED_CODE, SINGLETON_CODE = 0, 1, 2
+_CODED_LEVELS = (Dense, Compressed, Singleton)    # the level types with a code (others: portable)
 
 
 def level_codes(lay: Layout) -> tuple[int, ...]:
@@ -78,7 +80,8 @@ def supports(dst: Layout, src: Layout | None = None) -> bool:
   """Whether the structure primitive covers ``dst`` (and ``src``): at least one sparse
   level that stores coordinates, and for conversions the same shape and batch/block split."""
   def ok(lay):
-    return lay.n_sparse >= 1 and not lay.format.all_dense
+    return lay.n_sparse >= 1 and not lay.format.all_dense and \
+        all(type(lvl) in _CODED_LEVELS for lvl in lay.format.levels)
   if not ok(dst):
     return False
   if src is None:
