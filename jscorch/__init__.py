@@ -41,26 +41,26 @@ __all__ = [
 ]
 from jscorch.einsum import einsum as einsum  # noqa: E402
 __all__.append("einsum")
-from jscorch import ops_unary as _ops_unary  # noqa: E402
-from jscorch.ops import add as add  # noqa: E402
-from jscorch.ops_shape import broadcast_to as broadcast_to  # noqa: E402
-from jscorch.ops_shape import concatenate as concatenate  # noqa: E402
-from jscorch.ops_shape import expand_dims as expand_dims  # noqa: E402
-from jscorch.ops_shape import reshape as reshape  # noqa: E402
-from jscorch.ops_shape import squeeze as squeeze  # noqa: E402
-from jscorch.ops_shape import stack as stack  # noqa: E402
-from jscorch.ops import divide as divide  # noqa: E402
-from jscorch.ops import dot as dot  # noqa: E402
-from jscorch.ops import matmul as matmul  # noqa: E402
-from jscorch.ops import maximum as maximum  # noqa: E402
-from jscorch.ops import minimum as minimum  # noqa: E402
-from jscorch.ops import multiply as multiply  # noqa: E402
-from jscorch.ops import power as power  # noqa: E402
-from jscorch.ops import subtract as subtract  # noqa: E402
-from jscorch.ops import sum as sum  # noqa: E402
-from jscorch.ops import transpose as transpose  # noqa: E402
-from jscorch.ops_softmax import softmax as softmax  # noqa: E402
-from jscorch.ops_unary import ZERO_PRESERVING as ZERO_PRESERVING  # noqa: E402
+from jscorch.ops import unary as _ops_unary  # noqa: E402
+from jscorch.ops.elementwise import add as add  # noqa: E402
+from jscorch.ops.shape import broadcast_to as broadcast_to  # noqa: E402
+from jscorch.ops.shape import concatenate as concatenate  # noqa: E402
+from jscorch.ops.shape import expand_dims as expand_dims  # noqa: E402
+from jscorch.ops.shape import reshape as reshape  # noqa: E402
+from jscorch.ops.shape import squeeze as squeeze  # noqa: E402
+from jscorch.ops.shape import stack as stack  # noqa: E402
+from jscorch.ops.products import divide as divide  # noqa: E402
+from jscorch.ops.products import dot as dot  # noqa: E402
+from jscorch.ops.products import matmul as matmul  # noqa: E402
+from jscorch.ops.elementwise import maximum as maximum  # noqa: E402
+from jscorch.ops.elementwise import minimum as minimum  # noqa: E402
+from jscorch.ops.products import multiply as multiply  # noqa: E402
+from jscorch.ops.elementwise import power as power  # noqa: E402
+from jscorch.ops.elementwise import subtract as subtract  # noqa: E402
+from jscorch.ops.reduce import sum as sum  # noqa: E402
+from jscorch.ops.shape import transpose as transpose  # noqa: E402
+from jscorch.ops.softmax import softmax as softmax  # noqa: E402
+from jscorch.ops.unary import ZERO_PRESERVING as ZERO_PRESERVING  # noqa: E402
 
 # The zero-preserving elementwise functions (js.sin, js.abs, js.relu, ...), one per entry
 # of ZERO_PRESERVING.
@@ -69,19 +69,19 @@ __all__ += ["ZERO_PRESERVING", "add", "broadcast_to", "concatenate", "divide", "
             "expand_dims", "matmul", "maximum", "minimum", "multiply", "power", "reshape",
             "softmax", "squeeze", "stack",
             "subtract", "sum", "transpose", *_ops_unary.ZERO_PRESERVING]
-from jscorch.ops_coalesce import eliminate_zeros as eliminate_zeros  # noqa: E402
-from jscorch.ops_coalesce import sort_indices as sort_indices  # noqa: E402
-from jscorch.ops_coalesce import sum_duplicates as sum_duplicates  # noqa: E402
-from jscorch.ops_reduce import count_nonzero as count_nonzero  # noqa: E402
-from jscorch.ops_reduce import max as max  # noqa: E402
-from jscorch.ops_reduce import mean as mean  # noqa: E402
-from jscorch.ops_reduce import min as min  # noqa: E402
-from jscorch.ops_reduce import segment_max as segment_max  # noqa: E402
-from jscorch.ops_reduce import segment_min as segment_min  # noqa: E402
-from jscorch.ops_triangular import diag as diag  # noqa: E402
-from jscorch.ops_triangular import diagonal as diagonal  # noqa: E402
-from jscorch.ops_triangular import tril as tril  # noqa: E402
-from jscorch.ops_triangular import triu as triu  # noqa: E402
+from jscorch.ops.coalesce import eliminate_zeros as eliminate_zeros  # noqa: E402
+from jscorch.ops.coalesce import sort_indices as sort_indices  # noqa: E402
+from jscorch.ops.coalesce import sum_duplicates as sum_duplicates  # noqa: E402
+from jscorch.ops.reduce import count_nonzero as count_nonzero  # noqa: E402
+from jscorch.ops.reduce import max as max  # noqa: E402
+from jscorch.ops.reduce import mean as mean  # noqa: E402
+from jscorch.ops.reduce import min as min  # noqa: E402
+from jscorch.ops.reduce import segment_max as segment_max  # noqa: E402
+from jscorch.ops.reduce import segment_min as segment_min  # noqa: E402
+from jscorch.ops.triangular import diag as diag  # noqa: E402
+from jscorch.ops.triangular import diagonal as diagonal  # noqa: E402
+from jscorch.ops.triangular import tril as tril  # noqa: E402
+from jscorch.ops.triangular import triu as triu  # noqa: E402
 
 __all__ += ["count_nonzero", "diag", "diagonal", "eliminate_zeros", "max", "mean", "min",
             "segment_max", "segment_min", "sort_indices", "sum_duplicates", "tril", "triu"]
@@ -91,11 +91,11 @@ from jscorch.primitives._errors import SparsifyError as SparsifyError  # noqa: E
 from jscorch.sparsify import sparsify as sparsify  # noqa: E402
 
 __all__ += ["SparsifyError", "distributed", "graph", "sparsify"]
-from jscorch.ops_dropout import dropout as dropout  # noqa: E402
+from jscorch.ops.dropout import dropout as dropout  # noqa: E402
 
 __all__ += ["dropout"]
-from jscorch.ops_layout import todense as todense  # noqa: E402
-from jscorch.ops_layout import update_layout as update_layout  # noqa: E402
+from jscorch.ops.layout import todense as todense  # noqa: E402
+from jscorch.ops.layout import update_layout as update_layout  # noqa: E402
 
 __all__ += ["todense", "update_layout"]
 

@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import importlib
 import math
 import operator
 import sys
@@ -232,7 +233,7 @@ class SparseArray:
     return _todense(self.layout, self.data, self.indices)
 
   def asformat(self, format: FormatLike, *, nse: int | None = None) -> SparseArray:
-    """The same tensor stored in another format (see :func:`jscorch.ops_layout.asformat`).
+    """The same tensor stored in another format (see :func:`jscorch.ops.layout.asformat`).
 
     Args:
       format: the target format or its name; dense levels below its last sparse
@@ -245,7 +246,7 @@ class SparseArray:
       >>> js.from_dense(jnp.eye(3), format="csr").asformat("csc").format
       Format(dense, compressed, mode_ordering=(1, 0))
     """
-    from jscorch import ops_layout   # noqa: PLC0415 (ops_layout imports this module)
+    from jscorch.ops import layout as ops_layout   # noqa: PLC0415 (ops_layout imports this module)
     return ops_layout.asformat(self, format, nse=nse)
 
   def update_layout(self, n_batch: int | None = None, n_dense: int | None = None, *,
@@ -258,7 +259,7 @@ class SparseArray:
       >>> js.from_dense(jnp.eye(2), format="coo").update_layout(n_batch=1).format
       Format(compressed, n_batch=1)
     """
-    from jscorch import ops_layout   # noqa: PLC0415
+    from jscorch.ops import layout as ops_layout   # noqa: PLC0415
     return ops_layout.update_layout(self, n_batch, n_dense, format=format, nse=nse,
                                     on_inefficient=on_inefficient)
 
@@ -304,13 +305,13 @@ class SparseArray:
       >>> js.from_dense(jnp.eye(2), format="csr").reshape(-1).todense()
       Array([1., 0., 0., 1.], dtype=float32)
     """
-    from jscorch import ops_shape   # noqa: PLC0415 (ops_shape imports this module)
+    from jscorch.ops import shape as ops_shape   # noqa: PLC0415 (ops_shape imports this module)
     return ops_shape.reshape(self, shape[0] if len(shape) == 1 else shape, format=format)
 
   def __getitem__(self, key):
     """``A[key]``, numpy's rules: ints, slices, ``None``, ``...``, integer arrays and boolean
-    masks; dense when every sparse dim is indexed by points (see :mod:`jscorch.ops_index`)."""
-    from jscorch import ops_index   # noqa: PLC0415 (ops_index imports this module)
+    masks; dense when every sparse dim is indexed by points (see :mod:`jscorch.ops.index`)."""
+    from jscorch.ops import index as ops_index   # noqa: PLC0415 (ops_index imports this module)
     return ops_index.getitem(self, key)
 
   def __len__(self) -> int:
@@ -322,12 +323,12 @@ class SparseArray:
 
   def expand_dims(self, axis: int | Sequence[int]) -> SparseArray:
     """Unit dims inserted at ``axis`` (see :func:`jscorch.expand_dims`)."""
-    from jscorch import ops_shape   # noqa: PLC0415
+    from jscorch.ops import shape as ops_shape   # noqa: PLC0415
     return ops_shape.expand_dims(self, axis)
 
   def squeeze(self, axis: int | Sequence[int] | None = None):
     """Unit dims ``axis`` removed (see :func:`jscorch.squeeze`)."""
-    from jscorch import ops_shape   # noqa: PLC0415
+    from jscorch.ops import shape as ops_shape   # noqa: PLC0415
     return ops_shape.squeeze(self, axis)
 
   def block_until_ready(self):
@@ -336,40 +337,40 @@ class SparseArray:
 
   # -- arithmetic (jscorch.ops; see there for the rules) -----------------------------------
   def __matmul__(self, other):
-    return _ops().matmul(self, other) if _operand(other) else NotImplemented
+    return _ops("products").matmul(self, other) if _operand(other) else NotImplemented
 
   def __rmatmul__(self, other):
-    return _ops().matmul(other, self) if _operand(other) else NotImplemented
+    return _ops("products").matmul(other, self) if _operand(other) else NotImplemented
 
   def __mul__(self, other):
-    return _ops().multiply(self, other) if _operand(other) else NotImplemented
+    return _ops("products").multiply(self, other) if _operand(other) else NotImplemented
 
   def __rmul__(self, other):
-    return _ops().multiply(other, self) if _operand(other) else NotImplemented
+    return _ops("products").multiply(other, self) if _operand(other) else NotImplemented
 
   def __truediv__(self, other):
-    return _ops().divide(self, other) if _operand(other) else NotImplemented
+    return _ops("products").divide(self, other) if _operand(other) else NotImplemented
 
   def __rtruediv__(self, other):
-    return _ops().divide(other, self) if _operand(other) else NotImplemented
+    return _ops("products").divide(other, self) if _operand(other) else NotImplemented
 
   def __add__(self, other):
-    return _ops().add(self, other) if _operand(other) else NotImplemented
+    return _ops("elementwise").add(self, other) if _operand(other) else NotImplemented
 
   def __radd__(self, other):
-    return _ops().add(other, self) if _operand(other) else NotImplemented
+    return _ops("elementwise").add(other, self) if _operand(other) else NotImplemented
 
   def __sub__(self, other):
-    return _ops().subtract(self, other) if _operand(other) else NotImplemented
+    return _ops("elementwise").subtract(self, other) if _operand(other) else NotImplemented
 
   def __rsub__(self, other):
-    return _ops().subtract(other, self) if _operand(other) else NotImplemented
+    return _ops("elementwise").subtract(other, self) if _operand(other) else NotImplemented
 
   def __pow__(self, other):
-    return _ops().power(self, other) if _operand(other) else NotImplemented
+    return _ops("elementwise").power(self, other) if _operand(other) else NotImplemented
 
   def __rpow__(self, other):
-    return _ops().power(other, self) if _operand(other) else NotImplemented
+    return _ops("elementwise").power(other, self) if _operand(other) else NotImplemented
 
   def __neg__(self) -> SparseArray:
     return self.with_data(-self.data)
@@ -378,8 +379,8 @@ class SparseArray:
     return self
 
   def __abs__(self) -> SparseArray:
-    from jscorch import ops_unary   # noqa: PLC0415 (duplicates summed first: abs is not linear)
-    return ops_unary.abs(self)
+    from jscorch.ops import unary   # noqa: PLC0415 (duplicates summed first: abs is not linear)
+    return unary.abs(self)
 
   # -- array conventions: comparisons, truth value, numpy and JAX conversion ----------------
   __hash__ = None   # as jax.Array and np.ndarray: an array is not a dict key or set member
@@ -466,42 +467,42 @@ class SparseArray:
       >>> js.from_dense(jnp.array([[1., 0.], [3., 2.]])).sum(axis=1)
       Array([1., 5.], dtype=float32)
     """
-    return _ops().sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
+    return _ops("reduce").sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
 
   def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> jax.Array:
     """Maximum over ``axis`` counting implicit zeros: a dense array (see :func:`jscorch.max`)."""
-    from jscorch import ops_reduce   # noqa: PLC0415 (ops_reduce imports this module)
+    from jscorch.ops import reduce as ops_reduce   # noqa: PLC0415 (ops_reduce imports this module)
     return ops_reduce.max(self, axis=axis, keepdims=keepdims)
 
   def min(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> jax.Array:
     """Minimum over ``axis`` counting implicit zeros: a dense array (see :func:`jscorch.min`)."""
-    from jscorch import ops_reduce   # noqa: PLC0415
+    from jscorch.ops import reduce as ops_reduce   # noqa: PLC0415
     return ops_reduce.min(self, axis=axis, keepdims=keepdims)
 
   def mean(self, axis: int | Sequence[int] | None = None, dtype=None,
            keepdims: bool = False) -> jax.Array:
     """Mean over ``axis`` (implicit zeros included): a dense array (see :func:`jscorch.mean`)."""
-    from jscorch import ops_reduce   # noqa: PLC0415
+    from jscorch.ops import reduce as ops_reduce   # noqa: PLC0415
     return ops_reduce.mean(self, axis=axis, dtype=dtype, keepdims=keepdims)
 
   def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> jax.Array:
     """The diagonal as a dense array, as ``numpy.diagonal`` (see :func:`jscorch.diagonal`)."""
-    from jscorch import ops_triangular   # noqa: PLC0415
+    from jscorch.ops import triangular as ops_triangular   # noqa: PLC0415
     return ops_triangular.diagonal(self, offset=offset, axis1=axis1, axis2=axis2)
 
   def sum_duplicates(self, nse: int | None = None) -> SparseArray:
     """Every coordinate stored once, sorted (see :func:`jscorch.sum_duplicates`)."""
-    from jscorch import ops_coalesce   # noqa: PLC0415
+    from jscorch.ops import coalesce as ops_coalesce   # noqa: PLC0415
     return ops_coalesce.sum_duplicates(self, nse=nse)
 
   def sort_indices(self) -> SparseArray:
     """Entries in lexicographic storage order, duplicates kept (see :func:`jscorch.sort_indices`)."""
-    from jscorch import ops_coalesce   # noqa: PLC0415
+    from jscorch.ops import coalesce as ops_coalesce   # noqa: PLC0415
     return ops_coalesce.sort_indices(self)
 
   def eliminate_zeros(self, nse: int | None = None) -> SparseArray:
     """Explicitly stored zeros become padding (see :func:`jscorch.eliminate_zeros`)."""
-    from jscorch import ops_coalesce   # noqa: PLC0415
+    from jscorch.ops import coalesce as ops_coalesce   # noqa: PLC0415
     return ops_coalesce.eliminate_zeros(self, nse=nse)
 
   def conj(self) -> SparseArray:
@@ -521,9 +522,9 @@ class SparseArray:
     return self.with_data(jnp.imag(self.data))
 
 
-def _ops():
-  from jscorch import ops   # noqa: PLC0415 (ops imports this module)
-  return ops
+def _ops(name: str):
+  """The module ``jscorch.ops.<name>`` (imported lazily: the ops modules import this one)."""
+  return importlib.import_module(f"jscorch.ops.{name}")
 
 
 def _operand(x) -> bool:
@@ -532,7 +533,7 @@ def _operand(x) -> bool:
   if hint:
     raise TypeError(f"SparseArray: the other operand of an arithmetic operator is not a "
                     f"jscorch array; got {checks.describe(x)}.{hint}")
-  return _ops().is_operand(x)
+  return _ops("_operands").is_operand(x)
 
 
 def is_sparse(x) -> bool:
@@ -571,7 +572,7 @@ def _compare(A: SparseArray, other, symbol: str):
   if hint:
     raise TypeError(f"SparseArray {symbol}: the other operand is not a jscorch array; got "
                     f"{checks.describe(other)}.{hint}")
-  if not _ops().is_operand(other):
+  if not _ops("_operands").is_operand(other):
     return NotImplemented
   if jnp.ndim(other) > 0:
     return op(A.todense(), jnp.asarray(other))

@@ -12,7 +12,7 @@ from jax.experimental import checkify
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
-from jscorch.ops_coalesce import coalesced
+from jscorch.ops.coalesce import coalesced
 from jscorch.primitives import checks, einsum_kernel, einsum_portable
 from jscorch.primitives._errors import (CapacityRequiredError, SparseCapacityError,
                                          SparseFormatError)
@@ -110,7 +110,7 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
     result = einsum(subscripts, *operands, out_format="dense", work=work)
     return _stored_in(result, out_format, out_ids, ops, in_ids, nse, func)
   if kind == SPARSE_OUT and out_layout.format.n_block_levels:   # rows of dense vectors
-    from jscorch import ops_layout   # noqa: PLC0415 (ops_layout calls einsum)
+    from jscorch.ops import layout as ops_layout   # noqa: PLC0415 (ops_layout calls einsum)
     rows = ops_layout.einsum_rows(subscripts, operands, ops, in_ids, out_ids, out_layout,
                                   nse, work)
     if rows is not None:

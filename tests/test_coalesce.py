@@ -1,4 +1,4 @@
-"""Tests of coalescing (jscorch/ops_coalesce.py): ``sum_duplicates``, ``sort_indices``,
+"""Tests of coalescing (jscorch/ops/coalesce.py): ``sum_duplicates``, ``sort_indices``,
 ``eliminate_zeros``, and the ``nnz`` (entries in use) / ``nse`` (capacity) distinction.
 
 Inputs carry duplicates (one pair cancelling to an explicit zero), explicitly

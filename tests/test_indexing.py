@@ -1,4 +1,4 @@
-"""Tests of jscorch/ops_index.py: ``A[key]`` with ints, slices, None, Ellipsis, integer arrays
+"""Tests of jscorch/ops/index.py: ``A[key]`` with ints, slices, None, Ellipsis, integer arrays
 and boolean masks, empty windows, and ``len(A)``.
 
 Each key is applied to fresh random SparseArrays stored with padding (every format of
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jscorch as js
-from jscorch import ops_index
+from jscorch.ops import index as ops_index
 
 import util
 

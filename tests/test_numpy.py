@@ -18,7 +18,7 @@ import pytest
 
 import jscorch as js
 import jscorch.numpy as jsnp
-from jscorch.ops_unary import JAX_NN_NAMES, ZERO_PRESERVING
+from jscorch.ops.unary import JAX_NN_NAMES, ZERO_PRESERVING
 
 import util
 

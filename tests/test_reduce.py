@@ -1,4 +1,4 @@
-"""Tests of jscorch/ops_reduce.py: ``max``, ``min``, ``mean``, ``count_nonzero`` (implicit
+"""Tests of jscorch/ops/reduce.py: ``max``, ``min``, ``mean``, ``count_nonzero`` (implicit
 zeros count) and ``segment_max`` / ``segment_min`` (stored entries only).
 
 Inputs (``test_coalesce.entries_case``) carry duplicates (one pair cancelling to

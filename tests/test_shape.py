@@ -1,4 +1,4 @@
-"""Tests of jscorch/ops_shape.py: reshape, expand_dims, squeeze, broadcast_to, stack, concat, A.T.
+"""Tests of jscorch/ops/shape.py: reshape, expand_dims, squeeze, broadcast_to, stack, concat, A.T.
 
 Every operation runs on fresh random data stored with padding, in every format of
 ``util.FORMATS`` (named and custom, 2-D and 3-D) and with batch and block dims, and is

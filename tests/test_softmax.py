@@ -1,4 +1,4 @@
-"""Tests of ``js.softmax`` (jscorch/ops_softmax.py): softmax over the stored entries only.
+"""Tests of ``js.softmax`` (jscorch/ops/softmax.py): softmax over the stored entries only.
 
 The reference is a dense float64 softmax with the entries that are not stored
 masked out (``-inf``), slices without entries left empty. Arrays carry padding
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jscorch as js
-from jscorch.ops_unary import valid_mask
+from jscorch.ops.unary import valid_mask
 from jscorch.primitives import SparseFormatError
 
 import util

@@ -1,4 +1,4 @@
-"""Tests of jscorch/ops_triangular.py: ``tril``, ``triu``, ``diagonal``, ``diag``.
+"""Tests of jscorch/ops/triangular.py: ``tril``, ``triu``, ``diagonal``, ``diag``.
 
 Inputs (``test_coalesce.entries_case``) carry duplicates, explicit zeros and
 padding. References: numpy float64 (``np.tril``, ``np.diagonal``, ``np.diag``)

@@ -1,4 +1,4 @@
-"""Zero-preserving elementwise functions (``jscorch.ops_unary``) on every kind of pattern.
+"""Zero-preserving elementwise functions (``jscorch.ops.unary``) on every kind of pattern.
 
 A non-unique format may store one coordinate several times; the array holds their
 sum, so a non-linear ``f`` must give ``f(a + b)``, never ``f(a) + f(b)``. Linear
@@ -16,7 +16,7 @@ import pytest
 
 import jscorch as js
 import util
-from jscorch.ops_unary import LINEAR_NAMES, ZERO_PRESERVING, valid_mask
+from jscorch.ops.unary import LINEAR_NAMES, ZERO_PRESERVING, valid_mask
 
 NAMES = sorted(ZERO_PRESERVING)
 NONLINEAR = [n for n in NAMES if n not in LINEAR_NAMES]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from flax import nnx
 
 from jscorch.array import is_sparse
-from jscorch.ops_dropout import _check_rate
-from jscorch.ops_dropout import dropout as dropout
+from jscorch.ops.dropout import _check_rate
+from jscorch.ops.dropout import dropout as dropout
 
 __all__ = ["SparseDropout", "dropout"]
 

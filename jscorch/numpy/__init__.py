@@ -5,12 +5,12 @@ SparseArrays (and are the ``jax.numpy`` functions on dense inputs):
 
 * products and sums: ``einsum``, ``matmul``, ``dot``, ``multiply``, ``divide`` /
   ``true_divide``, ``add``, ``subtract``, ``maximum``, ``minimum``, ``power``,
-  ``sum``, ``transpose`` (see :mod:`jscorch.ops`);
+  ``sum``, ``transpose`` (see :mod:`jscorch.ops.products`, :mod:`jscorch.ops.elementwise`);
 * shapes: ``reshape``, ``expand_dims``, ``squeeze``, ``broadcast_to``, ``stack``,
-  ``concatenate`` (:mod:`jscorch.ops_shape`);
+  ``concatenate`` (:mod:`jscorch.ops.shape`);
 * reductions and triangles: ``max``, ``min``, ``mean``, ``count_nonzero``
-  (:mod:`jscorch.ops_reduce`), ``tril``, ``triu``, ``diagonal``, ``diag``
-  (:mod:`jscorch.ops_triangular`);
+  (:mod:`jscorch.ops.reduce`), ``tril``, ``triu``, ``diagonal``, ``diag``
+  (:mod:`jscorch.ops.triangular`);
 * the zero-preserving elementwise functions (``abs``, ``sin``, ``tanh``, ``sqrt``,
   ``negative``, ... — the ``jax.numpy`` entries of ``jscorch.ZERO_PRESERVING``),
   which map the stored values.
@@ -32,34 +32,34 @@ Example:
 """
 import jax.numpy as _jax_numpy
 
-from jscorch import ops_unary as _ops_unary
+from jscorch.ops import unary as _ops_unary
 from jscorch.numpy import _wrap
 from jscorch.numpy._wrap import einsum as einsum
-from jscorch.ops import add as add
-from jscorch.ops import divide as divide
-from jscorch.ops import dot as dot
-from jscorch.ops import matmul as matmul
-from jscorch.ops import maximum as maximum
-from jscorch.ops import minimum as minimum
-from jscorch.ops import multiply as multiply
-from jscorch.ops import power as power
-from jscorch.ops import subtract as subtract
-from jscorch.ops import sum as sum  # noqa: A004
-from jscorch.ops import transpose as transpose
-from jscorch.ops_reduce import count_nonzero as count_nonzero
-from jscorch.ops_reduce import max as max  # noqa: A004
-from jscorch.ops_reduce import mean as mean
-from jscorch.ops_reduce import min as min  # noqa: A004
-from jscorch.ops_triangular import diag as diag
-from jscorch.ops_triangular import diagonal as diagonal
-from jscorch.ops_triangular import tril as tril
-from jscorch.ops_triangular import triu as triu
-from jscorch.ops_shape import broadcast_to as broadcast_to
-from jscorch.ops_shape import concatenate as concatenate
-from jscorch.ops_shape import expand_dims as expand_dims
-from jscorch.ops_shape import reshape as reshape
-from jscorch.ops_shape import squeeze as squeeze
-from jscorch.ops_shape import stack as stack
+from jscorch.ops.elementwise import add as add
+from jscorch.ops.products import divide as divide
+from jscorch.ops.products import dot as dot
+from jscorch.ops.products import matmul as matmul
+from jscorch.ops.elementwise import maximum as maximum
+from jscorch.ops.elementwise import minimum as minimum
+from jscorch.ops.products import multiply as multiply
+from jscorch.ops.elementwise import power as power
+from jscorch.ops.elementwise import subtract as subtract
+from jscorch.ops.reduce import sum as sum  # noqa: A004
+from jscorch.ops.shape import transpose as transpose
+from jscorch.ops.reduce import count_nonzero as count_nonzero
+from jscorch.ops.reduce import max as max  # noqa: A004
+from jscorch.ops.reduce import mean as mean
+from jscorch.ops.reduce import min as min  # noqa: A004
+from jscorch.ops.triangular import diag as diag
+from jscorch.ops.triangular import diagonal as diagonal
+from jscorch.ops.triangular import tril as tril
+from jscorch.ops.triangular import triu as triu
+from jscorch.ops.shape import broadcast_to as broadcast_to
+from jscorch.ops.shape import concatenate as concatenate
+from jscorch.ops.shape import expand_dims as expand_dims
+from jscorch.ops.shape import reshape as reshape
+from jscorch.ops.shape import squeeze as squeeze
+from jscorch.ops.shape import stack as stack
 
 true_divide = divide
 pow = power  # noqa: A001

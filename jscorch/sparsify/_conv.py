@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch import ops_shape
+from jscorch.ops import shape as ops_shape
 from jscorch.array import is_sparse
 
 from ._fusion import force

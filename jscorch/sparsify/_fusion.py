@@ -35,7 +35,7 @@ import numpy as np
 
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum as js_einsum
-from jscorch.ops_unary import valid_mask
+from jscorch.ops.unary import valid_mask
 from jscorch.primitives._errors import CapacityRequiredError
 from jscorch.primitives.union import canonical_format
 

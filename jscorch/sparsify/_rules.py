@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch import ops, ops_shape
+from jscorch.ops import elementwise as ops_elementwise
+from jscorch.ops import shape as ops_shape
 from jscorch.array import is_sparse
 
 from . import _fusion as fu
@@ -380,13 +381,13 @@ def _add(ctx, eqn, invals):
       if same_pattern(fa, fb):
         return [fa.with_data(fa.data - fb.data if sub else fa.data + fb.data)]
       if (fa.n_batch, fa.n_dense) == (fb.n_batch, fb.n_dense):
-        return [ops.subtract(fa, fb) if sub else ops.add(fa, fb)]
+        return [ops_elementwise.subtract(fa, fb) if sub else ops_elementwise.add(fa, fb)]
     elif sa != sb:
       dense_in = b if sa else a
       if _full_dense(dense_in, shape):
         fd = force(dense_in)
         x, y = (fa, fd) if sa else (fd, fb)
-        return [ops.subtract(x, y) if sub else ops.add(x, y)]
+        return [ops_elementwise.subtract(x, y) if sub else ops_elementwise.add(x, y)]
   return _finish(_map(ctx, eqn, invals, why))
 
 
@@ -428,7 +429,7 @@ def _concatenate(ctx, eqn, invals):
   vals = [force(v) for v in invals]
   if all(is_sparse(v) for v in vals):
     try:
-      return [ops.concatenate(vals, axis=eqn.params["dimension"])]
+      return [ops_shape.concatenate(vals, axis=eqn.params["dimension"])]
     except (ValueError, TypeError) as e:
       why = f"cannot join these sparse operands without densifying ({e})"
   elif any(is_sparse(v) for v in vals):

@@ -1,7 +1,7 @@
 """Structural operations on SparseArrays needed by sparsify's rules.
 
 Reshape, squeeze, slicing and cross-group transposition are the public ones of
-:mod:`jscorch.ops_shape` and :mod:`jscorch.ops_index`, named here after the lax
+:mod:`jscorch.ops.shape` and :mod:`jscorch.ops.index`, named here after the lax
 primitive that calls them; max/min reductions and the alignment of two patterns
 work on the stored values. Padding stays padding.
 """
@@ -10,7 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jscorch import ops, ops_index, ops_reduce, ops_shape
+from jscorch.ops import elementwise as ops_elementwise
+from jscorch.ops import index as ops_index
+from jscorch.ops import reduce as ops_reduce
+from jscorch.ops import shape as ops_shape
 from jscorch.array import SparseArray
 
 
@@ -34,7 +37,7 @@ def transform(A: SparseArray, perm, func: str) -> SparseArray:
 
 
 def slice_(A: SparseArray, start, limit, strides, func="sparsify(slice)") -> SparseArray:
-  """``lax.slice`` of a SparseArray (see :func:`jscorch.ops_index.slice_`)."""
+  """``lax.slice`` of a SparseArray (see :func:`jscorch.ops.index.slice_`)."""
   return ops_index.slice_(A, start, limit, strides, func)
 
 
@@ -44,7 +47,7 @@ def dynamic_slice(A: SparseArray, starts, sizes, func="sparsify(dynamic_slice)")
 
 
 def flip(A: SparseArray, dims, func="sparsify(rev)") -> SparseArray:
-  """``lax.rev`` of a SparseArray (see :func:`jscorch.ops_index.flip`)."""
+  """``lax.rev`` of a SparseArray (see :func:`jscorch.ops.index.flip`)."""
   return ops_index.flip(A, tuple(int(d) for d in dims), func)
 
 
@@ -56,4 +59,4 @@ def reduce_extremum(A: SparseArray, axes, kind: str) -> jax.Array:
 
 def union_align(A: SparseArray, B: SparseArray):
   """``(pattern, a_values, b_values)``: both operands' values on the union of their patterns."""
-  return ops.union_values(A, B, func="sparsify")
+  return ops_elementwise.union_values(A, B, func="sparsify")

@@ -131,7 +131,7 @@ def test_concatenate_reconciles_batch_and_block_splits(nb, nd):
 
 
 def test_common_split_keeps_values_and_moves_dims():
-  from jscorch.ops_shape import common_split
+  from jscorch.ops.shape import common_split
   A, x = util.random_sparse(9, (2, 3, 4, 2), "csr", n_batch=1, n_dense=1, padding=1)
   B, y = util.random_sparse(10, (2, 3, 4, 2), "coo", n_batch=0, n_dense=1, padding=1)
   A2, B2 = jax.jit(common_split)([A, B])
@@ -274,7 +274,7 @@ def test_convolve_and_conv_errors():
 # -- empty slice windows ---------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["coo", "csr-batch", "coo-block"])
 def test_empty_slice_windows(name):
-  """Windows of size 0 along batch, sparse and block dims route to ``jscorch.ops_index``."""
+  """Windows of size 0 along batch, sparse and block dims route to ``jscorch.ops.index``."""
   A, x = _layout(name)
   sls = [(slice(None),) * d + (slice(2, 2),) for d in range(A.ndim)]
   fn = lambda A: tuple(f for d, sl in enumerate(sls) for f in (

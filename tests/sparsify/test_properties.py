@@ -20,7 +20,7 @@ import numpy as np
 
 import jscorch as js
 import util
-from jscorch.ops_unary import ZERO_PRESERVING
+from jscorch.ops.unary import ZERO_PRESERVING
 from jscorch.sparsify import sparsify
 from test_unary import NAMES, case, prepare, reference
 

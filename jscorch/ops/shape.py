@@ -31,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch import _static, ops_layout
+from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
+from jscorch.ops import layout as ops_layout
+from jscorch.ops._operands import no_foreign
 from jscorch.primitives import convert, union
 from jscorch.primitives.formats import Format, FormatLike, resolve_format
 from jscorch.primitives.layout import Layout, index_dtype_for
@@ -147,7 +149,7 @@ def reshape(A: SparseArray, shape: Sequence[int] | int, *, format: FormatLike | 
   only the sparse dims are reshaped (per batch element, same ``nse``, same
   ``n_batch`` / ``n_dense``). Otherwise every dim becomes sparse: the result has
   ``n_batch = n_dense = 0`` and capacity ``prod(batch) * nse * prod(block)``.
-  The format follows the rule of :mod:`jscorch.ops_shape` unless ``format=`` is given.
+  The format follows the rule of :mod:`jscorch.ops.shape` unless ``format=`` is given.
 
   Args:
     A: a SparseArray (or a dense array).
@@ -210,7 +212,7 @@ def expand_dims(A: SparseArray, axis: int | Sequence[int], *, format: FormatLike
   A new dim at position ``p`` becomes a **batch** dim when ``p <= n_batch`` and a
   **block** dim when ``p > n_batch + n_sparse`` (both free: the buffers gain a unit
   axis); otherwise it is a new **sparse** dim (rebuilt, same ``nse``; format rule
-  of :mod:`jscorch.ops_shape` unless ``format=`` is given).
+  of :mod:`jscorch.ops.shape` unless ``format=`` is given).
 
   Raises:
     ValueError: ``axis`` out of range for the result, or repeated.
@@ -253,7 +255,7 @@ def squeeze(A: SparseArray, axis: int | Sequence[int] | None = None, *,
   """``A`` without the unit dims ``axis`` (default: all of them), as ``jnp.squeeze``.
 
   Batch and block dims are dropped from the buffers (free); sparse dims are dropped
-  by a rebuild (same ``nse``; format rule of :mod:`jscorch.ops_shape`). Removing
+  by a rebuild (same ``nse``; format rule of :mod:`jscorch.ops.shape`). Removing
   every sparse dim gives a **dense** array.
 
   Raises:
@@ -447,3 +449,17 @@ def concatenate(arrays: Sequence, axis: int = 0, dtype=None):
   data, indices = union.union(out, [(x.layout, x.data, x.indices) for x in arrays],
                               func=func, offsets=offsets)
   return SparseArray._make(data, indices, fmt, shape)
+
+
+def transpose(a, axes: Sequence[int] | None = None):
+  """Permutes dimensions (``jnp.transpose``); free for a SparseArray within dim groups.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> js.transpose(js.from_dense(jnp.eye(2)), (1, 0)).format
+    Format(dense, compressed, mode_ordering=(1, 0))
+  """
+  if is_sparse(a):
+    return a.transpose(axes)
+  no_foreign("transpose", a=a)
+  return jnp.transpose(a, axes)

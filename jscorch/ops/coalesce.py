@@ -72,7 +72,7 @@ def coalesced(A: SparseArray) -> SparseArray:
 
   Example:
     >>> import jax.numpy as jnp, jscorch as js
-    >>> from jscorch.ops_coalesce import coalesced
+    >>> from jscorch.ops.coalesce import coalesced
     >>> A = js.from_dense(jnp.array([[0., 2.], [3., 0.]]), "csr")
     >>> coalesced(A) is A
     True

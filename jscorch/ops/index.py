@@ -2,7 +2,7 @@
 
 Batch and block dims are indexed on the buffers (as ``jnp`` indexes them); sparse dims
 filter and shift the logical coordinates and rebuild the level buffers in the same
-format (:func:`jscorch.ops_shape.build`), so ``jit``, ``vmap``, ``grad`` (w.r.t. the
+format (:func:`jscorch.ops.shape.build`), so ``jit``, ``vmap``, ``grad`` (w.r.t. the
 stored values) and ``eval_shape`` come from JAX. Padding stays padding.
 
 ``A[key]`` follows numpy's rules for:
@@ -28,7 +28,7 @@ was indexed by an integer or an array (points: ``A[1, 2]``, ``A[rows, cols]``,
 those coordinates (duplicates summed, zero where nothing is stored), with the batch
 and block dims kept. Otherwise the result is **sparse**, in the format of the
 sparse dims it keeps (dropping or adding sparse dims follows the format rule of
-:mod:`jscorch.ops_shape`). Arrays over batch dims gather buffers (the result's
+:mod:`jscorch.ops.shape`). Arrays over batch dims gather buffers (the result's
 batch dims); arrays over sparse dims copy each stored entry to every index naming
 its coordinate (capacity ``nse * m``, ``m`` the largest multiplicity of a point
 in the index when it is concrete, else the number of points); arrays over block
@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch.array import SparseArray
-from jscorch.ops_shape import (build, default_format, entries, expand_dims, reshape_as, squeeze,
+from jscorch.ops.shape import (build, default_format, entries, expand_dims, reshape_as, squeeze,
                                transform)
 from jscorch.primitives import convert
 from jscorch.primitives.layout import index_dtype_for
@@ -273,7 +273,7 @@ def _gather_sparse(A: SparseArray, p: int, index, m: int | None, func: str) -> S
 def _lookup(A: SparseArray, index, func: str) -> jax.Array:
   """The dense values `[*batch, P, *block]` of ``A`` at the points ``index`` (one array of
   shape ``[P]`` per sparse dim); duplicates summed, zero where nothing is stored."""
-  from jscorch.ops_coalesce import sum_duplicates   # noqa: PLC0415 (imports ops_shape)
+  from jscorch.ops.coalesce import sum_duplicates   # noqa: PLC0415 (imports ops_shape)
   nb, ns = A.n_batch, A.n_sparse
   sizes = A.shape[nb:nb + ns]
   n_points = int(index[0].shape[0])
@@ -301,7 +301,7 @@ def _lookup(A: SparseArray, index, func: str) -> jax.Array:
 
 def _permute(A, perm: Sequence[int], func: str):
   """``A`` with dims permuted: free within the batch / sparse / block groups, else rebuilt
-  all-sparse (:func:`jscorch.ops_shape.transform`)."""
+  all-sparse (:func:`jscorch.ops.shape.transform`)."""
   perm = list(perm)
   if perm == list(range(len(perm))):
     return A

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
-from jscorch.ops_unary import valid_mask
+from jscorch.ops.unary import valid_mask
 from jscorch.primitives import segment
 from jscorch.primitives._errors import SparseFormatError
 

@@ -15,7 +15,7 @@ f(a) + f(b)``) maps each stored value and keeps ``A``'s index buffers exactly
 (the same buffer objects: nothing is coalesced). Every other function (``sin``,
 ``abs``, ``sign``, ``floor``, ``square``, powers, ...) must see the summed
 value, so a non-unique ``A`` is first coalesced with
-:func:`jscorch.ops_coalesce.sum_duplicates` (same capacity ``nse``, so shapes
+:func:`jscorch.ops.coalesce.sum_duplicates` (same capacity ``nse``, so shapes
 stay static under ``jit``; the result has the ordered, unique version of the
 format); a unique format is mapped as it is.
 
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jscorch.array import SparseArray, is_sparse
-from jscorch.ops_coalesce import coalesced
+from jscorch.ops.coalesce import coalesced
 from jscorch.primitives import segment
 
 
@@ -107,7 +107,7 @@ def map_values(A: SparseArray, fn: Callable, *args, singular_at_zero: bool = Fal
       infinite ``fn'(0)`` does not make their gradient NaN.
     linear: ``fn(a + b) == fn(a) + fn(b)``: duplicates are mapped one by one and
       the result shares ``A``'s index buffers. Otherwise (the default, always
-      correct) a non-unique ``A`` is coalesced first (:func:`~jscorch.ops_coalesce.coalesced`).
+      correct) a non-unique ``A`` is coalesced first (:func:`~jscorch.ops.coalesce.coalesced`).
 
   Returns:
     A SparseArray of ``A``'s shape and ``nse``: ``A``'s pattern, or for a
@@ -115,7 +115,7 @@ def map_values(A: SparseArray, fn: Callable, *args, singular_at_zero: bool = Fal
 
   Example:
     >>> import jax.numpy as jnp, jscorch as js
-    >>> from jscorch.ops_unary import map_values
+    >>> from jscorch.ops.unary import map_values
     >>> map_values(js.from_dense(jnp.array([0., 3.]), "coo"), lambda v: 2 * v).data
     Array([6.], dtype=float32)
   """

@@ -1,5 +1,7 @@
-"""Reductions of SparseArrays beyond ``sum``: ``max``, ``min``, ``mean``, ``count_nonzero``,
+"""Reductions of SparseArrays: ``sum``, ``max``, ``min``, ``mean``, ``count_nonzero``,
 and the stored-entries-only ``segment_max`` / ``segment_min``.
+
+``sum`` is an einsum over the stored entries (implicit zeros add nothing).
 
 ``max``, ``min``, ``mean`` and ``count_nonzero`` reduce the **dense** array a
 SparseArray stands for: its implicit zeros take part. The maximum of a row that
@@ -29,8 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch import _static, ops, ops_coalesce
+from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
+from jscorch.einsum import einsum
+from jscorch.ops import coalesce
+from jscorch.ops._operands import letters, no_foreign
 from jscorch.primitives.layout import index_dtype_for
 from jscorch.primitives.union import logical_coordinates
 
@@ -77,7 +82,7 @@ def _slots(A: SparseArray, coords, valid, axes: tuple[int, ...]):
 def _reduce(A: SparseArray, axes: tuple[int, ...], kind: str):
   """``(result, stored)``: per output slot, the max / min / nonzero count of the stored
   scalars of the coalesced ``A``, and how many coordinates are stored there."""
-  A = ops_coalesce.sum_duplicates(A)
+  A = coalesce.sum_duplicates(A)
   coords, values, valid = scalars(A)
   seg, n_out, out_shape = _slots(A, coords, valid, axes)
   stored = jax.ops.segment_sum(valid.astype(seg.dtype), seg, num_segments=n_out)
@@ -180,6 +185,41 @@ def min(a, axis: Axis = None, out=None, keepdims: bool = False, initial=None,  #
   return extremum(a, axis, "min", keepdims)
 
 
+def sum(a, axis: int | Sequence[int] | None = None, dtype=None, out=None,
+        keepdims: bool = False, initial=None, where=None, promote_integers: bool = True):
+  """``jnp.sum``; a SparseArray gives a dense result (an einsum over its stored entries).
+
+  ``dtype`` follows ``jnp.sum`` (bools and small integers promote to the default
+  integer). Padding is ignored. ``axis`` must be static. ``out``, ``initial`` and
+  ``where`` are not supported for a SparseArray.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> A = js.from_dense(jnp.array([[1., 0.], [3., 2.]]))
+    >>> A.sum(), A.sum(axis=0), A.sum(1, keepdims=True).shape
+    (Array(6., dtype=float32), Array([4., 2.], dtype=float32), (2, 1))
+  """
+  func = "sum"
+  no_foreign(func, a=a)
+  if not is_sparse(a):
+    return jnp.sum(a, axis=axis, dtype=dtype, out=out, keepdims=keepdims, initial=initial,
+                   where=where, promote_integers=promote_integers)
+  extra = {k: v for k, v in (("out", out), ("initial", initial), ("where", where))
+           if v is not None}
+  if extra:
+    raise TypeError(f"{func}: {sorted(extra)} not supported for a SparseArray; got "
+                    f"{extra!r}. Call A.todense() first.")
+  axes = _static.axes(axis, a.ndim, func)
+  target = dtype or jax.eval_shape(
+      lambda v: jnp.sum(v, promote_integers=promote_integers),
+      jax.ShapeDtypeStruct((), a.dtype)).dtype
+  A = a.astype(target) if a.dtype != target else a
+  ids = letters(a.ndim)
+  result = einsum(f"{ids}->{''.join(x for d, x in enumerate(ids) if d not in axes)}", A,
+                  out_format="dense")
+  return jnp.expand_dims(result, axes) if keepdims else result
+
+
 def mean(a, axis: Axis = None, dtype=None, out=None, keepdims: bool = False, *, where=None):
   """``jnp.mean``; for a SparseArray the sum of its entries over the dense size of ``axis``.
 
@@ -200,7 +240,7 @@ def mean(a, axis: Axis = None, dtype=None, out=None, keepdims: bool = False, *, 
   axes = _static.axes(axis, a.ndim, func)
   target = dtype or jax.eval_shape(lambda v: jnp.mean(v),
                                    jax.ShapeDtypeStruct((), a.dtype)).dtype
-  total = ops.sum(a.astype(target), axis=axes, keepdims=keepdims)
+  total = sum(a.astype(target), axis=axes, keepdims=keepdims)
   return total / jnp.asarray(_reduced_size(a, axes), target)
 
 

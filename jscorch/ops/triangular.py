@@ -19,8 +19,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jscorch import _static, ops_coalesce, ops_reduce
+from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
+from jscorch.ops import coalesce, reduce
 from jscorch.primitives import convert
 from jscorch.primitives.formats import FormatLike, resolve_format
 from jscorch.primitives.layout import Layout, index_dtype_for
@@ -60,7 +61,7 @@ def _triangle(a, k, lower: bool, func: str):
   mask = _triangle_mask(a, k, lower)
   if a.n_dense:     # the last dim is a block dim: zero the elements inside the blocks
     return a.with_data(jnp.where(mask, a.data, jnp.zeros((), a.dtype)))
-  return ops_coalesce.drop_entries(a, mask, func=func)
+  return coalesce.drop_entries(a, mask, func=func)
 
 
 def tril(a, k: int = 0):
@@ -115,7 +116,7 @@ def _diagonal_length(n1: int, n2: int, offset: int) -> int:
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _diagonal(A: SparseArray, offset: int, axis1: int, axis2: int):
-  coords, values, valid = ops_reduce.scalars(A)
+  coords, values, valid = reduce.scalars(A)
   others = [d for d in range(A.ndim) if d not in (axis1, axis2)]
   length = _diagonal_length(A.shape[axis1], A.shape[axis2], offset)
   out_shape = tuple(A.shape[d] for d in others) + (length,)
