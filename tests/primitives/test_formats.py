@@ -1,4 +1,5 @@
-"""Tests of primitives/formats.py: levels, Format construction and validation, names."""
+"""Tests of primitives/formats/: level types and their registry, Format construction and
+validation, the dimension-to-level map, names."""
 import copy
 import dataclasses
 import pickle
@@ -7,7 +8,9 @@ import pytest
 
 import jscorch as js
 from jscorch.primitives import SparseFormatError
-from jscorch.primitives.formats import FORMAT_NAMES, Level, resolve_format
+from jscorch.primitives.formats import (FORMAT_NAMES, Compressed, Dense, Dim, Level, Singleton,
+                                       level_type, level_types, register_level,
+                                       resolve_format)
 
 import util
 
@@ -56,6 +59,82 @@ def test_dense_level_must_be_ordered_unique(kw):
 def test_level_is_frozen():
   with pytest.raises(dataclasses.FrozenInstanceError):
     js.compressed.unique = False
+
+
+def test_level_types_are_registered_classes():
+  assert {"dense", "compressed", "singleton"} <= set(level_types())
+  assert (level_type("dense"), level_type("compressed"), level_type("singleton")) == (
+      Dense, Compressed, Singleton)
+  assert type(js.compressed(unique=False)) is Compressed
+  assert type(Level("singleton", unique=False)) is Singleton
+  assert Level(kind="compressed", ordered=False) == js.compressed(ordered=False)
+  assert isinstance(js.dense, Level) and js.dense.kind == js.dense.name == "dense"
+  assert js.compressed != js.singleton and js.dense != js.compressed(unique=True)
+
+
+@pytest.mark.parametrize("lvl, buffers, full, branchless, has_locate", [
+    (js.dense, (), True, False, True),
+    (js.compressed, ("pos", "crd"), False, False, False),
+    (js.singleton, ("crd",), False, True, False),
+], ids=["dense", "compressed", "singleton"])
+def test_level_capabilities(lvl, buffers, full, branchless, has_locate):
+  assert (lvl.buffers, lvl.full, lvl.branchless, lvl.has_locate) == (
+      buffers, full, branchless, has_locate)
+
+
+@pytest.mark.parametrize("lvl, args, expected", [
+    (js.dense, (3, 4, 7, False), 12), (js.dense, (3, 4, 7, True), 12),
+    (js.compressed, (1, 5, 7, False), 5), (js.compressed, (3, 4, 7, False), 7),
+    (js.compressed, (3, 4, 2, True), 2), (js.compressed(unique=False), (1, 5, 7, False), 7),
+    (js.singleton, (3, 4, 7, False), 3), (js.singleton, (3, 4, 7, True), 7),
+], ids=["dense", "dense_last", "compressed_by_size", "compressed_by_nse", "compressed_last",
+        "compressed_nonunique", "singleton", "singleton_last"])
+def test_level_capacity(lvl, args, expected):
+  parent_cap, size, nse, last = args
+  assert lvl.capacity(parent_cap=parent_cap, size=size, nse=nse, last=last) == expected
+  assert lvl.fixed_capacity(parent_cap, size) == (parent_cap * size if lvl.full else None)
+
+
+def test_levels_pickle_and_copy():
+  for lvl in (js.dense, js.compressed(ordered=False), js.singleton(unique=False)):
+    assert pickle.loads(pickle.dumps(lvl)) == lvl and copy.deepcopy(lvl) == lvl
+    assert type(pickle.loads(pickle.dumps(lvl))) is type(lvl)
+
+
+def test_register_level_errors():
+  with pytest.raises(SparseFormatError, match=r"register_level: expected a subclass of Level "
+                     r"with a name; got <class 'int'>"):
+    register_level(int)
+
+  class Impostor(Compressed):
+    name = "compressed"
+
+  with pytest.raises(SparseFormatError, match=r"register_level: the level name 'compressed' is "
+                     r"taken by Compressed; got .*Impostor. Choose another name"):
+    register_level(Impostor)
+  assert level_type("compressed") is Compressed
+
+
+def test_dim_to_lvl_map():
+  assert js.CSR.dim_to_lvl == (Dim(0), Dim(1)) and js.CSC.dim_to_lvl == (Dim(1), Dim(0))
+  csc = js.Format(js.dense, js.compressed, dim_to_lvl=(Dim(1), Dim(0)))
+  assert csc == js.CSC and csc.mode_ordering == (1, 0)
+  assert js.Format(js.dense, js.compressed, mode_ordering=(1, 0),
+                   dim_to_lvl=(Dim(1), Dim(0))) == js.CSC
+  assert util.DENSE_DCSR3.dim_to_lvl == tuple(Dim(d) for d in util.DENSE_DCSR3.mode_ordering)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(dim_to_lvl=(1, 0)), r"Format: dim_to_lvl entries must be level expressions; got "
+     r"dim_to_lvl=\(1, 0\), expected Dim\(d\) for each level"),
+    (dict(dim_to_lvl=(Dim(1), Dim(0)), mode_ordering=(0, 1)),
+     r"Format: dim_to_lvl and mode_ordering disagree; got dim_to_lvl=\(Dim\(1\), Dim\(0\)\), "
+     r"mode_ordering=\(0, 1\)"),
+    (dict(dim_to_lvl=(Dim(0), Dim(0))), r"mode_ordering must be a permutation of range\(2\)"),
+], ids=["not_expressions", "disagree", "not_permutation"])
+def test_dim_to_lvl_errors(kw, match):
+  with pytest.raises(SparseFormatError, match=match):
+    js.Format(js.dense, js.compressed, **kw)
 
 
 # -- Format: construction, repr, value semantics -------------------------------------------
