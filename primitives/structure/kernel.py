@@ -61,6 +61,7 @@ def _constants(plan: StructurePlan) -> str:
       f"typedef {np_dtype_name(dst.index_dtype)} didx_t;",
       f"#define L {plan.n_levels}",
       f"#define N_IN {plan.n}LL",
+      f"typedef {'int32_t' if plan.n < 2**31 - 1 else 'int64_t'} ord_t;",
       f"#define NSE {dst.nse}LL",
       f"#define SUMS {int(plan.sums)}",
       f"#define N_SORT {len(plan.sort_levels)}",
@@ -95,25 +96,43 @@ typedef struct {
   void* out[2 * L + 2];           /* destination buffers, dest, count */
 } structure_args;
 
-/* Stable sort of ord[0..m) by key[ord[i]] in [0, size): one counting pass when the
-   histogram is small, else 16-bit radix digits (least significant first). */
-static void sort_by(const didx_t* key, int64_t size, int64_t m, int64_t** ord, int64_t** tmp,
+/* Scratch memory reused across calls (per thread, grow-only): large temporaries would
+   otherwise cost a page fault per 4 KiB on every call. */
+static _Thread_local void* scratch_ptr[4];
+static _Thread_local size_t scratch_len[4];
+
+static void* scratch(int slot, size_t bytes) {
+  if (bytes == 0) bytes = 1;
+  if (scratch_len[slot] < bytes) {
+    free(scratch_ptr[slot]);
+    scratch_ptr[slot] = malloc(bytes);
+    scratch_len[slot] = scratch_ptr[slot] ? bytes : 0;
+  }
+  return scratch_ptr[slot];
+}
+
+/* Stable sort of ord[0..m) by co[ord[i] * L + k] in [0, size): one counting pass when
+   the histogram is small, else 16-bit radix digits (least significant first). */
+static void sort_by(const didx_t* co, int k, int64_t size, int64_t m, ord_t** ord, ord_t** tmp,
                     int64_t* hist, int64_t hist_cap) {
   int radix = size > hist_cap;
   int64_t buckets = radix ? ((int64_t)1 << 16) : size, mask = buckets - 1, bits = 0;
   while (radix && ((int64_t)1 << bits) < size) ++bits;
   for (int64_t shift = 0; shift == 0 || shift < bits; shift += 16) {
-    int64_t* o = *ord;
-    int64_t* t = *tmp;
+    ord_t* o = *ord;
+    ord_t* t = *tmp;
     memset(hist, 0, sizeof(int64_t) * (buckets + 1));
     if (radix) {
-      for (int64_t i = 0; i < m; ++i) hist[(((int64_t)key[o[i]] >> shift) & mask) + 1]++;
+      for (int64_t i = 0; i < m; ++i) hist[((co[(int64_t)o[i] * L + k] >> shift) & mask) + 1]++;
       for (int64_t v = 0; v < buckets; ++v) hist[v + 1] += hist[v];
-      for (int64_t i = 0; i < m; ++i) { int64_t e = o[i]; t[hist[((int64_t)key[e] >> shift) & mask]++] = e; }
+      for (int64_t i = 0; i < m; ++i) {
+        ord_t e = o[i];
+        t[hist[(co[(int64_t)e * L + k] >> shift) & mask]++] = e;
+      }
     } else {
-      for (int64_t i = 0; i < m; ++i) hist[(int64_t)key[o[i]] + 1]++;
+      for (int64_t i = 0; i < m; ++i) hist[co[(int64_t)o[i] * L + k] + 1]++;
       for (int64_t v = 0; v < buckets; ++v) hist[v + 1] += hist[v];
-      for (int64_t i = 0; i < m; ++i) { int64_t e = o[i]; t[hist[key[e]]++] = e; }
+      for (int64_t i = 0; i < m; ++i) { ord_t e = o[i]; t[hist[co[(int64_t)e * L + k]]++] = e; }
     }
     *ord = t;
     *tmp = o;
@@ -124,18 +143,245 @@ static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : v > hi ? hi : v;
 }
 
+#if FROM_LEVELS
+/* The positions of source level j under parent position p: [*lo, *hi), within capacity. */
+static inline void src_range(const sidx_t* const* pos, int j, int64_t p, int64_t* lo,
+                             int64_t* hi) {
+  if (SRC_KIND[j] == 0) {
+    *lo = p * SRC_SIZE[j];
+    *hi = *lo + SRC_SIZE[j];
+  } else if (SRC_KIND[j] == 1) {
+    *lo = clamp64((int64_t)pos[j][p], 0, SRC_CAP[j]);
+    *hi = clamp64((int64_t)pos[j][p + 1], *lo, SRC_CAP[j]);
+  } else {
+    *lo = p;
+    *hi = p + 1;
+  }
+  if (*hi > SRC_CAP[j]) *hi = SRC_CAP[j];
+  if (*lo > *hi) *lo = *hi;
+}
+#endif
+
+/* The entries of one batch element, in the source's storage order: every leaf position
+   a parent reaches (levels) or every coordinate row, with its coordinates in destination
+   level order and whether all are in range. Leaves no parent reaches are never yielded. */
+typedef struct {
+  int64_t b, i, j;
+#if FROM_LEVELS
+  const sidx_t* pos[L];
+  const sidx_t* crd[L];
+  int64_t lo[L], hi[L], q[L], c[L];
+  int inside[L + 1];
+#else
+  const didx_t* coords;
+#endif
+} entry_iter;
+
+static void iter_init(entry_iter* it, const structure_args* a, int64_t b) {
+  it->b = b;
+  it->i = 0;
+#if FROM_LEVELS
+  int in_buf = 0;
+  for (int j = 0; j < L; ++j) {
+    it->pos[j] = NULL; it->crd[j] = NULL;
+    if (SRC_KIND[j] == 1) it->pos[j] = (const sidx_t*)a->in[in_buf++] + b * (SRC_PCAP[j] + 1);
+    if (SRC_KIND[j] != 0) it->crd[j] = (const sidx_t*)a->in[in_buf++] + b * SRC_CAP[j];
+  }
+  it->inside[0] = 1;
+  it->j = 0;
+  src_range(it->pos, 0, 0, &it->lo[0], &it->hi[0]);
+  it->q[0] = it->lo[0];
+#else
+  it->coords = (const didx_t*)a->in[0] + b * N_IN * L;
+#endif
+}
+
+/* The next entry: its index *e, coordinates row[] (destination order), in range *ok. */
+static inline int iter_next(entry_iter* it, int64_t* e, int64_t* row, int* ok) {
+#if FROM_LEVELS
+  int64_t j = it->j;
+  while (j >= 0) {
+    if (it->q[j] >= it->hi[j]) {
+      if (--j >= 0) ++it->q[j];
+      continue;
+    }
+    int64_t parent = j ? it->q[j - 1] : 0;
+    int64_t c = SRC_KIND[j] == 0 ? it->q[j] - parent * SRC_SIZE[j] : (int64_t)it->crd[j][it->q[j]];
+    it->c[j] = c;
+    it->inside[j + 1] = it->inside[j] && c >= 0 && c < SRC_SIZE[j];
+    if (j == L - 1) {
+      *e = it->q[j]++;
+      *ok = it->inside[L];
+      for (int k = 0; k < L; ++k) row[SRC_TO_DST[k]] = it->c[k];
+      it->j = j;
+      return 1;
+    }
+    src_range(it->pos, (int)j + 1, it->q[j], &it->lo[j + 1], &it->hi[j + 1]);
+    it->q[j + 1] = it->lo[j + 1];
+    ++j;
+  }
+  it->j = -1;
+  return 0;
+#else
+  if (it->i >= N_IN) return 0;
+  int64_t i = it->i++;
+  int good = 1;
+  for (int k = 0; k < L; ++k) {
+    int64_t c = (int64_t)it->coords[i * L + k];
+    good &= c >= 0 && c < DST_SIZE[k];
+    row[k] = c;
+  }
+  *e = i;
+  *ok = good;
+  return 1;
+#endif
+}
+
+/* The destination buffers of batch element b, with pos zeroed and crd set to padding. */
+typedef struct {
+  didx_t* pos[L];
+  didx_t* crd[L];
+  didx_t* dest;
+  didx_t* count;
+  int64_t cnt[L], last_c[L], last_parent[L], last_child[L];
+  int64_t rows, prev_slot, filled;
+  int64_t prev[L];
+  int has_prev;
+} builder;
+
+static void builder_init(builder* o, const structure_args* a, int64_t b) {
+  int ob = 0;
+  for (int k = 0; k < L; ++k) {
+    o->pos[k] = NULL; o->crd[k] = NULL;
+    if (DST_KIND[k] == 1) {
+      o->pos[k] = (didx_t*)a->out[ob++] + b * (DST_PCAP[k] + 1);
+      memset(o->pos[k], 0, sizeof(didx_t) * (DST_PCAP[k] + 1));
+    }
+    if (DST_KIND[k] != 0) {
+      o->crd[k] = (didx_t*)a->out[ob++] + b * DST_CAP[k];
+      if (DST_KIND[k] == 2)
+        for (int64_t q = 0; q < DST_CAP[k]; ++q) o->crd[k][q] = (didx_t)DST_SIZE[k];
+    }
+    o->cnt[k] = 0; o->last_c[k] = -1; o->last_parent[k] = -1; o->last_child[k] = -1;
+  }
+  o->dest = (didx_t*)a->out[ob] + b * N_IN;
+  o->count = (didx_t*)a->out[ob + 1] + b;
+  o->rows = 0;
+  o->prev_slot = NSE;
+  o->filled = 0;
+  o->has_prev = 0;
+}
+
+/* dest[e] = slot, with every entry skipped before e (padding) marked NSE. */
+static inline void set_dest(builder* o, int64_t e, int64_t slot) {
+  if (e >= o->filled) {
+    for (int64_t i = o->filled; i < e; ++i) o->dest[i] = (didx_t)NSE;
+    o->filled = e + 1;
+  }
+  o->dest[e] = (didx_t)slot;
+}
+
+/* Appends entry e with coordinates row[] (entries arrive in destination order). */
+static inline void append(builder* o, int64_t e, const int64_t* row) {
+  if (SUMS && o->has_prev) {
+    int same = 1;
+    for (int k = 0; k < L; ++k) same &= row[k] == o->prev[k];
+    if (same) { set_dest(o, e, o->prev_slot); return; }
+  }
+  for (int k = 0; k < L; ++k) o->prev[k] = row[k];
+  o->has_prev = 1;
+  ++o->rows;
+  int64_t node = 0;
+  for (int k = 0; k < L; ++k) {
+    int64_t c = row[k];
+    if (DST_KIND[k] == 0) {
+      node = node * DST_SIZE[k] + c;
+    } else if (DST_KIND[k] == 1) {
+      int fresh = !DST_UNIQUE[k] || o->cnt[k] == 0 || c != o->last_c[k] ||
+                  node != o->last_parent[k];
+      if (fresh) {
+        int64_t child = o->cnt[k]++;
+        if (child < DST_CAP[k]) o->crd[k][child] = (didx_t)c;
+        if (node < DST_PCAP[k]) o->pos[k][node + 1]++;
+        o->last_c[k] = c; o->last_parent[k] = node; o->last_child[k] = child;
+      }
+      node = o->last_child[k];
+    } else {
+      if (node < DST_CAP[k]) o->crd[k][node] = (didx_t)c;
+    }
+  }
+  o->prev_slot = node < NSE ? node : NSE;
+  set_dest(o, e, o->prev_slot);
+}
+
+/* Prefix sums of the pos counts, the crd tails, the rest of dest and the count. */
+static void builder_finish(builder* o) {
+  int64_t count = -1;
+  for (int k = 0; k < L; ++k) {
+    if (DST_KIND[k] != 1) continue;
+    int64_t run = 0;
+    for (int64_t p = 0; p < DST_PCAP[k]; ++p) {
+      run += o->pos[k][p + 1];
+      o->pos[k][p + 1] = (didx_t)(run < DST_CAP[k] ? run : DST_CAP[k]);
+    }
+    for (int64_t q = o->cnt[k]; q < DST_CAP[k]; ++q) o->crd[k][q] = (didx_t)DST_SIZE[k];
+    count = o->cnt[k];
+  }
+  for (int64_t i = o->filled; i < N_IN; ++i) o->dest[i] = (didx_t)NSE;
+  *o->count = (didx_t)(count < 0 ? o->rows : count);
+}
+
+#define TRANSPOSE (L == 2 && N_SORT == 1 && SORT_LEVEL[0] == 0 && DST_KIND[0] == 0 && \
+                   DST_KIND[1] == 1 && !SUMS)
+
 /* One batch element. Returns 0, or -1 when out of memory. */
 static int structure_one(const structure_args* a, int64_t b) {
   const int64_t n = N_IN;
-  didx_t* col[L];
-  unsigned char* valid = (unsigned char*)malloc(n ? n : 1);
-  int64_t* ord = (int64_t*)malloc(sizeof(int64_t) * (n ? n : 1));
-  int64_t* tmp = (int64_t*)malloc(sizeof(int64_t) * (n ? n : 1));
-  int ok = valid && ord && tmp;
-  for (int k = 0; k < L; ++k) {
-    col[k] = (didx_t*)malloc(sizeof(didx_t) * (n ? n : 1));
-    ok = ok && col[k];
+  builder o;
+  entry_iter it;
+  int64_t e, row[L];
+  int ok;
+  builder_init(&o, a, b);
+  if (N_SORT == 0) {
+    /* already in destination order: one streaming pass */
+    iter_init(&it, a, b);
+    while (iter_next(&it, &e, row, &ok))
+      if (ok) append(&o, e, row);
+    builder_finish(&o);
+    return 0;
   }
+  if (TRANSPOSE) {
+    /* a counting sort by the first destination level is the whole conversion:
+       histogram, prefix sum (= pos), scatter (slot = running offset of its row) */
+    didx_t* pos = o.pos[1];
+    didx_t* crd = o.crd[1];
+    iter_init(&it, a, b);
+    while (iter_next(&it, &e, row, &ok))
+      if (ok) pos[row[0] + 1]++;
+    int64_t* next = (int64_t*)scratch(3, sizeof(int64_t) * (DST_SIZE[0] + 1));
+    if (!next) return -1;
+    int64_t run = 0;
+    for (int64_t p = 0; p < DST_SIZE[0]; ++p) {
+      next[p] = run;
+      run += pos[p + 1];
+      pos[p + 1] = (didx_t)(run < DST_CAP[1] ? run : DST_CAP[1]);
+    }
+    iter_init(&it, a, b);
+    while (iter_next(&it, &e, row, &ok)) {
+      if (!ok) continue;
+      int64_t slot = next[row[0]]++;
+      if (slot < DST_CAP[1]) crd[slot] = (didx_t)row[1];
+      set_dest(&o, e, slot < NSE ? slot : NSE);
+    }
+    for (int64_t q = run; q < DST_CAP[1]; ++q) crd[q] = (didx_t)DST_SIZE[1];
+    for (int64_t i = o.filled; i < n; ++i) o.dest[i] = (didx_t)NSE;
+    *o.count = (didx_t)run;
+    return 0;
+  }
+  /* general: gather, stably sort the valid entries, append in order */
+  didx_t* co = (didx_t*)scratch(0, sizeof(didx_t) * n * L);   /* coordinates, entry-major */
+  ord_t* ord = (ord_t*)scratch(2, sizeof(ord_t) * 2 * n);
+  ord_t* tmp = ord + n;
   int64_t hist_cap = 2 * n > ((int64_t)1 << 16) ? 2 * n : ((int64_t)1 << 16);
   int64_t hist_len = 0;
   for (int s = 0; s < N_SORT; ++s) {
@@ -143,158 +389,25 @@ static int structure_one(const structure_args* a, int64_t b) {
     int64_t need = size > hist_cap ? ((int64_t)1 << 16) : size;
     if (need > hist_len) hist_len = need;
   }
-  int64_t* hist = (int64_t*)malloc(sizeof(int64_t) * (hist_len + 1));
-  ok = ok && hist;
-  if (!ok) {
-    free(valid); free(ord); free(tmp); free(hist);
-    for (int k = 0; k < L; ++k) free(col[k]);
-    return -1;
-  }
-
-  /* 1. coordinates in destination storage order; valid[i] = all in range */
-  memset(valid, 1, n);
-#if FROM_LEVELS
-  {
-    /* the parent position of every position of each compressed source level */
-    int64_t* parent[L];
-    int failed = 0;
-    int in_buf = 0;
-    const sidx_t* pos[L];
-    const sidx_t* crd[L];
-    for (int j = 0; j < L; ++j) {
-      parent[j] = NULL; pos[j] = NULL; crd[j] = NULL;
-      if (SRC_KIND[j] == 1) pos[j] = (const sidx_t*)a->in[in_buf++] + b * (SRC_PCAP[j] + 1);
-      if (SRC_KIND[j] != 0) crd[j] = (const sidx_t*)a->in[in_buf++] + b * SRC_CAP[j];
-      if (SRC_KIND[j] == 1) {
-        int64_t cap = SRC_CAP[j];
-        parent[j] = (int64_t*)malloc(sizeof(int64_t) * (cap ? cap : 1));
-        if (!parent[j]) { failed = 1; continue; }
-        int64_t q = 0;
-        for (int64_t p = 0; p < SRC_PCAP[j]; ++p) {
-          int64_t hi = clamp64((int64_t)pos[j][p + 1], 0, cap);
-          for (; q < hi; ++q) parent[j][q] = p;
-        }
-        for (; q < cap; ++q) parent[j][q] = -1;     /* past pos[-1]: padding */
-      }
-    }
-    if (!failed) {
-      for (int64_t i = 0; i < n; ++i) {
-        int64_t q = i;
-        unsigned char ok_i = 1;
-        for (int j = L - 1; j >= 0; --j) {
-          int64_t c;
-          if (q < 0 || q >= SRC_CAP[j]) { ok_i = 0; break; }
-          if (SRC_KIND[j] == 0) {
-            c = SRC_SIZE[j] ? q % SRC_SIZE[j] : 0;
-            q = SRC_SIZE[j] ? q / SRC_SIZE[j] : -1;
-          } else {
-            c = (int64_t)crd[j][q];
-            q = SRC_KIND[j] == 1 ? parent[j][q] : q;
-          }
-          if (c < 0 || c >= SRC_SIZE[j]) { ok_i = 0; break; }
-          col[SRC_TO_DST[j]][i] = (didx_t)c;
-        }
-        if (ok_i && q != 0) ok_i = 0;          /* the root has the single position 0 */
-        valid[i] = ok_i;
-      }
-    }
-    for (int j = 0; j < L; ++j) free(parent[j]);
-    if (failed) {
-      free(valid); free(ord); free(tmp); free(hist);
-      for (int k = 0; k < L; ++k) free(col[k]);
-      return -1;
-    }
-  }
-#else
-  {
-    const didx_t* coords = (const didx_t*)a->in[0] + b * n * L;
-    for (int64_t i = 0; i < n; ++i) {
-      unsigned char ok_i = 1;
-      for (int k = 0; k < L; ++k) {
-        int64_t c = (int64_t)coords[i * L + k];
-        if (c < 0 || c >= DST_SIZE[k]) ok_i = 0;
-        col[k][i] = (didx_t)c;
-      }
-      valid[i] = ok_i;
-    }
-  }
-#endif
-
-  /* 2. the valid entries, stably sorted (padding entries get no slot) */
+  int64_t* hist = (int64_t*)scratch(3, sizeof(int64_t) * (hist_len + 1));
+  if (!co || !ord || !hist) return -1;
   int64_t m = 0;
-  for (int64_t i = 0; i < n; ++i) if (valid[i]) ord[m++] = i;
+  iter_init(&it, a, b);
+  while (iter_next(&it, &e, row, &ok)) {
+    if (!ok || m >= n) continue;        /* (m < n unless pos is not monotone) */
+    for (int k = 0; k < L; ++k) co[e * L + k] = (didx_t)row[k];
+    ord[m++] = (ord_t)e;
+  }
   for (int s = 0; s < N_SORT; ++s)
-    sort_by(col[SORT_LEVEL[s]], DST_SIZE[SORT_LEVEL[s]], m, &ord, &tmp, hist, hist_cap);
-
-  /* 3. append the sorted entries level by level */
-  didx_t* pos_out[L];
-  didx_t* crd_out[L];
-  {
-    int ob = 0;
-    for (int k = 0; k < L; ++k) {
-      pos_out[k] = NULL; crd_out[k] = NULL;
-      if (DST_KIND[k] == 1) {
-        pos_out[k] = (didx_t*)a->out[ob++] + b * (DST_PCAP[k] + 1);
-        memset(pos_out[k], 0, sizeof(didx_t) * (DST_PCAP[k] + 1));
-      }
-      if (DST_KIND[k] != 0) {
-        crd_out[k] = (didx_t*)a->out[ob++] + b * DST_CAP[k];
-        for (int64_t q = 0; q < DST_CAP[k]; ++q) crd_out[k][q] = (didx_t)DST_SIZE[k];
-      }
-    }
-  }
-  int n_buf = 0;
-  for (int k = 0; k < L; ++k) n_buf += (DST_KIND[k] == 1) + (DST_KIND[k] != 0);
-  didx_t* dest = (didx_t*)a->out[n_buf] + b * n;
-  didx_t* count_out = (didx_t*)a->out[n_buf + 1] + b;
-  for (int64_t i = 0; i < n; ++i) dest[i] = (didx_t)NSE;
-
-  int64_t cnt[L], last_c[L], last_parent[L], last_child[L];
-  for (int k = 0; k < L; ++k) { cnt[k] = 0; last_c[k] = -1; last_parent[k] = -1; last_child[k] = -1; }
-  int64_t rows = 0, count = -1, prev = -1, prev_slot = NSE;
+    sort_by(co, SORT_LEVEL[s], DST_SIZE[SORT_LEVEL[s]], m, &ord, &tmp, hist, hist_cap);
+  for (int64_t i = 0; i < n; ++i) o.dest[i] = (didx_t)NSE;
+  o.filled = n;
   for (int64_t i = 0; i < m; ++i) {
-    int64_t e = ord[i];
-    if (SUMS && prev >= 0) {
-      int same = 1;
-      for (int k = 0; k < L; ++k) same &= col[k][e] == col[k][prev];
-      if (same) { dest[e] = (didx_t)prev_slot; continue; }
-    }
-    prev = e;
-    ++rows;
-    int64_t node = 0;
-    for (int k = 0; k < L; ++k) {
-      int64_t c = (int64_t)col[k][e];
-      if (DST_KIND[k] == 0) {
-        node = node * DST_SIZE[k] + c;
-      } else if (DST_KIND[k] == 1) {
-        int fresh = !DST_UNIQUE[k] || cnt[k] == 0 || c != last_c[k] || node != last_parent[k];
-        if (fresh) {
-          int64_t child = cnt[k]++;
-          if (child < DST_CAP[k]) crd_out[k][child] = (didx_t)c;
-          if (node < DST_PCAP[k]) pos_out[k][node + 1]++;
-          last_c[k] = c; last_parent[k] = node; last_child[k] = child;
-        }
-        node = last_child[k];
-      } else {
-        if (node < DST_CAP[k]) crd_out[k][node] = (didx_t)c;
-      }
-    }
-    prev_slot = node < NSE ? node : NSE;
-    dest[e] = (didx_t)prev_slot;
+    int64_t x = (int64_t)ord[i];
+    for (int k = 0; k < L; ++k) row[k] = (int64_t)co[x * L + k];
+    append(&o, x, row);
   }
-  for (int k = 0; k < L; ++k) {
-    if (DST_KIND[k] != 1) continue;
-    int64_t run = 0;
-    for (int64_t p = 0; p < DST_PCAP[k]; ++p) {
-      run += pos_out[k][p + 1];
-      pos_out[k][p + 1] = (didx_t)(run < DST_CAP[k] ? run : DST_CAP[k]);
-    }
-    count = cnt[k];
-  }
-  *count_out = (didx_t)(count < 0 ? rows : count);
-
-  free(valid); free(ord); free(tmp); free(hist);
-  for (int k = 0; k < L; ++k) free(col[k]);
+  builder_finish(&o);
   return 0;
 }
 
@@ -311,7 +424,8 @@ XLA_FFI_Error* KERNEL_NAME(XLA_FFI_CallFrame* cf) {
   if (jscorch_preamble(cf, &early)) return early;
   structure_args a;
   int n_in = (int)cf->args.size, n_out = (int)cf->rets.size;
-  if (n_in > 2 * L + 1 || n_out > 2 * L + 2) return jscorch_error(cf, "jscorch_structure: bad arity");
+  if (n_in > 2 * L + 1 || n_out > 2 * L + 2 || n_out < 2)
+    return jscorch_error(cf, "jscorch_structure: wrong number of buffers");
   for (int i = 0; i < n_in; ++i) a.in[i] = jscorch_arg(cf, i);
   for (int i = 0; i < n_out; ++i) a.out[i] = jscorch_ret(cf, i);
   XLA_FFI_Buffer* last = (XLA_FFI_Buffer*)cf->rets.rets[n_out - 1];
