@@ -19,7 +19,10 @@ import numpy as np
 import jax
 from jax.interpreters import mlir
 
-from . import codegen, codegen_spgemm, kernel_build
+from . import codegen_spgemm, kernel_build
+from . import loopnest
+from . import plan as kernel_planner
+from .backends.c import printer
 from .einsum_spec import SAMPLED_OUT, SPARSE_OUT, EinsumSpec
 from .formats import CSR
 from .planner import PATTERN, make_plan, source_operand
@@ -55,8 +58,10 @@ def _storage_structure(op) -> tuple:
           lay.nse, op.bound[:lay.n_batch] + tuple(sparse_ids[d] for d in order))
 
 
-def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.KernelPlan | None, str]:
-  """The kernel plan for ``spec`` or ``(None, reason)`` (a key of :data:`FALLBACKS`).
+def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
+                ) -> tuple[loopnest.Kernel | codegen_spgemm.SpgemmPlan | None, str]:
+  """The planned kernel for ``spec`` (its loop-nest IR, or the SpGEMM plan) or
+  ``(None, reason)`` (a key of :data:`FALLBACKS`).
 
   Args:
     spec: the einsum.
@@ -109,12 +114,10 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype) -> tuple[codegen.Kernel
   partners = tuple((bare(source_operand(spec, rep).layout), index_input(rep))
                    for rep, _ in groups_of[1:])
   structure_of = tuple(structure.get(k, -1) for k in range(len(spec.operands)))
-  kp = codegen.KernelPlan(spec, bare(lay), ids, index_input(sources[0]), np.dtype(dtype),
-                          partners=partners, structure_of=structure_of,
-                          pattern_structure=structure.get(PATTERN, 0))
-  if kp.transposable() and not codegen.owner(kp) and codegen.owner(kp.transposed()):
-    kp = kp.transposed()       # Scorch: transpose the operand whose order conflicts
-  return kp, "kernel"
+  kp = kernel_planner.KernelPlan(spec, bare(lay), ids, index_input(sources[0]), np.dtype(dtype),
+                                 partners=partners, structure_of=structure_of,
+                                 pattern_structure=structure.get(PATTERN, 0))
+  return kernel_planner.lower(kp), "kernel"
 
 
 def spgemm_plan(spec: EinsumSpec, dtype) -> codegen_spgemm.SpgemmPlan | None:
@@ -167,7 +170,7 @@ def spgemm_sizes(plan: codegen_spgemm.SpgemmPlan, a_indices, b_indices) -> tuple
 def _source(kp) -> str:
   if isinstance(kp, codegen_spgemm.SpgemmPlan):
     return codegen_spgemm.generate(kp)
-  return codegen.generate(kp)
+  return printer.generate(kp)
 
 
 def _co_iterable(spec: EinsumSpec, reps) -> bool:
@@ -181,7 +184,7 @@ def _co_iterable(spec: EinsumSpec, reps) -> bool:
         lay.batch_shape != first.batch_shape or lay.sparse_shape != first.sparse_shape or \
         op.bound != ops[0].bound or len(set(op.bound)) != len(op.bound):
       return False
-    if any(l.kind == "singleton" or not (l.ordered and l.unique) for l in lay.format.levels):
+    if any(l.branchless or not (l.ordered and l.unique) for l in lay.format.levels):
       return False
   return True
 

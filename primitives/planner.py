@@ -10,9 +10,12 @@ fixes
   one match per row, so no capacity is needed) or *expanded* (it binds new
   indices: a join whose size is data dependent, bounded by ``spec.work``);
 * the **loop order**: the driver's batch indices, its levels in storage order,
-  then indices bound by later sources, then dense indices;
-* the **output assembly**: scatter into a dense result, accumulate into the
-  sampled pattern, or coalesce into a new compressed pattern.
+  then indices bound by later sources, then dense indices. The kernel planner
+  (:mod:`.plan`) nests its level loops in this order (transposing the driver when
+  its order conflicts with the output's), and records the rest of its decisions
+  in the loop-nest IR (:mod:`.loopnest`).
+
+How the output is assembled (dense, sampled, a new pattern) is ``spec.out_kind``.
 
 Example:
   >>> from jscorch.primitives.layout import Layout
@@ -21,7 +24,7 @@ Example:
   >>> spec = EinsumSpec((Operand((0, 1), Layout(CSR, (3, 4), 5)), Operand((1, 2))),
   ...                   out=(0, 2), sizes=((0, 3), (1, 4), (2, 6)))
   >>> make_plan(spec)
-  Plan(steps=(('scan', 0),), loop_order=(0, 1, 2), assembly='dense')
+  Plan(steps=(('scan', 0),), loop_order=(0, 1, 2))
 """
 from __future__ import annotations
 
@@ -41,11 +44,9 @@ class Plan:
     steps: ``(mode, source)`` pairs; mode is ``"scan"`` (first), ``"lookup"`` or
       ``"expand"``; source is an operand number or ``PATTERN``.
     loop_order: index ids, outermost first.
-    assembly: ``"dense"``, ``"sampled"`` or ``"sparse"``.
   """
   steps: tuple[tuple[str, int], ...]
   loop_order: tuple[int, ...]
-  assembly: str
 
   @property
   def expands(self) -> bool:
@@ -72,7 +73,7 @@ def _rank(spec: EinsumSpec, source: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def make_plan(spec: EinsumSpec) -> Plan:
-  """Chooses join order, loop order and output assembly for ``spec``.
+  """Chooses the join order and the loop order for ``spec``.
 
   Without ``spec.ranks`` the join order is chosen (most bound indices first, then
   lookups, then the source sharing most bound indices); with ranks it is the rank
@@ -108,7 +109,7 @@ def make_plan(spec: EinsumSpec) -> Plan:
   rest = [i for op in spec.operands for i in op.indices if i not in bound] + \
       [i for i in spec.out if i not in bound]
   loop_order = tuple(bound) + tuple(dict.fromkeys(rest))
-  return Plan(tuple(steps), loop_order, spec.out_kind)
+  return Plan(tuple(steps), loop_order)
 
 
 def pinned(spec: EinsumSpec) -> EinsumSpec:

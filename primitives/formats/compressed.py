@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import SparseFormatError
+from .. import loopnest
 from .level import Level, check_coordinates, check_segments, register_level, short
 
 
@@ -55,6 +56,11 @@ class Compressed(Level):
     pos = jnp.minimum(jnp.concatenate([jnp.zeros((1,), idt), jnp.cumsum(per_parent)]), cap)
     out = jnp.full(cap, size, idt).at[jnp.where(first, child, cap)].set(crd, mode="drop")
     return (pos.astype(idt), out), child, first.sum()
+
+  def iterate(self, coord, src, level, size, cap, parent_cap, unit):
+    return loopnest.Segment(coord, src, level, size, cap, parent_cap,
+                            loopnest.buffer_name("pos", src, level),
+                            loopnest.buffer_name("crd", src, level), unit)
 
   def check(self, bufs, parent_live, cap, size, k, func, where):
     pos, crd = (np.asarray(b) for b in bufs)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import SparseFormatError
+from .. import loopnest
 from .level import Level, register_level
 
 
@@ -48,6 +49,12 @@ class Dense(Level):
   def assemble(self, crd, node, valid, used, parent_cap, cap, size, idt):
     node = node * size + jnp.minimum(crd, size - 1) if size else node
     return (), node, used
+
+  def iterate(self, coord, src, level, size, cap, parent_cap, unit):
+    return loopnest.Range(coord, size, level, (src,), unit)
+
+  def locate(self, parent, coord, size):
+    return loopnest.Add((loopnest.Mul((parent, loopnest.Const(size))), coord))
 
   def check(self, bufs, parent_live, cap, size, k, func, where):
     here = np.arange(cap)

@@ -151,6 +151,28 @@ class Level(metaclass=_LevelMeta):
       :attr:`buffers`), each leaf's position at this level, positions in use.
     """
 
+  # -- loop-nest IR (primitives/loopnest.py) --------------------------------------------
+  def iterate(self, coord, src: int, level: int, size: int, cap: int, parent_cap: int,
+              unit: bool):
+    """The IR iterator over this level's positions under one parent position.
+
+    Args:
+      coord: the ``loopnest.Coord`` the iterator binds.
+      src: the structure (0 = the driver, s = a co-iterated partner).
+      level: the level number (its parent's position is ``Pos(src, level - 1)``).
+      size, cap, parent_cap: the dimension size, this level's and its parent's capacity.
+      unit: the parent is the outer loop's unit (the first level).
+
+    Raises:
+      NotImplementedError: the level type has no loop-nest iteration (no kernel).
+    """
+    raise NotImplementedError(f"{type(self).__name__}.iterate: no loop-nest iteration.")
+
+  def locate(self, parent, coord, size: int):
+    """The IR expression of the position of ``coord`` under position ``parent`` (IR
+    expressions) found without a search, or None (see :attr:`has_locate`)."""
+    return None
+
   # -- host validation (numpy, concrete buffers of one batch element) -----------------------
   @abc.abstractmethod
   def check(self, bufs: tuple, parent_live, cap: int, size: int, k: int, func: str,

@@ -17,6 +17,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from .. import loopnest
 from .level import Level, check_coordinates, register_level
 
 
@@ -38,6 +39,9 @@ class Singleton(Level):
   def assemble(self, crd, node, valid, used, parent_cap, cap, size, idt):
     out = jnp.full(cap, size, idt).at[jnp.where(valid, node, cap)].set(crd, mode="drop")
     return (out,), node, used
+
+  def iterate(self, coord, src, level, size, cap, parent_cap, unit):
+    return loopnest.Single(coord, src, level, size, cap, loopnest.buffer_name("crd", src, level))
 
   def check(self, bufs, parent_live, cap, size, k, func, where):
     crd = np.asarray(bufs[0])

@@ -1,9 +1,20 @@
-"""Structure of the generated C (primitives/codegen.py) and balanced parallel chunking.
+"""The kernel planner's decisions (as loop-nest IR), the C printer, and balanced chunking.
 
-Plans come from ``einsum_kernel.kernel_plan(spec, flat, dtype)`` on hand-built
-specs (index ids are letter positions, as ``js.einsum`` numbers them, so the header
-shows the expression as written). ``flat`` only matters by identity: for a sampled
-output the pattern entries are the *same objects* as the operand's index entries.
+Kernels come from ``einsum_kernel.kernel_plan(spec, flat, dtype)`` on hand-built
+specs (index ids are letter positions, as ``js.einsum`` numbers them, so headers
+show the expression as written): the planner writes every decision into a
+:class:`~jscorch.primitives.loopnest.Kernel`, and these tests assert on it — which
+loop is ``Parallel.OUTER``, the race strategy, the vector index, where products
+are hoisted, the transposed workspace — not on the C text.
+
+The printer is tested by **golden files** (``tests/primitives/golden/*.c``: SpMM,
+SDDMM, a co-iteration, a transposed product, MTTKRP). After an intended change to
+the printer or the planner, regenerate them with::
+
+    JSCORCH_REGEN_GOLDEN=1 python -m pytest -q -p no:xdist tests/primitives/test_codegen.py -k golden
+
+and review the diff (kernel names, which hash the whole kernel, are masked, and the
+shared runtime is left out).
 
 The power-law tests run whole einsums on R-MAT-like matrices whose few heavy rows
 hold most entries, large enough that the kernels take their parallel path (chunks
@@ -12,7 +23,8 @@ balanced by stored entries), and compare with numpy / scipy.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
+import os
+import pathlib
 import re
 import string
 
@@ -23,14 +35,17 @@ import pytest
 import scipy.sparse as sps
 
 import jscorch as js
-from jscorch.primitives import c_runtime, codegen, einsum_kernel, kernel_build
-from jscorch.primitives.einsum_spec import DENSE_OUT, SAMPLED_OUT, EinsumSpec, Operand
+from jscorch.primitives import c_runtime, einsum_kernel, kernel_build
+from jscorch.primitives import loopnest as ir
+from jscorch.primitives import plan as kernel_planner
+from jscorch.primitives.backends.c import printer
+from jscorch.primitives.einsum_spec import PATTERN, SAMPLED_OUT, EinsumSpec, Operand
 from jscorch.primitives.layout import Layout
 
 import util
 
 F32, F64 = np.float32, np.float64
-
+GOLDEN = pathlib.Path(__file__).parent / "golden"
 
 
 @pytest.fixture(autouse=True)
@@ -46,31 +61,23 @@ def ids(term: str) -> tuple[int, ...]:
   return tuple(string.ascii_letters.index(c) for c in term)
 
 
-def make_spec(expr: str, layouts, sizes: dict[str, int], sampled_by: int | None = None):
+def make_spec(expr: str, layouts, sizes: dict[str, int], sampled_by: int | None = None,
+              same: bool = True):
   """An EinsumSpec for ``expr``; ``layouts[k]`` is None for a dense operand. With
-  ``sampled_by=k`` the output is sampled at operand k's pattern."""
+  ``sampled_by=k`` the output is sampled at operand k's pattern (its very buffers
+  unless ``same=False``)."""
   ins, out = expr.split("->")
   terms = ins.split(",")
   operands = tuple(Operand(ids(t), lay) for t, lay in zip(terms, layouts))
   size_pairs = tuple(sorted((string.ascii_letters.index(c), s) for c, s in sizes.items()))
   if sampled_by is None:
     return EinsumSpec(operands, ids(out), size_pairs)
-  return EinsumSpec(operands, ids(out), size_pairs, SAMPLED_OUT, layouts[sampled_by])
+  return EinsumSpec(operands, ids(out), size_pairs, SAMPLED_OUT, layouts[sampled_by],
+                    same_pattern=((PATTERN, sampled_by),) if same else ())
 
 
-def shared_flat(spec: EinsumSpec, sampled_by: int) -> list:
-  """Flat inputs whose sampled-pattern entries are the same objects as the operand's."""
-  flat = [object() for _ in range(spec.n_inputs)]
-  groups, _ = spec.split_inputs(list(range(spec.n_inputs)))
-  n_pattern = len(spec.out_layout.index_shapes)
-  for j, src in enumerate(groups[sampled_by][1:]):
-    flat[spec.n_inputs - n_pattern + j] = flat[src]
-  return flat
-
-
-def plan(spec: EinsumSpec, dtype=F32, flat=None) -> codegen.KernelPlan:
-  kp, reason = einsum_kernel.kernel_plan(
-      spec, flat if flat is not None else [object() for _ in range(spec.n_inputs)], dtype)
+def plan(spec: EinsumSpec, dtype=F32) -> ir.Kernel:
+  kp, reason = einsum_kernel.kernel_plan(spec, [object() for _ in range(spec.n_inputs)], dtype)
   assert reason == "kernel", reason
   return kp
 
@@ -80,8 +87,23 @@ def header(src: str) -> dict[str, str]:
   return {m.group(1): m.group(2).strip() for m in re.finditer(r"\*\s+(\w+)\s*:\s*(.*)", head)}
 
 
-def mode(src: str) -> list[str]:
-  return [w.strip() for w in header(src)["mode"].split(",")]
+def mode(k: ir.Kernel) -> tuple:
+  return (k.vector is not None, k.body.parallel, k.race)
+
+
+def find(k: ir.Kernel, cls) -> list:
+  """Statements (or iterators of loops) of type ``cls`` in ``k``, outermost first."""
+  out = [s for s in ir.walk(k.body) if isinstance(s, cls)]
+  return out + [l.over for l in ir.loops(k.body) if isinstance(l.over, cls)]
+
+
+def loads(expr) -> list[ir.Load]:
+  if isinstance(expr, ir.Load):
+    return [expr]
+  if isinstance(expr, (ir.Mul, ir.Add)):
+    parts = expr.factors if isinstance(expr, ir.Mul) else expr.terms
+    return [x for p in parts for x in loads(p)]
+  return []
 
 
 def csr(m, n, nse):
@@ -92,41 +114,59 @@ def spmm_spec(layout, K, m=6, n=7):
   return make_spec("ij,jk->ik", (layout, None), dict(i=m, j=n, k=K))
 
 
-# -- header -----------------------------------------------------------------------------------
-def test_header_names_kernel_expression_formats_and_mode():
-  kp = plan(spmm_spec(csr(6, 7, 20), 64))
-  src = codegen.generate(kp)
-  assert src.startswith(f"/* jscorch generated kernel {kp.name}\n")
-  assert re.fullmatch(r"jscorch_k_[0-9a-f]{16}", kp.name)
+VECTOR, SCALAR = True, False
+OUTER, SERIAL = ir.Parallel.OUTER, ir.Parallel.NONE
+STORE, ACC = ir.Race.STORE, ir.Race.ACCUMULATE
+
+
+# -- the kernel: hashable, named after its hash, printed with a header -------------------------
+def test_kernel_is_hashable_named_by_hash_and_printed_with_a_header():
+  k = plan(spmm_spec(csr(6, 7, 20), 64))
+  assert re.fullmatch(r"jscorch_k_[0-9a-f]{16}", k.name)
+  assert k == plan(spmm_spec(csr(6, 7, 20), 64)) and hash(k) == hash(plan(spmm_spec(
+      csr(6, 7, 20), 64)))
+  assert plan(spmm_spec(csr(6, 7, 21), 64)).name != k.name       # the name carries the plan
+  src = printer.generate(k)
+  assert src.startswith(f"/* jscorch generated kernel {k.name}\n")
   h = header(src)
   assert h["einsum"] == "ij:Format(dense, compressed),jk->ik [dense]"
   assert h["driver"] == "Format(dense, compressed), shape (6, 7), nse 20"
-  assert mode(src) == ["vector", "parallel", "store"]
-  assert f"XLA_FFI_Error* {kp.name}(XLA_FFI_CallFrame* cf)" in src
-  assert codegen.generate(kp) == src                                  # deterministic
-  other = plan(spmm_spec(csr(6, 7, 21), 64))
-  assert other.name != kp.name                                       # name carries the plan
+  assert h["mode"] == "vector, parallel, store"
+  assert f"XLA_FFI_Error* {k.name}(XLA_FFI_CallFrame* cf)" in src
+  assert printer.generate(k) == src                                  # deterministic
+
+
+def test_loop_nest_follows_the_planner_loop_order():
+  """The level loops are the driver's levels in storage order (``Plan.loop_order``)."""
+  from jscorch.primitives.planner import make_plan
+  lay = Layout.make(js.CSF, (5, 6, 7), 30)
+  spec = make_spec("ijk,jr,kr->ir", (lay, None, None), dict(i=5, j=6, k=7, r=16))
+  k = plan(spec)
+  nest = [l.over for l in ir.loops(k.body)][1:]
+  assert [type(it) for it in nest] == [ir.Segment, ir.Segment, ir.Segment]
+  assert [it.level for it in nest] == [0, 1, 2]
+  assert make_plan(spec).loop_order[:3] == ids("ijk")
+  assert isinstance(k.body.over, ir.Units) and k.body.over.width == lay.capacities[0]
 
 
 # -- vector mode --------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype,K", [(F32, 64), (F32, 19), (F64, 19), (F64, 4), (F32, 8)])
-def test_spmm_vector_mode_simd_accumulators_and_prefetch(dtype, K):
-  kp = plan(spmm_spec(csr(6, 7, 20), K), dtype)
-  src = codegen.generate(kp)
-  ctype = {F32: "float", F64: "double"}[dtype]
+def test_spmm_vector_index_lanes_and_prefetch(dtype, K):
+  k = plan(spmm_spec(csr(6, 7, 20), K), dtype)
   lanes = 32 // np.dtype(dtype).itemsize
-  assert f"typedef {ctype} T;" in src
-  assert "typedef T vT __attribute__((vector_size(32), aligned(sizeof(T))));" in src
-  assert mode(src)[0] == "vector"
-  vec = re.findall(r"^\s*vT (acc\d+_v\d+) = \{0\};", src, re.M)
-  tail = re.findall(r"^\s*T (acc\d+_s\d+) = 0;", src, re.M)
-  assert len(vec) == K // lanes and len(tail) == K % lanes, (vec, tail)
-  # the row of the dense operand is read with unaligned vector loads, one per accumulator
-  assert len(re.findall(r"\*\(const vT\*\)\(a->x1 \+", src)) == K // lanes
-  prefetch = re.findall(r"__builtin_prefetch\(a->x1 \+ ahead \* (\d+)", src)
+  assert k.dtype == np.dtype(dtype).name
+  assert k.vector == ir.Vector(ir.Coord(f"f{ids('k')[0]}"), K, lanes)
+  assert k.vector_index == "f10"
+  # Σ_j A_ij X[j,:] is kept in registers (acc1) and stored once per row; X's row is
+  # read along the vector index, A's value is not
+  (inner, write) = find(k, ir.Accumulate)
+  assert inner.out == ir.Acc("acc1") and write.value == ir.Mul((ir.Acc("acc1"),))
+  assert {x.buffer: x.lanes for x in loads(inner.value)} == {"x0": False, "x1": True}
+  prefetch = find(k, ir.Prefetch)
   if K * np.dtype(dtype).itemsize >= 64:
-    assert prefetch == [str(K)]
-    assert f"p1 + {codegen.PREFETCH_DISTANCE} < hi1" in src
+    (p,) = prefetch
+    assert p.distance == kernel_planner.PREFETCH_DISTANCE and p.segment.level == 1
+    assert p.targets == (("x1", ir.Affine(((ir.Coord("ahead"), K), (ir.Coord("f10"), 1)))),)
   else:
     assert prefetch == []                      # a row shorter than a cache line
 
@@ -134,79 +174,133 @@ def test_spmm_vector_mode_simd_accumulators_and_prefetch(dtype, K):
 def test_mttkrp_hoists_the_inner_sum_before_the_outer_factor():
   """``ijk,jr,kr->ir`` (CSF): Σ_k A_ijk K[k,:] accumulates at level 2, then × J[j,:]."""
   lay = Layout.make(js.CSF, (5, 6, 7), 30)
-  kp = plan(make_spec("ijk,jr,kr->ir", (lay, None, None), dict(i=5, j=6, k=7, r=16)))
-  src = codegen.generate(kp)
-  assert mode(src) == ["vector", "parallel", "accumulate"]
-  assert re.search(r"acc2_v0 \+= a->x0\[\(leaf \* 1\)\] \* \*\(const vT\*\)\(a->x2", src)
-  assert re.search(r"acc1_v0 \+= \*\(const vT\*\)\(a->x1 \+ .*\) \* acc2_v0;", src)
+  k = plan(make_spec("ijk,jr,kr->ir", (lay, None, None), dict(i=5, j=6, k=7, r=16)))
+  assert mode(k) == (VECTOR, OUTER, ACC)
+  level0, level1, level2 = ir.loops(k.body)[1:]
+  assert ir.Zero("acc1") in level0.body and ir.Zero("acc2") in level1.body
+  (inner,) = [s for s in level2.body if isinstance(s, ir.Accumulate)]
+  assert inner.out == ir.Acc("acc2")
+  assert [(x.buffer, x.lanes) for x in loads(inner.value)] == [("x0", False), ("x2", True)]
+  (mid,) = [s for s in level1.body if isinstance(s, ir.Accumulate)]
+  assert mid.out == ir.Acc("acc1")
+  assert mid.value.factors[-1] == ir.Acc("acc2")
+  assert [x.buffer for x in loads(mid.value)] == ["x1"]          # J[j,:] once per j
+  (out,) = [s for s in level0.body if isinstance(s, ir.Accumulate)]
+  assert isinstance(out.out, ir.Access) and out.value == ir.Mul((ir.Acc("acc1"),))
+  assert out.race is ACC                       # compressed rows: absent rows stay 0
 
 
 # -- scalar mode ----------------------------------------------------------------------------------
 def test_sddmm_scalar_mode_on_the_operand_pattern():
   lay = csr(6, 7, 20)
   spec = make_spec("ij,ik,jk->ij", (lay, None, None), dict(i=6, j=7, k=16), sampled_by=0)
-  kp = plan(spec, F32, shared_flat(spec, 0))
-  assert kp.partners == ()                                        # one structure
-  src = codegen.generate(kp)
-  assert header(src)["einsum"] == "ij:Format(dense, compressed),ik,jk->ij [sampled]"
-  assert mode(src) == ["scalar", "parallel", "accumulate"]
-  assert "T s = 0;" in src and re.search(r"s \+= a->x0\[.*\] \* a->x1\[.*\] \* a->x2\[", src)
-  assert re.search(r"for \(int64_t f10 = 0; f10 < 16; \+\+f10\)", src)   # k = 'k' = 10
-  assert re.search(r"out\[\(leaf \* 1\)\] \+= s;", src)
-  assert not re.search(r"vT acc", src)
-  # the same spec with a pattern that is *not* the operand's buffers: two structures
-  merged = plan(spec, F32)
-  assert len(merged.partners) == 1 and merged.name != kp.name
+  k = plan(spec)
+  assert find(k, ir.Intersect) == []                             # one structure
+  assert header(printer.generate(k))["einsum"] == \
+      "ij:Format(dense, compressed),ik,jk->ij [sampled]"
+  assert mode(k) == (SCALAR, OUTER, ACC)
+  (free,) = [it for it in find(k, ir.Range) if not it.srcs]
+  assert free == ir.Range(ir.Coord("f10"), 16)                   # k = 'k' = 10, summed
+  (dot,) = [s for s in find(k, ir.Accumulate) if s.out == ir.Acc("s")]
+  assert [x.buffer for x in loads(dot.value)] == ["x0", "x1", "x2"]
+  (write,) = [s for s in find(k, ir.Accumulate) if isinstance(s.out, ir.Access)]
+  assert write.out.offset == ir.Affine(((ir.Var("leaf"), 1),)) and write.value == ir.Acc("s")
+  # the same spec with a pattern that is *not* the operand's buffers: two structures merged
+  merged = plan(make_spec("ij,ik,jk->ij", (lay, None, None), dict(i=6, j=7, k=16),
+                          sampled_by=0, same=False))
+  (inter,) = find(merged, ir.Intersect)
+  assert [p.src for p in inter.parts] == [0, 1] and merged.name != k.name
+  assert write.out.offset != [s for s in find(merged, ir.Accumulate)
+                              if isinstance(s.out, ir.Access)][0].out.offset
 
 
 def test_moe_scalar_mode():
   lay = csr(4, 5, 12)
-  kp = plan(make_spec("bd,bn,ndh->bh", (None, lay, None), dict(b=4, d=3, n=5, h=2)))
-  assert mode(codegen.generate(kp))[0] == "scalar"
+  k = plan(make_spec("bd,bn,ndh->bh", (None, lay, None), dict(b=4, d=3, n=5, h=2)))
+  assert k.vector is None and k.vector_index is None
 
 
-# -- store / accumulate, parallel / serial ----------------------------------------------------------
+# -- race strategy, parallel / serial ------------------------------------------------------------
 @pytest.mark.parametrize("fmt,expected", [
-    ("csr", ["vector", "parallel", "store"]),          # each row written once by its owner
-    ("dcsr", ["vector", "parallel", "accumulate"]),    # compressed rows: absent rows stay 0
-    ("coo", ["vector", "serial", "accumulate"]),       # non-unique rows: no owner
+    ("csr", (VECTOR, OUTER, STORE)),        # each row written once by its owner
+    ("dcsr", (VECTOR, OUTER, ACC)),         # compressed rows: absent rows stay 0
+    ("coo", (VECTOR, SERIAL, ACC)),         # non-unique rows: no owner
 ])
 def test_store_vs_accumulate(fmt, expected):
   fmt_obj = {"csr": js.CSR, "dcsr": js.DCSR, "coo": js.COO}[fmt]
-  kp = plan(spmm_spec(Layout.make(fmt_obj, (6, 7), 20), 16))
-  src = codegen.generate(kp)
-  assert mode(src) == expected
-  zeroing = "memset(a.out, 0, sizeof(T) * (size_t)96);" in src       # 6 x 16 outputs
-  assert zeroing == (expected[2] == "accumulate")
-  writes = re.findall(r"\*\(vT\*\)\(out \+ .*?\) (\+?=) ", src)
-  assert writes and set(writes) == {"=" if expected[2] == "store" else "+="}
+  k = plan(spmm_spec(Layout.make(fmt_obj, (6, 7), 20), 16))
+  assert mode(k) == expected
+  writes = {s.race for s in find(k, ir.Accumulate) if isinstance(s.out, ir.Access)}
+  assert writes == {expected[2]}
+  assert k.outputs == (ir.Buffer("out", ir.Role.OUT, size=96),)   # zeroed when ACCUMULATE
 
 
 def test_transposed_product_parallel_via_in_kernel_transpose():
   """``ji,jk->ik`` (Aᵀ G): a CSR driver is transposed in-kernel (counting sort) so the
   output rows have owners and run in parallel; COO cannot be, and runs serially."""
   spec = make_spec("ji,jk->ik", (csr(6, 7, 20), None), dict(i=7, j=6, k=16))
-  kp = plan(spec)
-  assert kp.transpose
-  src = codegen.generate(kp)
-  assert mode(src) == ["vector", "parallel", "store"]
-  assert "a.pos1 = tpos; a.crd1 = tcrd; a.perm = tperm;" in src
-  assert "const int64_t leaf = a->perm[p1];" in src
-  assert "free(tpos); free(tcrd); free(tperm);" in src
-  untransposed = dataclasses.replace(kp, transpose=False, driver_ids=kp.driver_ids[::-1])
-  assert mode(codegen.generate(untransposed))[1] == "serial"
+  k = plan(spec)
+  assert k.prologue == (ir.Transpose(0, 6, 7, 20, "pos1", "crd1"),)
+  assert mode(k) == (VECTOR, OUTER, STORE)
+  assert ir.Let("leaf", ir.Load("perm", ir.Pos(0, 1))) in find(k, ir.Let)
+  level0 = ir.loops(k.body)[1].over
+  assert level0 == ir.Range(ir.Coord("c0"), 7, 0, (0,), True)    # the old column dim
+  # without the transpose the same nest has no owner
+  lay = spec.operands[0].layout
+  kp = kernel_planner.KernelPlan(spec, lay, ids("ji"), 1, np.dtype(F32))
+  assert not kernel_planner.owner(kp) and kernel_planner.owner(kp.transposed())
   coo = plan(make_spec("ji,jk->ik", (Layout.make(js.COO, (6, 7), 20), None),
                        dict(i=7, j=6, k=16)))
-  assert not coo.transpose and mode(codegen.generate(coo))[1:] == ["serial", "accumulate"]
+  assert coo.prologue == () and mode(coo)[1:] == (SERIAL, ACC)
 
 
 def test_serial_path_for_small_problems_parallel_split_for_large():
-  small = codegen.generate(plan(spmm_spec(csr(6, 7, 20), 16)))
-  assert "jscorch_parallel_for(cf, body" not in small and "body(&a, 0, 6);" in small
-  big_nse = codegen.SERIAL_WORK // 16 + 1
-  big = codegen.generate(plan(spmm_spec(csr(4000, 5000, big_nse), 16, 4000, 5000)))
-  assert "n_chunks = jscorch_split(4000, work_before, &a, n_chunks, bounds);" in big
-  assert "jscorch_parallel_for(cf, body, &a, bounds, n_chunks);" in big
+  small = plan(spmm_spec(csr(6, 7, 20), 16))
+  assert small.body.parallel is OUTER and not small.balance.split and small.balance.units == 6
+  big_nse = kernel_planner.SERIAL_WORK // 16 + 1
+  big = plan(spmm_spec(csr(4000, 5000, big_nse), 16, 4000, 5000))
+  assert big.balance.split and big.balance.units == 4000
+  assert big.balance.levels == (ir.Segment(ir.Coord("c1"), 0, 1, 5000, big_nse, 4000,
+                                           "pos1", "crd1"),)
+
+
+# -- golden C: the printer ----------------------------------------------------------------------
+GOLDEN_CASES = {
+    "spmm_csr_f32_k19": lambda: spmm_spec(csr(6, 7, 20), 19),
+    "sddmm_csr": lambda: make_spec("ij,ik,jk->ij", (csr(6, 7, 20), None, None),
+                                   dict(i=6, j=7, k=16), sampled_by=0),
+    "sddmm_coiterate": lambda: make_spec("ij,ik,jk->ij", (csr(6, 7, 20), None, None),
+                                         dict(i=6, j=7, k=16), sampled_by=0, same=False),
+    "atg_transposed": lambda: make_spec("ji,jk->ik", (csr(6, 7, 20), None),
+                                        dict(i=7, j=6, k=16)),
+    "mttkrp_csf": lambda: make_spec("ijk,jr,kr->ir", (Layout.make(js.CSF, (5, 6, 7), 30),
+                                                      None, None),
+                                    dict(i=5, j=6, k=7, r=16)),
+}
+
+
+def masked(src: str) -> str:
+  """The kernel's own text: its name (a hash) masked, the shared runtime left out."""
+  assert c_runtime.RUNTIME in src
+  src = src.replace(c_runtime.RUNTIME, "/* (c_runtime.RUNTIME) */")
+  return re.sub(r"jscorch_k_[0-9a-f]{16}", "jscorch_k_NAME", src)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
+def test_golden_printed_c(name):
+  src = masked(printer.generate(plan(GOLDEN_CASES[name]())))
+  path = GOLDEN / f"{name}.c"
+  if os.environ.get("JSCORCH_REGEN_GOLDEN"):
+    GOLDEN.mkdir(exist_ok=True)
+    path.write_text(src)
+  assert src == path.read_text(), f"{path} differs: regenerate it (see the module docstring)"
+
+
+def test_golden_kernel_compiles():
+  """One golden kernel really builds (the printer emits valid C for the runtime)."""
+  k = plan(GOLDEN_CASES["sddmm_coiterate"]())
+  lib = kernel_build.build(printer.generate(k))
+  assert hasattr(lib, k.name)
 
 
 # -- balanced chunking ----------------------------------------------------------------------------
@@ -264,14 +358,16 @@ def power_law_csr(seed, m, n, nnz, dtype=F32):
   return A, S.astype(np.float64)
 
 
-def kernel_source_of_last_decision(flat=None) -> str:
+def kernel_of_last_decision():
+  """The kernel IR (or the SpGEMM plan) of the most recent lowering decision."""
   spec, reason = einsum_kernel.last_decisions[-1]
   assert reason == "kernel"
-  if spec.out_kind == "sparse":
-    return einsum_kernel._source(einsum_kernel.spgemm_plan(spec, np.float32))
-  kp, _ = einsum_kernel.kernel_plan(spec, flat or [object() for _ in range(spec.n_inputs)],
-                                    np.float32)
-  return codegen.generate(kp)
+  k, _ = einsum_kernel.kernel_plan(spec, [object() for _ in range(spec.n_inputs)], np.float32)
+  return k
+
+
+def runs_in_parallel_chunks(k: ir.Kernel) -> bool:
+  return k.body.parallel is ir.Parallel.OUTER and k.balance.split
 
 
 def test_power_law_products_match_reference():
@@ -286,16 +382,16 @@ def test_power_law_products_match_reference():
   tol = dict(rtol=1e-4, atol=1e-3)                       # float32 sums of up to 15k terms
 
   spmm = jax.jit(lambda A, X: js.einsum("ij,jk->ik", A, X))(A, X)
-  assert "jscorch_parallel_for(cf, body" in kernel_source_of_last_decision()
+  assert runs_in_parallel_chunks(kernel_of_last_decision())
   np.testing.assert_allclose(np.asarray(spmm), S @ X.astype(F64), **tol)
 
   spmv = jax.jit(lambda A, v: js.einsum("ij,j->i", A, v))(A, v)
-  assert "jscorch_parallel_for(cf, body" in kernel_source_of_last_decision()
+  assert runs_in_parallel_chunks(kernel_of_last_decision())
   np.testing.assert_allclose(np.asarray(spmv), S @ v.astype(F64), **tol)
 
   atg = jax.jit(lambda A, G: js.einsum("ij,ik->jk", A, G))(A, G)
-  src = kernel_source_of_last_decision()
-  assert "a.perm = tperm" in src and "jscorch_parallel_for(cf, body" in src
+  k = kernel_of_last_decision()
+  assert k.prologue and isinstance(k.prologue[0], ir.Transpose) and runs_in_parallel_chunks(k)
   np.testing.assert_allclose(np.asarray(atg), S.T @ G.astype(F64), **tol)
 
   sddmm = jax.jit(lambda A, U, X: js.einsum("ij,ik,jk->ij", A, U, X))(A, U, X)
@@ -315,7 +411,7 @@ def test_power_law_spgemm_matches_scipy():
   C.sort_indices()
   nse = C.nnz + 5
   out = jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=nse))(A, B)
-  assert "jscorch_parallel_for(cf, count_rows" in kernel_source_of_last_decision()
+  assert "jscorch_parallel_for(cf, count_rows" in einsum_kernel._source(kernel_of_last_decision())
   pos, crd = (np.asarray(b) for b in out.indices)
   np.testing.assert_array_equal(pos, C.indptr)
   np.testing.assert_array_equal(crd[:C.nnz], C.indices)

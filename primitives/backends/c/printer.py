@@ -1,0 +1,378 @@
+"""The C backend's printer: a :class:`~jscorch.primitives.loopnest.Kernel` as C source.
+
+The printer decides nothing; it visits the IR the planner (:mod:`jscorch.primitives.plan`) wrote:
+
+* the outer :class:`Loop` over :class:`Units` becomes ``body(a, lo, hi)``, run by
+  ``jscorch_parallel_for`` over chunks balanced by ``work_before`` (stored entries
+  before a unit) when the loop is ``Parallel.OUTER`` and its balance says split,
+  else serially;
+* each iterator prints its own loop: :class:`Range` ``for c``, :class:`Segment`
+  ``for p in pos[p'] .. pos[p'+1]`` (bounds clamped to the capacity, padding
+  coordinates skipped), :class:`Single` one ``crd``, :class:`Intersect` a merge of
+  sorted segments that stops only where all coordinates agree;
+* in a vector kernel every :class:`Zero` / :class:`Accumulate` / lane-varying
+  :class:`Load` prints once per lane group: GCC vector extensions (``vT``,
+  unaligned loads) for full vectors, scalars for the tail;
+* :class:`Race` ``STORE`` writes ``=`` into an unzeroed output, ``ACCUMULATE``
+  ``+=`` after a ``memset``.
+
+The kernel is one FFI handler named :attr:`Kernel.name`, with a readable header
+comment giving the expression, formats and mode.
+
+Example:
+  >>> import numpy as np
+  >>> from jscorch.primitives.layout import Layout
+  >>> from jscorch.primitives.formats import CSR
+  >>> from jscorch.primitives.einsum_spec import EinsumSpec, Operand
+  >>> from jscorch.primitives.plan import KernelPlan, lower
+  >>> lay = Layout(CSR, (6, 7), 20)
+  >>> spec = EinsumSpec((Operand((0, 1), lay), Operand((1, 2))), out=(0, 2),
+  ...                   sizes=((0, 6), (1, 7), (2, 16)))
+  >>> src = generate(lower(KernelPlan(spec, lay, (0, 1), 1, np.dtype(np.float32))))
+  >>> src.splitlines()[3]
+  ' *   mode    : vector, parallel, store */'
+"""
+from __future__ import annotations
+
+from ... import loopnest as ir
+from ...c_runtime import RUNTIME
+from ...plan import VECTOR_BYTES
+
+C_TYPES = {"float32": "float", "float64": "double"}
+I_TYPES = {"int32": "int32_t", "int64": "int64_t"}
+
+
+class _Lines:
+  """Accumulates indented C lines."""
+
+  def __init__(self):
+    self.lines: list[str] = []
+    self.depth = 0
+
+  def __call__(self, line: str = ""):
+    self.lines.append("  " * self.depth + line if line else "")
+
+  def open(self, line: str):
+    self(line)
+    self.depth += 1
+
+  def close(self, line: str = "}"):
+    self.depth -= 1
+    self(line)
+
+  def text(self) -> str:
+    return "\n".join(self.lines)
+
+
+def _sfx(s) -> str:
+  return f"_{s}" if s else ""
+
+
+def _pos(src, level) -> str:
+  return f"p{level}{_sfx(src)}" if level >= 0 else "0"
+
+
+class _Printer:
+  """Prints one kernel."""
+
+  def __init__(self, k: ir.Kernel):
+    self.k = k
+    self.e = _Lines()
+    vec = k.vector
+    self.vcoord = vec.coord.name if vec and vec.coord else None
+    if vec:
+      nv = vec.size // vec.width if vec.coord else 0
+      tail = vec.size - nv * vec.width
+      self.lanes = [(f"v{v}", v * vec.width, True) for v in range(nv)] + \
+          [(f"s{t}", nv * vec.width + t, False) for t in range(tail)]
+    else:
+      self.lanes = []
+
+  # -- expressions --------------------------------------------------------------------------
+  def expr(self, x, lane=None) -> str:
+    if isinstance(x, ir.Const):
+      return str(x.value)
+    if isinstance(x, ir.Var):
+      return x.name
+    if isinstance(x, ir.Coord):
+      return "0" if x.name == self.vcoord else x.name
+    if isinstance(x, ir.Pos):
+      return _pos(x.src, x.level)
+    if isinstance(x, ir.Acc):
+      return f"{x.name}_{lane[0]}" if lane else x.name
+    if isinstance(x, ir.Affine):     # (scalar terms read parenthesised)
+      terms = [f"({self.expr(e)} * {c})" if isinstance(e, ir.Var) else f"{self.expr(e)} * {c}"
+               for e, c in x.terms]
+      return " + ".join(terms) if terms else "0"
+    if isinstance(x, ir.Load):
+      off = self.expr(x.offset)
+      if x.lanes and lane:
+        _, at, vector = lane
+        addr = f"a->{x.buffer} + ({off}) + {at}"
+        return f"*(const vT*)({addr})" if vector else f"({addr})[0]"
+      return f"a->{x.buffer}[{off}]"
+    if isinstance(x, ir.Mul):
+      return " * ".join(self.expr(f, lane) for f in x.factors) or "1"
+    if isinstance(x, ir.Add):
+      return " + ".join(self.expr(t, lane) for t in x.terms)
+    raise TypeError(f"C printer: not an expression; got {x!r}")
+
+  # -- statements ---------------------------------------------------------------------------
+  def stmt(self, s):
+    e = self.e
+    if isinstance(s, ir.Loop):
+      self.open(s.over)
+      for b in s.body:
+        self.stmt(b)
+      self.close(s.over)
+    elif isinstance(s, ir.Let):
+      e(f"const int64_t {s.name} = {self.expr(s.value)};")
+    elif isinstance(s, ir.Zero):
+      if not self.k.vector:
+        e(f"T {s.name} = 0;")
+      for name, _, vector in self.lanes:
+        e(f"vT {s.name}_{name} = {{0}};" if vector else f"T {s.name}_{name} = 0;")
+    elif isinstance(s, ir.Accumulate):
+      self.accumulate(s)
+    elif isinstance(s, ir.SkipUnless):
+      e(f"if ({self.expr(s.a)} != {self.expr(s.b)}) continue;")
+    elif isinstance(s, ir.Prefetch):
+      seg, d = s.segment, s.distance
+      p = _pos(seg.src, seg.level)
+      e.open(f"if ({p} + {d} < hi{seg.level}{_sfx(seg.src)}) {{")
+      e(f"const int64_t ahead = a->{seg.crd}[b * {seg.cap} + {p} + {d}];")
+      for buf, off in s.targets:
+        e(f"__builtin_prefetch(a->{buf} + {self.expr(off)});")
+      e.close()
+    else:
+      raise TypeError(f"C printer: not a statement; got {s!r}")
+
+  def accumulate(self, s: ir.Accumulate):
+    e = self.e
+    op = "=" if s.race is ir.Race.STORE else "+="
+    if not self.k.vector:
+      target = s.out.name if isinstance(s.out, ir.Acc) else \
+          f"{s.out.buffer}[{self.expr(s.out.offset)}]"
+      e(f"{target} {op} {self.expr(s.value)};")
+      return
+    for lane in self.lanes:
+      name, at, vector = lane
+      value = self.expr(s.value, lane)
+      if isinstance(s.out, ir.Acc):
+        e(f"{s.out.name}_{name} {op} {value};")
+      elif vector:
+        e(f"*(vT*)({s.out.buffer} + {self.expr(s.out.offset)} + {at}) {op} {value};")
+      else:
+        e(f"{s.out.buffer}[{self.expr(s.out.offset)} + {at}] {op} {value};")
+
+  # -- iterators ----------------------------------------------------------------------------
+  def open(self, it):
+    e = self.e
+    if isinstance(it, ir.Range):
+      c, l, n = it.coord.name, it.level, it.size
+      if not it.srcs:                                  # a free index
+        e.open(f"for (int64_t {c} = 0; {c} < {n}; ++{c}) {{")
+      elif it.unit and len(it.srcs) == 1:
+        e.open("{")
+        e(f"const int64_t {_pos(it.srcs[0], l)} = q, {c} = q;")
+      elif it.unit:
+        e.open("{")
+        e(f"const int64_t {c} = q;")
+        for s in it.srcs:
+          e(f"const int64_t {_pos(s, l)} = q;")
+      else:
+        e.open(f"for (int64_t {c} = 0; {c} < {n}; ++{c}) {{")
+        for s in it.srcs:
+          e(f"const int64_t {_pos(s, l)} = {_pos(s, l - 1)} * {n} + {c};")
+    elif isinstance(it, ir.Segment):
+      c, l, p, x = it.coord.name, it.level, _pos(it.src, it.level), _sfx(it.src)
+      if it.unit:
+        e.open(f"if (q < (int64_t)a->{it.pos}[b * {it.parent_cap + 1} + 1]) {{")
+        e(f"const int64_t {p} = q, {c} = a->{it.crd}[b * {it.cap} + {p}];")
+      else:
+        at = f"b * {it.parent_cap + 1} + {_pos(it.src, l - 1)}"
+        hi = f"hi{l}{x}"
+        e(f"int64_t {hi} = a->{it.pos}[{at} + 1]; if ({hi} > {it.cap}) {hi} = {it.cap};")
+        e.open(f"for (int64_t {p} = a->{it.pos}[{at}]; {p} < {hi}; ++{p}) {{")
+        e(f"const int64_t {c} = a->{it.crd}[b * {it.cap} + {p}];")
+      e(f"if ((uint64_t){c} >= {it.size}) continue;")
+    elif isinstance(it, ir.Single):
+      c, l, p = it.coord.name, it.level, _pos(it.src, it.level)
+      e.open("{")
+      e(f"const int64_t {p} = {_pos(it.src, l - 1)}, {c} = a->{it.crd}[b * {it.cap} + {p}];")
+      e(f"if ((uint64_t){c} >= {it.size}) continue;")
+    elif isinstance(it, ir.Intersect):
+      self.open_intersect(it)
+    else:
+      raise NotImplementedError(f"C printer: no loop for the iterator {type(it).__name__}")
+
+  def open_intersect(self, it: ir.Intersect):
+    e, c = self.e, it.coord.name
+    l = it.parts[0].level
+    for seg in it.parts:
+      x = _sfx(seg.src)
+      at = f"b * {seg.parent_cap + 1} + {_pos(seg.src, l - 1)}"
+      e(f"int64_t q{l}{x} = a->{seg.pos}[{at}];")
+      e(f"int64_t hi{l}{x} = a->{seg.pos}[{at} + 1]; if (hi{l}{x} > {seg.cap}) hi{l}{x} = {seg.cap};")
+    e.open("while (" + " && ".join(f"q{l}{_sfx(s.src)} < hi{l}{_sfx(s.src)}" for s in it.parts)
+           + ") {")
+    for seg in it.parts:
+      e(f"const int64_t k{l}_{seg.src} = a->{seg.crd}[b * {seg.cap} + q{l}{_sfx(seg.src)}];")
+    e(f"int64_t {c} = k{l}_{it.parts[0].src};")
+    for seg in it.parts[1:]:
+      e(f"if (k{l}_{seg.src} > {c}) {c} = k{l}_{seg.src};")
+    e.open("if (" + " && ".join(f"k{l}_{s.src} == {c}" for s in it.parts) + ") {")
+    e(f"if ((uint64_t){c} >= {it.parts[0].size}) break;")
+    e(" ".join(f"const int64_t {_pos(s.src, l)} = q{l}{_sfx(s.src)};" for s in it.parts))
+    e.open("do {")
+
+  def close(self, it):
+    e = self.e
+    if not isinstance(it, ir.Intersect):
+      e.close()
+      return
+    l, c = it.parts[0].level, it.coord.name
+    e.close("} while (0);")
+    e(" ".join(f"++q{l}{_sfx(s.src)};" for s in it.parts))
+    e.depth -= 1
+    e.open("} else {")
+    for s in it.parts:
+      e(f"if (k{l}_{s.src} < {c}) ++q{l}{_sfx(s.src)};")
+    e.close()
+    e.close()
+
+  # -- the kernel ---------------------------------------------------------------------------
+  def source(self) -> str:
+    k, e = self.k, self.e
+    e(f"/* jscorch generated kernel {k.name}")
+    for key, text in k.notes:
+      e(f" *   {key:<8}: {text}")
+    e(f" *   mode    : {'vector' if k.vector else 'scalar'}, "
+      f"{'parallel' if k.body.parallel is ir.Parallel.OUTER else 'serial'}, "
+      f"{'store' if k.race is ir.Race.STORE else 'accumulate'} */")
+    e(RUNTIME)
+    e(f"typedef {C_TYPES[k.dtype]} T;")
+    e(f"typedef {I_TYPES[k.index_dtype]} I;")
+    e(f"typedef T vT __attribute__((vector_size({VECTOR_BYTES}), aligned(sizeof(T))));")
+    e(f"enum {{ VL = {VECTOR_BYTES} / sizeof(T) }};")
+    e()
+    self.args()
+    self.work_before()
+    self.body()
+    self.handler()
+    return e.text() + "\n"
+
+  def args(self):
+    e = self.e
+    e.open("typedef struct {")
+    for buf in self.k.inputs:
+      e(f"const {'T' if buf.role is ir.Role.VALUES else 'I'}* {buf.name};")
+    e("const I* perm;")
+    for buf in self.k.outputs:
+      e(f"T* {buf.name};")
+    e.close("} args_t;")
+    e()
+
+  def work_before(self):
+    """Stored entries before unit u (monotone): the balance key of the parallel split."""
+    e, bal = self.e, self.k.balance
+    e.open("static int64_t work_before(const void* a_, int64_t u) {")
+    e("const args_t* a = (const args_t*)a_;")
+    e(f"if (u >= {bal.units}) return {bal.batch * bal.nse};")
+    e(f"const int64_t b = u / {bal.width}, q = u % {bal.width};")
+    if bal.width == 1:
+      e("(void)q;")
+      e(f"return b * {bal.nse};")
+    else:
+      e("int64_t p = q;")
+      for it in bal.levels:
+        if isinstance(it, ir.Segment):
+          e(f"p = a->{it.pos}[b * {it.parent_cap + 1} + p]; if (p > {it.cap}) p = {it.cap};")
+        elif isinstance(it, ir.Range):
+          e(f"p = p * {it.size};")
+      e(f"return b * {bal.nse} + p;")
+    e.close()
+    e()
+
+  def body(self):
+    e, outer = self.e, self.k.body
+    units = outer.over
+    e.open("static void body(const void* a_, int64_t lo, int64_t hi) {")
+    e("const args_t* a = (const args_t*)a_;")
+    e("T* restrict out = a->out;")
+    e.open("for (int64_t u = lo; u < hi; ++u) {")
+    e(f"const int64_t b = u / {units.width}, q = u % {units.width};")
+    stride = 1
+    for d in reversed(range(len(units.batch))):
+      e(f"const int64_t {units.coords[d].name} = (b / {stride}) % {units.batch[d]};")
+      stride *= units.batch[d]
+    for s in outer.body:
+      self.stmt(s)
+    e.close()
+    e.close()
+    e()
+
+  def transpose(self, t: ir.Transpose):
+    """Counting sort of a (dense, compressed) structure into column-major scratch."""
+    e, n0, n1, nse = self.e, t.rows, t.cols, t.nse
+    e(f"I* tpos = (I*)calloc({n1 + 1}, sizeof(I));")
+    e(f"I* tcrd = (I*)malloc(sizeof(I) * {max(nse, 1)});")
+    e(f"I* tperm = (I*)malloc(sizeof(I) * {max(nse, 1)});")
+    e(f"I* next = (I*)malloc(sizeof(I) * {max(n1, 1)});")
+    e("if (!tpos || !tcrd || !tperm || !next) { free(tpos); free(tcrd); free(tperm); free(next); "
+      "return jscorch_error(cf, \"jscorch kernel: out of memory for the transposed structure\"); }")
+    e(f"const I* pos = (const I*)a.{t.pos};")
+    e(f"const I* crd = (const I*)a.{t.crd};")
+    e.open(f"for (int64_t i = 0; i < {n0}; ++i) {{")
+    e(f"int64_t hi = pos[i + 1]; if (hi > {nse}) hi = {nse};")
+    e(f"for (int64_t p = pos[i]; p < hi; ++p) if ((uint64_t)crd[p] < {n1}) ++tpos[crd[p] + 1];")
+    e.close()
+    e(f"for (int64_t j = 0; j < {n1}; ++j) {{ tpos[j + 1] += tpos[j]; next[j] = tpos[j]; }}")
+    e.open(f"for (int64_t i = 0; i < {n0}; ++i) {{")
+    e(f"int64_t hi = pos[i + 1]; if (hi > {nse}) hi = {nse};")
+    e.open("for (int64_t p = pos[i]; p < hi; ++p) {")
+    e("const int64_t c = crd[p];")
+    e(f"if ((uint64_t)c >= {n1}) continue;")
+    e("const int64_t q = next[c]++;")
+    e("tcrd[q] = (I)i; tperm[q] = (I)p;")
+    e.close()
+    e.close()
+    e("free(next);")
+    e(f"a.{t.pos} = tpos; a.{t.crd} = tcrd; a.perm = tperm;")
+
+  def handler(self):
+    k, e = self.k, self.e
+    e(f"XLA_FFI_Error* {k.name}(XLA_FFI_CallFrame* cf) {{")
+    e.depth += 1
+    e("XLA_FFI_Error* early;")
+    e("if (jscorch_preamble(cf, &early)) return early;")
+    e("args_t a;")
+    for buf in k.inputs:
+      ctype = "T" if buf.role is ir.Role.VALUES else "I"
+      e(f"a.{buf.name} = (const {ctype}*)jscorch_arg(cf, {buf.arg});")
+    for n, buf in enumerate(k.outputs):
+      e(f"a.{buf.name} = (T*)jscorch_ret(cf, {n});")
+    for t in k.prologue:
+      self.transpose(t)
+    if k.race is ir.Race.ACCUMULATE:
+      for buf in k.outputs:
+        e(f"memset(a.{buf.name}, 0, sizeof(T) * (size_t){buf.size});")
+    units = k.balance.units
+    if k.body.parallel is ir.Parallel.OUTER and k.balance.split:
+      e("int64_t n_chunks = 4 * jscorch_num_threads(cf);")
+      e("if (n_chunks > 256) n_chunks = 256;")
+      e("int64_t bounds[257];")
+      e(f"n_chunks = jscorch_split({units}, work_before, &a, n_chunks, bounds);")
+      e("jscorch_parallel_for(cf, body, &a, bounds, n_chunks);")
+    else:
+      e(f"body(&a, 0, {units});")
+    if k.prologue:
+      e("free(tpos); free(tcrd); free(tperm);")
+    e("return NULL;")
+    e.depth -= 1
+    e("}")
+
+
+def generate(kernel: ir.Kernel) -> str:
+  """The C source of ``kernel``: one FFI handler named ``kernel.name``."""
+  return _Printer(kernel).source()

@@ -1,0 +1,357 @@
+"""The loop-nest IR: what a planned einsum kernel does, as frozen, hashable dataclasses.
+
+The planner (:mod:`.plan`) writes *all* of its decisions into a :class:`Kernel`:
+which loop runs in parallel and how its work is balanced, whether the output is
+stored or accumulated (the race strategy), which index is vectorised, where each
+partial product is hoisted, and whether a transposed workspace is built first. A
+backend only prints it (``backends/c/printer.py``): it decides nothing.
+
+Nodes, outermost first:
+
+* :class:`Kernel` — buffers, prologue (workspaces), the unit loop, vector index,
+  work balance; its :attr:`Kernel.name` (the FFI target) derives from its hash;
+* :class:`Loop` over an iterator — :class:`Units` (batch elements x first-level
+  coordinates: the outer loop), :class:`Range` (a dense level, or a free index when
+  ``src`` is None), :class:`Segment` (``pos[p] .. pos[p+1]`` of a compressed level),
+  :class:`Single` (one ``crd`` per parent: a singleton level), :class:`Intersect`
+  (co-iteration of several structures' levels; :class:`Union` is reserved for
+  sparse additions and not printed yet);
+* statements — :class:`Let` (a named scalar), :class:`Zero` (an accumulator, one
+  register per vector lane), :class:`Accumulate` (into an accumulator or the
+  output, with a :class:`Race`), :class:`SkipUnless` (repeated indices),
+  :class:`Prefetch`, :class:`Transpose` (a counting-sort workspace);
+* expressions — :class:`Coord`, :class:`Pos`, :class:`Var`, :class:`Load` with an
+  :class:`Affine` offset, :class:`Mul`, :class:`Add`, :class:`Const`, :class:`Acc`.
+
+Example:
+  >>> loop = Loop(Range(Coord("f2"), 4), Parallel.NONE, (Zero("s"),))
+  >>> loop.over.size, loop.parallel is Parallel.NONE, hash(loop) == hash(loop)
+  (4, True, True)
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import typing
+from typing import Iterator as _Iter
+
+_Either = typing.Union
+
+_frozen = dataclasses.dataclass(frozen=True)
+
+
+class Parallel(enum.Enum):
+  """How a loop's iterations run (cf. TACO's ``ParallelUnit``)."""
+  NONE = 0        # serially, in order
+  OUTER = 1       # in chunks on threads: distinct iterations write distinct outputs
+  VECTOR = 2      # across SIMD lanes
+
+
+class Race(enum.Enum):
+  """How a write to the output is made (cf. TACO's ``OutputRaceStrategy``)."""
+  STORE = 0       # each location is written once, by its owner: plain store, no zeroing
+  ACCUMULATE = 1  # ``+=`` into a zeroed output
+
+
+class Role(enum.Enum):
+  """What a kernel buffer holds."""
+  VALUES = 0
+  POS = 1
+  CRD = 2
+  OUT = 3
+
+
+# -- expressions ---------------------------------------------------------------------------
+@_frozen
+class Const:
+  value: int
+
+
+@_frozen
+class Var:
+  """A named scalar (the batch element ``b``, a ``Let``, the prefetch look-ahead)."""
+  name: str
+
+
+@_frozen
+class Coord:
+  """The coordinate bound by an iterator (or a batch dimension)."""
+  name: str
+
+
+@_frozen
+class Pos:
+  """Position of structure ``src`` at ``level`` (bound by that level's iterator)."""
+  src: int
+  level: int
+
+
+@_frozen
+class Acc:
+  """An accumulator declared by :class:`Zero` (lane-wise in a vector kernel)."""
+  name: str
+
+
+@_frozen
+class Affine:
+  """``sum(expr * coeff)`` over ``terms``; a coordinate of the vector index reads as 0
+  (the printer adds the lane offset)."""
+  terms: tuple[tuple["Expr", int], ...]
+
+
+@_frozen
+class Load:
+  """``buffer[offset]``; ``lanes``: the load varies along the vector index."""
+  buffer: str
+  offset: _Either[Affine, "Expr"]
+  lanes: bool = False
+
+
+@_frozen
+class Mul:
+  factors: tuple["Expr", ...]
+
+
+@_frozen
+class Add:
+  terms: tuple["Expr", ...]
+
+
+Expr = _Either[Const, Var, Coord, Pos, Acc, Affine, Load, Mul, Add]
+
+
+# -- iterators -----------------------------------------------------------------------------
+@_frozen
+class Units:
+  """The outer loop: ``batch`` elements x ``width`` coordinates of the first level.
+
+  Binds ``b`` (the batch element), ``q`` (the first-level unit) and ``batch`` coords.
+  """
+  batch: tuple[int, ...]
+  width: int
+  coords: tuple[Coord, ...]
+
+  @property
+  def size(self) -> int:
+    n = self.width
+    for s in self.batch:
+      n *= s
+    return n
+
+
+@_frozen
+class Range:
+  """A dense level of structures ``srcs`` (positions ``parent * size + c``), or with
+  ``srcs == ()`` a free index. ``unit``: the coordinate is the outer loop's unit."""
+  coord: Coord
+  size: int
+  level: int = -1
+  srcs: tuple[int, ...] = ()
+  unit: bool = False
+
+
+@_frozen
+class Segment:
+  """``pos[parent] .. pos[parent + 1]`` of a compressed level, reading ``crd``.
+
+  Bounds are clamped to ``cap`` and coordinates ``>= size`` (padding) skipped.
+  """
+  coord: Coord
+  src: int
+  level: int
+  size: int
+  cap: int
+  parent_cap: int
+  pos: str
+  crd: str
+  unit: bool = False
+
+
+@_frozen
+class Single:
+  """One ``crd`` per parent position (a singleton level)."""
+  coord: Coord
+  src: int
+  level: int
+  size: int
+  cap: int
+  crd: str
+
+
+@_frozen
+class Intersect:
+  """Co-iteration of the same level of several structures: only coordinates present in
+  all ``parts`` are visited (a merge of sorted segments)."""
+  coord: Coord
+  parts: tuple[Segment, ...]
+
+
+@_frozen
+class Union:
+  """Co-iteration visiting coordinates present in any part (sparse additions; reserved)."""
+  coord: Coord
+  parts: tuple[Segment, ...]
+
+
+Iterator = _Either[Units, Range, Segment, Single, Intersect, Union]
+
+
+# -- statements ----------------------------------------------------------------------------
+@_frozen
+class Loop:
+  over: Iterator
+  parallel: Parallel
+  body: tuple["Stmt", ...]
+
+
+@_frozen
+class Let:
+  """``name = value`` (an index-valued scalar)."""
+  name: str
+  value: Expr
+
+
+@_frozen
+class Zero:
+  """Declares accumulator ``name`` = 0 (one register per lane in a vector kernel)."""
+  name: str
+
+
+@_frozen
+class Access:
+  """The output element at ``offset`` (lane 0 of the vector index)."""
+  buffer: str
+  offset: _Either[Affine, Expr]
+
+
+@_frozen
+class Accumulate:
+  """``out (=|+=) value``: into an :class:`Acc` (a register: ``race`` is ACCUMULATE)
+  or the output :class:`Access` (``race`` says store or accumulate)."""
+  out: _Either[Acc, Access]
+  value: Expr
+  race: Race
+
+
+@_frozen
+class SkipUnless:
+  """Skip the rest of the iteration unless ``a == b`` (a repeated index)."""
+  a: Expr
+  b: Expr
+
+
+@_frozen
+class Prefetch:
+  """Prefetch ``targets`` (offsets in terms of ``Var("ahead")``, the coordinate
+  ``distance`` entries ahead in ``segment``)."""
+  segment: Segment
+  distance: int
+  targets: tuple[tuple[str, Affine], ...]
+
+
+@_frozen
+class Transpose:
+  """Prologue workspace: structure ``src``'s (dense, compressed) levels re-sorted
+  column-major by a counting sort, with a permutation ``perm`` to the stored values."""
+  src: int
+  rows: int
+  cols: int
+  nse: int
+  pos: str
+  crd: str
+
+
+Stmt = _Either[Loop, Let, Zero, Accumulate, SkipUnless, Prefetch, Transpose]
+
+
+# -- the kernel ----------------------------------------------------------------------------
+@_frozen
+class Buffer:
+  """A kernel argument: ``name``, what it holds, and its flat input position (``arg``)
+  or, for an output, its number of elements (``size``)."""
+  name: str
+  role: Role
+  arg: int = -1
+  size: int = 0
+
+
+@_frozen
+class Vector:
+  """The vector index: ``size`` elements in lanes of ``width`` (a scalar tail after).
+  ``coord`` is None when no index is free (one scalar lane)."""
+  coord: Coord | None
+  size: int
+  width: int
+
+
+@_frozen
+class Balance:
+  """Work balance of the outer loop: stored entries before each unit, found by
+  descending ``levels`` (the iterators below the first) from the unit; the loop is
+  split into chunks only when ``split``."""
+  units: int
+  width: int
+  batch: int
+  nse: int
+  levels: tuple[Iterator, ...]
+  split: bool
+
+
+@_frozen
+class Kernel:
+  """One planned kernel (static, hashable): a printer's whole input.
+
+  Attributes:
+    inputs / outputs: the buffers.
+    prologue: workspaces built before the loops (:class:`Transpose`).
+    body: the outer :class:`Loop` over :class:`Units`.
+    vector: the vectorised index, or None (a scalar kernel).
+    balance: how the outer loop is chunked.
+    dtype / index_dtype: ``"float32"``/``"float64"`` and ``"int32"``/``"int64"``.
+    notes: ``(key, text)`` lines for the printed header (the expression, formats).
+  """
+  inputs: tuple[Buffer, ...]
+  outputs: tuple[Buffer, ...]
+  prologue: tuple[Stmt, ...]
+  body: Loop
+  vector: Vector | None
+  balance: Balance
+  dtype: str
+  index_dtype: str
+  notes: tuple[tuple[str, str], ...] = ()
+
+  @property
+  def name(self) -> str:
+    """The FFI target name, from the kernel's hash (equal kernels share one build)."""
+    digest = hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+    return f"jscorch_k_{digest}"
+
+  @property
+  def vector_index(self) -> str | None:
+    return self.vector.coord.name if self.vector and self.vector.coord else None
+
+  @property
+  def race(self) -> Race:
+    """ACCUMULATE when any output write accumulates (the output is zeroed first)."""
+    races = {s.race for s in walk(self.body)
+             if isinstance(s, Accumulate) and isinstance(s.out, Access)}
+    return Race.ACCUMULATE if Race.ACCUMULATE in races or not races else Race.STORE
+
+
+def buffer_name(role: str, src: int, level: int) -> str:
+  """The kernel argument holding index buffer ``role`` of structure ``src`` at ``level``."""
+  return f"{role}{level}{'_%d' % src if src else ''}"
+
+
+def walk(stmt) -> _Iter:
+  """Every statement in ``stmt`` (pre-order)."""
+  yield stmt
+  if isinstance(stmt, Loop):
+    for s in stmt.body:
+      yield from walk(s)
+
+
+def loops(stmt) -> list[Loop]:
+  """The loops of ``stmt``, outermost first (pre-order)."""
+  return [s for s in walk(stmt) if isinstance(s, Loop)]

@@ -1,0 +1,398 @@
+"""The kernel planner: from a spec and the structures it iterates, a loop-nest :class:`Kernel`.
+
+:func:`lower` takes a :class:`KernelPlan` (the spec, the *driver* structure that
+all sparse sources share, and the partners co-iterated with it) and makes every
+scheduling decision, writing it into the IR (:mod:`.loopnest`):
+
+* **loop order**: the driver's batch dims and levels in storage order (the order of
+  :attr:`planner.Plan.loop_order`), then the free indices;
+* **parallel unit** (``Parallel.OUTER`` on the outer loop) when distinct units
+  write distinct outputs (*owner*), and the **work balance** of its chunks (stored
+  entries before each unit; power-law rows);
+* **race strategy**: ``Race.STORE`` when each output row is written once by its
+  owner, else ``Race.ACCUMULATE`` into a zeroed output;
+* the **vector index** (at most one free index, the output's contiguous last
+  axis), with products **hoisted** to the level where their indices are bound
+  (``out[i,:] = Σ_j A_ij X[j,:]`` keeps ``Σ_j`` in registers; MTTKRP sums over
+  ``k`` before multiplying by ``J[j,:]``) and gathered rows prefetched; otherwise
+  a scalar kernel: loops over the free indices, a scalar sum of the summed ones;
+* **transposition**: a (dense, compressed) driver whose order conflicts with the
+  output is re-sorted column-major in a prologue workspace (Scorch), when that
+  makes the units owners.
+
+How each level is iterated is the level's own business (``Level.iterate``).
+
+Example:
+  >>> import numpy as np
+  >>> from jscorch.primitives.layout import Layout
+  >>> from jscorch.primitives.formats import CSR
+  >>> from jscorch.primitives.einsum_spec import EinsumSpec, Operand
+  >>> from jscorch.primitives.loopnest import Parallel, Race
+  >>> lay = Layout(CSR, (6, 7), 20)
+  >>> spec = EinsumSpec((Operand((0, 1), lay), Operand((1, 2))), out=(0, 2),
+  ...                   sizes=((0, 6), (1, 7), (2, 16)))
+  >>> k = lower(KernelPlan(spec, lay, (0, 1), 1, np.dtype(np.float32)))
+  >>> k.body.parallel is Parallel.OUTER, k.race is Race.STORE, k.vector_index
+  (True, True, 'f2')
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from . import loopnest as ir
+from .einsum_spec import DENSE_OUT, SAMPLED_OUT, EinsumSpec, Operand
+from .layout import Layout
+
+VECTOR_BYTES = 32          # AVX2; GCC splits wider-than-native vectors by itself
+SERIAL_WORK = 1 << 15      # entries x free size below which one chunk runs serially
+PREFETCH_DISTANCE = 16
+_CACHE_LINE = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelPlan:
+  """The structures a kernel iterates (static, hashable): the planner's input.
+
+  Attributes:
+    spec: the einsum.
+    driver: the shared structure of all sparse sources.
+    driver_ids: index ids of the driver's batch dims then its levels (storage order).
+    index_input: flat input position of the driver's first index buffer.
+    dtype: value dtype (float32/float64).
+    transpose: iterate a (dense, compressed) driver column-major, from a transposed
+      workspace built in the kernel's prologue.
+    partners: other sparse structures ``(layout, index_input)`` with the driver's
+      format and shape but their own patterns, co-iterated level by level with it
+      (an intersection).
+    structure_of: for each operand, the structure holding it (0 = driver, s = the
+      s-th partner, -1 = dense).
+    pattern_structure: the structure whose leaves are a sampled output's pattern.
+  """
+  spec: EinsumSpec
+  driver: Layout
+  driver_ids: tuple[int, ...]
+  index_input: int
+  dtype: np.dtype
+  transpose: bool = False
+  partners: tuple[tuple[Layout, int], ...] = ()
+  structure_of: tuple[int, ...] = ()
+  pattern_structure: int = 0
+
+  def transposable(self) -> bool:
+    """A 2-level (dense, compressed) driver without batch dims or partners."""
+    lay = self.driver
+    lv = lay.format.levels
+    return lay.n_batch == 0 and len(lv) == 2 and lv[0].full and lv[1].has_pos \
+        and not self.transpose and not self.partners
+
+  def transposed(self) -> KernelPlan:
+    return dataclasses.replace(self, driver_ids=self.driver_ids[::-1], transpose=True)
+
+
+def _strides(shape):
+  out, acc = [], 1
+  for s in reversed(shape):
+    out.append(acc)
+    acc *= s
+  return tuple(reversed(out))
+
+
+def _sfx(s) -> str:
+  return f"_{s}" if s else ""
+
+
+class _Planner:
+  """The analysis of one :class:`KernelPlan` and the loop nest it builds."""
+
+  def __init__(self, kp: KernelPlan):
+    self.kp = kp
+    self.spec = spec = kp.spec
+    self.lay = lay = kp.driver
+    self.nb = lay.n_batch
+    self.levels = lay.format.levels
+    self.L = len(self.levels)
+    self.caps = lay.capacities
+    self.sizes = lay.level_sizes
+    if kp.transpose:             # iterate (dense over the old inner dim, compressed)
+      self.sizes = self.sizes[::-1]
+      self.caps = (self.sizes[0], lay.nse)
+    self.B = math.prod(lay.batch_shape)
+    self.NSE = lay.nse
+    self.S = 1 + len(kp.partners)
+    self.structs = [(lay, kp.index_input)] + list(kp.partners)
+    # Co-iterating a compressed first level is one merge per batch element (one unit).
+    self.unit_width = 1 if self.S > 1 and not self.levels[0].full else self.caps[0]
+    # coordinate variable of each bound id (first occurrence)
+    self.coord_var: dict[int, str] = {}
+    self.level_of: dict[int, int] = {}
+    for d, i in enumerate(kp.driver_ids[:self.nb]):
+      self.coord_var.setdefault(i, f"b{d}")
+      self.level_of.setdefault(i, -1)
+    for l, i in enumerate(kp.driver_ids[self.nb:]):
+      if i not in self.coord_var:
+        self.coord_var[i] = f"c{l}"
+        self.level_of[i] = l
+    self.bound = set(self.coord_var)
+    self.free = [i for i in dict.fromkeys(
+        [i for op in spec.operands for i in op.indices] + list(self.out_free_ids()))
+        if i not in self.bound]
+    itemsize = np.dtype(kp.dtype).itemsize
+    self.lanes = VECTOR_BYTES // itemsize
+    self.itemsize = itemsize
+
+  # -- decisions ------------------------------------------------------------------------
+  def out_free_ids(self):
+    if self.spec.out_kind == DENSE_OUT:
+      return [i for i in self.spec.out if i not in self.coord_var]
+    return list(self.spec.out_operand.block)
+
+  def size(self, i):
+    return self.spec.size(i)
+
+  def factor_level(self, op: Operand) -> int:
+    """The level where all of ``op``'s indices are bound (where its factor is hoisted)."""
+    if op.sparse:
+      return self.L - 1
+    return max([self.level_of[i] for i in op.indices if i in self.level_of], default=-1)
+
+  def out_level(self) -> int:
+    """The level where the output location is fully bound."""
+    if self.spec.out_kind == SAMPLED_OUT:
+      return self.L - 1
+    return max([self.level_of[i] for i in self.spec.out if i in self.level_of], default=-1)
+
+  def owner(self) -> bool:
+    """Distinct units write distinct output locations."""
+    if self.spec.out_kind == SAMPLED_OUT:
+      return True
+    out = set(self.spec.out)
+    batch_ok = all(i in out for i in self.kp.driver_ids[:self.nb])
+    first = self.kp.driver_ids[self.nb]
+    return batch_ok and first in out and self.levels[0].unique
+
+  def store_ok(self) -> bool:
+    """Each output row is written exactly once, by the unit that owns it."""
+    if self.spec.out_kind != DENSE_OUT or not self.owner() or not self.levels[0].full:
+      return False
+    bound_out = [i for i in self.spec.out if i in self.coord_var]
+    expected = list(self.kp.driver_ids[:self.nb]) + [self.kp.driver_ids[self.nb]]
+    return sorted(bound_out) == sorted(expected) and len(set(expected)) == len(expected) \
+        and self.out_level() == 0 and self.vector_mode()
+
+  def vector_mode(self) -> bool:
+    """At most one free index, the output's contiguous last axis and every operand's."""
+    out_free = self.out_free_ids()
+    if self.spec.out_kind != DENSE_OUT or len(self.free) > 1:
+      return False
+    if not self.free:
+      return True
+    r = self.free[0]
+    if out_free != [r] or self.spec.out[-1] != r:
+      return False
+    for op in self.spec.operands:
+      ids = op.block if op.sparse else op.indices
+      if r in ids and ids[-1] != r:
+        return False
+      if op.sparse and any(i != r for i in op.block):
+        return False
+    return True
+
+  # -- expressions ------------------------------------------------------------------------
+  def coord(self, i, override=None) -> ir.Coord:
+    if override and i in override:
+      return ir.Coord(override[i])
+    return ir.Coord(self.coord_var.get(i, f"f{i}"))
+
+  def dense_offset(self, op: Operand, override=None) -> ir.Affine:
+    shape = tuple(self.size(i) for i in op.indices)
+    return ir.Affine(tuple((self.coord(i, override), s)
+                           for i, s in zip(op.indices, _strides(shape))))
+
+  def structure(self, k) -> int:
+    """The structure holding operand k's pattern (k = None: the sampled output)."""
+    if k is None:
+      return self.kp.pattern_structure
+    return self.kp.structure_of[k] if self.kp.structure_of else 0
+
+  def value_offset(self, op: Operand, k=None) -> ir.Affine:
+    block = op.block
+    blk = math.prod(self.size(i) for i in block)
+    leaf = ir.Var("leaf" + _sfx(self.structure(k)))
+    return ir.Affine(((leaf, blk),) + tuple(
+        (self.coord(i), s) for i, s in zip(block, _strides(tuple(self.size(i) for i in block)))))
+
+  def out_offset(self) -> ir.Affine:
+    if self.spec.out_kind == DENSE_OUT:
+      return self.dense_offset(Operand(self.spec.out))
+    return self.value_offset(self.spec.out_operand, k=None)
+
+  def load(self, k, op, lanes=False) -> ir.Load:
+    off = self.value_offset(op, k) if op.sparse else self.dense_offset(op)
+    return ir.Load(f"x{k}", off, lanes)
+
+  # -- iterators --------------------------------------------------------------------------
+  def struct_iter(self, l, s):
+    """Level l of structure s: the level's own iterator."""
+    if s == 0:                   # the driver (its sizes transposed with it)
+      caps, sizes = self.caps, self.sizes
+    else:
+      lay = self.structs[s][0]
+      caps, sizes = lay.capacities, lay.level_sizes
+    return self.levels[l].iterate(ir.Coord(f"c{l}"), s, l, sizes[l], caps[l],
+                                  caps[l - 1] if l else 1, l == 0)
+
+  def level_iter(self, l):
+    """Level l of the driver, co-iterated with the same level of every partner."""
+    if self.S == 1:
+      return self.struct_iter(l, 0)
+    if self.levels[l].full:
+      return ir.Range(ir.Coord(f"c{l}"), self.sizes[l], l, tuple(range(self.S)), l == 0)
+    return ir.Intersect(ir.Coord(f"c{l}"), tuple(self.struct_iter(l, s) for s in range(self.S)))
+
+  def loop(self, l, body) -> ir.Loop:
+    """Level l's loop around ``body``; a repeated index is checked first."""
+    checks = []
+    ident = self.kp.driver_ids[self.nb + l]
+    if self.S == 1 and self.coord_var[ident] != f"c{l}":
+      checks.append(ir.SkipUnless(ir.Coord(f"c{l}"), ir.Coord(self.coord_var[ident])))
+    return ir.Loop(self.level_iter(l), ir.Parallel.NONE, tuple(checks) + tuple(body))
+
+  def leaves(self, l) -> list[ir.Stmt]:
+    if self.kp.transpose:
+      return [ir.Let("leaf", ir.Load("perm", ir.Pos(0, l)))]
+    return [ir.Let("leaf" + _sfx(s), ir.Add((ir.Mul((ir.Var("b"), ir.Const(lay.nse))),
+                                            ir.Pos(s, l))))
+            for s, (lay, _) in enumerate(self.structs)]
+
+  # -- the nest ---------------------------------------------------------------------------
+  def kernel(self) -> ir.Kernel:
+    spec, kp = self.spec, self.kp
+    vec = self.vector_mode()
+    body = self.vector_body(-1) if vec else self.scalar_body()
+    batch_coords = tuple(ir.Coord(f"b{d}") for d in range(self.nb))
+    checks = tuple(ir.SkipUnless(ir.Coord(f"b{d}"), ir.Coord(self.coord_var[i]))
+                   for d, i in enumerate(kp.driver_ids[:self.nb])
+                   if self.coord_var[i] != f"b{d}")
+    units = ir.Units(tuple(self.lay.batch_shape), self.unit_width, batch_coords)
+    owner = self.owner()
+    outer = ir.Loop(units, ir.Parallel.OUTER if owner else ir.Parallel.NONE,
+                    checks + tuple(body))
+    free_size = math.prod(self.size(i) for i in self.free)
+    work = self.B * self.NSE * max(free_size, 1)
+    balance = ir.Balance(units.size, self.unit_width, self.B, self.NSE,
+                         tuple(self.struct_iter(l, 0) for l in range(1, self.L)),
+                         split=owner and work >= SERIAL_WORK and units.size > 1)
+    inputs = []
+    at = 0
+    for k, op in enumerate(spec.operands):
+      inputs.append(ir.Buffer(f"x{k}", ir.Role.VALUES, at))
+      at += op.n_buffers
+    for s, (_, at) in enumerate(self.structs):
+      for l, lvl in enumerate(self.levels):
+        for role in lvl.buffers:
+          inputs.append(ir.Buffer(ir.buffer_name(role, s, l), ir.Role[role.upper()], at))
+          at += 1
+    out_size = math.prod(spec.out_shape) if spec.out_kind == DENSE_OUT else \
+        math.prod(spec.out_layout.data_shape)
+    prologue = ()
+    if kp.transpose:
+      n0, n1 = self.lay.level_sizes
+      prologue = (ir.Transpose(0, n0, n1, self.NSE, ir.buffer_name("pos", 0, 1),
+                               ir.buffer_name("crd", 0, 1)),)
+    r = self.free[0] if vec and self.free else None
+    vector = ir.Vector(ir.Coord(f"f{r}") if r is not None else None,
+                       self.size(r) if r is not None else 1, self.lanes) if vec else None
+    notes = (("einsum", str(spec)),
+             ("driver", f"{self.lay.format!r}, shape {self.lay.shape}, nse {self.NSE}"))
+    return ir.Kernel(tuple(inputs), (ir.Buffer("out", ir.Role.OUT, size=out_size),), prologue,
+                     outer, vector, balance, np.dtype(kp.dtype).name,
+                     np.dtype(self.lay.index_dtype).name, notes)
+
+  def vector_body(self, l) -> list[ir.Stmt]:
+    """Level l's statements (l = -1: the unit), with products hoisted to where their
+    indices are bound and one accumulator per level below the output's."""
+    out_level = self.out_level()
+    factors_at: dict[int, list] = {}
+    for k, op in enumerate(self.spec.operands):
+      factors_at.setdefault(max(self.factor_level(op), out_level), []).append((k, op))
+    r = self.free[0] if self.free else None
+
+    def term(factors):
+      return tuple(self.load(k, op, r in (op.block if op.sparse else op.indices))
+                   for k, op in factors)
+
+    def write(factors, acc):
+      parts = term(factors) + ((ir.Acc(f"acc{acc}"),) if acc is not None else ())
+      race = ir.Race.STORE if self.store_ok() else ir.Race.ACCUMULATE
+      return [ir.Accumulate(ir.Access("out", self.out_offset()), ir.Mul(parts), race)]
+
+    def accumulate(into, factors, acc):
+      parts = term(factors) + ((ir.Acc(f"acc{acc}"),) if acc is not None else ())
+      return [ir.Accumulate(ir.Acc(f"acc{into + 1}"), ir.Mul(parts), ir.Race.ACCUMULATE)]
+
+    def level(l):
+      body: list = []
+      if l == self.L - 1:
+        body += self.leaves(l)
+        body += self.prefetch(l, factors_at.get(l, []), r)
+        body += write(factors_at.get(l, []), None) if l == out_level else \
+            accumulate(l - 1, factors_at.get(l, []), None)
+      else:
+        if l >= out_level:
+          body.append(ir.Zero(f"acc{l + 1}"))
+        body += level(l + 1)
+        if l == out_level:
+          body += write(factors_at.get(l, []), l + 1)
+        elif l > out_level:
+          body += accumulate(l - 1, factors_at.get(l, []), l + 1)
+      return [self.loop(l, body)] if l >= 0 else body
+
+    return level(l)
+
+  def prefetch(self, l, factors, r) -> list[ir.Stmt]:
+    """Prefetch the dense rows gathered PREFETCH_DISTANCE entries ahead at leaf level l."""
+    leaf = self.struct_iter(l, 0)
+    if r is None or self.size(r) * self.itemsize < _CACHE_LINE or \
+        not isinstance(leaf, ir.Segment):
+      return []
+    ident = self.kp.driver_ids[self.nb + l]
+    targets = tuple((f"x{k}", self.dense_offset(op, {ident: "ahead"}))
+                    for k, op in factors if not op.sparse and ident in op.indices)
+    if not targets:
+      return []
+    return [ir.Prefetch(leaf, PREFETCH_DISTANCE, targets)]
+
+  def scalar_body(self) -> list[ir.Stmt]:
+    """Loops over the free output indices at the leaf, a scalar sum of the summed ones."""
+    out_free = self.out_free_ids()
+    summed = [i for i in self.free if i not in out_free]
+    prod = ir.Mul(tuple(self.load(k, op) for k, op in enumerate(self.spec.operands)))
+    inner: list = [ir.Accumulate(ir.Acc("s"), prod, ir.Race.ACCUMULATE)]
+    for i in reversed(summed):
+      inner = [ir.Loop(ir.Range(ir.Coord(f"f{i}"), self.size(i)), ir.Parallel.NONE,
+                       tuple(inner))]
+    body = [ir.Zero("s")] + inner + [
+        ir.Accumulate(ir.Access("out", self.out_offset()), ir.Acc("s"), ir.Race.ACCUMULATE)]
+    for i in reversed(out_free):
+      body = [ir.Loop(ir.Range(ir.Coord(f"f{i}"), self.size(i)), ir.Parallel.NONE,
+                      tuple(body))]
+    body = self.leaves(self.L - 1) + body
+    for l in reversed(range(self.L)):
+      body = [self.loop(l, body)]
+    return body
+
+
+def owner(kp: KernelPlan) -> bool:
+  """Whether ``kp``'s units write disjoint outputs (so they run in parallel)."""
+  return _Planner(kp).owner()
+
+
+def lower(kp: KernelPlan) -> ir.Kernel:
+  """The loop nest of ``kp``, transposing the driver in a prologue when that makes the
+  outer loop's units owners of their outputs (Scorch's rule)."""
+  if kp.transposable() and not owner(kp) and owner(kp.transposed()):
+    kp = kp.transposed()
+  return _Planner(kp).kernel()
