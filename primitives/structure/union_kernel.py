@@ -58,6 +58,8 @@ FALLBACKS = {
     "order": "a part whose storage order differs from the output's (CSR + CSC), or whose "
              "levels are unordered or non-unique (duplicates): the sort handles them",
     "parts": "fewer than two parts (a single part is a coalescing, not a union)",
+    "index dtype": "index buffers bound directly (not through union_pattern) in a dtype other "
+                   "than the output's index dtype",
     "no compiler": "no C compiler on this machine",
 }
 
@@ -528,6 +530,9 @@ def _union_pattern_cpu_lowering(ctx, *args, plan: UnionPlan):
     reason = "no compiler"
   else:
     reason = "portable" if choice == "portable" else kernel_reason(plan)
+  idt = np.dtype(plan.out.index_dtype)
+  if reason == "kernel" and any(np.dtype(a.dtype) != idt for a in ctx.avals_in):
+    reason = "index dtype"      # the kernel reads every buffer as the output's idx_t
   last_decisions.append((plan, reason))
   if reason != "kernel":
     return _union_pattern_portable_lowering(ctx, *args, plan=plan)

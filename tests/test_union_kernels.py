@@ -1,0 +1,247 @@
+"""The union kernel (primitives/structure/union_kernel.py) against its portable rule and numpy.
+
+Random cases over ops (add, subtract, maximum, minimum, concatenate), formats, shapes,
+padding, batch and block dims and empty rows, sampled deterministically (one case per
+row of :data:`CASES`, few compiles). Each case checks, for the ``jscorch_union_pattern``
+primitive, that the generated kernel returns the portable rule's buffers bit for bit
+(``dest`` and capacity overflow included), and for the public op, which lowering ran
+and its values against a float64 numpy / scipy reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import jscorch as js
+from jscorch.primitives import kernel_build, union
+from jscorch.primitives.layout import Layout
+from jscorch.primitives.structure import union_kernel as uk
+
+import util
+
+pytestmark = pytest.mark.skipif(kernel_build.compiler() is None, reason="no C compiler")
+
+F32 = np.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  op: str
+  formats: tuple            # one per part
+  shape: tuple              # (*batch, *sparse, *block) of the first part
+  n_batch: int = 0
+  n_dense: int = 0
+  density: float = 0.4
+  padding: int = 3
+  axis: int = 0             # concatenate
+  expected: str = "kernel"  # or a key of uk.FALLBACKS
+
+  @property
+  def id(self):
+    fmts = "+".join(f if isinstance(f, str) else "dcsc" for f in self.formats)
+    return f"{self.op}-{fmts}-{'x'.join(map(str, self.shape))}-b{self.n_batch}d{self.n_dense}"
+
+
+CASES = [
+    Case("add", ("csr", "csr"), (6, 7)),
+    Case("subtract", ("csc", "csc"), (5, 8), padding=1),
+    Case("add", ("csr", "csr"), (9, 4), density=0.1, padding=5),       # mostly empty rows
+    Case("maximum", ("csr", "csr"), (2, 4, 5), n_batch=1),
+    Case("minimum", ("csr", "csr"), (5, 6, 3), n_dense=1),
+    Case("add", ("csr", "csc"), (4, 5), expected="order"),
+    Case("maximum", ("dcsr", "csr"), (4, 5), expected="format"),
+    Case("add", ("coo", "coo"), (4, 5), expected="format"),
+    Case("concatenate", ("csr", "csr", "csr"), (3, 5), axis=0),
+    Case("concatenate", ("csr", "csr"), (4, 3), axis=1, density=0.6),
+    Case("concatenate", ("csc", "csc"), (2, 3, 4), n_batch=1, axis=2),
+]
+
+
+def _parts(case: Case):
+  arrays, dense = [], []
+  for k, fmt in enumerate(case.formats):
+    shape = list(case.shape)
+    if case.op == "concatenate":
+      shape[case.axis] += k          # parts of different sizes along the axis
+    A, x = util.random_sparse(100 * len(arrays) + len(case.id), tuple(shape), fmt,
+                              n_batch=case.n_batch, n_dense=case.n_dense,
+                              density=case.density, padding=case.padding + k)
+    arrays.append(A)
+    dense.append(x.astype(np.float64))
+  return arrays, dense
+
+
+def _op(case: Case):
+  if case.op == "concatenate":
+    return lambda *xs: js.concatenate(xs, axis=case.axis)
+  return getattr(js, case.op)
+
+
+def _numpy(case: Case, dense):
+  if case.op == "concatenate":
+    return np.concatenate(dense, axis=case.axis)
+  return getattr(np, case.op)(*dense)
+
+
+def _bound(case: Case, arrays):
+  jaxpr = jax.make_jaxpr(_op(case))(*arrays)
+  found = []
+
+  def walk(jp):
+    for eqn in jp.eqns:
+      if eqn.primitive is uk.union_pattern_p:
+        found.append((eqn, eqn.params))
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+  walk(jaxpr.jaxpr)
+  return found
+
+
+def _bitwise(plan, flat):
+  """The kernel and the portable rule of ``plan`` (with ``dest``) agree bit for bit."""
+  plan = dataclasses.replace(plan, dest=True)
+  parts = uk._split(plan, flat)
+  uk.last_decisions.clear()
+  kernel = jax.jit(lambda p: uk.union_pattern(plan, p))(parts)
+  assert [d for _, d in uk.last_decisions] == ["kernel"]
+  portable = jax.jit(uk._portable(plan))(*[b.astype(plan.out.index_dtype) for b in flat])
+  assert len(kernel) == len(portable)
+  for k, (g, w) in enumerate(zip(kernel, portable)):
+    assert g.dtype == w.dtype and g.shape == w.shape, (k, g.dtype, w.dtype, g.shape, w.shape)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"output {k}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_kernel_portable_numpy(case):
+  arrays, dense = _parts(case)
+  uk.last_decisions.clear()
+  got = jax.jit(_op(case))(*arrays)
+  decisions = {d for _, d in uk.last_decisions}
+  assert decisions == {case.expected}, decisions
+  util.assert_allclose(got.todense(), _numpy(case, dense), dtype=F32)
+  if case.expected != "kernel":
+    return
+  for eqn, params in _bound(case, arrays)[:1]:
+    flat = [b for A in arrays for b in A.indices]
+    _bitwise(params["plan"], flat)
+
+
+def test_scipy_reference_large_parallel():
+  """Rows with thousands of entries in total: the parallel passes (work split over threads)."""
+  A = sp.random(700, 900, density=0.03, random_state=1, format="csr", dtype=F32)
+  B = sp.random(700, 900, density=0.03, random_state=2, format="csr", dtype=F32)
+  A.data += 0.5
+  B.data -= 2.0
+  a, b = js.from_scipy(A), js.from_scipy(B)
+  uk.last_decisions.clear()
+  add = jax.jit(lambda a, b: a + b)(a, b)
+  assert [d for _, d in uk.last_decisions] == ["kernel"]
+  util.assert_allclose(add.todense(), (A.astype(np.float64) + B).toarray(), dtype=F32)
+  assert int(np.asarray(add.indices[0])[-1]) == (A + B).nnz
+  plan = uk.UnionPlan(Layout(js.CSR, A.shape, a.nse + b.nse), (a.layout, b.layout),
+                      (None, None), "add")
+  _bitwise(plan, [*a.indices, *b.indices])
+
+
+def test_overflow_bitwise_and_poisoned():
+  """A capacity below the union size: buffers still equal the portable ones (dest past nse)."""
+  A, _ = util.random_sparse(3, (5, 6), "csr", density=0.5, padding=2)
+  B, _ = util.random_sparse(4, (5, 6), "csr", density=0.5, padding=0)
+  n = union.union_size([(A.layout, A.indices), (B.layout, B.indices)])
+  for nse in (n - 3, 0):
+    plan = uk.UnionPlan(Layout(js.CSR, (5, 6), nse), (A.layout, B.layout), (None, None), "add")
+    _bitwise(plan, [*A.indices, *B.indices])
+  C = jax.jit(lambda a, b: js.add(a, b, nse=n - 3))(A, B)
+  assert np.isnan(np.asarray(C.data)).all()
+
+
+def test_empty_and_all_padding_parts():
+  """An operand that stores nothing (every position padding) and a 0-row matrix."""
+  A = js.from_dense(np.zeros((4, 5), F32), nse=3)
+  B, y = util.random_sparse(5, (4, 5), "csr", padding=2)
+  for plan_parts in ((A, B), (B, A), (A, A)):
+    plan = uk.UnionPlan(Layout(js.CSR, (4, 5), 4), tuple(p.layout for p in plan_parts),
+                        (None, None), "add")
+    _bitwise(plan, [b for p in plan_parts for b in p.indices])
+  util.assert_allclose(jax.jit(js.add)(A, B).todense(), y.astype(np.float64), dtype=F32)
+  E = js.from_dense(np.zeros((0, 5), F32), nse=2)
+  plan = uk.UnionPlan(Layout(js.CSR, (0, 5), 2), (E.layout, E.layout), (None, None), "add")
+  _bitwise(plan, [*E.indices, *E.indices])
+
+
+def test_int64_indices():
+  with util.dtype_context(np.float64):
+    A, x = util.random_sparse(6, (5, 4), "csr", dtype=np.float64)
+    B, y = util.random_sparse(7, (5, 4), "csr", dtype=np.float64)
+    plan = uk.UnionPlan(Layout(js.CSR, (5, 4), A.nse + B.nse), (A.layout, B.layout),
+                        (None, None), "add")
+    flat = [b.astype(jnp.int64) for b in (*A.indices, *B.indices)]
+    uk.last_decisions.clear()
+    jax.jit(lambda *f: uk.union_pattern_p.bind(*f, plan=plan))(*flat)    # bound directly
+    assert [d for _, d in uk.last_decisions] == ["index dtype"]
+    _bitwise(plan, flat)
+    util.assert_allclose(jax.jit(js.subtract)(A, B).todense(), x - y, dtype=np.float64)
+
+
+def test_grad_vmap_eval_shape():
+  A, x = util.random_sparse(8, (4, 6), "csr", padding=2)
+  B, y = util.random_sparse(9, (4, 6), "csr", padding=1)
+
+  def f(da, db):
+    return (A.with_data(da) + B.with_data(db)).data
+
+  uk.last_decisions.clear()
+  util.check_grads_both(f, (A.data, B.data), atol=1e-2, rtol=1e-2)
+  assert "kernel" in {d for _, d in uk.last_decisions}
+  # vmap over values (one pattern) and over whole arrays (batched index buffers)
+  scale = jnp.asarray([1.0, -2.0, 0.5], F32)
+  many = jax.jit(jax.vmap(lambda s: (A + B.with_data(B.data * s)).todense()))(scale)
+  for k, s in enumerate(np.asarray(scale)):
+    util.assert_allclose(many[k], x.astype(np.float64) + s * y, dtype=F32)
+  C, z = util.random_sparse(10, (3, 4, 6), "csr", n_batch=1, padding=2)
+  uk.last_decisions.clear()
+  mapped = jax.jit(jax.vmap(lambda c, b: js.maximum(c, b).todense(), in_axes=(0, None)))(C, B)
+  assert "kernel" in {d for _, d in uk.last_decisions}
+  for k in range(3):
+    util.assert_allclose(mapped[k], np.maximum(z[k], y).astype(np.float64), dtype=F32)
+  shape = jax.eval_shape(lambda a, b: a + b, A, B)
+  assert shape.shape == (4, 6) and shape.nse == A.nse + B.nse
+
+
+def test_portable_setting_and_missing_compiler(monkeypatch):
+  A, x = util.random_sparse(12, (3, 7), "csr", padding=1)
+  B, y = util.random_sparse(13, (3, 7), "csr", padding=2)
+  previous = js.config.lowering
+  try:
+    js.config.lowering = "portable"
+    uk.last_decisions.clear()
+    util.assert_allclose(jax.jit(js.add)(A, B).todense(), x.astype(np.float64) + y, dtype=F32)
+    assert [d for _, d in uk.last_decisions] == ["portable"]
+  finally:
+    js.config.lowering = previous
+  monkeypatch.setattr(kernel_build, "compiler", lambda: None)
+  jax.clear_caches()
+  uk.last_decisions.clear()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", js.SparseEfficiencyWarning)
+    got = jax.jit(js.subtract)(A, B)
+  assert [d for _, d in uk.last_decisions] == ["no compiler"]
+  util.assert_allclose(got.todense(), x.astype(np.float64) - y, dtype=F32)
+
+
+def test_kernel_source_and_fallback_reasons():
+  A, _ = util.random_sparse(14, (3, 4), "csr")
+  plan = uk.UnionPlan(Layout(js.CSR, (3, 4), 8), (A.layout,) * 3, (None, (0, 0), None), "add")
+  name, source = uk.generate(plan, np.int32)
+  assert name.startswith("jscorch_union_3_") and f"XLA_FFI_Error* {name}(" in source
+  assert "union pattern (add)" in source and "#define NPARTS 3" in source
+  assert uk.kernel_reason(plan) == "kernel"
+  assert uk.kernel_reason(dataclasses.replace(plan, parts=(A.layout,))) == "parts"
+  for reason in ("format", "order", "parts", "no compiler"):
+    assert reason in uk.FALLBACKS
