@@ -1,115 +1,136 @@
 """jscorch: sparse machine learning in JAX.
 
 Sparse arrays in any TACO-style format, carried through ``jit``, ``vmap`` and
-``grad``; see ``README.md`` and ``docs/``.
+``grad``; see ``README.md`` and ``docs/``. The zero-preserving elementwise functions
+(``js.sin``, ``js.abs``, ``js.relu``, ...) are the entries of ``js.ZERO_PRESERVING``;
+``js.nn`` (the Flax NNX layers) imports on first use.
 """
-from jscorch.array import SparseArray as SparseArray
-from jscorch.array import is_sparse as is_sparse
-from jscorch.autodiff import grad as grad
-from jscorch.autodiff import value_and_grad as value_and_grad
-from jscorch.config import config as config
-from jscorch.construct import eye as eye
-from jscorch.construct import from_coo as from_coo
-from jscorch.construct import from_dense as from_dense
-from jscorch.construct import random as random
-from jscorch.interop import from_bcoo as from_bcoo
-from jscorch.interop import from_scipy as from_scipy
-from jscorch.primitives._errors import CapacityRequiredError as CapacityRequiredError
-from jscorch.primitives._errors import SparseCapacityError as SparseCapacityError
-from jscorch.primitives._errors import SparseEfficiencyWarning as SparseEfficiencyWarning
-from jscorch.primitives._errors import SparseFormatError as SparseFormatError
-from jscorch.primitives.formats import COO as COO
-from jscorch.primitives.formats import CSC as CSC
-from jscorch.primitives.formats import CSF as CSF
-from jscorch.primitives.formats import CSR as CSR
-from jscorch.primitives.formats import DCSR as DCSR
-from jscorch.primitives.formats import FORMAT_NAMES as FORMAT_NAMES
-from jscorch.primitives.formats import Format as Format
-from jscorch.primitives.formats import Level as Level
-from jscorch.primitives.formats import compressed as compressed
-from jscorch.primitives.formats import dense as dense
-from jscorch.primitives.formats import singleton as singleton
+from jscorch import (
+  _methods,  # noqa: F401 (attaches the ops-layer SparseArray methods)
+  distributed,
+  graph,
+)
+from jscorch.array import SparseArray, is_sparse
+from jscorch.autodiff import grad, value_and_grad
+from jscorch.config import config
+from jscorch.construct import eye, from_coo, from_dense, random
+from jscorch.einsum import einsum
+from jscorch.interop import from_bcoo, from_scipy
+from jscorch.ops.coalesce import eliminate_zeros, sort_indices, sum_duplicates
+from jscorch.ops.dropout import dropout
+from jscorch.ops.elementwise import add, maximum, minimum, power, subtract
+from jscorch.ops.layout import todense, update_layout
+from jscorch.ops.products import divide, dot, matmul, multiply
+from jscorch.ops.reduce import count_nonzero, max, mean, min, segment_max, segment_min, sum
+from jscorch.ops.shape import (
+  broadcast_to,
+  concatenate,
+  expand_dims,
+  reshape,
+  squeeze,
+  stack,
+  transpose,
+)
+from jscorch.ops.softmax import softmax
+from jscorch.ops.triangular import diag, diagonal, tril, triu
+from jscorch.ops.unary import (
+  ZERO_PRESERVING,
+  abs,
+  absolute,
+  arcsin,
+  arcsinh,
+  arctan,
+  arctanh,
+  asin,
+  asinh,
+  atan,
+  atanh,
+  cbrt,
+  ceil,
+  celu,
+  conj,
+  conjugate,
+  deg2rad,
+  degrees,
+  elu,
+  expm1,
+  floor,
+  gelu,
+  hard_tanh,
+  imag,
+  leaky_relu,
+  log1p,
+  negative,
+  positive,
+  rad2deg,
+  radians,
+  real,
+  relu,
+  relu6,
+  rint,
+  round,
+  selu,
+  sign,
+  silu,
+  sin,
+  sinh,
+  soft_sign,
+  sqrt,
+  square,
+  tan,
+  tanh,
+  trunc,
+)
+from jscorch.primitives._errors import (
+  CapacityRequiredError,
+  SparseCapacityError,
+  SparseEfficiencyWarning,
+  SparseFormatError,
+  SparsifyError,
+)
+from jscorch.primitives.formats import (
+  COO,
+  CSC,
+  CSF,
+  CSR,
+  DCSR,
+  FORMAT_NAMES,
+  Format,
+  Level,
+  compressed,
+  dense,
+  singleton,
+)
+from jscorch.sparsify import sparsify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "COO", "CSC", "CSF", "CSR", "CapacityRequiredError", "DCSR", "FORMAT_NAMES", "Format",
-    "Level", "SparseArray", "SparseCapacityError", "SparseEfficiencyWarning", "SparseFormatError",
-    "compressed",
-    "config", "dense", "eye", "from_bcoo", "from_coo", "from_dense", "from_scipy", "grad",
-    "is_sparse", "random", "singleton", "value_and_grad",
+    "Level", "SparseArray", "SparseCapacityError", "SparseEfficiencyWarning",
+    "SparseFormatError", "SparsifyError", "ZERO_PRESERVING", "abs", "absolute", "add", "arcsin",
+    "arcsinh", "arctan", "arctanh", "asin", "asinh", "atan", "atanh", "broadcast_to", "cbrt",
+    "ceil", "celu", "compressed", "concatenate", "config", "conj", "conjugate", "count_nonzero",
+    "deg2rad", "degrees", "dense", "diag", "diagonal", "distributed", "divide", "dot",
+    "dropout", "einsum", "eliminate_zeros", "elu", "expand_dims", "expm1", "eye", "floor",
+    "from_bcoo", "from_coo", "from_dense", "from_scipy", "gelu", "grad", "graph", "hard_tanh",
+    "imag", "is_sparse", "leaky_relu", "log1p", "matmul", "max", "maximum", "mean", "min",
+    "minimum", "multiply", "negative", "nn", "positive", "power", "rad2deg", "radians",
+    "random", "real", "relu", "relu6", "reshape", "rint", "round", "segment_max", "segment_min",
+    "selu", "sign", "silu", "sin", "singleton", "sinh", "soft_sign", "softmax", "sort_indices",
+    "sparsify", "sqrt", "square", "squeeze", "stack", "subtract", "sum", "sum_duplicates",
+    "tan", "tanh", "todense", "transpose", "tril", "triu", "trunc", "update_layout",
+    "value_and_grad"
 ]
-from jscorch.einsum import einsum as einsum  # noqa: E402
-__all__.append("einsum")
-from jscorch.ops import unary as _ops_unary  # noqa: E402
-from jscorch.ops.elementwise import add as add  # noqa: E402
-from jscorch.ops.shape import broadcast_to as broadcast_to  # noqa: E402
-from jscorch.ops.shape import concatenate as concatenate  # noqa: E402
-from jscorch.ops.shape import expand_dims as expand_dims  # noqa: E402
-from jscorch.ops.shape import reshape as reshape  # noqa: E402
-from jscorch.ops.shape import squeeze as squeeze  # noqa: E402
-from jscorch.ops.shape import stack as stack  # noqa: E402
-from jscorch.ops.products import divide as divide  # noqa: E402
-from jscorch.ops.products import dot as dot  # noqa: E402
-from jscorch.ops.products import matmul as matmul  # noqa: E402
-from jscorch.ops.elementwise import maximum as maximum  # noqa: E402
-from jscorch.ops.elementwise import minimum as minimum  # noqa: E402
-from jscorch.ops.products import multiply as multiply  # noqa: E402
-from jscorch.ops.elementwise import power as power  # noqa: E402
-from jscorch.ops.elementwise import subtract as subtract  # noqa: E402
-from jscorch.ops.reduce import sum as sum  # noqa: E402
-from jscorch.ops.shape import transpose as transpose  # noqa: E402
-from jscorch.ops.softmax import softmax as softmax  # noqa: E402
-from jscorch.ops.unary import ZERO_PRESERVING as ZERO_PRESERVING  # noqa: E402
-
-# The zero-preserving elementwise functions (js.sin, js.abs, js.relu, ...), one per entry
-# of ZERO_PRESERVING.
-globals().update({_name: getattr(_ops_unary, _name) for _name in _ops_unary.ZERO_PRESERVING})
-__all__ += ["ZERO_PRESERVING", "add", "broadcast_to", "concatenate", "divide", "dot",
-            "expand_dims", "matmul", "maximum", "minimum", "multiply", "power", "reshape",
-            "softmax", "squeeze", "stack",
-            "subtract", "sum", "transpose", *_ops_unary.ZERO_PRESERVING]
-from jscorch.ops.coalesce import eliminate_zeros as eliminate_zeros  # noqa: E402
-from jscorch.ops.coalesce import sort_indices as sort_indices  # noqa: E402
-from jscorch.ops.coalesce import sum_duplicates as sum_duplicates  # noqa: E402
-from jscorch.ops.reduce import count_nonzero as count_nonzero  # noqa: E402
-from jscorch.ops.reduce import max as max  # noqa: E402
-from jscorch.ops.reduce import mean as mean  # noqa: E402
-from jscorch.ops.reduce import min as min  # noqa: E402
-from jscorch.ops.reduce import segment_max as segment_max  # noqa: E402
-from jscorch.ops.reduce import segment_min as segment_min  # noqa: E402
-from jscorch.ops.triangular import diag as diag  # noqa: E402
-from jscorch.ops.triangular import diagonal as diagonal  # noqa: E402
-from jscorch.ops.triangular import tril as tril  # noqa: E402
-from jscorch.ops.triangular import triu as triu  # noqa: E402
-
-__all__ += ["count_nonzero", "diag", "diagonal", "eliminate_zeros", "max", "mean", "min",
-            "segment_max", "segment_min", "sort_indices", "sum_duplicates", "tril", "triu"]
-from jscorch import distributed as distributed  # noqa: E402
-from jscorch import graph as graph  # noqa: E402
-from jscorch.primitives._errors import SparsifyError as SparsifyError  # noqa: E402
-from jscorch.sparsify import sparsify as sparsify  # noqa: E402
-
-__all__ += ["SparsifyError", "distributed", "graph", "sparsify"]
-from jscorch.ops.dropout import dropout as dropout  # noqa: E402
-
-__all__ += ["dropout"]
-from jscorch.ops.layout import todense as todense  # noqa: E402
-from jscorch.ops.layout import update_layout as update_layout  # noqa: E402
-
-__all__ += ["todense", "update_layout"]
 
 
 def __getattr__(name: str):
   """``js.nn`` (the Flax NNX layers) imports on first use, so ``import jscorch`` stays light."""
   if name == "nn":
-    import importlib   # noqa: PLC0415
+    import importlib  # noqa: PLC0415
     return importlib.import_module("jscorch.nn")
   raise AttributeError(f"module 'jscorch' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
   return sorted(set(globals()) | {"nn"})
-
-
-__all__ += ["nn"]

@@ -16,12 +16,11 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
 import math
 import operator
 import sys
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +30,6 @@ from jscorch.primitives import checks, convert
 from jscorch.primitives._errors import SparseEfficiencyWarning, SparseFormatError
 from jscorch.primitives.formats import Format, FormatLike, resolve_format
 from jscorch.primitives.layout import Layout
-
 
 # Compiled once per layout: eager calls would otherwise dispatch (and compile) op by op.
 _todense = jax.jit(convert.todense, static_argnums=0)
@@ -232,87 +230,13 @@ class SparseArray:
     """
     return _todense(self.layout, self.data, self.indices)
 
-  def asformat(self, format: FormatLike, *, nse: int | None = None) -> SparseArray:
-    """The same tensor stored in another format (see :func:`jscorch.ops.layout.asformat`).
-
-    Args:
-      format: the target format or its name; dense levels below its last sparse
-        level store rows of dense vectors (``nse`` then counts rows).
-      nse: the target capacity (static); default: this array's ``nse`` when the
-        batch / sparse / block split is unchanged.
-
-    Example:
-      >>> import jax.numpy as jnp, jscorch as js
-      >>> js.from_dense(jnp.eye(3), format="csr").asformat("csc").format
-      Format(dense, compressed, mode_ordering=(1, 0))
-    """
-    from jscorch.ops import layout as ops_layout   # noqa: PLC0415 (ops_layout imports this module)
-    return ops_layout.asformat(self, format, nse=nse)
-
-  def update_layout(self, n_batch: int | None = None, n_dense: int | None = None, *,
-                    format: FormatLike | None = None, nse: int | None = None,
-                    on_inefficient: str | None = "warn") -> SparseArray:
-    """The same tensor with other batch / block dim counts (see :func:`jscorch.update_layout`).
-
-    Example:
-      >>> import jax.numpy as jnp, jscorch as js
-      >>> js.from_dense(jnp.eye(2), format="coo").update_layout(n_batch=1).format
-      Format(compressed, n_batch=1)
-    """
-    from jscorch.ops import layout as ops_layout   # noqa: PLC0415
-    return ops_layout.update_layout(self, n_batch, n_dense, format=format, nse=nse,
-                                    on_inefficient=on_inefficient)
-
   def astype(self, dtype) -> SparseArray:
     """The same pattern with values cast to ``dtype``."""
     return self.with_data(self.data.astype(dtype))
 
-  def to_scipy(self):
-    """A ``scipy.sparse`` array (csr/csc/coo by format; others as coo). 2-D, unbatched."""
-    from jscorch import interop
-    return interop.to_scipy(self)
-
-  def to_bcoo(self):
-    """A ``jax.experimental.sparse.BCOO`` with the same batch/block dims and padding."""
-    from jscorch import interop
-    return interop.to_bcoo(self)
-
-  def transpose(self, axes: Sequence[int] | None = None) -> SparseArray:
-    """Permutes dimensions; free (a mode-ordering change) within each dimension group.
-
-    Args:
-      axes: a permutation of ``range(ndim)`` (default: reversed). Batch dims must
-        stay among batch dims and block dims among block dims.
-
-    Example:
-      >>> import jax.numpy as jnp, jscorch as js
-      >>> A = js.from_dense(jnp.array([[0., 2.], [3., 0.]]), format="csr")
-      >>> A.T.format == js.CSC, bool((A.T.todense() == A.todense().T).all())
-      (True, True)
-    """
-    from jscorch import _transpose
-    return _transpose.transpose(self, axes)
-
   @property
   def T(self) -> SparseArray:
     return self.transpose()
-
-  def reshape(self, *shape, format: FormatLike | None = None) -> SparseArray:
-    """The same entries in another shape, row-major (see :func:`jscorch.reshape`).
-
-    Example:
-      >>> import jax.numpy as jnp, jscorch as js
-      >>> js.from_dense(jnp.eye(2), format="csr").reshape(-1).todense()
-      Array([1., 0., 0., 1.], dtype=float32)
-    """
-    from jscorch.ops import shape as ops_shape   # noqa: PLC0415 (ops_shape imports this module)
-    return ops_shape.reshape(self, shape[0] if len(shape) == 1 else shape, format=format)
-
-  def __getitem__(self, key):
-    """``A[key]``, numpy's rules: ints, slices, ``None``, ``...``, integer arrays and boolean
-    masks; dense when every sparse dim is indexed by points (see :mod:`jscorch.ops.index`)."""
-    from jscorch.ops import index as ops_index   # noqa: PLC0415 (ops_index imports this module)
-    return ops_index.getitem(self, key)
 
   def __len__(self) -> int:
     """The size of the first dimension, as ``len`` of a numpy array (0-d arrays raise)."""
@@ -321,56 +245,9 @@ class SparseArray:
                       "expected at least one dimension.")
     return self.shape[0]
 
-  def expand_dims(self, axis: int | Sequence[int]) -> SparseArray:
-    """Unit dims inserted at ``axis`` (see :func:`jscorch.expand_dims`)."""
-    from jscorch.ops import shape as ops_shape   # noqa: PLC0415
-    return ops_shape.expand_dims(self, axis)
-
-  def squeeze(self, axis: int | Sequence[int] | None = None):
-    """Unit dims ``axis`` removed (see :func:`jscorch.squeeze`)."""
-    from jscorch.ops import shape as ops_shape   # noqa: PLC0415
-    return ops_shape.squeeze(self, axis)
-
   def block_until_ready(self):
     jax.block_until_ready((self.data, self.indices))
     return self
-
-  # -- arithmetic (jscorch.ops; see there for the rules) -----------------------------------
-  def __matmul__(self, other):
-    return _ops("products").matmul(self, other) if _operand(other) else NotImplemented
-
-  def __rmatmul__(self, other):
-    return _ops("products").matmul(other, self) if _operand(other) else NotImplemented
-
-  def __mul__(self, other):
-    return _ops("products").multiply(self, other) if _operand(other) else NotImplemented
-
-  def __rmul__(self, other):
-    return _ops("products").multiply(other, self) if _operand(other) else NotImplemented
-
-  def __truediv__(self, other):
-    return _ops("products").divide(self, other) if _operand(other) else NotImplemented
-
-  def __rtruediv__(self, other):
-    return _ops("products").divide(other, self) if _operand(other) else NotImplemented
-
-  def __add__(self, other):
-    return _ops("elementwise").add(self, other) if _operand(other) else NotImplemented
-
-  def __radd__(self, other):
-    return _ops("elementwise").add(other, self) if _operand(other) else NotImplemented
-
-  def __sub__(self, other):
-    return _ops("elementwise").subtract(self, other) if _operand(other) else NotImplemented
-
-  def __rsub__(self, other):
-    return _ops("elementwise").subtract(other, self) if _operand(other) else NotImplemented
-
-  def __pow__(self, other):
-    return _ops("elementwise").power(self, other) if _operand(other) else NotImplemented
-
-  def __rpow__(self, other):
-    return _ops("elementwise").power(other, self) if _operand(other) else NotImplemented
 
   def __neg__(self) -> SparseArray:
     return self.with_data(-self.data)
@@ -378,9 +255,46 @@ class SparseArray:
   def __pos__(self) -> SparseArray:
     return self
 
-  def __abs__(self) -> SparseArray:
-    from jscorch.ops import unary   # noqa: PLC0415 (duplicates summed first: abs is not linear)
-    return unary.abs(self)
+  # -- operators, reductions, shape, format and coalescing methods --------------------------
+  # The ops layer imports this module, so jscorch._methods sets these on the class when
+  # jscorch is imported (as JAX attaches jax.Array's); declared here for type checkers.
+  if TYPE_CHECKING:
+    def __matmul__(self, other) -> Any: ...
+    def __rmatmul__(self, other) -> Any: ...
+    def __mul__(self, other) -> Any: ...
+    def __rmul__(self, other) -> Any: ...
+    def __truediv__(self, other) -> Any: ...
+    def __rtruediv__(self, other) -> Any: ...
+    def __add__(self, other) -> Any: ...
+    def __radd__(self, other) -> Any: ...
+    def __sub__(self, other) -> Any: ...
+    def __rsub__(self, other) -> Any: ...
+    def __pow__(self, other) -> Any: ...
+    def __rpow__(self, other) -> Any: ...
+    def __abs__(self) -> SparseArray: ...
+    def __getitem__(self, key) -> Any: ...
+    def sum(self, axis: int | Sequence[int] | None = None, dtype=None,
+            keepdims: bool = False) -> jax.Array: ...
+    def max(self, axis: int | Sequence[int] | None = None,
+            keepdims: bool = False) -> jax.Array: ...
+    def min(self, axis: int | Sequence[int] | None = None,
+            keepdims: bool = False) -> jax.Array: ...
+    def mean(self, axis: int | Sequence[int] | None = None, dtype=None,
+             keepdims: bool = False) -> jax.Array: ...
+    def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> jax.Array: ...
+    def sum_duplicates(self, nse: int | None = None) -> SparseArray: ...
+    def sort_indices(self) -> SparseArray: ...
+    def eliminate_zeros(self, nse: int | None = None) -> SparseArray: ...
+    def asformat(self, format: FormatLike, *, nse: int | None = None) -> SparseArray: ...
+    def update_layout(self, n_batch: int | None = None, n_dense: int | None = None, *,
+                      format: FormatLike | None = None, nse: int | None = None,
+                      on_inefficient: str | None = "warn") -> SparseArray: ...
+    def to_scipy(self) -> Any: ...
+    def to_bcoo(self) -> Any: ...
+    def transpose(self, axes: Sequence[int] | None = None) -> SparseArray: ...
+    def reshape(self, *shape, format: FormatLike | None = None) -> SparseArray: ...
+    def expand_dims(self, axis: int | Sequence[int]) -> SparseArray: ...
+    def squeeze(self, axis: int | Sequence[int] | None = None) -> SparseArray: ...
 
   # -- array conventions: comparisons, truth value, numpy and JAX conversion ----------------
   __hash__ = None   # as jax.Array and np.ndarray: an array is not a dict key or set member
@@ -422,8 +336,8 @@ class SparseArray:
     """
     if copy is False:
       raise ValueError(
-          f"SparseArray.__array__: a SparseArray has no dense buffer to share; got "
-          f"copy=False, expected copy=None or True. Use np.asarray(A) (a dense copy).")
+          "SparseArray.__array__: a SparseArray has no dense buffer to share; got "
+          "copy=False, expected copy=None or True. Use np.asarray(A) (a dense copy).")
     if self.size > DENSE_WARN_SIZE:
       warnings.warn(
           f"np.asarray: densifying {self!r} into {self.size} elements "
@@ -458,53 +372,6 @@ class SparseArray:
         "js.sparsify(f)(A) (e.g. js.sparsify(jax.nn.relu)(A), or a Flax module). To "
         "densify on purpose, call A.todense().")
 
-  def sum(self, axis: int | Sequence[int] | None = None, dtype=None,
-          keepdims: bool = False) -> jax.Array:
-    """Sum over ``axis`` (all by default): a dense array (see :func:`jscorch.sum`).
-
-    Example:
-      >>> import jax.numpy as jnp, jscorch as js
-      >>> js.from_dense(jnp.array([[1., 0.], [3., 2.]])).sum(axis=1)
-      Array([1., 5.], dtype=float32)
-    """
-    return _ops("reduce").sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
-
-  def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> jax.Array:
-    """Maximum over ``axis`` counting implicit zeros: a dense array (see :func:`jscorch.max`)."""
-    from jscorch.ops import reduce as ops_reduce   # noqa: PLC0415 (ops_reduce imports this module)
-    return ops_reduce.max(self, axis=axis, keepdims=keepdims)
-
-  def min(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> jax.Array:
-    """Minimum over ``axis`` counting implicit zeros: a dense array (see :func:`jscorch.min`)."""
-    from jscorch.ops import reduce as ops_reduce   # noqa: PLC0415
-    return ops_reduce.min(self, axis=axis, keepdims=keepdims)
-
-  def mean(self, axis: int | Sequence[int] | None = None, dtype=None,
-           keepdims: bool = False) -> jax.Array:
-    """Mean over ``axis`` (implicit zeros included): a dense array (see :func:`jscorch.mean`)."""
-    from jscorch.ops import reduce as ops_reduce   # noqa: PLC0415
-    return ops_reduce.mean(self, axis=axis, dtype=dtype, keepdims=keepdims)
-
-  def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> jax.Array:
-    """The diagonal as a dense array, as ``numpy.diagonal`` (see :func:`jscorch.diagonal`)."""
-    from jscorch.ops import triangular as ops_triangular   # noqa: PLC0415
-    return ops_triangular.diagonal(self, offset=offset, axis1=axis1, axis2=axis2)
-
-  def sum_duplicates(self, nse: int | None = None) -> SparseArray:
-    """Every coordinate stored once, sorted (see :func:`jscorch.sum_duplicates`)."""
-    from jscorch.ops import coalesce as ops_coalesce   # noqa: PLC0415
-    return ops_coalesce.sum_duplicates(self, nse=nse)
-
-  def sort_indices(self) -> SparseArray:
-    """Entries in lexicographic storage order, duplicates kept (see :func:`jscorch.sort_indices`)."""
-    from jscorch.ops import coalesce as ops_coalesce   # noqa: PLC0415
-    return ops_coalesce.sort_indices(self)
-
-  def eliminate_zeros(self, nse: int | None = None) -> SparseArray:
-    """Explicitly stored zeros become padding (see :func:`jscorch.eliminate_zeros`)."""
-    from jscorch.ops import coalesce as ops_coalesce   # noqa: PLC0415
-    return ops_coalesce.eliminate_zeros(self, nse=nse)
-
   def conj(self) -> SparseArray:
     """The complex conjugate of the stored values (same pattern)."""
     return self.with_data(jnp.conj(self.data))
@@ -522,23 +389,26 @@ class SparseArray:
     return self.with_data(jnp.imag(self.data))
 
 
-def _ops(name: str):
-  """The module ``jscorch.ops.<name>`` (imported lazily: the ops modules import this one)."""
-  return importlib.import_module(f"jscorch.ops.{name}")
+def is_sparse(x) -> bool:
+  """True for a :class:`SparseArray`."""
+  return isinstance(x, SparseArray)
 
 
-def _operand(x) -> bool:
-  """True for what the operators accept; another library's sparse matrix raises."""
+def is_operand(x) -> bool:
+  """True for what the operators accept: SparseArrays, arrays and Python scalars."""
+  return is_sparse(x) or isinstance(
+      x, (jax.Array, np.ndarray, np.generic, int, float, complex, bool)) or hasattr(
+          x, "__jax_array__")
+
+
+def operand_or_raise(x) -> bool:
+  """:func:`is_operand` for the other operand of an operator; another library's sparse
+  matrix raises (described, never printed) with its conversion."""
   hint = checks.conversion_hint(x)
   if hint:
     raise TypeError(f"SparseArray: the other operand of an arithmetic operator is not a "
                     f"jscorch array; got {checks.describe(x)}.{hint}")
-  return _ops("_operands").is_operand(x)
-
-
-def is_sparse(x) -> bool:
-  """True for a :class:`SparseArray`."""
-  return isinstance(x, SparseArray)
+  return is_operand(x)
 
 
 # -- array conventions (SparseArray dunders) ----------------------------------------------
@@ -572,7 +442,7 @@ def _compare(A: SparseArray, other, symbol: str):
   if hint:
     raise TypeError(f"SparseArray {symbol}: the other operand is not a jscorch array; got "
                     f"{checks.describe(other)}.{hint}")
-  if not _ops("_operands").is_operand(other):
+  if not is_operand(other):
     return NotImplemented
   if jnp.ndim(other) > 0:
     return op(A.todense(), jnp.asarray(other))

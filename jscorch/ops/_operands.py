@@ -10,17 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch.array import SparseArray, is_sparse
+from jscorch.array import SparseArray, is_operand
 from jscorch.primitives import checks
 
 _LETTERS = string.ascii_letters
-
-
-def is_operand(x) -> bool:
-  """True for what the operators accept: SparseArrays, arrays and Python scalars."""
-  return is_sparse(x) or isinstance(
-      x, (jax.Array, np.ndarray, np.generic, int, float, complex, bool)) or hasattr(
-          x, "__jax_array__")
 
 
 def as_dense(x, func: str, name: str) -> jax.Array:
