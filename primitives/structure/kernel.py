@@ -13,8 +13,9 @@ capacities baked in as constants. Per batch element it
 3. walks the sorted entries once, appending to each level (``pos`` counts, ``crd``)
    and merging equal coordinates where the destination is unique.
 
-It computes integer structure only: ``dest[i]``, the output slot of entry ``i``
-(``nse`` for padding or overflow), lets XLA move the values. Batch elements run in
+It computes integer structure only -- with duplicates summed, ``dest[i]``, the output
+slot of entry ``i`` (``nse`` for padding or overflow); otherwise ``source[s]``, the
+entry of slot ``s`` (``n`` for none) -- and XLA moves the values. Batch elements run in
 parallel on XLA's thread pool.
 """
 from __future__ import annotations
@@ -93,7 +94,7 @@ def _constants(plan: StructurePlan) -> str:
 _BODY = r"""
 typedef struct {
   const void* in[2 * L + 1];      /* coordinates, or the source buffers in leaf order */
-  void* out[2 * L + 2];           /* destination buffers, dest, count */
+  void* out[2 * L + 2];           /* destination buffers, map, count */
 } structure_args;
 
 /* Scratch memory reused across calls (per thread, grow-only): large temporaries would
@@ -143,105 +144,11 @@ static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : v > hi ? hi : v;
 }
 
-#if FROM_LEVELS
-/* The positions of source level j under parent position p: [*lo, *hi), within capacity. */
-static inline void src_range(const sidx_t* const* pos, int j, int64_t p, int64_t* lo,
-                             int64_t* hi) {
-  if (SRC_KIND[j] == 0) {
-    *lo = p * SRC_SIZE[j];
-    *hi = *lo + SRC_SIZE[j];
-  } else if (SRC_KIND[j] == 1) {
-    *lo = clamp64((int64_t)pos[j][p], 0, SRC_CAP[j]);
-    *hi = clamp64((int64_t)pos[j][p + 1], *lo, SRC_CAP[j]);
-  } else {
-    *lo = p;
-    *hi = p + 1;
-  }
-  if (*hi > SRC_CAP[j]) *hi = SRC_CAP[j];
-  if (*lo > *hi) *lo = *hi;
-}
-#endif
-
-/* The entries of one batch element, in the source's storage order: every leaf position
-   a parent reaches (levels) or every coordinate row, with its coordinates in destination
-   level order and whether all are in range. Leaves no parent reaches are never yielded. */
-typedef struct {
-  int64_t b, i, j;
-#if FROM_LEVELS
-  const sidx_t* pos[L];
-  const sidx_t* crd[L];
-  int64_t lo[L], hi[L], q[L], c[L];
-  int inside[L + 1];
-#else
-  const didx_t* coords;
-#endif
-} entry_iter;
-
-static void iter_init(entry_iter* it, const structure_args* a, int64_t b) {
-  it->b = b;
-  it->i = 0;
-#if FROM_LEVELS
-  int in_buf = 0;
-  for (int j = 0; j < L; ++j) {
-    it->pos[j] = NULL; it->crd[j] = NULL;
-    if (SRC_KIND[j] == 1) it->pos[j] = (const sidx_t*)a->in[in_buf++] + b * (SRC_PCAP[j] + 1);
-    if (SRC_KIND[j] != 0) it->crd[j] = (const sidx_t*)a->in[in_buf++] + b * SRC_CAP[j];
-  }
-  it->inside[0] = 1;
-  it->j = 0;
-  src_range(it->pos, 0, 0, &it->lo[0], &it->hi[0]);
-  it->q[0] = it->lo[0];
-#else
-  it->coords = (const didx_t*)a->in[0] + b * N_IN * L;
-#endif
-}
-
-/* The next entry: its index *e, coordinates row[] (destination order), in range *ok. */
-static inline int iter_next(entry_iter* it, int64_t* e, int64_t* row, int* ok) {
-#if FROM_LEVELS
-  int64_t j = it->j;
-  while (j >= 0) {
-    if (it->q[j] >= it->hi[j]) {
-      if (--j >= 0) ++it->q[j];
-      continue;
-    }
-    int64_t parent = j ? it->q[j - 1] : 0;
-    int64_t c = SRC_KIND[j] == 0 ? it->q[j] - parent * SRC_SIZE[j] : (int64_t)it->crd[j][it->q[j]];
-    it->c[j] = c;
-    it->inside[j + 1] = it->inside[j] && c >= 0 && c < SRC_SIZE[j];
-    if (j == L - 1) {
-      *e = it->q[j]++;
-      *ok = it->inside[L];
-      for (int k = 0; k < L; ++k) row[SRC_TO_DST[k]] = it->c[k];
-      it->j = j;
-      return 1;
-    }
-    src_range(it->pos, (int)j + 1, it->q[j], &it->lo[j + 1], &it->hi[j + 1]);
-    it->q[j + 1] = it->lo[j + 1];
-    ++j;
-  }
-  it->j = -1;
-  return 0;
-#else
-  if (it->i >= N_IN) return 0;
-  int64_t i = it->i++;
-  int good = 1;
-  for (int k = 0; k < L; ++k) {
-    int64_t c = (int64_t)it->coords[i * L + k];
-    good &= c >= 0 && c < DST_SIZE[k];
-    row[k] = c;
-  }
-  *e = i;
-  *ok = good;
-  return 1;
-#endif
-}
-
 /* The destination buffers of batch element b, with pos zeroed and crd set to padding. */
 typedef struct {
   didx_t* pos[L];
   didx_t* crd[L];
-  didx_t* dest;
+  didx_t* map;           /* SUMS: the slot of each entry (dest); else the entry of each slot */
   didx_t* count;
   int64_t cnt[L], last_c[L], last_parent[L], last_child[L];
   int64_t rows, prev_slot, filled;
@@ -264,21 +171,28 @@ static void builder_init(builder* o, const structure_args* a, int64_t b) {
     }
     o->cnt[k] = 0; o->last_c[k] = -1; o->last_parent[k] = -1; o->last_child[k] = -1;
   }
-  o->dest = (didx_t*)a->out[ob] + b * N_IN;
+  o->map = (didx_t*)a->out[ob] + b * (SUMS ? N_IN : NSE);
   o->count = (didx_t*)a->out[ob + 1] + b;
+  if (!SUMS)
+    for (int64_t q = 0; q < NSE; ++q) o->map[q] = (didx_t)N_IN;
   o->rows = 0;
   o->prev_slot = NSE;
   o->filled = 0;
   o->has_prev = 0;
 }
 
-/* dest[e] = slot, with every entry skipped before e (padding) marked NSE. */
+/* Records that entry e goes to slot (NSE: nowhere). SUMS: dest[e] = slot, with every entry
+   skipped before e (padding) marked NSE; else source[slot] = e. */
 static inline void set_dest(builder* o, int64_t e, int64_t slot) {
+#if SUMS
   if (e >= o->filled) {
-    for (int64_t i = o->filled; i < e; ++i) o->dest[i] = (didx_t)NSE;
+    for (int64_t i = o->filled; i < e; ++i) o->map[i] = (didx_t)NSE;
     o->filled = e + 1;
   }
-  o->dest[e] = (didx_t)slot;
+  o->map[e] = (didx_t)slot;
+#else
+  if (slot < NSE) o->map[slot] = (didx_t)e;
+#endif
 }
 
 /* Appends entry e with coordinates row[] (entries arrive in destination order). */
@@ -327,7 +241,8 @@ static void builder_finish(builder* o) {
     for (int64_t q = o->cnt[k]; q < DST_CAP[k]; ++q) o->crd[k][q] = (didx_t)DST_SIZE[k];
     count = o->cnt[k];
   }
-  for (int64_t i = o->filled; i < N_IN; ++i) o->dest[i] = (didx_t)NSE;
+  if (SUMS)
+    for (int64_t i = o->filled; i < N_IN; ++i) o->map[i] = (didx_t)NSE;
   *o->count = (didx_t)(count < 0 ? o->rows : count);
 }
 
@@ -338,15 +253,11 @@ static void builder_finish(builder* o) {
 static int structure_one(const structure_args* a, int64_t b) {
   const int64_t n = N_IN;
   builder o;
-  entry_iter it;
-  int64_t e, row[L];
-  int ok;
   builder_init(&o, a, b);
+  DECLARE_SOURCE(a, b)
   if (N_SORT == 0) {
     /* already in destination order: one streaming pass */
-    iter_init(&it, a, b);
-    while (iter_next(&it, &e, row, &ok))
-      if (ok) append(&o, e, row);
+    FOR_EACH_ENTRY(if (ok) append(&o, e, row);)
     builder_finish(&o);
     return 0;
   }
@@ -355,26 +266,24 @@ static int structure_one(const structure_args* a, int64_t b) {
        histogram, prefix sum (= pos), scatter (slot = running offset of its row) */
     didx_t* pos = o.pos[1];
     didx_t* crd = o.crd[1];
-    iter_init(&it, a, b);
-    while (iter_next(&it, &e, row, &ok))
-      if (ok) pos[row[0] + 1]++;
     int64_t* next = (int64_t*)scratch(3, sizeof(int64_t) * (DST_SIZE[0] + 1));
     if (!next) return -1;
+    FOR_EACH_ENTRY(if (ok) pos[row[0] + 1]++;)
     int64_t run = 0;
     for (int64_t p = 0; p < DST_SIZE[0]; ++p) {
       next[p] = run;
       run += pos[p + 1];
       pos[p + 1] = (didx_t)(run < DST_CAP[1] ? run : DST_CAP[1]);
     }
-    iter_init(&it, a, b);
-    while (iter_next(&it, &e, row, &ok)) {
-      if (!ok) continue;
-      int64_t slot = next[row[0]]++;
-      if (slot < DST_CAP[1]) crd[slot] = (didx_t)row[1];
-      set_dest(&o, e, slot < NSE ? slot : NSE);
-    }
+    FOR_EACH_ENTRY(
+      if (ok) {
+        int64_t slot = next[row[0]]++;
+        if (slot < DST_CAP[1]) crd[slot] = (didx_t)row[1];
+        set_dest(&o, e, slot < NSE ? slot : NSE);
+      })
     for (int64_t q = run; q < DST_CAP[1]; ++q) crd[q] = (didx_t)DST_SIZE[1];
-    for (int64_t i = o.filled; i < n; ++i) o.dest[i] = (didx_t)NSE;
+    if (SUMS)
+      for (int64_t i = o.filled; i < n; ++i) o.map[i] = (didx_t)NSE;
     *o.count = (didx_t)run;
     return 0;
   }
@@ -392,16 +301,14 @@ static int structure_one(const structure_args* a, int64_t b) {
   int64_t* hist = (int64_t*)scratch(3, sizeof(int64_t) * (hist_len + 1));
   if (!co || !ord || !hist) return -1;
   int64_t m = 0;
-  iter_init(&it, a, b);
-  while (iter_next(&it, &e, row, &ok)) {
-    if (!ok || m >= n) continue;        /* (m < n unless pos is not monotone) */
-    for (int k = 0; k < L; ++k) co[e * L + k] = (didx_t)row[k];
-    ord[m++] = (ord_t)e;
-  }
+  FOR_EACH_ENTRY(
+    if (ok && m < n) {                 /* (m < n unless pos is not monotone) */
+      for (int k = 0; k < L; ++k) co[e * L + k] = (didx_t)row[k];
+      ord[m++] = (ord_t)e;
+    })
   for (int s = 0; s < N_SORT; ++s)
     sort_by(co, SORT_LEVEL[s], DST_SIZE[SORT_LEVEL[s]], m, &ord, &tmp, hist, hist_cap);
-  for (int64_t i = 0; i < n; ++i) o.dest[i] = (didx_t)NSE;
-  o.filled = n;
+  int64_t row[L];
   for (int64_t i = 0; i < m; ++i) {
     int64_t x = (int64_t)ord[i];
     for (int k = 0; k < L; ++k) row[k] = (int64_t)co[x * L + k];
@@ -448,8 +355,66 @@ def kernel_name(plan: StructurePlan) -> str:
   return "jscorch_structure_" + hashlib.sha256(_body_source(plan).encode()).hexdigest()[:16]
 
 
+def _walk(plan: StructurePlan) -> str:
+  """``DECLARE_SOURCE(a, b)`` and ``FOR_EACH_ENTRY(body)``: the loop nest over one batch
+  element's entries in the source's storage order. ``body`` sees ``e`` (the entry),
+  ``row`` (its coordinates in destination level order) and ``ok`` (all in range).
+  A leaf no parent position reaches is never visited (it is padding)."""
+  if plan.src is None:
+    return ("#define DECLARE_SOURCE(a, b) "
+            "const didx_t* coords = (const didx_t*)(a)->in[0] + (b) * N_IN * L;\n"
+            "#define FOR_EACH_ENTRY(...) \\\n"
+            "  for (int64_t e = 0; e < N_IN; ++e) { \\\n"
+            "    int64_t row[L]; int ok = 1; \\\n"
+            "    for (int k = 0; k < L; ++k) { \\\n"
+            "      row[k] = (int64_t)coords[e * L + k]; \\\n"
+            "      ok &= row[k] >= 0 && row[k] < DST_SIZE[k]; } \\\n"
+            "    __VA_ARGS__ }\n")
+  src = plan.src
+  codes = level_codes(src)
+  decl, buf = [], 0
+  for j, code in enumerate(codes):
+    if code == COMPRESSED_CODE:
+      decl.append(f"const sidx_t* spos{j} = (const sidx_t*)(a)->in[{buf}] + (b) * "
+                  f"(SRC_PCAP[{j}] + 1);")
+      buf += 1
+    if code != DENSE_CODE:
+      decl.append(f"const sidx_t* scrd{j} = (const sidx_t*)(a)->in[{buf}] + (b) * SRC_CAP[{j}];")
+      buf += 1
+  lines = []
+  for j, code in enumerate(codes):
+    p = f"q{j - 1}" if j else "0"
+    ok = f"ok{j - 1} && " if j else ""
+    ind = "  " * (j + 1)
+    if code == DENSE_CODE:
+      lines.append(f"{ind}for (int64_t q{j} = {p} * SRC_SIZE[{j}]; "
+                   f"q{j} < ({p} + 1) * SRC_SIZE[{j}]; ++q{j}) {{")
+      lines.append(f"{ind}  int64_t c{j} = q{j} - {p} * SRC_SIZE[{j}];")
+    else:
+      if code == COMPRESSED_CODE:
+        lo = f"clamp64((int64_t)spos{j}[{p}], 0, SRC_CAP[{j}])"
+        lines.append(f"{ind}int64_t lo{j} = {lo};")
+        lines.append(f"{ind}int64_t hi{j} = clamp64((int64_t)spos{j}[{p} + 1], lo{j}, "
+                     f"SRC_CAP[{j}]);")
+      else:
+        lines.append(f"{ind}int64_t lo{j} = {p} < SRC_CAP[{j}] ? {p} : SRC_CAP[{j}];")
+        lines.append(f"{ind}int64_t hi{j} = {p} < SRC_CAP[{j}] ? {p} + 1 : SRC_CAP[{j}];")
+      lines.append(f"{ind}for (int64_t q{j} = lo{j}; q{j} < hi{j}; ++q{j}) {{")
+      lines.append(f"{ind}  int64_t c{j} = (int64_t)scrd{j}[q{j}];")
+    lines.append(f"{ind}  int ok{j} = {ok}c{j} >= 0 && c{j} < SRC_SIZE[{j}];")
+  last = len(codes) - 1
+  ind = "  " * (last + 2)
+  row = ", ".join(f"c{plan.dst_to_src[k]}" for k in range(plan.n_levels))
+  lines.append(f"{ind}{{ int64_t e = q{last}; int ok = ok{last}; int64_t row[L] = {{{row}}}; "
+               "__VA_ARGS__ }")
+  lines += ["  " * (j + 1) + "}" for j in range(last, -1, -1)]
+  return ("#define DECLARE_SOURCE(a, b) " + " ".join(decl) + "\n"
+          "#define FOR_EACH_ENTRY(...) { \\\n" +
+          " \\\n".join(lines) + " }\n")
+
+
 def _body_source(plan: StructurePlan) -> str:
-  return _header(plan) + RUNTIME + _constants(plan) + _BODY
+  return _header(plan) + RUNTIME + _constants(plan) + _walk(plan) + _BODY
 
 
 def generate(plan: StructurePlan) -> str:

@@ -59,7 +59,9 @@ def _levels(plan: StructurePlan, coords, valid):
 
 
 def structure_one(plan: StructurePlan, *inputs):
-  """One batch element: ``(*dst index buffers, dest [n], count [])``."""
+  """One batch element: ``(*dst index buffers, map, count [])``; the map is ``dest [n]``
+  (each entry's slot, ``nse`` for none) when duplicates are summed, else ``source [nse]``
+  (each slot's entry, ``n`` for none)."""
   lay = plan.dst
   idt = lay.index_dtype
   n, n_levels = plan.n, plan.n_levels
@@ -86,7 +88,10 @@ def structure_one(plan: StructurePlan, *inputs):
   indices, slot, count = _levels(plan, coords, valid)
   slot_sorted = slot.at[row].get(mode="fill", fill_value=lay.nse)
   dest = jnp.full(n, lay.nse, idt).at[order].set(slot_sorted)
-  return (*indices, dest, count)
+  if plan.sums:
+    return (*indices, dest, count)
+  source = jnp.full(lay.nse, n, idt).at[dest].set(jnp.arange(n, dtype=idt), mode="drop")
+  return (*indices, source, count)
 
 
 def structure_portable(plan: StructurePlan, *inputs):

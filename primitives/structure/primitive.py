@@ -29,7 +29,9 @@ from .portable import structure_portable
 # -- jscorch_structure: level buffers (or coordinates) -> level buffers + slots ------------
 # Inputs, each with one leading batch axis `[B, ...]`: the coordinate list `[B, n, L]` in the
 # destination's storage order (plan.src is None), or the source's index buffers in leaf
-# order. Outputs: the destination's index buffers, dest `[B, n]`, count `[B]`.
+# order. Outputs: the destination's index buffers, the map (with duplicates summed, dest
+# `[B, n]`: each entry's slot or nse; else source `[B, nse]`: each slot's entry or n) and
+# count `[B]`, the entries the destination needs.
 structure_p = Primitive("jscorch_structure")
 structure_p.multiple_results = True
 
@@ -57,7 +59,7 @@ def _structure_abstract_eval(*avals, plan: StructurePlan):
   dst = plan.dst
   idt = dst.index_dtype
   outs = [jax.core.ShapedArray((batch,) + shape, idt) for _, _, shape in dst.index_shapes]
-  outs.append(jax.core.ShapedArray((batch, plan.n), idt))
+  outs.append(jax.core.ShapedArray((batch, plan.n if plan.sums else dst.nse), idt))
   outs.append(jax.core.ShapedArray((batch,), idt))
   return outs
 
@@ -86,20 +88,27 @@ def _flat_batch(x, n_batch):
   return x.reshape((math.prod(x.shape[:n_batch]),) + x.shape[n_batch:])
 
 
-def _finish(lay: Layout, outs, data, func, check):
+def _finish(lay: Layout, plan: StructurePlan, outs, data, func, check):
   """Index buffers with their batch shape, values moved to their slots, capacity enforced."""
   nb, batch = lay.n_batch, lay.batch_shape
   *indices, dest, count = outs
   indices = tuple(i.reshape(batch + i.shape[1:]) for i in indices)
   flat = _flat_batch(data, nb)
-  if flat.dtype == jnp.bool_:
+  if not plan.sums:                 # one entry per slot: a gather
+    zero = False if flat.dtype == jnp.bool_ else 0
+    move = lambda d, s: d.at[s].get(mode="fill", fill_value=zero)  # noqa: E731
+  elif flat.dtype == jnp.bool_:
     move = lambda d, s: jnp.zeros((lay.nse,) + d.shape[1:], d.dtype).at[s].max(  # noqa: E731
         d, mode="drop")
   else:
     move = lambda d, s: jnp.zeros((lay.nse,) + d.shape[1:], d.dtype).at[s].add(  # noqa: E731
         d, mode="drop")
-  values = jax.vmap(move)(flat, dest) if flat.shape[0] else \
-      jnp.zeros((0, lay.nse) + flat.shape[2:], flat.dtype)
+  if nb == 0:                       # (a batched gather or scatter is slower in XLA)
+    values = move(data, dest[0])[None]
+  elif flat.shape[0]:
+    values = jax.vmap(move)(flat, dest)
+  else:
+    values = jnp.zeros((0, lay.nse) + flat.shape[2:], flat.dtype)
   values = values.reshape(batch + values.shape[1:])
   needed = count if count.size else jnp.zeros((), count.dtype)
   return enforce_capacity(needed, lay.nse, values, func, check=check), indices
@@ -118,7 +127,7 @@ def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: s
     bad = jnp.any((coords < 0) | (coords >= sizes), axis=-1, keepdims=True)
     coords = jnp.where(bad, sizes, coords).astype(idt)
   outs = structure(plan, _flat_batch(coords, nb))
-  return _finish(lay, outs, data, func, check)
+  return _finish(lay, plan, outs, data, func, check)
 
 
 def convert(src: Layout, dst: Layout, data: jax.Array, indices, *, func: str = "asformat",
@@ -126,7 +135,7 @@ def convert(src: Layout, dst: Layout, data: jax.Array, indices, *, func: str = "
   """:func:`jscorch.primitives.convert.convert` through ``jscorch_structure``."""
   plan = make_plan(dst, src)
   outs = structure(plan, *[_flat_batch(i, src.n_batch) for i in indices])
-  return _finish(dst, outs, data, func, check)
+  return _finish(dst, plan, outs, data, func, check)
 
 
 structure_p.def_impl(_structure_impl)
