@@ -3,10 +3,11 @@
 The adjacency is sharded by rows over a mesh axis (balanced by nonzeros), node
 features / labels / masks live in the matching *node layout*, and the model is the
 plain two-layer ``jscorch.nn.GCNConv`` model, unchanged: given a sharded adjacency
-each layer runs :func:`jscorch.distributed.apply` — row-local dense work on every
-device plus one sharded SpMM whose neighbour rows travel by halo exchange
-(``ppermute``; 2-D meshes all-gather along mesh columns). The whole training step
-(forward, ``nnx.value_and_grad``, Adam update) is one ``nnx.jit``.
+each layer's one forward runs over the sharded aggregation
+(:mod:`jscorch.nn.aggregation`) — row-local dense work on every device plus one
+sharded SpMM whose neighbour rows travel by halo exchange (``ppermute``; 2-D meshes
+all-gather along mesh columns). The whole training step (forward,
+``nnx.value_and_grad``, Adam update) is one ``nnx.jit``.
 
 Run (simulated CPU devices are set up when JAX is not initialised yet)::
 

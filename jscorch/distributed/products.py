@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jscorch._graph_util import inv_sqrt
 from jscorch.array import SparseArray
 from jscorch.distributed import _mesh
 from jscorch.distributed._errors import SparseShardingError
@@ -362,11 +363,6 @@ def missing_self_loops(A: ShardedSparseArray, dtype=None) -> jax.Array:
   return (row_mask(A) & ~A.loops).astype(dtype)
 
 
-def _inv_sqrt(d):
-  ok = d > 0
-  return jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, d, 1)), 0)
-
-
 def gcn_aggregate(A: ShardedSparseArray, h, *, exchange: str | None = None,
                   add_self_loops: bool = True, normalize: bool = True) -> jax.Array:
   """GCN propagation ``D^-1/2 (A + I) D^-1/2 h`` with a sharded square adjacency.
@@ -414,7 +410,7 @@ def gcn_aggregate(A: ShardedSparseArray, h, *, exchange: str | None = None,
     exchange_x = lambda y: y
   if not normalize:
     return spmm(A, exchange_x(h), exchange=exchange) + loops * h
-  dinv = _inv_sqrt(row_sum(A).astype(h.dtype)[:, None] + loops)
+  dinv = inv_sqrt(row_sum(A).astype(h.dtype)[:, None] + loops)
   return dinv * spmm(A, exchange_x(dinv * h), exchange=exchange) + (loops * dinv * dinv) * h
 
 

@@ -26,10 +26,10 @@ from flax import nnx
 import jscorch as js
 from jscorch import graph
 from jscorch.array import SparseArray, is_sparse
-from jscorch.distributed import SparseShardingError, is_sharded
-from jscorch.distributed import layers as sharded_layers
 from jscorch.einsum import einsum
 from jscorch.nn import _util
+from jscorch.nn.aggregation import aggregation
+from jscorch.nn.aggregation import dropout_values as _dropout
 
 glorot_init = nnx.initializers.glorot_uniform()
 zeros_init = nnx.initializers.zeros_init()
@@ -119,16 +119,20 @@ class GATConv(nnx.Module):
 
   def attention(self, adj, x, *, deterministic: bool | None = None, rngs=None):
     """Returns ``(out, alpha)``: the per-head outputs `[n, heads, out]` and the attention
-    weights, a `[n, n, heads]` SparseArray with the pattern of ``adj`` (plus self loops)."""
-    if is_sharded(adj):
-      raise SparseShardingError(
-          "GATConv.attention: the attention weights of a sharded adjacency are not available; "
-          "got a ShardedSparseArray, expected a SparseArray. Call the layer itself "
-          "(gat(adj, x) runs sharded), or pass adj.unshard() to inspect the weights.")
-    _util.check_graph_inputs(adj, x, self.in_features, "GATConv")
+    weights, a `[n, n, heads]` SparseArray with the pattern of ``adj`` (plus self loops).
+    A sharded ``adj`` has no such array: a SparseShardingError says so."""
+    return self._forward(adj, x, deterministic, rngs, "GATConv.attention", weights=True)
+
+  def _forward(self, adj, x, deterministic, rngs, func, weights=False):
+    agg = aggregation(adj)
+    x = agg.features(x, self.in_features, func)
     key = _dropout_key_if_active(self.dropout, deterministic, rngs)
-    return _gat(adj, x, self.kernel[...], self.att_src[...], self.att_dst[...], key,
-                self.num_heads, self.negative_slope, self.add_self_loops, self.dropout.rate)
+    out = _gat(agg, x, self.kernel[...], self.att_src[...], self.att_dst[...], key,
+               self.num_heads, self.negative_slope, self.add_self_loops, self.dropout.rate,
+               weights, func)
+    if weights:
+      return out
+    return _gat_output(agg, out, self.bias[...] if self.use_bias else None, self.concat)
 
   def __call__(self, adj, x, *, deterministic: bool | None = None, rngs=None) -> jax.Array:
     """``adj`` `[n, n]` SparseArray, ``x`` `[n, in]` → `[n, heads * out]` (or `[n, out]`).
@@ -138,49 +142,32 @@ class GATConv(nnx.Module):
         ``model.train()`` / ``model.eval()``).
       rngs: a key or ``nnx.Rngs`` for the dropout (default: the layer's stream).
 
-    A sharded ``adj`` (:func:`jscorch.distributed.shard`) runs data-parallel over its
-    rows (:func:`jscorch.distributed.apply`; ``x`` and the result in node layout,
-    attention dropout inactive).
+    A sharded ``adj`` (:func:`jscorch.distributed.shard`) runs the same forward
+    data-parallel over its rows (``x`` and the result in node layout, attention
+    dropout inactive).
     """
-    if is_sharded(adj):
-      return sharded_layers.apply(self, adj, x, deterministic=deterministic)
-    out, _ = self.attention(adj, x, deterministic=deterministic, rngs=rngs)
-    return _gat_output(out, self.bias[...] if self.use_bias else None, self.concat)
+    return self._forward(adj, x, deterministic, rngs, "GATConv")
 
 
 # Forwards are jitted functions of arrays and static options (see graph_conv.py).
-@functools.partial(jax.jit, static_argnums=(6, 7, 8, 9))
-def _gat(adj, x, kernel, att_src, att_dst, key, num_heads, negative_slope, add_self_loops,
-         rate):
+@functools.partial(jax.jit, static_argnums=(6, 7, 8, 9, 10, 11))
+def _gat(agg, x, kernel, att_src, att_dst, key, num_heads, negative_slope, add_self_loops,
+         rate, weights, func):
   dtype = _util.compute_dtype(x, kernel)
-  n, h = adj.shape[0], num_heads
+  n, h = x.shape[0], num_heads
   z = _util.matmul(_util.as_dtype(x, dtype), kernel.astype(dtype)).reshape(n, h, -1)
   a_src = jnp.einsum("nhf,hf->nh", z, att_src.astype(dtype))
   a_dst = jnp.einsum("nhf,hf->nh", z, att_dst.astype(dtype))
-  ones = jnp.ones_like(a_src)
-  left = jnp.stack([a_dst, ones], -1)       # [n, h, 2]:  e_ij = left_i . right_j
-  right = jnp.stack([ones, a_src], -1)
-  a = graph._self_loops(adj, 1.0, True, None) if add_self_loops else adj
-  pattern = _pattern(a, h, dtype)
-  scores = einsum("ijh,ihk,jhk->ijh", pattern, left, right)
-  scores = scores.with_data(jax.nn.leaky_relu(scores.data, negative_slope))
-  alpha = _row_softmax(scores)
-  dropped = alpha if key is None else alpha.with_data(_dropout(alpha.data, rate, key))
-  return einsum("ijh,jhf->ihf", dropped, z), alpha
+  return agg.gat_aggregate(z, a_src, a_dst, negative_slope=negative_slope,
+                           add_self_loops=add_self_loops,
+                           dropout=None if key is None else (rate, key), weights=weights,
+                           func=func)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _gat_output(out, bias, concat):
+@functools.partial(jax.jit, static_argnums=(3,))
+def _gat_output(agg, out, bias, concat):
   out = out.reshape(out.shape[0], -1) if concat else out.mean(axis=1)
-  return out if bias is None else out + bias.astype(out.dtype)
-
-
-def _dropout(values, rate, key):
-  """Inverted dropout, as ``nnx.Dropout``: keep with probability ``1 - rate``, scale up."""
-  if rate >= 1.0:
-    return jnp.zeros_like(values)
-  keep = jax.random.bernoulli(key, 1.0 - rate, values.shape)
-  return jnp.where(keep, values / (1.0 - rate), jnp.zeros((), values.dtype))
+  return agg.output(out if bias is None else out + bias.astype(out.dtype))
 
 
 def _dropout_key_if_active(dropout: nnx.Dropout, deterministic, rngs):

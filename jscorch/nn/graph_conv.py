@@ -10,10 +10,12 @@ first (``x @ kernel``, itself a sparse einsum when ``x`` is sparse), so neither
 under ``jit``, ``vmap`` (over ``x``, or over ``adj`` and ``x`` together) and
 ``grad`` (w.r.t. the parameters, ``x`` and the edge weights).
 
-``adj`` may also be a :class:`~jscorch.distributed.ShardedSparseArray`
-(:func:`jscorch.distributed.shard`): the same layer, with the same parameters, then
-runs data-parallel over the graph's rows on the array's mesh, with ``x`` and the
-output in node layout (``adj.shard_rows(x)``; see :func:`jscorch.distributed.apply`).
+Each layer has one forward: dense transforms around calls to
+``aggregation(adj)`` (:mod:`jscorch.nn.aggregation`), its only adjacency-specific
+code. So ``adj`` may also be a :class:`~jscorch.distributed.ShardedSparseArray`
+(:func:`jscorch.distributed.shard`): the same forward, with the same parameters,
+then runs data-parallel over the graph's rows on the array's mesh, with ``x`` and the
+output in node layout (``adj.shard_rows(x)``; padding rows of the output are 0).
 """
 from __future__ import annotations
 
@@ -24,10 +26,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jscorch import graph
-from jscorch.distributed import layers as sharded_layers
-from jscorch.distributed.sharded import is_sharded
-from jscorch.einsum import einsum
 from jscorch.nn import _util
+from jscorch.nn.aggregation import aggregation
 
 glorot_init = nnx.initializers.glorot_uniform()
 lecun_init = nnx.initializers.lecun_normal()
@@ -114,32 +114,23 @@ class GCNConv(nnx.Module):
     """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`.
 
     A sharded ``adj`` (:func:`jscorch.distributed.shard`) runs data-parallel over its
-    rows (:func:`jscorch.distributed.apply`): ``x`` and the result in node layout."""
-    if is_sharded(adj):
-      return sharded_layers.apply(self, adj, x)
-    _util.check_graph_inputs(adj, x, self.in_features, "GCNConv")
+    rows: ``x`` and the result in node layout (``adj.shard_rows(x)``)."""
+    agg = aggregation(adj)
+    x = agg.features(x, self.in_features, "GCNConv")
     bias = self.bias[...] if self.use_bias else None
-    return _gcn(adj, x, self.kernel[...], bias, self.add_self_loops, self.normalize)
+    return _gcn(agg, x, self.kernel[...], bias, self.add_self_loops, self.normalize)
 
 
 # Each forward is one jitted function of arrays and static options: an eager call
 # compiles once per shape (instead of once per operation); under an outer jit, grad
 # or vmap it is inlined like any other function.
 @functools.partial(jax.jit, static_argnums=(4, 5))
-def _gcn(adj, x, kernel, bias, add_self_loops, normalize):
-  dtype = _util.compute_dtype(x, kernel, adj)
-  adj = _util.as_dtype(adj, dtype)
+def _gcn(agg, x, kernel, bias, add_self_loops, normalize):
+  dtype = _util.compute_dtype(x, kernel, agg)
+  agg = agg.astype(dtype)
   h = _util.matmul(_util.as_dtype(x, dtype), kernel.astype(dtype))
-  if add_self_loops:
-    loops = graph._missing_loops(adj, 1.0)
-  else:
-    loops = jnp.zeros(adj.shape[0], dtype)
-  if normalize:
-    dinv = graph._inv_sqrt(einsum("ij->i", adj) + loops)[:, None]
-    out = dinv * einsum("ij,jf->if", adj, dinv * h) + (loops[:, None] * dinv * dinv) * h
-  else:
-    out = einsum("ij,jf->if", adj, h) + loops[:, None] * h
-  return out if bias is None else out + bias.astype(dtype)
+  out = agg.gcn_aggregate(h, add_self_loops=add_self_loops, normalize=normalize)
+  return agg.output(out if bias is None else out + bias.astype(dtype))
 
 
 class SAGEConv(nnx.Module):
@@ -188,30 +179,29 @@ class SAGEConv(nnx.Module):
     """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`.
 
     A sharded ``adj`` (:func:`jscorch.distributed.shard`) runs data-parallel over its
-    rows (:func:`jscorch.distributed.apply`): ``x`` and the result in node layout."""
-    if is_sharded(adj):
-      return sharded_layers.apply(self, adj, x)
-    _util.check_graph_inputs(adj, x, self.in_features, "SAGEConv")
+    rows: ``x`` and the result in node layout (``adj.shard_rows(x)``)."""
+    agg = aggregation(adj)
+    x = agg.features(x, self.in_features, "SAGEConv")
     root = self.root_kernel[...] if self.root_weight else None
     bias = self.bias[...] if self.use_bias else None
-    return _sage(adj, x, self.kernel[...], root, bias, self.normalize)
+    return _sage(agg, x, self.kernel[...], root, bias, self.normalize)
 
 
 @functools.partial(jax.jit, static_argnums=(5,))
-def _sage(adj, x, kernel, root_kernel, bias, normalize):
-  dtype = _util.compute_dtype(x, kernel, adj)
-  adj = _util.as_dtype(adj, dtype)
+def _sage(agg, x, kernel, root_kernel, bias, normalize):
+  dtype = _util.compute_dtype(x, kernel, agg)
+  agg = agg.astype(dtype)
   x = _util.as_dtype(x, dtype)
   h = _util.matmul(x, kernel.astype(dtype))
-  out = _util.safe_divide(einsum("ij,jf->if", adj, h), _util.rows_stored(adj)[:, None])
+  out = _util.safe_divide(agg.spmm(h), agg.degree()[:, None])   # empty neighbourhood: 0
   if root_kernel is not None:
     out = out + _util.matmul(x, root_kernel.astype(dtype))
   if bias is not None:
     out = out + bias.astype(dtype)
-  if normalize:
-    norm = jnp.sqrt(jnp.sum(out * out, axis=-1, keepdims=True))
-    out = _util.safe_divide(out, norm)
-  return out
+  if normalize:                     # a zero row stays 0, with a finite (zero) gradient
+    sq = jnp.sum(out * out, axis=-1, keepdims=True)
+    out = _util.safe_divide(out, jnp.sqrt(jnp.where(sq > 0, sq, 1)) * (sq > 0))
+  return agg.output(out)
 
 
 class GINConv(nnx.Module):
@@ -257,21 +247,20 @@ class GINConv(nnx.Module):
     """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`.
 
     A sharded ``adj`` (:func:`jscorch.distributed.shard`) runs data-parallel over its
-    rows (:func:`jscorch.distributed.apply`): ``x`` and the result in node layout."""
-    if is_sharded(adj):
-      return sharded_layers.apply(self, adj, x)
-    _util.check_graph_inputs(adj, x, self.in_features, "GINConv")
+    rows: ``x`` and the result in node layout (``adj.shard_rows(x)``)."""
+    agg = aggregation(adj)
+    x = agg.features(x, self.in_features, "GINConv")
     eps = self.eps[...] if self.train_eps else jnp.asarray(self.eps)
     l1, l2 = self.linear1, self.linear2
-    return _gin(adj, x, eps, l1.kernel[...], l1.bias[...], l2.kernel[...], l2.bias[...])
+    return _gin(agg, x, eps, l1.kernel[...], l1.bias[...], l2.kernel[...], l2.bias[...])
 
 
 @jax.jit
-def _gin(adj, x, eps, kernel1, bias1, kernel2, bias2):
-  dtype = _util.compute_dtype(x, kernel1, adj)
-  adj = _util.as_dtype(adj, dtype)
+def _gin(agg, x, eps, kernel1, bias1, kernel2, bias2):
+  dtype = _util.compute_dtype(x, kernel1, agg)
+  agg = agg.astype(dtype)
   h = _util.matmul(_util.as_dtype(x, dtype), kernel1.astype(dtype))
-  h = (1 + eps.astype(dtype)) * h + einsum("ij,jf->if", adj, h) + bias1.astype(dtype)
+  h = (1 + eps.astype(dtype)) * h + agg.spmm(h) + bias1.astype(dtype)
   h = jax.nn.relu(h)
-  return jnp.matmul(h, kernel2.astype(dtype),
-                    precision=jax.lax.Precision.HIGHEST) + bias2.astype(dtype)
+  return agg.output(jnp.matmul(h, kernel2.astype(dtype), precision=jax.lax.Precision.HIGHEST)
+                    + bias2.astype(dtype))

@@ -41,7 +41,7 @@ def test_gat_sharded_errors(sharded):
                            r"are not available; got a ShardedSparseArray, expected a "
                            r"SparseArray. Call the layer itself"):
     gat.attention(sharded, x)
-  dropout = (r"apply: GATConv's attention dropout is not supported with a sharded adjacency; "
+  dropout = (r"GATConv: attention dropout is not supported with a sharded adjacency; "
              r"got dropout rate 0.5 in training mode, expected it inactive. Pass "
              r"deterministic=True \(or call model.eval\(\)\)")
   for call in (lambda: gat(sharded, x), lambda: jsd.apply(gat, sharded, x)):
@@ -61,8 +61,8 @@ def test_gat_sharded_errors(sharded):
 @pytest.mark.parametrize("layer", ["GCNConv", "SAGEConv", "GINConv", "GATConv"])
 def test_layer_input_errors_with_a_sharded_adjacency(sharded, layer):
   conv = getattr(nn, layer)(4, 2, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match=r"apply: x must be \[num_nodes, in_features=4\]; got "
-                                       r"x.shape=\(3, 5\)"):
+  with pytest.raises(ValueError, match=rf"{layer}: x must be \[num_nodes, in_features=4\]; "
+                                       r"got x.shape=\(3, 5\)"):
     conv(sharded, jnp.ones((3, 5)))
   with pytest.raises(jsd.SparseShardingError, match=r"x must be a dense array; got "
                                                     r"SparseArray"):

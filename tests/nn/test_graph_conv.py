@@ -1,4 +1,10 @@
-"""Tests of ``GCNConv``, ``SAGEConv`` and ``GINConv`` against dense float64 references."""
+"""Tests of ``GCNConv``, ``SAGEConv`` and ``GINConv`` against dense float64 references.
+
+Also: every graph layer (``GATConv`` included) has one forward over
+``jscorch.nn.aggregation``: a sharded adjacency (a one-device mesh here; 8 devices in
+``tests/distributed/mesh8/check_layers.py``) gives the plain adjacency's values and
+gradients, zero-degree rows and padding included.
+"""
 from __future__ import annotations
 
 import jax
@@ -11,7 +17,9 @@ from flax import nnx
 import jscorch as js
 import layer_util as lu
 import util
+from jscorch import distributed as jsd
 from jscorch import graph, nn
+from jscorch.nn.aggregation import SparseAggregation, aggregation
 
 N, F_IN, F_OUT = 7, 5, 3
 F64 = np.float64
@@ -235,4 +243,89 @@ def test_errors(name, cls):
     layer(rect, x)
   with pytest.raises(TypeError, match=rf"{name}: the adjacency must be a jscorch SparseArray"):
     layer(jnp.eye(N), x)
+
+
+# -- one forward, two adjacencies ------------------------------------------------------------
+ZERO_ROWS = [2, 5]
+
+
+def _graph_with_zero_degree_rows(dtype=np.float32):
+  """A padded CSR adjacency whose rows 2 and 5 are empty (node 5 is isolated)."""
+  a = np.abs(util.random_dense(np.random.default_rng(30), (N, N), density=0.5, dtype=dtype))
+  a[ZERO_ROWS, :] = 0
+  a[:, 5] = 0
+  a[0, 1] = a[1, 0] = np.asarray(0.75, dtype)     # every other row keeps an edge
+  a[3, 4] = a[4, 3] = a[6, 0] = np.asarray(1.5, dtype)
+  return lu.from_dense(a, "csr", nse=util.stored_count(a) + 3), a
+
+
+ONE_FORWARD = {
+    "GCNConv": lambda dt: nn.GCNConv(F_IN, F_OUT, param_dtype=dt, rngs=nnx.Rngs(1)),
+    "SAGEConv": lambda dt: nn.SAGEConv(F_IN, F_OUT, normalize=True, param_dtype=dt,
+                                       rngs=nnx.Rngs(2)),
+    "GINConv": lambda dt: nn.GINConv(F_IN, F_OUT, hidden_features=4, train_eps=True, eps=0.3,
+                                     param_dtype=dt, rngs=nnx.Rngs(3)),
+    "GATConv": lambda dt: nn.GATConv(F_IN, 2, num_heads=2, param_dtype=dt, rngs=nnx.Rngs(4)),
+}
+
+
+@pytest.fixture(scope="module")
+def mesh1():
+  return jax.make_mesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+@pytest.mark.parametrize("name", list(ONE_FORWARD))
+def test_plain_and_sharded_adjacency_share_one_forward(name, mesh1):
+  """Values and gradients (parameters, features, edge weights) under jit are equal."""
+  adj, _ = _graph_with_zero_degree_rows()
+  x, _ = lu.random_features(31, N, F_IN)
+  A = jsd.shard(adj, mesh1, axis="x")
+  assert type(aggregation(adj)) is SparseAggregation
+  assert type(aggregation(A)) is jsd.layers.ShardedAggregation
+  agg = aggregation(A)
+  assert aggregation(agg) is agg                                 # already an aggregation
+  model = ONE_FORWARD[name](jnp.float32)
+  _bias_nonzero(model, np.random.default_rng(32))
+  f, params = lu.pure(model, lambda m, adj, x: m(adj, x))
+  target = jnp.asarray(util.random_values(np.random.default_rng(33), (N, model(adj, x).shape[1]),
+                                          np.float32))
+
+  @jax.jit
+  def run(params, adj, x, w, t):
+    loss = lambda p, x, w: (jnp.sum(f(p, adj.with_data(w), x) * t), f(p, adj.with_data(w), x))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, x, w)
+
+  (v0, out0), (gp0, gx0, gw0) = run(params, adj, x, adj.data, target)
+  (v1, out1), (gp1, gx1, gw1) = run(params, A, A.shard_rows(x), A.data, A.shard_rows(target))
+  util.assert_allclose(A.unshard_rows(out1), out0, err_msg="output")
+  util.assert_allclose(v1, v0, err_msg="loss")
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(gp1), jax.tree.leaves(gp0)):
+    util.assert_allclose(got, want, err_msg=f"grad {jax.tree_util.keystr(path)}")
+  util.assert_allclose(A.unshard_rows(gx1), gx0, err_msg="grad x")
+  util.assert_allclose(A.with_data(gw1).unshard().todense(), adj.with_data(gw0).todense(),
+                       err_msg="grad edge weights")
+  assert np.all(np.asarray(gw0[int(adj.nnz):]) == 0)            # padding: no gradient
+
+
+def test_sage_zero_degree_rows_aggregate_zero_on_both_adjacencies(mesh1):
+  """PyG's mean over an empty neighbourhood is 0: such a node's output is ``x W_root + b``;
+  normalised without root and bias it is a zero row with finite gradients (check_grads to
+  second order through the one forward, plain and sharded)."""
+  with jax.enable_x64(True):
+    adj, a = _graph_with_zero_degree_rows(F64)
+    x, xd = lu.random_features(34, N, F_IN, dtype=F64)
+    A = jsd.shard(adj, mesh1, axis="x")
+    sage = nn.SAGEConv(F_IN, F_OUT, param_dtype=jnp.float64, rngs=nnx.Rngs(5))
+    _bias_nonzero(sage, np.random.default_rng(35))
+    expected = sage_ref(a, xd, lu.params_of(sage))
+    util.assert_allclose(sage(adj, x), expected, dtype=np.float64)
+    util.assert_allclose(A.unshard_rows(sage(A, A.shard_rows(x))), expected, dtype=np.float64)
+    bare = nn.SAGEConv(F_IN, F_OUT, normalize=True, root_weight=False, use_bias=False,
+                       param_dtype=jnp.float64, rngs=nnx.Rngs(6))
+    for adjacency, feats, back in ((adj, x, lambda y: y), (A, A.shard_rows(x), A.unshard_rows)):
+      f = jax.jit(lambda x, w, adjacency=adjacency: bare(adjacency.with_data(w), x))
+      out = np.asarray(back(f(feats, adjacency.data)))
+      np.testing.assert_array_equal(out[ZERO_ROWS], 0)
+      np.testing.assert_allclose(np.linalg.norm(np.delete(out, ZERO_ROWS, 0), axis=1), 1)
+      util.check_grads_both(f, (feats, adjacency.data), atol=1e-5, rtol=1e-5)
 
