@@ -92,6 +92,7 @@ def _finish(lay: Layout, plan: StructurePlan, outs, data, func, check):
   """Index buffers with their batch shape, values moved to their slots, capacity enforced."""
   nb, batch = lay.n_batch, lay.batch_shape
   *indices, dest, count = outs
+  data = jnp.asarray(data)
   indices = tuple(i.reshape(batch + i.shape[1:]) for i in indices)
   flat = _flat_batch(data, nb)
   if not plan.sums:                 # one entry per slot: a gather
