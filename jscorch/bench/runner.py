@@ -7,16 +7,18 @@ import time
 
 import numpy as np
 
-from jscorch.bench import build, data, workloads
+from jscorch.bench import build, data, structure, workloads
 from jscorch.bench.timing import measure
 
 # (scale of the R-MAT / uniform matrices, edges, SpGEMM (scale, edges) of the uniform and the
 # R-MAT matrix, tensor size and nnz). The R-MAT 32k SpGEMM (17M result entries) is in both.
 SIZES = {
     "full": dict(scale=17, edges=2_300_000, width=64, spgemm_uniform=(15, 200_000),
-                 spgemm_rmat=(15, 200_000), tensor=(100_000, 2_000_000), rank=32, repeats=7),
+                 spgemm_rmat=(15, 200_000), tensor=(100_000, 2_000_000), rank=32, repeats=7,
+                 coalesce=1_000_000, graph_edges=2_000_000),
     "quick": dict(scale=14, edges=250_000, width=64, spgemm_uniform=(12, 30_000),
-                  spgemm_rmat=(15, 200_000), tensor=(20_000, 200_000), rank=32, repeats=3),
+                  spgemm_rmat=(15, 200_000), tensor=(20_000, 200_000), rank=32, repeats=3,
+                  coalesce=125_000, graph_edges=250_000),
 }
 
 
@@ -55,7 +57,8 @@ def build_workloads(size: dict, only: set | None):
             ("SpGEMM", lambda: workloads.spgemm(data.rmat(r_scale, r_edges, seed=3)))]
   t_n, t_nnz = size["tensor"]
   specs += [("MTTKRP", lambda: workloads.mttkrp(t_n, *data.tensor3(t_n, t_nnz), size["rank"]))]
-  return [make for key, make in specs if only is None or key in only]
+  return [make for key, make in specs if only is None or key in only] + \
+      structure.build_workloads(size, only)
 
 
 def run(size_name: str, only=None, json_path=None, out=print) -> list[dict]:
@@ -111,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   parser.add_argument("--only", nargs="*", metavar="WORKLOAD",
-                      help="subset of SpMV SpMM SDDMM GCN GCN-A SpGEMM MTTKRP build")
+                      help="subset of SpMV SpMM SDDMM GCN GCN-A SpGEMM MTTKRP build "
+                           "CSR->CSC CSR->COO COO->CSR sum_duplicates from_edge_index")
 
 
 def main(args: argparse.Namespace) -> int:
