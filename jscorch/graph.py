@@ -186,18 +186,37 @@ def from_edge_index(edge_index, num_nodes: int | None = None, edge_weight=None, 
     raise SparseFormatError(f"{func}: edge_weight must have shape [num_edges] = "
                             f"({ei.shape[1]},); got {w.shape}.")
   if concrete and ei.size:
-    host = np.asarray(ei)
-    if host.min() < 0 or host.max() >= n:
+    lo, hi = (int(v) for v in _id_range(ei))
+    if lo < 0 or hi >= n:
       raise SparseFormatError(f"{func}: node ids must be in [0, num_nodes={n}); got ids in "
-                              f"[{host.min()}, {host.max()}]. Pass a larger num_nodes.")
-  if nse is None:
-    if concrete and ei.size:
-      nse = len(np.unique(np.asarray(ei).T, axis=0))
-    else:
-      nse = ei.shape[1]
-  nse = _static.static_int(nse, "nse", func)
+                              f"[{lo}, {hi}]. Pass a larger num_nodes.")
   fmt = resolve_format(format, 2, func=func)
+  if nse is None:
+    # room for every edge; an eager result is then cut to the distinct edges it holds
+    A = _from_edge_index(ei, w, n, fmt, ei.shape[1])
+    return _trimmed(A) if concrete else A
+  nse = _static.static_int(nse, "nse", func)
   return _from_edge_index(ei, w, n, fmt, nse)
+
+
+@jax.jit
+def _id_range(ei):
+  return jnp.min(ei), jnp.max(ei)
+
+
+def _trimmed(A: SparseArray) -> SparseArray:
+  """``A`` (freshly built, unbatched) with its capacity cut to the entries in use.
+
+  A built array holds its used positions first at every level, so each buffer of the
+  smaller layout is a prefix of ``A``'s.
+  """
+  has_pos = [k for k, lvl in enumerate(A.format.levels) if lvl.has_pos]
+  used = int(A.pos(has_pos[-1])[-1]) if has_pos else A.nse
+  if used == A.nse:
+    return A
+  lay = A.layout.replace(nse=used)
+  indices = [buf[:shape[-1]] for buf, (_, _, shape) in zip(A.indices, lay.index_shapes)]
+  return SparseArray._make(A.data[:used], indices, A.format, A.shape)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
