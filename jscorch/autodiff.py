@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import jax
 
-from jscorch.array import SparseArray, is_sparse
+from jscorch.array import is_sparse
 
 
 def _split(tree):

@@ -120,8 +120,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
       description="Train a two-layer GCN (jscorch.nn.GCNConv) on the embedded synthetic graph "
       "(a stochastic block model with sparse class-correlated features) or on a graph .npz "
       "(the schema is in docs/data.md), with a progress bar (plain lines when stderr is not "
-      "a terminal); print the train/validation/test accuracy and the time per epoch, and write a PNG "
-      "plot of the loss and accuracy curves.")
+      "a terminal); print the train/validation/test accuracy and the time per epoch, and write "
+      "a PNG plot of the loss and accuracy curves.")
   p.add_argument("--data", metavar="PATH.npz", default=None,
                  help="graph file in the .npz schema of docs/data.md (default: the embedded "
                  "synthetic graph)")
@@ -158,8 +158,8 @@ class Progress:
     isatty = getattr(self.stream, "isatty", None)
     if callable(isatty) and isatty():
       from rich.console import Console
-      from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
-      from rich.progress import TextColumn, TimeElapsedColumn
+      from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+      from rich.progress import Progress as RichProgress
       self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
                               MofNCompleteColumn(), TimeElapsedColumn(),
                               TextColumn("{task.fields[metrics]}"),

@@ -184,7 +184,7 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
   data, bufs = convert.from_coordinates(lay, storage, values, func=func)
   out = SparseArray._make(data, bufs, fmt, shape)
   if target is not None:
-    from jscorch.ops import layout as ops_layout   # noqa: PLC0415 (imports construct's peers)
+    from jscorch.ops import layout as ops_layout  # noqa: PLC0415 (imports construct's peers)
     out = ops_layout.asformat(out, target, nse=target_nse, func=func)
   return out
 
@@ -284,7 +284,7 @@ def eye(n: int, m: int | None = None, k: int = 0, format: FormatLike | None = No
     >>> E.shape, E.n_batch, E.nse
     ((3, 3), 1, 1)
   """
-  from jscorch.ops import layout as ops_layout   # noqa: PLC0415 (imports the array module)
+  from jscorch.ops import layout as ops_layout  # noqa: PLC0415 (imports the array module)
   func = "eye"
   n = _static.static_int(n, "n", func)
   m = n if m is None else _static.static_int(m, "m", func)

@@ -199,7 +199,7 @@ def _split(model, decay):
   return graphdef, decayed, other, rest
 
 
-# -- results ------------------------------------------------------------------------------------------
+# -- results --------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class History:
   """Per-epoch curves and the summary of a training run (numpy arrays, one entry per epoch).
@@ -239,7 +239,7 @@ def _history(metrics, seconds_per_epoch=float("nan"), compile_seconds=float("nan
   return History(m[:, 0], m[:, 1], m[:, 2], m[:, 3], seconds_per_epoch, compile_seconds)
 
 
-# -- public loops -----------------------------------------------------------------------------------
+# -- public loops ---------------------------------------------------------------------------------
 def fit(model: nnx.Module, g: Graph, *, epochs: int = 200, lr: float = 0.01,
         weight_decay: float = 5e-4, decay=None, normalize_features: bool = True,
         seed: int = 0, callback: Callable[[int, dict], None] | None = None) -> History:

@@ -31,7 +31,6 @@ from jscorch.distributed.sharded import is_sharded as is_sharded
 from jscorch.distributed.sharded import shard as shard
 from jscorch.distributed.sharded import unshard as unshard
 
-
 __all__ = [
     "EXCHANGES", "Partition", "ShardLayout", "ShardedSparseArray", "SparseShardingError",
     "apply", "comm_bytes", "gat_aggregate", "gcn_aggregate", "is_sharded", "row_sum",

@@ -74,7 +74,7 @@ def plan(pos: np.ndarray, crd: np.ndarray, cols: Partition) -> HaloPlan:
   width = at
   send = np.full((n_shards, width - cols.size), cols.size, np.int64)
   for t in range(n_shards):
-    for d, h in shifts:
+    for d, _ in shifts:
       rows = needed.get(((t + d) % n_shards, t), np.zeros(0, np.int64)) - bounds[t]
       start = offset[d] - cols.size
       send[t, start:start + len(rows)] = rows

@@ -37,7 +37,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jscorch.array import SparseArray, is_sparse
-from jscorch.distributed import _mesh, halo as halo_lib
+from jscorch.distributed import _mesh
+from jscorch.distributed import halo as halo_lib
 from jscorch.distributed._errors import SparseShardingError
 from jscorch.distributed.partition import Partition, imbalance
 from jscorch.primitives.layout import index_dtype_for

@@ -1,7 +1,6 @@
 """``SparseLinear``: a linear layer whose weight is stored sparse with a fixed pattern."""
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -75,8 +75,8 @@ class MoE(nnx.Module):
   """
 
   def __init__(self, num_experts: int, in_features: int, out_features: int, *, top_k: int = 2,
-               renormalize: bool | None = None, use_bias: bool = True, kernel_init=lecun_init, bias_init=zeros_init,
-               param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+               renormalize: bool | None = None, use_bias: bool = True, kernel_init=lecun_init,
+               bias_init=zeros_init, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
     name = "MoE"
     rngs = _util.require_rngs(rngs, name)
     self.num_experts = _util.check_positive(num_experts, "num_experts", name)

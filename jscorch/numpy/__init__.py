@@ -32,34 +32,34 @@ Example:
 """
 import jax.numpy as _jax_numpy
 
-from jscorch.ops import unary as _ops_unary
 from jscorch.numpy import _wrap
 from jscorch.numpy._wrap import einsum as einsum
+from jscorch.ops import unary as _ops_unary
 from jscorch.ops.elementwise import add as add
+from jscorch.ops.elementwise import maximum as maximum
+from jscorch.ops.elementwise import minimum as minimum
+from jscorch.ops.elementwise import power as power
+from jscorch.ops.elementwise import subtract as subtract
 from jscorch.ops.products import divide as divide
 from jscorch.ops.products import dot as dot
 from jscorch.ops.products import matmul as matmul
-from jscorch.ops.elementwise import maximum as maximum
-from jscorch.ops.elementwise import minimum as minimum
 from jscorch.ops.products import multiply as multiply
-from jscorch.ops.elementwise import power as power
-from jscorch.ops.elementwise import subtract as subtract
-from jscorch.ops.reduce import sum as sum  # noqa: A004
-from jscorch.ops.shape import transpose as transpose
 from jscorch.ops.reduce import count_nonzero as count_nonzero
 from jscorch.ops.reduce import max as max  # noqa: A004
 from jscorch.ops.reduce import mean as mean
 from jscorch.ops.reduce import min as min  # noqa: A004
-from jscorch.ops.triangular import diag as diag
-from jscorch.ops.triangular import diagonal as diagonal
-from jscorch.ops.triangular import tril as tril
-from jscorch.ops.triangular import triu as triu
+from jscorch.ops.reduce import sum as sum  # noqa: A004
 from jscorch.ops.shape import broadcast_to as broadcast_to
 from jscorch.ops.shape import concatenate as concatenate
 from jscorch.ops.shape import expand_dims as expand_dims
 from jscorch.ops.shape import reshape as reshape
 from jscorch.ops.shape import squeeze as squeeze
 from jscorch.ops.shape import stack as stack
+from jscorch.ops.shape import transpose as transpose
+from jscorch.ops.triangular import diag as diag
+from jscorch.ops.triangular import diagonal as diagonal
+from jscorch.ops.triangular import tril as tril
+from jscorch.ops.triangular import triu as triu
 
 true_divide = divide
 pow = power  # noqa: A001
@@ -75,8 +75,8 @@ del _name
 
 _OWN = ["add", "concatenate", "divide", "dot", "einsum", "matmul", "multiply", "pow", "power",
         "subtract", "sum", "transpose", "true_divide", "count_nonzero", "diag", "diagonal",
-        "max", "maximum", "mean", "min", "minimum", "tril", "triu", "broadcast_to", "expand_dims", "reshape",
-        "squeeze", "stack", *_UNARY]
+        "max", "maximum", "mean", "min", "minimum", "tril", "triu", "broadcast_to", "expand_dims",
+        "reshape", "squeeze", "stack", *_UNARY]
 
 __all__ = sorted(set(_OWN) | set(_wrap.public_names()))
 

@@ -23,6 +23,7 @@ from jscorch.primitives import checks, union
 from jscorch.primitives._errors import SparseCapacityError
 from jscorch.primitives.layout import Layout
 
+
 def _union(a: SparseArray, b: SparseArray, nse, func: str) -> SparseArray:
   if a.shape != b.shape:
     raise ValueError(f"{func}: sparse operands must have the same shape; got "

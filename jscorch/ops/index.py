@@ -65,8 +65,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch.array import SparseArray
-from jscorch.ops.shape import (build, default_format, entries, expand_dims, reshape_as, squeeze,
-                               transform)
+from jscorch.ops.shape import (
+  build,
+  default_format,
+  entries,
+  expand_dims,
+  reshape_as,
+  squeeze,
+  transform,
+)
 from jscorch.primitives import convert
 from jscorch.primitives.layout import index_dtype_for
 
@@ -273,7 +280,7 @@ def _gather_sparse(A: SparseArray, p: int, index, m: int | None, func: str) -> S
 def _lookup(A: SparseArray, index, func: str) -> jax.Array:
   """The dense values `[*batch, P, *block]` of ``A`` at the points ``index`` (one array of
   shape ``[P]`` per sparse dim); duplicates summed, zero where nothing is stored."""
-  from jscorch.ops.coalesce import sum_duplicates   # noqa: PLC0415 (imports ops_shape)
+  from jscorch.ops.coalesce import sum_duplicates  # noqa: PLC0415 (imports ops_shape)
   nb, ns = A.n_batch, A.n_sparse
   sizes = A.shape[nb:nb + ns]
   n_points = int(index[0].shape[0])

@@ -226,7 +226,7 @@ def einsum_rows(subscripts: str, operands, ops, in_ids, out_ids, out_layout: Lay
   Returns:
     The result, or None when the kernels can fill the blocks directly.
   """
-  from jscorch.einsum import einsum   # noqa: PLC0415 (einsum calls this module)
+  from jscorch.einsum import einsum  # noqa: PLC0415 (einsum calls this module)
   fmt = out_layout.format
   bound = {i for x, ids in zip(ops, in_ids) if is_sparse(x)
            for i in tuple(ids)[:x.n_batch + x.n_sparse]}

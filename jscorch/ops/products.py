@@ -23,11 +23,18 @@ import numpy as np
 
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
-from jscorch.ops._operands import (as_dense, broadcast_shapes, broadcast_sparse, densify, letters,
-                                   no_foreign)
+from jscorch.ops._operands import (
+  as_dense,
+  broadcast_shapes,
+  broadcast_sparse,
+  densify,
+  letters,
+  no_foreign,
+)
 from jscorch.ops.coalesce import coalesced
 from jscorch.ops.unary import valid_mask
 from jscorch.primitives._errors import CapacityRequiredError
+
 
 def _product(a, b, a_ids: str, b_ids: str, out_ids: str, nse, work, func: str):
   """``einsum(a_ids,b_ids->out_ids)``; a missing capacity under jit is explained for ``func``."""

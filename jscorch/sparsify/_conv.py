@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch.ops import shape as ops_shape
 from jscorch.array import is_sparse
+from jscorch.ops import shape as ops_shape
 
 from ._fusion import force
-from ._rules import _aval, rule
 from ._interpreter import bind
+from ._rules import _aval, rule
 
 
 def _result_dtype(eqn, lhs, rhs):

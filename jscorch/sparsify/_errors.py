@@ -21,9 +21,9 @@ REMEDY = ("Pass densify=True to js.sparsify to densify it (with a SparseEfficien
 
 def _exclude_own_frames():
   """Frames of this package are not the user's: source lines skip them, as JAX's own."""
-  import os   # noqa: PLC0415
+  import os  # noqa: PLC0415
   try:
-    from jax._src import source_info_util   # noqa: PLC0415 (no public home)
+    from jax._src import source_info_util  # noqa: PLC0415 (no public home)
     source_info_util.register_exclusion(os.path.dirname(os.path.abspath(__file__)) + os.sep)
   except Exception:   # pragma: no cover - private API moved: lines may name our frames
     pass
@@ -37,7 +37,7 @@ def source_line(eqn) -> str:
   if eqn is None:
     return "<unknown>"
   try:
-    from jax._src import source_info_util   # noqa: PLC0415 (no public home)
+    from jax._src import source_info_util  # noqa: PLC0415 (no public home)
     return source_info_util.summarize(eqn.source_info)
   except Exception:   # pragma: no cover - best effort, never hides the real error
     return "<unknown>"
@@ -64,9 +64,9 @@ class Site:
 
 def eqn_context(eqn):
   """The context ``jax.core.eval_jaxpr`` binds an equation in (its source info and flags)."""
-  import contextlib   # noqa: PLC0415
+  import contextlib  # noqa: PLC0415
   try:
-    from jax._src import source_info_util   # noqa: PLC0415 (no public home)
+    from jax._src import source_info_util  # noqa: PLC0415 (no public home)
     stack = contextlib.ExitStack()
     stack.enter_context(source_info_util.user_context(
         eqn.source_info.traceback,

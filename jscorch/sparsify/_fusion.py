@@ -625,7 +625,7 @@ def materialize_product(p: Product):
 
 def _drop_unit_sums(terms, out):
   """Size-1 dims of a sparse term summed away (a squeeze) are dropped from its layout."""
-  from . import _sparse_ops   # noqa: PLC0415 (it imports this module)
+  from . import _sparse_ops  # noqa: PLC0415 (it imports this module)
   count = {}
   for _, ids in terms:
     for i in ids:
@@ -693,7 +693,7 @@ def _anchored(p: Product, terms, out, sparse, anchor):
 
 def _rearrange(p: Product, S: SparseArray, ids, out):
   """``S`` (dims ``ids``) rearranged to ``out``: a permutation plus broadcast or size-1 dims."""
-  from . import _sparse_ops   # noqa: PLC0415 (it imports this module)
+  from . import _sparse_ops  # noqa: PLC0415 (it imports this module)
   extra = [i for i in out if i not in ids]
   kept = [i for i in out if i in ids]
   perm = [list(ids).index(i) for i in kept]

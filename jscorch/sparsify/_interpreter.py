@@ -68,7 +68,7 @@ def bind(eqn, args) -> list:
 
 
 def apply(ctx: Context, eqn, invals) -> list:
-  from ._rules import LAZY_DENSE, RULES   # noqa: PLC0415 (the rules use this module)
+  from ._rules import LAZY_DENSE, RULES  # noqa: PLC0415 (the rules use this module)
   name = eqn.primitive.name
   sparse_in = any(has_sparse(v) for v in invals)
   lazy_in = any(isinstance(v, Lazy) for v in invals)

@@ -13,14 +13,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jscorch.array import is_sparse
 from jscorch.ops import elementwise as ops_elementwise
 from jscorch.ops import shape as ops_shape
-from jscorch.array import is_sparse
 
 from . import _fusion as fu
 from . import _sparse_ops as so
-from ._fusion import Map, Product, force, has_sparse, is_concrete, known_zero, same_pattern, \
-    scalar_source
+from ._fusion import (
+  Map,
+  Product,
+  force,
+  has_sparse,
+  is_concrete,
+  known_zero,
+  same_pattern,
+  scalar_source,
+)
 from ._interpreter import bind
 
 RULES: dict = {}
@@ -77,8 +85,8 @@ def _why_map(eqn, zero_value=None) -> str:
 
 def _map(ctx, eqn, invals, why=None):
   shape, dtype = _aval(eqn)
-  return fu.Map(eqn.primitive, eqn.params, invals, shape, dtype, policy=ctx.policy, eqn=ctx.site(eqn),
-                why=why or _why_map(eqn))
+  return fu.Map(eqn.primitive, eqn.params, invals, shape, dtype, policy=ctx.policy,
+                eqn=ctx.site(eqn), why=why or _why_map(eqn))
 
 
 # -- products: kept lazy, fused into one einsum ------------------------------------------------
@@ -421,7 +429,8 @@ def _reduce_extremum(ctx, eqn, invals):
   if is_sparse(x) and dtype != np.dtype(bool):
     kind = "max" if eqn.primitive.name == "reduce_max" else "min"
     return [so.reduce_extremum(x, eqn.params["axes"], kind)]
-  return bind(eqn, ctx.policy.densify_operands(ctx.site(eqn), [x], "has no sparse rule for bool values"))
+  return bind(eqn, ctx.policy.densify_operands(ctx.site(eqn), [x],
+                                               "has no sparse rule for bool values"))
 
 
 @rule("concatenate")
@@ -561,4 +570,4 @@ LAZY_DENSE = frozenset({"dot_general", "mul", "neg", "transpose", "reduce_sum",
 """Primitives whose rule also runs on dense operands (they build lazy values)."""
 
 
-from . import _control, _conv   # noqa: E402,F401  (they register the loop and conv rules)
+from . import _control, _conv  # noqa: E402,F401  (they register the loop and conv rules)

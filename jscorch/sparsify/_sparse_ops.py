@@ -8,13 +8,12 @@ work on the stored values. Padding stays padding.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
+from jscorch.array import SparseArray
 from jscorch.ops import elementwise as ops_elementwise
 from jscorch.ops import index as ops_index
 from jscorch.ops import reduce as ops_reduce
 from jscorch.ops import shape as ops_shape
-from jscorch.array import SparseArray
 
 
 def reshape(A: SparseArray, new_shape, func: str = "sparsify(reshape)") -> SparseArray:
