@@ -5,6 +5,9 @@ Every layer is an ``nnx.Module`` initialised from ``rngs`` like ``nnx.Linear``
 ``nnx.jit`` / ``jax.jit``, ``jax.vmap`` and ``nnx.grad`` with SparseArray
 arguments, and trains with ``nnx.Optimizer``. The sparse work is done by
 ``js.einsum`` (SpMM, SDDMM, gathers), so sparse inputs are never densified.
+The graph layers (``GCNConv``, ``SAGEConv``, ``GINConv``, ``GATConv``) have one
+forward each over :mod:`jscorch.nn.aggregation`, which a SparseArray and a
+:class:`jscorch.distributed.ShardedSparseArray` adjacency both implement.
 """
 from jscorch.nn.attention import GATConv as GATConv
 from jscorch.nn.attention import SparseAttention as SparseAttention
