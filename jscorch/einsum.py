@@ -387,8 +387,11 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
 
   Both depend on the patterns only: with concrete index buffers (eager calls, and
   jvp/grad of them) the exact sizes are computed — by the generated counting kernel
-  for CSR x CSR, else by the portable join — and a given capacity that is too small
-  raises. Under ``jit`` they must be given (``work`` only when no kernel applies).
+  for CSR x CSR when one exists (a host computation giving the same numbers), else by
+  the portable join — and a given capacity that is too small raises. Under ``jit``
+  they must be given; ``work`` is not needed by a CSR x CSR product
+  (``einsum_portable.is_spgemm``): decided from the spec alone, so the traced program
+  is the same whichever backend lowers it.
   """
   expands = make_plan(spec).expands
   needs_nse = spec.out_kind == SPARSE_OUT
@@ -399,6 +402,7 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
   index_buffers = [b for bufs in sparse_groups for b in bufs[1:]] + list(pattern)
   concrete = not any(isinstance(x, jax.core.Tracer) for x in index_buffers)
   dtype = next(bufs[0].dtype for bufs in groups)
+  no_work = einsum_portable.is_spgemm(spec)
   fast = einsum_kernel.spgemm_plan(spec, dtype) if einsum_kernel.kernels_enabled() else None
   if concrete:
     if fast is not None:
@@ -420,7 +424,7 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
     missing = []
     if needs_nse and nse is None:
       missing.append("nse= (capacity of the sparse result)")
-    if expands and work is None and (fast is None or settings.checkify_capacity):
+    if expands and work is None and (not no_work or settings.checkify_capacity):
       missing.append("work= (capacity of the join of the sparse operands that contract: "
                      "at least the number of matching entry pairs)")
     if missing:

@@ -28,12 +28,14 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import einsum_kernel, einsum_portable
+from . import backends, einsum_kernel, einsum_portable
+from .backends.c import backend as _c_backend  # noqa: F401  (registers the C backend)
 from .einsum_spec import (DENSE_OUT, PATTERN, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand,
                           with_shared_patterns)
 from .layout import Layout
 from .planner import make_plan, pinned
 from .settings import _on_change as settings_on_change
+from .settings import settings
 
 einsum_p = Primitive("jscorch_einsum")
 einsum_p.multiple_results = True
@@ -296,14 +298,39 @@ def _batch_front(x, d, size):
 
 # -- lowering -------------------------------------------------------------------------------
 def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
-  if spec.work == 0 and make_plan(spec).expands and not einsum_portable.is_empty(spec):
+  if spec.work == 0 and make_plan(spec).expands and not einsum_portable.is_empty(spec) and \
+      not einsum_portable.is_spgemm(spec):
     raise ValueError(
         f"jscorch_einsum: the portable lowering of {spec} joins sparse operands that contract "
-        "and needs work= (the number of matching entry pairs); it was omitted because a "
-        "generated kernel applied when the einsum was built. Pass work= to js.einsum, or keep "
-        "jscorch.config.lowering at 'auto'.")
+        "and needs work= (the number of matching entry pairs); got work=0, expected a "
+        "capacity (an einsum sized without it, a CSR x CSR product, whose derivative or "
+        "batched form needs it). Pass work= to js.einsum.")
   fun = lambda *flat: einsum_portable.evaluate(spec, *flat)
   return mlir.lower_fun(fun, multiple_results=True)(ctx, *args)
+
+
+def _einsum_backend_lowering(platform: str):
+  """The lowering rule for ``platform``: the first backend registered for it (of those
+  ``config.lowering`` names) that supports the planned kernel, else the portable rule.
+  The decision is recorded in ``einsum_kernel.last_decisions``."""
+
+  def rule(ctx, *args, spec: EinsumSpec):
+    choice = settings.lowering
+    reason = "portable"
+    dtype = ctx.avals_out[0].dtype
+    for backend in backends.for_platform(platform, choice):
+      reason = backend.available()
+      if reason is None:
+        plan, reason = einsum_kernel.kernel_plan(spec, args, dtype)
+        if plan is not None:
+          reason = backend.supports(plan, dtype) or "kernel"
+      if reason == "kernel":
+        einsum_kernel.last_decisions.append((spec, reason))
+        return backend.lower(ctx, plan, *args)
+    einsum_kernel.last_decisions.append((spec, reason))
+    return _einsum_portable_lowering(ctx, *args, spec=spec)
+
+  return rule
 
 
 einsum_p.def_impl(_einsum_impl)
@@ -312,7 +339,12 @@ ad.primitive_jvps[einsum_p] = _einsum_jvp
 ad.primitive_transposes[einsum_p] = _einsum_transpose
 batching.primitive_batchers[einsum_p] = _einsum_batching_rule
 mlir.register_lowering(einsum_p, _einsum_portable_lowering)
-# Cacheable: which inputs share index buffers is in the spec (same_pattern), not read
-# from the lowering-time values.
-mlir.register_lowering(einsum_p, einsum_kernel.lowering(_einsum_portable_lowering),
-                       platform="cpu")
+# One rule per platform that has backends. Cacheable: which inputs share index buffers
+# is in the spec (same_pattern), not read from the lowering-time values.
+def _register_platforms(platforms):
+  for platform in platforms:
+    mlir.register_lowering(einsum_p, _einsum_backend_lowering(platform), platform=platform)
+
+
+_register_platforms(backends.platforms())
+backends._on_register.append(_register_platforms)

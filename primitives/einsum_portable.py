@@ -29,6 +29,7 @@ import numpy as np
 from . import convert
 from .capacity import enforce_capacity
 from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand
+from .formats import CSR as _CSR
 from .planner import PATTERN, make_plan, source_operand
 
 _ROW = -1        # the row axis id in the final jnp.einsum
@@ -195,6 +196,8 @@ def exact_capacities(spec: EinsumSpec, *flat) -> tuple[int, int]:
 
 def evaluate(spec: EinsumSpec, *flat):
   """Evaluates ``spec`` on flat inputs; returns the list of flat outputs."""
+  if spec.work == 0 and is_spgemm(spec):      # (sized without work: see is_spgemm)
+    return spgemm(spec, *flat)
   groups, pattern = spec.split_inputs(flat)
   if is_empty(spec):
     return _zeros(spec, groups[0][0].dtype)
@@ -404,3 +407,98 @@ def needed_capacities(spec: EinsumSpec, *flat) -> tuple[jax.Array, jax.Array]:
   if spec.out_kind != SPARSE_OUT or not math.prod(spec.out_layout.batch_shape):
     return needed_work, jnp.int32(0)
   return needed_work, _distinct_coordinates(spec, table)[-1].max()
+
+
+# -- CSR x CSR -> CSR without a work capacity -------------------------------------------------
+def is_spgemm(spec: EinsumSpec) -> bool:
+  """Whether ``spec`` is ``ij,jk->ik`` of CSR operands into a new CSR pattern (with the same
+  batch dims throughout): the product :func:`spgemm` evaluates without ``work``.
+
+  Decided from the spec alone, so the capacities a traced einsum needs never depend on
+  which backend lowers it.
+  """
+  if spec.out_kind != SPARSE_OUT or len(spec.operands) != 2:
+    return False
+  a, b = spec.operands
+  out = spec.out_operand
+  if not (a.sparse and b.sparse):
+    return False
+  lays = (a.layout, b.layout, out.layout)
+  n_b = a.layout.n_batch
+  if any(lay.format.replace(n_batch=0) != _CSR or lay.n_batch != n_b for lay in lays) or \
+      any(lay.batch_shape != a.layout.batch_shape for lay in lays):
+    return False
+  batch = a.indices[:n_b]
+  if b.indices[:n_b] != batch or out.indices[:n_b] != batch:
+    return False
+  (i, j), (j2, k), out_ik = a.indices[n_b:], b.indices[n_b:], out.indices[n_b:]
+  return j == j2 and out_ik == (i, k) and len({*batch, i, j, k}) == n_b + 3
+
+
+def spgemm(spec: EinsumSpec, *flat) -> list:
+  """``C = A @ B`` for CSR ``A``, ``B`` into CSR ``C`` of capacity ``spec.out_layout.nse``
+  (:func:`is_spgemm`), by Gustavson's row-wise algorithm; needs no ``work``.
+
+  One loop over A's stored entries (in row order); for each, a loop over the matching
+  row of B. A column-indexed workspace remembers, per output column, the last row that
+  touched it and that entry's slot, so a repeated ``(i, k)`` accumulates in place and a
+  new one is appended: ``nse`` slots, no ``flops``-sized intermediate. Rows come out in
+  order; one sort of the ``nse`` slots orders the columns within rows. Padding
+  coordinates (out of range) are skipped. A result that needs more than ``nse`` entries
+  is poisoned (see :func:`~jscorch.primitives.capacity.enforce_capacity`).
+  """
+  (a_data, a_pos, a_crd, b_data, b_pos, b_crd) = flat
+  lay = spec.out_layout
+  a, b = spec.operands
+  n_b = lay.n_batch
+  m, n, p = (spec.size(x) for x in a.indices[n_b:] + b.indices[n_b + 1:])
+  nse, idt = lay.nse, lay.index_dtype
+  dtype = jnp.result_type(a_data, b_data)
+  if is_empty(spec):
+    return _zeros(spec, dtype)
+
+  def one(a_data, a_pos, a_crd, b_data, b_pos, b_crd):
+    nse_a, nse_b = a_crd.shape[0], b_crd.shape[0]
+    a_end = jnp.minimum(a_pos[m], nse_a)
+    a_row = jnp.searchsorted(a_pos, jnp.arange(nse_a, dtype=a_pos.dtype), side="right") - 1
+
+    def entry(e, carry):
+      def product(state):
+        q, hi, (stamp, slot, rows, cols, vals, count) = state
+        c = b_crd[q]
+        ok = c < p
+        c = jnp.where(ok, c, 0)
+        seen = stamp[c] == a_row[e]
+        at = jnp.where(seen, slot[c], count)
+        at = jnp.where(ok, at, nse)                 # dropped
+        v = (a_data[e] * b_data[q]).astype(dtype)
+        vals = vals.at[at].add(v, mode="drop")
+        new = ok & ~seen
+        rows = rows.at[jnp.where(new, at, nse)].set(a_row[e], mode="drop")
+        cols = cols.at[jnp.where(new, at, nse)].set(c, mode="drop")
+        stamp = stamp.at[c].set(jnp.where(ok, a_row[e], stamp[c]))
+        slot = slot.at[c].set(jnp.where(new, count, slot[c]))
+        return q + 1, hi, (stamp, slot, rows, cols, vals, count + new)
+
+      j = a_crd[e]
+      live = (e < a_end) & (j >= 0) & (j < n)
+      j = jnp.where(live, j, 0)
+      lo = jnp.where(live, b_pos[j], 0)
+      hi = jnp.where(live, jnp.minimum(b_pos[j + 1], nse_b), 0)
+      return jax.lax.while_loop(lambda s: s[0] < s[1], product, (lo, hi, carry))[2]
+
+    init = (jnp.full((p,), -1, a_row.dtype), jnp.zeros((p,), jnp.int32),
+            jnp.full((nse,), m, idt), jnp.full((nse,), p, idt), jnp.zeros((nse,), dtype),
+            jnp.int32(0))
+    _, _, rows, cols, vals, count = jax.lax.fori_loop(0, nse_a, entry, init)
+    rows, cols, vals = jax.lax.sort((rows, cols, vals), num_keys=2)
+    return jnp.stack([rows, cols], -1), vals, count
+
+  fn = one
+  for _ in range(n_b):
+    fn = jax.vmap(fn)
+  coords, vals, counts = fn(a_data, a_pos, a_crd, b_data, b_pos, b_crd)
+  data, indices = convert.from_coordinates(lay, coords, vals, func="einsum", is_sorted=True,
+                                           is_unique=True, check=False)
+  data = enforce_capacity(counts.max() if counts.size else 0, nse, data, "einsum", check=False)
+  return [data, *indices]

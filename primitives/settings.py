@@ -1,16 +1,19 @@
 """Process-wide settings of jscorch (re-exported as ``jscorch.config``).
 
 Attributes:
-  lowering: ``"auto"`` (generated kernel where one applies, else portable),
-    ``"kernel"`` or ``"portable"``. Initialised from ``$JSCORCH_LOWERING``.
+  lowering: ``"auto"`` (the first backend that supports an einsum, else the portable
+    lowering), ``"portable"``, or a backend's name (``"c"``; ``"kernel"`` is an alias
+    of ``"c"``): only that backend, else portable. See
+    :mod:`jscorch.primitives.backends`. Initialised from ``$JSCORCH_LOWERING``.
     Changing it clears JAX's compilation caches, so functions compiled before the
-    change are lowered again with the new choice.
+    change are lowered again with the new choice. The traced program (the jaxpr)
+    never depends on it, only its lowering does.
   checkify_capacity: also emit a ``checkify`` check when a sparse result's
     capacity overflows under ``jit`` (the values are poisoned with NaN either way).
 
 Example:
   >>> import jscorch as js
-  >>> js.config.lowering in ("auto", "kernel", "portable")
+  >>> js.config.lowering in ("auto", "c", "portable")
   True
 """
 from __future__ import annotations
@@ -19,7 +22,14 @@ import os
 
 from ._errors import SparseFormatError
 
-LOWERINGS = ("auto", "kernel", "portable")
+#: Built-in choices; registered backends add their names.
+LOWERINGS = ("auto", "portable", "c", "kernel")
+
+
+def lowerings() -> tuple[str, ...]:
+  """Every accepted value of ``lowering``: the built-in ones and registered backends."""
+  from . import backends       # (a leaf module: nothing of it imports settings)
+  return tuple(dict.fromkeys(LOWERINGS + backends.names()))
 
 
 class Settings:
@@ -36,9 +46,11 @@ class Settings:
 
   @lowering.setter
   def lowering(self, value: str):
-    if value not in LOWERINGS:
+    if value not in lowerings():
       raise SparseFormatError(
-          f"jscorch.config.lowering: got {value!r}, expected one of {LOWERINGS}.")
+          f"jscorch.config.lowering: got {value!r}, expected one of {lowerings()}.")
+    from . import backends
+    value = backends.ALIASES.get(value, value)
     if value != self._lowering:
       import jax
       jax.clear_caches()
