@@ -25,8 +25,6 @@ import argparse
 import importlib.metadata
 import os
 import platform
-import shlex
-import shutil
 import subprocess
 import sys
 from typing import Callable, Sequence
@@ -43,39 +41,12 @@ def _version(dist: str) -> str:
     return "not installed"
 
 
-def find_c_compiler() -> tuple[str, str] | None:
-  """The C compiler generated kernels would be built with.
-
-  Looks at ``$CC`` first (which may carry flags, e.g. ``"gcc -m64"``), then ``cc``,
-  then ``gcc`` on ``PATH``.
-
-  Returns:
-    ``(command, first line of its --version output)``, or None when no compiler
-    is found or it does not answer ``--version``.
-  """
-  candidates = []
-  if os.environ.get("CC", "").strip():
-    candidates.append(shlex.split(os.environ["CC"]))
-  candidates += [["cc"], ["gcc"]]
-  for cmd in candidates:
-    if shutil.which(cmd[0]) is None:
-      continue
-    try:
-      out = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=10,
-                           check=False)
-    except (OSError, subprocess.SubprocessError):
-      continue
-    if out.returncode == 0:
-      lines = (out.stdout or out.stderr).strip().splitlines()
-      return " ".join(cmd), (lines[0] if lines else "unknown version")
-  return None
-
-
 def environment() -> list[tuple[str, str]]:
   """The ``(name, value)`` pairs that ``info`` prints."""
   import jax
 
   import jscorch
+  from jscorch.primitives import kernel_build
 
   rows = [("jscorch", jscorch.__version__)]
   rows += [(dist, _version(dist)) for dist in ("jax", "jaxlib", "numpy", "flax")]
@@ -83,7 +54,7 @@ def environment() -> list[tuple[str, str]]:
   rows.append(("platform", platform.platform()))
   rows.append(("backend", jax.default_backend()))
   rows.append(("devices", ", ".join(f"{d} ({d.device_kind})" for d in jax.devices())))
-  cc = find_c_compiler()
+  cc = kernel_build.compiler()
   rows.append(("C compiler", f"{cc[0]}: {cc[1]}" if cc else "none"))
   rows.append(("config", repr(jscorch.config)))
   return rows

@@ -1,11 +1,12 @@
 """Compiling generated C, caching the binaries on disk, registering them with XLA.
 
-* The compiler is ``$CC``, else ``cc``, else ``gcc``, detected once; without one
+* The compiler is ``$CC`` (split like a shell word list, so it may carry flags:
+  ``CC="gcc -m64"``), else ``cc``, else ``gcc``, detected once; without one
   :func:`compiler` returns None and the einsum falls back to the portable lowering
   with a single :class:`SparseEfficiencyWarning`.
 * Binaries are cached under ``$JSCORCH_CACHE_DIR`` (default
   ``~/.cache/jscorch/kernels``), keyed by sha256 of the source, the flags, the
-  compiler's version, the resolved ``-march=native`` target and the jax version.
+  compiler command and version, the resolved ``-march=native`` target and the jax version.
   A cached file is published with write-to-temp + ``os.replace`` (safe between
   processes) and rebuilt when it cannot be loaded.
 * XLA keeps only function pointers, so every loaded library stays referenced for
@@ -23,6 +24,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -48,20 +50,35 @@ _warned = [False]
 
 @functools.lru_cache(maxsize=None)
 def compiler() -> tuple[str, str] | None:
-  """``(path, version line)`` of the C compiler, or None when there is none."""
-  for name in (os.environ.get("CC"), "cc", "gcc"):
-    if not name:
-      continue
-    path = shutil.which(name)
+  """``(command, version line)`` of the C compiler, or None when there is none.
+
+  ``command`` is the compiler's path followed by the flags ``$CC`` carries (shell-quoted;
+  :func:`compiler_argv` splits it). Detected once per process (``compiler.cache_clear()``
+  after changing ``$CC``); ``python -m jscorch info`` prints it.
+  """
+  cc = os.environ.get("CC", "")
+  try:
+    from_env = [shlex.split(cc)] if cc.strip() else []
+  except ValueError:        # unbalanced quotes: not a command
+    from_env = []
+  for argv in (*from_env, ["cc"], ["gcc"]):
+    path = shutil.which(argv[0])
     if not path:
       continue
+    argv = [path, *argv[1:]]
     try:
-      out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+      out = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
       continue
     if out.returncode == 0:
-      return path, out.stdout.splitlines()[0] if out.stdout else name
+      lines = (out.stdout or out.stderr).strip().splitlines()
+      return shlex.join(argv), lines[0] if lines else argv[0]
   return None
+
+
+def compiler_argv(command: str) -> list[str]:
+  """The argument list of a :func:`compiler` command (path, then ``$CC``'s flags)."""
+  return shlex.split(command)
 
 
 def warn_no_compiler() -> None:
@@ -76,8 +93,8 @@ def warn_no_compiler() -> None:
 @functools.lru_cache(maxsize=None)
 def _native_target(cc: str) -> str:
   try:
-    out = subprocess.run([cc, "-march=native", "-Q", "--help=target"], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run([*compiler_argv(cc), "-march=native", "-Q", "--help=target"],
+                         capture_output=True, text=True, timeout=30)
     return out.stdout
   except (OSError, subprocess.SubprocessError):
     return ""
@@ -106,7 +123,7 @@ def cache_dir() -> Path:
 def source_key(source: str, flags) -> str:
   """The cache key of a kernel: everything that affects the binary."""
   cc = compiler()
-  parts = [source, " ".join(flags), cc[1] if cc else "", _native_target(cc[0]) if cc else "",
+  parts = [source, " ".join(flags), *(cc or ("", "")), _native_target(cc[0]) if cc else "",
            jax.__version__]
   return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
 
@@ -147,7 +164,7 @@ def _compile(cc: str, source: str, flags, target: Path) -> None:
     src = Path(tmp) / "kernel.c"
     src.write_text(source)
     out = Path(tmp) / "kernel.so"
-    cmd = [cc, *flags, f"-I{include}", str(src), "-o", str(out)]
+    cmd = [*compiler_argv(cc), *flags, f"-I{include}", str(src), "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
       raise RuntimeError(f"jscorch: compiling a generated kernel failed:\n{res.stderr[:4000]}")

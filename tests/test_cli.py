@@ -13,6 +13,7 @@ import pytest
 import jscorch
 import jscorch.__main__
 from jscorch import cli
+from jscorch.primitives import kernel_build
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_COMMAND = "pip install -e . && python -m jscorch demo"
@@ -146,10 +147,32 @@ def test_script_entry_point_is_cli_main():
   assert jscorch.__main__.main is cli.main
 
 
-def test_find_c_compiler_respects_cc(monkeypatch):
+@pytest.fixture
+def fresh_compiler():
+  """``kernel_build.compiler`` detected anew in the test and again after it (the cached
+  answer is per process, and the other tests need the real one)."""
+  kernel_build.compiler.cache_clear()
+  yield kernel_build.compiler
+  kernel_build.compiler.cache_clear()
+
+
+def test_compiler_respects_cc(monkeypatch, fresh_compiler):
   monkeypatch.setenv("CC", "definitely-not-a-compiler-xyz")
   monkeypatch.setenv("PATH", "")
-  assert cli.find_c_compiler() is None
+  assert fresh_compiler() is None
+  assert dict(cli.environment())["C compiler"] == "none"
+
+
+def test_compiler_splits_cc_with_flags(monkeypatch, fresh_compiler, tmp_path):
+  """``$CC`` may carry flags (``"gcc -m64"``): the command keeps them, and ``info`` shows it."""
+  fake = tmp_path / "my cc"                # a space in the path: quoted in the command
+  fake.write_text("#!/bin/sh\necho \"fake-cc 1.0 $*\"\n")
+  fake.chmod(0o755)
+  monkeypatch.setenv("CC", f"'{fake}' -m64 -DX=1")
+  command, version = fresh_compiler()
+  assert kernel_build.compiler_argv(command) == [str(fake), "-m64", "-DX=1"]
+  assert version == "fake-cc 1.0 -m64 -DX=1 --version"
+  assert dict(cli.environment())["C compiler"] == f"{command}: {version}"
 
 
 # -- README and CI -------------------------------------------------------------------------
