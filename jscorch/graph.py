@@ -36,6 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch import _static
+from jscorch._graph_util import inv_sqrt as _inv_sqrt
+from jscorch._graph_util import missing_loops as _missing_loops
+from jscorch._graph_util import rows_cols as _rows_cols
 from jscorch.array import SparseArray, is_sparse
 from jscorch.construct import from_coo
 from jscorch.einsum import einsum
@@ -107,11 +110,6 @@ def _edge_index(adj):
   coords = convert.storage_to_logical(adj.layout, convert.leaf_coordinates(adj.layout,
                                                                            adj.indices))
   return jnp.moveaxis(coords, -1, 0)
-
-
-def _rows_cols(adj):
-  ei = edge_index(adj)
-  return ei[0], ei[1]
 
 
 def _host_csr(rows, cols, values, shape, dtype=np.float32) -> SparseArray:
@@ -226,18 +224,6 @@ def _from_edge_index(ei, w, n, fmt, nse):
 
 # The utilities below are compositions of many small operations; each is one jitted
 # function, so an eager call compiles once per shape instead of once per operation.
-def _missing_loops(adj: SparseArray, fill_value) -> jax.Array:
-  """`[n]`: ``fill_value`` for the nodes without a stored self loop, 0 for the others."""
-  n = adj.shape[0]
-  rows, cols = _rows_cols(adj)
-  on_diag = (rows == cols) & (rows < n)
-  has_loop = jnp.zeros(n, bool).at[jnp.where(on_diag, rows, n)].set(True, mode="drop")
-  fill = jnp.broadcast_to(jnp.asarray(fill_value, adj.dtype), (n,))
-  return jnp.where(has_loop, jnp.zeros((), adj.dtype), fill)
-
-
-# The utilities below are compositions of many small operations; each is one jitted
-# function, so an eager call compiles once per shape instead of once per operation.
 @functools.partial(jax.jit, static_argnames=("remaining", "format"))
 def _self_loops(adj: SparseArray, fill_value, remaining: bool, format) -> SparseArray:
   """``adj`` plus ``fill_value`` on the diagonal as stored entries (capacity nse + n)."""
@@ -319,12 +305,6 @@ def degree(adj: SparseArray, *, axis: int = 1, weighted: bool = False) -> jax.Ar
 def _degree(adj, columns, weighted):
   a = adj if weighted else adj.with_data(jnp.ones_like(adj.data))
   return einsum("ij->j" if columns else "ij->i", a)
-
-
-def _inv_sqrt(d):
-  """``d ** -0.5`` with 0 where ``d <= 0`` (and a zero, not NaN, gradient there)."""
-  ok = d > 0
-  return jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, d, 1)), 0)
 
 
 def gcn_norm(adj: SparseArray, *, add_self_loops: bool = True,
