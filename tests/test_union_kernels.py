@@ -30,6 +30,11 @@ pytestmark = pytest.mark.skipif(kernel_build.compiler() is None, reason="no C co
 F32 = np.float32
 
 
+def random_sparse(seed, shape, fmt, **kw):
+  """A random float32 sparse array with padding (compiled from_dense; tests/util.py)."""
+  return util.random_sparse_jit(seed, shape, fmt, dtype=kw.pop("dtype", F32), **kw)
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
   op: str
@@ -69,9 +74,9 @@ def _parts(case: Case):
     shape = list(case.shape)
     if case.op == "concatenate":
       shape[case.axis] += k          # parts of different sizes along the axis
-    A, x = util.random_sparse(100 * len(arrays) + len(case.id), tuple(shape), fmt,
-                              n_batch=case.n_batch, n_dense=case.n_dense,
-                              density=case.density, padding=case.padding + k)
+    A, x = util.random_sparse_jit(100 * len(arrays) + len(case.id), tuple(shape), fmt,
+                                  n_batch=case.n_batch, n_dense=case.n_dense,
+                                  density=case.density, padding=case.padding + k, dtype=F32)
     arrays.append(A)
     dense.append(x.astype(np.float64))
   return arrays, dense
@@ -103,9 +108,10 @@ def _bound(case: Case, arrays):
   return found
 
 
-def _bitwise(plan, flat):
-  """The kernel and the portable rule of ``plan`` (with ``dest``) agree bit for bit."""
-  plan = dataclasses.replace(plan, dest=True)
+def _bitwise(plan, flat, dest=True):
+  """The kernel and the portable rule of ``plan`` agree bit for bit (``dest`` included
+  unless ``dest=False``: the op's own plan, whose kernel is already built)."""
+  plan = dataclasses.replace(plan, dest=dest)
   parts = uk._split(plan, flat)
   uk.last_decisions.clear()
   kernel = jax.jit(lambda p: uk.union_pattern(plan, p))(parts)
@@ -124,12 +130,12 @@ def test_kernel_portable_numpy(case):
   got = jax.jit(_op(case))(*arrays)
   decisions = {d for _, d in uk.last_decisions}
   assert decisions == {case.expected}, decisions
-  util.assert_allclose(got.todense(), _numpy(case, dense), dtype=F32)
+  util.assert_allclose(util.jit_todense(got), _numpy(case, dense), dtype=F32)
   if case.expected != "kernel":
     return
   for eqn, params in _bound(case, arrays)[:1]:
     flat = [b for A in arrays for b in A.indices]
-    _bitwise(params["plan"], flat)
+    _bitwise(params["plan"], flat, dest=False)
 
 
 def test_scipy_reference_large_parallel():
@@ -142,7 +148,7 @@ def test_scipy_reference_large_parallel():
   uk.last_decisions.clear()
   add = jax.jit(lambda a, b: a + b)(a, b)
   assert [d for _, d in uk.last_decisions] == ["kernel"]
-  util.assert_allclose(add.todense(), (A.astype(np.float64) + B).toarray(), dtype=F32)
+  util.assert_allclose(util.jit_todense(add), (A.astype(np.float64) + B).toarray(), dtype=F32)
   assert int(np.asarray(add.indices[0])[-1]) == (A + B).nnz
   plan = uk.UnionPlan(Layout(js.CSR, A.shape, a.nse + b.nse), (a.layout, b.layout),
                       (None, None), "add")
@@ -151,34 +157,33 @@ def test_scipy_reference_large_parallel():
 
 def test_overflow_bitwise_and_poisoned():
   """A capacity below the union size: buffers still equal the portable ones (dest past nse)."""
-  A, _ = util.random_sparse(3, (5, 6), "csr", density=0.5, padding=2)
-  B, _ = util.random_sparse(4, (5, 6), "csr", density=0.5, padding=0)
+  A, _ = random_sparse(3, (5, 6), "csr", density=0.5, padding=2)
+  B, _ = random_sparse(4, (5, 6), "csr", density=0.5, padding=0)
   n = union.union_size([(A.layout, A.indices), (B.layout, B.indices)])
-  for nse in (n - 3, 0):
-    plan = uk.UnionPlan(Layout(js.CSR, (5, 6), nse), (A.layout, B.layout), (None, None), "add")
-    _bitwise(plan, [*A.indices, *B.indices])
+  plan = uk.UnionPlan(Layout(js.CSR, (5, 6), n - 3), (A.layout, B.layout), (None, None), "add")
+  _bitwise(plan, [*A.indices, *B.indices])
   C = jax.jit(lambda a, b: js.add(a, b, nse=n - 3))(A, B)
   assert np.isnan(np.asarray(C.data)).all()
 
 
 def test_empty_and_all_padding_parts():
-  """An operand that stores nothing (every position padding) and a 0-row matrix."""
-  A = js.from_dense(np.zeros((4, 5), F32), nse=3)
-  B, y = util.random_sparse(5, (4, 5), "csr", padding=2)
-  for plan_parts in ((A, B), (B, A), (A, A)):
-    plan = uk.UnionPlan(Layout(js.CSR, (4, 5), 4), tuple(p.layout for p in plan_parts),
-                        (None, None), "add")
-    _bitwise(plan, [b for p in plan_parts for b in p.indices])
-  util.assert_allclose(jax.jit(js.add)(A, B).todense(), y.astype(np.float64), dtype=F32)
-  E = js.from_dense(np.zeros((0, 5), F32), nse=2)
-  plan = uk.UnionPlan(Layout(js.CSR, (0, 5), 2), (E.layout, E.layout), (None, None), "add")
+  """An operand that stores nothing (every position padding), three parts (the general
+  merge), and a 0-row matrix into a capacity of 0."""
+  A = util.jit_from_dense(np.zeros((4, 5), F32), nse=3)
+  B, y = random_sparse(5, (4, 5), "csr", padding=2)
+  plan = uk.UnionPlan(Layout(js.CSR, (4, 5), 4), (A.layout, B.layout, A.layout),
+                      (None, None, None), "add")
+  _bitwise(plan, [*A.indices, *B.indices, *A.indices])
+  util.assert_allclose(util.jit_todense(jax.jit(js.add)(A, B)), y.astype(np.float64), dtype=F32)
+  E = util.jit_from_dense(np.zeros((0, 5), F32), nse=2)
+  plan = uk.UnionPlan(Layout(js.CSR, (0, 5), 0), (E.layout, E.layout), (None, None), "add")
   _bitwise(plan, [*E.indices, *E.indices])
 
 
 def test_int64_indices():
   with util.dtype_context(np.float64):
-    A, x = util.random_sparse(6, (5, 4), "csr", dtype=np.float64)
-    B, y = util.random_sparse(7, (5, 4), "csr", dtype=np.float64)
+    A, x = random_sparse(6, (5, 4), "csr", dtype=np.float64)
+    B, y = random_sparse(7, (5, 4), "csr", dtype=np.float64)
     plan = uk.UnionPlan(Layout(js.CSR, (5, 4), A.nse + B.nse), (A.layout, B.layout),
                         (None, None), "add")
     flat = [b.astype(jnp.int64) for b in (*A.indices, *B.indices)]
@@ -186,12 +191,12 @@ def test_int64_indices():
     jax.jit(lambda *f: uk.union_pattern_p.bind(*f, plan=plan))(*flat)    # bound directly
     assert [d for _, d in uk.last_decisions] == ["index dtype"]
     _bitwise(plan, flat)
-    util.assert_allclose(jax.jit(js.subtract)(A, B).todense(), x - y, dtype=np.float64)
+    util.assert_allclose(util.jit_todense(jax.jit(js.subtract)(A, B)), x - y, dtype=np.float64)
 
 
 def test_grad_vmap_eval_shape():
-  A, x = util.random_sparse(8, (4, 6), "csr", padding=2)
-  B, y = util.random_sparse(9, (4, 6), "csr", padding=1)
+  A, x = random_sparse(8, (4, 6), "csr", padding=2)
+  B, y = random_sparse(9, (4, 6), "csr", padding=1)
 
   def f(da, db):
     return (A.with_data(da) + B.with_data(db)).data
@@ -204,7 +209,7 @@ def test_grad_vmap_eval_shape():
   many = jax.jit(jax.vmap(lambda s: (A + B.with_data(B.data * s)).todense()))(scale)
   for k, s in enumerate(np.asarray(scale)):
     util.assert_allclose(many[k], x.astype(np.float64) + s * y, dtype=F32)
-  C, z = util.random_sparse(10, (3, 4, 6), "csr", n_batch=1, padding=2)
+  C, z = random_sparse(10, (3, 4, 6), "csr", n_batch=1, padding=2)
   uk.last_decisions.clear()
   mapped = jax.jit(jax.vmap(lambda c, b: js.maximum(c, b).todense(), in_axes=(0, None)))(C, B)
   assert "kernel" in {d for _, d in uk.last_decisions}
@@ -215,28 +220,30 @@ def test_grad_vmap_eval_shape():
 
 
 def test_portable_setting_and_missing_compiler(monkeypatch):
-  A, x = util.random_sparse(12, (3, 7), "csr", padding=1)
-  B, y = util.random_sparse(13, (3, 7), "csr", padding=2)
+  A, x = random_sparse(12, (3, 7), "csr", padding=1)
+  B, y = random_sparse(13, (3, 7), "csr", padding=2)
   previous = js.config.lowering
   try:
     js.config.lowering = "portable"
     uk.last_decisions.clear()
-    util.assert_allclose(jax.jit(js.add)(A, B).todense(), x.astype(np.float64) + y, dtype=F32)
+    got = util.jit_todense(jax.jit(js.add)(A, B))
+    util.assert_allclose(got, x.astype(np.float64) + y, dtype=F32)
     assert [d for _, d in uk.last_decisions] == ["portable"]
   finally:
     js.config.lowering = previous
   monkeypatch.setattr(kernel_build, "compiler", lambda: None)
-  jax.clear_caches()
+  A, x = random_sparse(15, (2, 9), "csr", padding=1)     # shapes of this test only: no
+  B, y = random_sparse(16, (2, 9), "csr", padding=2)     # cached lowering of them exists
   uk.last_decisions.clear()
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", js.SparseEfficiencyWarning)
     got = jax.jit(js.subtract)(A, B)
   assert [d for _, d in uk.last_decisions] == ["no compiler"]
-  util.assert_allclose(got.todense(), x.astype(np.float64) - y, dtype=F32)
+  util.assert_allclose(util.jit_todense(got), x.astype(np.float64) - y, dtype=F32)
 
 
 def test_kernel_source_and_fallback_reasons():
-  A, _ = util.random_sparse(14, (3, 4), "csr")
+  A, _ = random_sparse(14, (3, 4), "csr")
   plan = uk.UnionPlan(Layout(js.CSR, (3, 4), 8), (A.layout,) * 3, (None, (0, 0), None), "add")
   name, source = uk.generate(plan, np.int32)
   assert name.startswith("jscorch_union_3_") and f"XLA_FFI_Error* {name}(" in source

@@ -13,7 +13,8 @@ Rows (keys for ``python -m jscorch bench --only``):
     sums them) and ``BCOO.sum_duplicates``;
   * ``from_edge_index``: ``js.graph.from_edge_index`` end to end (eager, from a device
     ``[2, E]`` array) vs scipy ``coo_matrix((w, (r, c))).tocsr()``;
-  * (``A+B``: the union row, added by the union work, goes in :data:`UNION_ROWS`.)
+  * ``A+B`` / ``maximum``: the union of two CSR matrices' patterns vs scipy ``A + B`` /
+    ``A.maximum(B)`` and BCOO ``+`` (which concatenates the entries, no merge).
 """
 from __future__ import annotations
 
@@ -132,8 +133,38 @@ def from_edge_index(n: int, edges: int) -> Workload:
   return Workload("from_edge_index", f"uniform{n} {edges} edges", (want,), contenders)
 
 
-#: The union rows (``A+B``), added by the union work: (key, make(size) -> Workload).
-UNION_ROWS: list = []
+def union(size: dict, op: str) -> Workload:
+  """``A + B`` (op ``"add"``) or ``js.maximum(A, B)`` of two uniform CSR matrices."""
+  from jscorch.bench import data
+  n = 1 << size["scale"]
+  ma, mb = data.uniform(n, size["edges"], seed=1), data.uniform(n, size["edges"], seed=2)
+  sa, sb = ma.scipy(), mb.scipy()
+  A, B = js.from_scipy(sa), js.from_scipy(sb)
+  if op == "add":
+    want = sa.astype(np.float64) + sb
+    ours = jax.jit(lambda A, B: A + B)
+    theirs = lambda: sa + sb
+  else:
+    want = sa.astype(np.float64).maximum(sb)
+    ours = jax.jit(js.maximum)
+    theirs = lambda: sa.maximum(sb)
+  contenders = [Contender("jscorch", lambda: ours(A, B), _to_scipy),
+                Contender("scipy", theirs, _scipy_result)]
+  skipped = {}
+  if op == "add":
+    ba, bb = jsparse.BCOO.from_scipy_sparse(sa), jsparse.BCOO.from_scipy_sparse(sb)
+    badd = jax.jit(lambda x, y: x + y)
+    contenders.append(Contender("BCOO", lambda: badd(ba, bb),
+                                lambda r: (js.from_bcoo(r).to_scipy().tocsr(),)))
+  else:
+    skipped["BCOO"] = "no sparse maximum of two BCOO arrays"
+  return Workload("A+B" if op == "add" else "maximum", f"{ma.name} + {mb.name} nnz={ma.nnz}",
+                  (want.tocsr(),), contenders, skipped)
+
+
+#: The union rows: (key, make(size) -> Workload).
+UNION_ROWS: list = [("A+B", lambda size: union(size, "add")),
+                    ("maximum", lambda size: union(size, "maximum"))]
 
 
 def build_workloads(size: dict, only: set | None) -> list:
