@@ -180,6 +180,35 @@ def _compare_rules(case, inp, out):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"output {k}")
 
 
+@pytest.mark.parametrize("shape,n,fmt", [((3, 500), 300, "csr"), ((1 << 20, 3), 64, "csr"),
+                                         ((1 << 21,), 40, "coo"), ((4, 6, 5), 90, "csf")],
+                         ids=["long-rows", "radix-level", "radix-1d", "csf"])
+def test_sort_paths_match_the_portable_rule(shape, n, fmt):
+  """Buckets long enough for the merge sort, levels large enough for radix passes."""
+  rng = np.random.default_rng(len(shape) * n)
+  idx = rng.integers(-1, max(shape) + 1, (n, len(shape))).astype(np.int32)
+  idx[: n // 4] = idx[n // 4: 2 * (n // 4)]                 # duplicates
+  vals = util.random_values(rng, (n,), np.float32)
+  A = jax.jit(lambda i, v: js.from_coo(i, v, shape, format=fmt, nse=n, check=False))(idx, vals)
+  keep = np.all((idx >= 0) & (idx < np.asarray(shape)), 1)
+  dense = {}
+  for r, v in zip(map(tuple, idx[keep]), util.reference(vals[keep])):
+    dense[r] = dense.get(r, 0.0) + v
+  got = util.stored_coordinates(A)
+  assert [tuple(r) for r in got] == sorted(dense)
+  used = len(dense)
+  util.assert_allclose(np.asarray(A.data)[:used], np.array([dense[k] for k in sorted(dense)]),
+                       np.float32)
+  lay = A.layout
+  storage = np.where(keep[:, None], idx[:, list(lay.format.mode_ordering)],
+                     np.asarray(lay.level_sizes)).astype(np.int32)
+  plan = st.make_plan(lay, n=n)
+  kern = jax.jit(lambda c: st.structure(plan, c))(storage[None])
+  port = jax.jit(lambda c: structure_portable(plan, c))(storage[None])
+  for k, (g, w) in enumerate(zip(kern, port)):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"output {k}")
+
+
 def test_convert_matches_scipy_csr_to_csc():
   sp = pytest.importorskip("scipy.sparse")
   rng = np.random.default_rng(3)

@@ -99,8 +99,8 @@ typedef struct {
 
 /* Scratch memory reused across calls (per thread, grow-only): large temporaries would
    otherwise cost a page fault per 4 KiB on every call. */
-static _Thread_local void* scratch_ptr[4];
-static _Thread_local size_t scratch_len[4];
+static _Thread_local void* scratch_ptr[6];
+static _Thread_local size_t scratch_len[6];
 
 static void* scratch(int slot, size_t bytes) {
   if (bytes == 0) bytes = 1;
@@ -249,6 +249,62 @@ static void builder_finish(builder* o) {
 #define TRANSPOSE (L == 2 && N_SORT == 1 && SORT_LEVEL[0] == 0 && DST_KIND[0] == 0 && \
                    DST_KIND[1] == 1 && !SUMS)
 
+/* Compares two rows by the sort keys after the most significant one. */
+static inline int row_less(const didx_t* x, const didx_t* y) {
+  for (int s = N_SORT - 2; s >= 0; --s) {
+    int k = SORT_LEVEL[s];
+    if (x[k] != y[k]) return x[k] < y[k];
+  }
+  return 0;
+}
+
+/* Stable sort of rows co2[lo..hi) (with their entries ord[lo..hi)) by row_less: insertion
+   sort for short buckets, else a merge sort of local indices and one permutation. */
+static void bucket_sort(didx_t* co2, ord_t* ord, int64_t lo, int64_t hi, ord_t* idx, ord_t* aux,
+                        didx_t* rtmp) {
+  int64_t k = hi - lo;
+  if (k <= 24) {
+    for (int64_t i = lo + 1; i < hi; ++i) {
+      didx_t r[L];
+      for (int c = 0; c < L; ++c) r[c] = co2[i * L + c];
+      ord_t e = ord[i];
+      int64_t j = i;
+      while (j > lo && row_less(r, co2 + (j - 1) * L)) {
+        for (int c = 0; c < L; ++c) co2[j * L + c] = co2[(j - 1) * L + c];
+        ord[j] = ord[j - 1];
+        --j;
+      }
+      for (int c = 0; c < L; ++c) co2[j * L + c] = r[c];
+      ord[j] = e;
+    }
+    return;
+  }
+  ord_t* a = idx + lo;
+  ord_t* t = aux + lo;
+  for (int64_t i = 0; i < k; ++i) a[i] = (ord_t)i;
+  for (int64_t width = 1; width < k; width *= 2) {
+    for (int64_t start = 0; start < k; start += 2 * width) {
+      int64_t mid = start + width < k ? start + width : k;
+      int64_t end = start + 2 * width < k ? start + 2 * width : k;
+      int64_t p = start, q = mid, w = start;
+      while (p < mid && q < end)
+        t[w++] = row_less(co2 + (lo + a[q]) * L, co2 + (lo + a[p]) * L) ? a[q++] : a[p++];
+      while (p < mid) t[w++] = a[p++];
+      while (q < end) t[w++] = a[q++];
+    }
+    ord_t* swap = a; a = t; t = swap;
+  }
+  /* a holds the sorted local order; t is free: permute entries and rows */
+  for (int64_t i = 0; i < k; ++i) {
+    t[i] = ord[lo + a[i]];
+    for (int c = 0; c < L; ++c) rtmp[(lo + i) * L + c] = co2[(lo + a[i]) * L + c];
+  }
+  for (int64_t i = 0; i < k; ++i) {
+    ord[lo + i] = t[i];
+    for (int c = 0; c < L; ++c) co2[(lo + i) * L + c] = rtmp[(lo + i) * L + c];
+  }
+}
+
 /* One batch element. Returns 0, or -1 when out of memory. */
 static int structure_one(const structure_args* a, int64_t b) {
   const int64_t n = N_IN;
@@ -287,7 +343,46 @@ static int structure_one(const structure_args* a, int64_t b) {
     *o.count = (didx_t)run;
     return 0;
   }
-  /* general: gather, stably sort the valid entries, append in order */
+  if (DST_SIZE[SORT_LEVEL[N_SORT - 1]] > 0 && DST_SIZE[SORT_LEVEL[N_SORT - 1]] <= 4 * n + 1024) {
+    /* a counting sort by the most significant key into buckets (rows travel with their
+       entries), then a stable sort of each bucket by the remaining keys */
+    const int msd = SORT_LEVEL[N_SORT - 1];
+    const int64_t buckets = DST_SIZE[msd];
+    didx_t* co2 = (didx_t*)scratch(0, sizeof(didx_t) * n * L);   /* rows in bucket order */
+    didx_t* rtmp = (didx_t*)scratch(1, sizeof(didx_t) * n * L);
+    ord_t* ord = (ord_t*)scratch(2, sizeof(ord_t) * n);
+    int64_t* next = (int64_t*)scratch(3, sizeof(int64_t) * (buckets + 1));
+    ord_t* idx = (ord_t*)scratch(4, sizeof(ord_t) * n);
+    ord_t* aux = (ord_t*)scratch(5, sizeof(ord_t) * n);
+    if (!co2 || !rtmp || !ord || !next || !idx || !aux) return -1;
+    memset(next, 0, sizeof(int64_t) * (buckets + 1));
+    FOR_EACH_ENTRY(if (ok) next[row[msd] + 1]++;)
+    for (int64_t v = 0; v < buckets; ++v) next[v + 1] += next[v];
+    FOR_EACH_ENTRY(
+      if (ok) {
+        int64_t slot = next[row[msd]]++;
+        if (slot < n) {
+          ord[slot] = (ord_t)e;
+          for (int k = 0; k < L; ++k) co2[slot * L + k] = (didx_t)row[k];
+        }
+      })
+    int64_t m = next[buckets - 1] < n ? next[buckets - 1] : n;
+    if (N_SORT > 1) {
+      for (int64_t v = 0; v < buckets; ++v) {
+        int64_t lo = v ? next[v - 1] : 0, hi = next[v];
+        if (hi > m) hi = m;
+        if (hi - lo > 1) bucket_sort(co2, ord, lo, hi, idx, aux, rtmp);
+      }
+    }
+    int64_t row[L];
+    for (int64_t i = 0; i < m; ++i) {
+      for (int k = 0; k < L; ++k) row[k] = (int64_t)co2[i * L + k];
+      append(&o, (int64_t)ord[i], row);
+    }
+    builder_finish(&o);
+    return 0;
+  }
+  /* large levels: gather, least-significant-first counting / radix passes, append */
   didx_t* co = (didx_t*)scratch(0, sizeof(didx_t) * n * L);   /* coordinates, entry-major */
   ord_t* ord = (ord_t*)scratch(2, sizeof(ord_t) * 2 * n);
   ord_t* tmp = ord + n;
