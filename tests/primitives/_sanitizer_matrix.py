@@ -131,47 +131,6 @@ def adversarial():
   np.testing.assert_allclose(paths.decode(out), x.astype(np.float64) @ y, rtol=1e-5, atol=1e-5)
 
 
-def union_matrix():
-  """The union kernel (A + B, maximum, concatenate): CSR/CSC, batch and block dims, padding,
-  empty rows, three parts, an all-padding operand, a 0-row matrix, a capacity too small,
-  unchecked garbage buffers under jit, and rows long enough for the parallel passes."""
-  global kernels
-  from jscorch.primitives.structure import union_kernel
-  union_kernel.last_decisions.clear()
-  rng = np.random.default_rng(9)
-  tol = dict(rtol=1e-5, atol=1e-5)
-  for fmt, shape, nb, nd, pad in [("csr", (7, 9), 0, 0, 2), ("csc", (9, 7), 0, 0, 7),
-                                  ("csr", (3, 5, 6), 1, 0, 4), ("csr", (6, 5, 2), 0, 1, 3)]:
-    A, x = util.random_sparse(rng, shape, fmt, n_batch=nb, n_dense=nd, padding=pad, density=0.3)
-    B, y = util.random_sparse(rng, shape, fmt, n_batch=nb, n_dense=nd, padding=1, density=0.3)
-    for f, ref in [(js.add, np.add), (js.maximum, np.maximum)]:
-      out = jax.block_until_ready(jax.jit(f)(A, B))
-      np.testing.assert_allclose(np.asarray(out.todense()), ref(x, y), err_msg=fmt, **tol)
-  A, x = util.random_sparse(rng, (4, 6), "csr", padding=3)
-  out = jax.jit(lambda a: js.concatenate([a, a, a], axis=0))(A)
-  np.testing.assert_allclose(np.asarray(out.todense()), np.concatenate([x] * 3, 0), **tol)
-  out = jax.jit(lambda a: js.concatenate([a, -a], axis=1))(A)
-  np.testing.assert_allclose(np.asarray(out.todense()), np.concatenate([x, -x], 1), **tol)
-  Z = js.from_dense(np.zeros((4, 6), np.float32), nse=5)           # every position padding
-  np.testing.assert_allclose(np.asarray(jax.jit(js.subtract)(Z, A).todense()), -x, **tol)
-  small = jax.jit(lambda a, z: js.add(a, z, nse=2))(A, A)          # capacity too small
-  assert np.isnan(np.asarray(small.data)).all()
-  E = js.from_dense(np.zeros((0, 6), np.float32), nse=2)
-  assert jax.jit(js.add)(E, E).todense().shape == (0, 6)
-  garbage_pos = jnp.array([0, 7, 2, 9, 1, 100, -5], jnp.int32)          # not monotone
-  garbage_crd = jnp.array([3, -1, 9, 0, 2, 2, 4, 1, 0], jnp.int32)      # out of range
-  G = js.SparseArray.from_buffers(jnp.ones(9), [garbage_pos, garbage_crd], shape=(6, 5),
-                                  format="csr", check=False)
-  jax.block_until_ready(jax.jit(js.add)(G, G).data)
-  P, S = cg.power_law_csr(4, 800, 3000, 20000)
-  Q, T = cg.power_law_csr(6, 800, 3000, 20000)
-  out = jax.jit(js.add)(P, Q)
-  np.testing.assert_allclose(np.asarray(out.todense()), (S + T).toarray(), **tol)
-  decisions = [d for _, d in union_kernel.last_decisions]
-  assert decisions.count("kernel") >= 10 and set(decisions) == {"kernel"}, decisions
-  kernels += decisions.count("kernel")
-
-
 def power_law():
   A, S = cg.power_law_csr(4, 800, 3000, 20000)
   rng = np.random.default_rng(5)
@@ -254,7 +213,6 @@ def main():
   gradient_matrix()
   adversarial()
   power_law()
-  union_matrix()
   print(f"MATRIX OK {kernels}", flush=True)
 
 
