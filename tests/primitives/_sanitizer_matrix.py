@@ -192,9 +192,64 @@ def power_law():
   np.testing.assert_allclose(paths.decode(out), C.toarray(), **tol)
 
 
+def structure_matrix():
+  """The structure kernels (conversions, coalescing): every walk and sort path, batch and
+  block dims, padding, duplicates, all-padding and over-capacity inputs, an unchecked
+  non-monotone pos and garbage coordinates under jit; results against numpy."""
+  global kernels
+  from jscorch.primitives.structure import kernel as structure_kernel
+  structure_kernel.last_decisions.clear()
+  rng = np.random.default_rng(5)
+  unordered = js.Format(js.compressed(ordered=False, unique=False),
+                        js.singleton(ordered=False, unique=False))
+  for src, dst, shape, nb, nd in [("csr", "csc", (40, 30), 0, 0), ("csc", "coo", (30, 40), 0, 0),
+                                  ("coo", "csr", (25, 31), 1, 0), ("dcsr", "dcsr", (20, 50), 0, 1),
+                                  ("csf", "coo", (6, 7, 8), 0, 0), ("csr", "dcsr", (9, 700), 1, 0)]:
+    A, x = util.random_sparse(rng, (2,) * nb + shape + (3,) * nd, src, n_batch=nb, n_dense=nd,
+                              padding=5)
+    out = jax.block_until_ready(jax.jit(lambda A: A.asformat(dst))(A))
+    np.testing.assert_allclose(np.asarray(out.todense()), x, err_msg=f"{src}->{dst}")
+  for shape, n in [((50, 60), 400), ((3, 500), 400), ((1 << 20, 3), 64), ((7,), 30)]:
+    # (long rows: merge-sorted buckets; a level of 2^20: radix passes)
+    idx = rng.integers(-2, max(shape) + 2, (n, len(shape))).astype(np.int32)
+    vals = rng.standard_normal(n).astype(np.float32)
+    keep = np.all((idx >= 0) & (idx < np.asarray(shape)), 1)
+    dense = np.zeros(shape)
+    np.add.at(dense, tuple(idx[keep].T), vals[keep])
+    for fmt in (("csr", unordered) if len(shape) == 2 else ("coo",)):
+      out = jax.jit(lambda i, v: js.from_coo(i, v, shape, format=fmt, nse=n, check=False))(
+          idx, vals)
+      np.testing.assert_allclose(np.asarray(out.todense()), dense, rtol=1e-5, atol=1e-5)
+      if fmt is unordered:
+        s = jax.jit(js.sum_duplicates)(out)
+        np.testing.assert_allclose(np.asarray(s.todense()), dense, rtol=1e-5, atol=1e-5)
+  # adversarial: all padding, a capacity too small, garbage buffers behind check=False
+  A = js.from_coo(np.full((6, 2), 9, np.int32), np.ones(6, np.float32), (4, 5), format="coo",
+                  nse=6, check=False)
+  assert float(jnp.abs(A.asformat("csc").todense()).sum()) == 0
+  small = jax.jit(lambda i: js.from_coo(i, jnp.ones(5), (4, 4), format="csr", nse=2,
+                                        check=False))(
+      np.array([[0, 0], [1, 1], [2, 2], [3, 3], [0, 1]], np.int32))
+  assert np.isnan(np.asarray(small.data)).all()
+  garbage_pos = jnp.array([0, 7, 2, 9, 1, 100, -5], jnp.int32)          # not monotone
+  garbage_crd = jnp.array([3, -1, 9, 0, 2, 2, 4, 1, 0], jnp.int32)
+  B = js.SparseArray.from_buffers(jnp.ones(9), [garbage_pos, garbage_crd], shape=(6, 5),
+                                  format="csr", check=False)
+  for dst in ("csc", "coo", "dcsr"):
+    jax.block_until_ready(jax.jit(lambda B: B.asformat(dst, nse=9))(B).data)
+  decisions = [d for _, d in structure_kernel.last_decisions]
+  assert "kernel" in decisions, decisions
+  kernels += decisions.count("kernel")
+
+
 def main():
   assert kernel_build.active_flags() == kernel_build.SANITIZE_FLAGS, "JSCORCH_SANITIZE unset"
   assert js.config.lowering == "auto"
+  if sys.argv[1:] == ["structure"]:
+    structure_matrix()
+    print(f"MATRIX OK {kernels}", flush=True)
+    return
+  structure_matrix()
   case_matrix()
   gradient_matrix()
   adversarial()

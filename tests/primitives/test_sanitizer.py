@@ -83,6 +83,21 @@ def test_harness_catches_an_overflow(tmp_path):
   assert "jscorch_overflow" in res.stderr
 
 
+def test_structure_kernels_under_address_sanitizer(tmp_path):
+  """The structure kernels alone (conversions, coalescing; a few seconds)."""
+  cache = tmp_path / "cache"
+  res = subprocess.run([sys.executable, str(HERE / "_sanitizer_matrix.py"), "structure"],
+                       env=asan_env(cache), cwd=REPO, capture_output=True, text=True,
+                       timeout=900)
+  report = res.stderr[-6000:]
+  assert "AddressSanitizer" not in res.stderr, report
+  assert res.returncode == 0, res.stdout[-2000:] + report
+  assert "MATRIX OK" in res.stdout
+  assert int(res.stdout.split("MATRIX OK")[1].split()[0]) >= 10
+  libraries = sorted((cache / "kernels").glob("*.so"))
+  assert libraries and all(b"__asan_report" in lib.read_bytes() for lib in libraries)
+
+
 @pytest.mark.slow
 def test_kernel_matrix_under_address_sanitizer(tmp_path):
   cache = tmp_path / "cache"
