@@ -217,6 +217,9 @@ def union_size(parts: Sequence[tuple[Layout, tuple]],
     The largest number of distinct in-range coordinates of any batch element.
   """
   offsets = offsets or [None] * len(parts)
+  counted = _kernel_size(parts, offsets)
+  if counted is not None:
+    return counted
   host = []
   for (lay, idx), off in zip(parts, offsets):
     # Concrete buffers closed over by a jit-traced function still trace unless forced.
@@ -233,3 +236,30 @@ def union_size(parts: Sequence[tuple[Layout, tuple]],
     if len(rows):
       best = max(best, len(np.unique(rows, axis=0)))
   return best
+
+
+def _kernel_size(parts, offsets) -> int | None:
+  """:func:`union_size` from the union kernel's ``count`` (no host sort), or None where no
+  kernel applies (then the host computes it)."""
+  from . import kernel_build
+  from .settings import settings
+  from .structure import union_kernel
+  if len(parts) < 2 or settings.lowering == "portable" or kernel_build.compiler() is None:
+    return None
+  layouts = tuple(lay for lay, _ in parts)
+  offs = tuple(None if o is None else tuple(int(v) for v in o) for o in offsets)
+  first = layouts[0]
+  sparse = list(first.sparse_shape)
+  for lay, off in zip(layouts, offs):
+    for d, size in enumerate(lay.sparse_shape):
+      sparse[d] = max(sparse[d], size + (off[d] if off else 0))
+  out = Layout(canonical_format(first.format),       # (count does not depend on nse)
+               first.batch_shape + tuple(sparse) + first.block_shape, 1)
+  plan = union_kernel.UnionPlan(out, layouts, offs, "union_size", dest=False)
+  if union_kernel.kernel_reason(plan) != "kernel" or any(
+      np.dtype(lay.index_dtype) != np.dtype(out.index_dtype) for lay in layouts):
+    return None
+  with jax.ensure_compile_time_eval():
+    count = np.asarray(_compiled_pattern(out, layouts, "union_size", offs)(
+        tuple(tuple(idx) for _, idx in parts))[1])
+  return int(count.max()) if count.size else 0
