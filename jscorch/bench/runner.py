@@ -115,7 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   parser.add_argument("--only", nargs="*", metavar="WORKLOAD",
                       help="subset of SpMV SpMM SDDMM GCN GCN-A SpGEMM MTTKRP build "
-                           "CSR->CSC CSR->COO COO->CSR sum_duplicates from_edge_index")
+                           "CSR->CSC CSR->COO COO->CSR sum_duplicates from_edge_index A+B "
+                           "maximum")
 
 
 def main(args: argparse.Namespace) -> int:
