@@ -5,10 +5,15 @@ The *pattern* is integer work only: the coordinates of both operands are
 concatenated and sorted, equal neighbours are merged, and
 :func:`convert.from_coordinates` builds the level buffers of the distinct
 coordinates; along the way every input entry learns its destination leaf. The
-*values* are then one scatter-add per operand into those leaves: linear, so JAX
-derives exact (and cheap) jvp, transpose and batching rules, and the gradient of
-each operand's values is a gather of the cotangent. Padding (coordinates out of
-range) stays padding.
+*values* are then one gather per operand from those leaves (by the inverse of the
+destinations): linear, so JAX derives exact (and cheap) jvp, transpose and batching
+rules, and the gradient of each operand's values is a scatter of the cotangent.
+Padding (coordinates out of range) stays padding.
+
+The integer half is one ``jscorch_union_pattern`` primitive
+(:mod:`jscorch.primitives.structure.union_kernel`): on CPU, for CSR / CSC parts in
+the output's storage order, a generated merge kernel; else (COO, DCSR, mixed
+storage orders, unordered or duplicate entries, no compiler) the sort above.
 
 Concatenation along a sparse dimension is the same composition with the second
 operand's coordinates shifted by the first one's size.
