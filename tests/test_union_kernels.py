@@ -133,7 +133,7 @@ def test_kernel_portable_numpy(case):
   util.assert_allclose(util.jit_todense(got), _numpy(case, dense), dtype=F32)
   if case.expected != "kernel":
     return
-  for eqn, params in _bound(case, arrays)[:1]:
+  for _, params in _bound(case, arrays)[:1]:
     flat = [b for A in arrays for b in A.indices]
     _bitwise(params["plan"], flat, dest=False)
 

@@ -133,7 +133,7 @@ def _split(plan: UnionPlan, flat):
 
 @functools.lru_cache(maxsize=256)
 def _portable(plan: UnionPlan):
-  from .. import union       # the portable rule lives with the union composition
+  from .. import union  # the portable rule lives with the union composition
   run = union.portable_pattern(plan.out, plan.parts, plan.func, plan.offsets)
 
   def pattern(*flat):
