@@ -24,15 +24,15 @@ from . import loopnest
 from . import plan as kernel_planner
 from .backends.c import printer
 from .einsum_spec import SAMPLED_OUT, SPARSE_OUT, EinsumSpec
-from .formats import CSR
+from .formats import CSC, CSR
 from .planner import PATTERN, make_plan, source_operand
 from .settings import settings
 
 #: Plans without a generated kernel (they run the portable lowering), by reason.
 FALLBACKS = {
     "dtype": "values other than float32 / float64 (integers, complex, bfloat16)",
-    "sparse output": "a new sparse pattern other than CSR x CSR -> CSR (``ij,jk->ik`` with "
-                     "row-major operands, no batch or block dims)",
+    "sparse output": "a new sparse pattern other than CSR x CSR -> CSR or CSC x CSC -> CSC "
+                     "(``ij,jk->ik``, no batch or block dims, one index dtype)",
     "co-iteration": "sparse sources with different patterns that cannot be merged level by "
                     "level: different formats, mode orderings or shapes, singleton or "
                     "non-unique levels (COO), repeated indices, or sparse x sparse "
@@ -121,13 +121,16 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
 
 
 def spgemm_plan(spec: EinsumSpec, dtype) -> codegen_spgemm.SpgemmPlan | None:
-  """The Gustavson kernel plan when ``spec`` is CSR x CSR -> CSR (``ij,jk->ik``)."""
+  """The Gustavson kernel plan when ``spec`` is CSR x CSR -> CSR (``ij,jk->ik``), or
+  CSC x CSC -> CSC: the CSR product ``C^T = B^T A^T`` of the same buffers in swapped
+  order (``SpgemmPlan.swapped``), no conversion."""
   if spec.out_kind != SPARSE_OUT or len(spec.operands) != 2 or \
       np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
     return None
   a, b = spec.operands
   out = spec.out_layout
-  if not (a.sparse and b.sparse) or any(lay.format != CSR for lay in (a.layout, b.layout, out)):
+  if not (a.sparse and b.sparse) or a.layout.format not in (CSR, CSC) or \
+      any(lay.format != a.layout.format for lay in (b.layout, out)):
     return None
   (i, j), (j2, k) = a.indices, b.indices
   if j != j2 or spec.out != (i, k) or len({i, j, k}) != 3:
@@ -135,6 +138,10 @@ def spgemm_plan(spec: EinsumSpec, dtype) -> codegen_spgemm.SpgemmPlan | None:
   idt = {np.dtype(l.index_dtype) for l in (a.layout, b.layout, out)}
   if len(idt) != 1:
     return None
+  if a.layout.format == CSC:
+    return codegen_spgemm.SpgemmPlan(spec.size(k), spec.size(j), spec.size(i), b.layout.nse,
+                                     a.layout.nse, out.nse, np.dtype(dtype), idt.pop(),
+                                     swapped=True)
   return codegen_spgemm.SpgemmPlan(spec.size(i), spec.size(j), spec.size(k), a.layout.nse,
                                    b.layout.nse, out.nse, np.dtype(dtype), idt.pop())
 
@@ -152,6 +159,8 @@ def spgemm_sizes(plan: codegen_spgemm.SpgemmPlan, a_indices, b_indices) -> tuple
   """
   import ctypes
   import os
+  if plan.swapped:           # CSC x CSC: the CSR product of the transposes, B^T A^T
+    a_indices, b_indices = b_indices, a_indices
   lib = kernel_build.build(codegen_spgemm.generate(plan))
   count = getattr(lib, plan.name + "_count")
   count.restype = ctypes.c_int64
@@ -159,7 +168,8 @@ def spgemm_sizes(plan: codegen_spgemm.SpgemmPlan, a_indices, b_indices) -> tuple
                                        for x in (*a_indices, *b_indices)]
   ptr = [h.ctypes.data_as(ctypes.c_void_p) for h in host]
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  nse = count(ptr[0], ptr[1], ctypes.c_int64(a_crd.shape[0]), ptr[2], ptr[3],
+  sizes = [ctypes.c_int64(s) for s in (plan.m, plan.k, plan.n)]
+  nse = count(*sizes, ptr[0], ptr[1], ctypes.c_int64(a_crd.shape[0]), ptr[2], ptr[3],
               ctypes.c_int64(b_crd.shape[0]), ctypes.c_int64(threads or 1))
   used = a_crd[:a_pos[-1]]
   used = used[used < plan.k]

@@ -29,6 +29,7 @@ import numpy as np
 from . import convert
 from .capacity import enforce_capacity
 from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand
+from .formats import CSC as _CSC
 from .formats import CSR as _CSR
 from .planner import PATTERN, make_plan, source_operand
 
@@ -411,8 +412,9 @@ def needed_capacities(spec: EinsumSpec, *flat) -> tuple[jax.Array, jax.Array]:
 
 # -- CSR x CSR -> CSR without a work capacity -------------------------------------------------
 def is_spgemm(spec: EinsumSpec) -> bool:
-  """Whether ``spec`` is ``ij,jk->ik`` of CSR operands into a new CSR pattern (with the same
-  batch dims throughout): the product :func:`spgemm` evaluates without ``work``.
+  """Whether ``spec`` is ``ij,jk->ik`` of CSR operands into a new CSR pattern, or of CSC
+  into CSC (with the same batch dims throughout): the product :func:`spgemm` evaluates
+  without ``work``.
 
   Decided from the spec alone, so the capacities a traced einsum needs never depend on
   which backend lowers it.
@@ -425,7 +427,8 @@ def is_spgemm(spec: EinsumSpec) -> bool:
     return False
   lays = (a.layout, b.layout, out.layout)
   n_b = a.layout.n_batch
-  if any(lay.format.replace(n_batch=0) != _CSR or lay.n_batch != n_b for lay in lays) or \
+  if a.layout.format.replace(n_batch=0) not in (_CSR, _CSC) or \
+      any(lay.format != a.layout.format for lay in lays) or \
       any(lay.batch_shape != a.layout.batch_shape for lay in lays):
     return False
   batch = a.indices[:n_b]
@@ -437,7 +440,8 @@ def is_spgemm(spec: EinsumSpec) -> bool:
 
 def spgemm(spec: EinsumSpec, *flat) -> list:
   """``C = A @ B`` for CSR ``A``, ``B`` into CSR ``C`` of capacity ``spec.out_layout.nse``
-  (:func:`is_spgemm`), by Gustavson's row-wise algorithm; needs no ``work``.
+  (or CSC throughout, as ``C^T = B^T A^T`` on the same buffers; :func:`is_spgemm`), by
+  Gustavson's row-wise algorithm; needs no ``work``.
 
   One loop over A's stored entries (in row order); for each, a loop over the matching
   row of B. A column-indexed workspace remembers, per output column, the last row that
@@ -452,6 +456,8 @@ def spgemm(spec: EinsumSpec, *flat) -> list:
   a, b = spec.operands
   n_b = lay.n_batch
   m, n, p = (spec.size(x) for x in a.indices[n_b:] + b.indices[n_b + 1:])
+  if lay.format.mode_ordering != (0, 1):     # CSC: the CSR product C^T = B^T A^T
+    (a_data, a_pos, a_crd, b_data, b_pos, b_crd), (m, p) = flat[3:] + flat[:3], (p, m)
   nse, idt = lay.nse, lay.index_dtype
   dtype = jnp.result_type(a_data, b_data)
   if is_empty(spec):

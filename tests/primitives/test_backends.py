@@ -175,3 +175,38 @@ def test_eager_counter_gives_the_portable_counts(csr_pair):
   plan = einsum_kernel.spgemm_plan(spec, F32)
   assert einsum_kernel.spgemm_sizes(plan, A.indices, B.indices) == (nse, work)
   assert nse == needed == spec.out_layout.nse
+
+
+# -- CSC x CSC -> CSC: the CSR kernel on the transposes, swapped --------------------------------
+def _spgemm_plan_of(A, B, nse, out_format):
+  jaxpr = jax.make_jaxpr(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=nse,
+                                                out_format=out_format))(A, B)
+  (eqn,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "jscorch_einsum"]
+  return einsum_kernel.spgemm_plan(eqn.params["spec"], F32)
+
+
+def test_csc_spgemm_is_the_csr_kernel_of_the_transposes(lowering):
+  """No conversion: the same buffers in swapped order (one compiled kernel serves both);
+  eager exact nse from the counter, jit without work, kernel == portable == numpy."""
+  rng = np.random.default_rng(13)
+  A, a = util.random_sparse(rng, (7, 5), "csc", dtype=F32)
+  B, b = util.random_sparse(rng, (5, 9), "csc", dtype=F32)
+  needed = int(((a @ b) != 0).sum())
+  plan = _spgemm_plan_of(A, B, needed, "csc")
+  assert plan.swapped and (plan.m, plan.k, plan.n) == (9, 5, 7)
+  csr = _spgemm_plan_of(js.from_dense(a, "csr"), js.from_dense(b, "csr"), needed, "csr")
+  assert not csr.swapped and csr.name == plan.name         # one kernel for both
+  f = jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=needed + 2, out_format="csc"))
+  got = {}
+  for mode in ("portable", "c"):
+    js.config.lowering = mode
+    eager = js.einsum("ij,jk->ik", A, B, out_format="csc")
+    assert eager.format == js.CSC and eager.nse == needed
+    util.assert_allclose(eager.todense(), a @ b, F32)
+    text, decisions = lower(f, A, B)
+    assert decisions == (["portable"] if mode == "portable" else
+                         ["kernel" if kernel_build.compiler() else "no compiler"])
+    got[mode] = f(A, B)
+    util.assert_allclose(got[mode].todense(), a @ b, F32)
+  for x, y in zip(got["portable"].indices, got["c"].indices):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
