@@ -421,12 +421,56 @@ static inline int64_t merge_row(const union_args* a, int64_t r, int64_t at, int 
 }
 """
 
-_PASSES = r"""
+_COUNT_MERGE = r"""
 static void count_rows(const void* args, int64_t lo, int64_t hi) {
   const union_args* a = (const union_args*)args;
   for (int64_t r = lo; r < hi; ++r) a->start[r + 1] = merge_row(a, r, 0, 0);
 }
+"""
 
+# Two parts, columns few enough for a bitmap per chunk (L1/L2-resident): a row's size is
+# n0 + n1 - |intersection|, counted by marking part 0's columns and testing part 1's (about
+# twice as fast as the merge). Columns are clamped, so even unchecked garbage stays in bounds.
+_COUNT_BITMAP = r"""
+static void count_rows(const void* args, int64_t lo, int64_t hi) {
+  const union_args* a = (const union_args*)args;
+  uint64_t* bits = (uint64_t*)calloc(COLS / 64 + 1, sizeof(uint64_t));
+  if (!bits) {
+    for (int64_t r = lo; r < hi; ++r) a->start[r + 1] = merge_row(a, r, 0, 0);
+    return;
+  }
+  for (int64_t r = lo; r < hi; ++r) {
+    int64_t p0, e0, p1, e1, hits = 0;
+    segment(a, 0, r, &p0, &e0);
+    segment(a, 1, r, &p1, &e1);
+    trim(a, 0, &p0, &e0, 0);
+    trim(a, 1, &p1, &e1, 0);
+    const idx_t* c0 = a->crd[0];
+    const idx_t* c1 = a->crd[1];
+    for (int64_t p = p0; p < e0; ++p) {
+      uint64_t c = (uint64_t)((int64_t)c0[p] + COL_OFF[0]);
+      c = c < (uint64_t)COLS ? c : (uint64_t)COLS;
+      bits[c >> 6] |= 1ull << (c & 63);
+    }
+    for (int64_t p = p1; p < e1; ++p) {
+      uint64_t c = (uint64_t)((int64_t)c1[p] + COL_OFF[1]);
+      c = c < (uint64_t)COLS ? c : (uint64_t)COLS;
+      hits += (int64_t)((bits[c >> 6] >> (c & 63)) & 1);
+    }
+    for (int64_t p = p0; p < e0; ++p) {      /* every marked word belongs to this row */
+      uint64_t c = (uint64_t)((int64_t)c0[p] + COL_OFF[0]);
+      bits[(c < (uint64_t)COLS ? c : (uint64_t)COLS) >> 6] = 0;
+    }
+    a->start[r + 1] = (e0 - p0) + (e1 - p1) - hits;
+  }
+  free(bits);
+}
+"""
+
+#: Largest column count whose bitmap (COLS / 8 bytes per chunk) the two-part count uses.
+BITMAP_COLS = 1 << 22
+
+_PASSES = r"""
 static void fill_rows(const void* args, int64_t lo, int64_t hi) {
   const union_args* a = (const union_args*)args;
   for (int64_t r = lo; r < hi; ++r) merge_row(a, r, a->start[r], 1);
@@ -510,9 +554,11 @@ def generate(plan: UnionPlan, count_dtype) -> tuple[str, str]:
   s = _sizes(plan, count_dtype)
   key = hashlib.sha256(repr(s).encode()).hexdigest()[:16]
   name = f"jscorch_union_{len(s.part_rows)}_{key}"
-  merge = _MERGE_TWO if len(s.part_rows) == 2 else _MERGE_ANY
-  return name, "\n".join([RUNTIME, _emit_header(s, name, plan), _SEGMENTS, merge, _PASSES,
-                          _emit_handler(name)])
+  two = len(s.part_rows) == 2
+  merge = _MERGE_TWO if two else _MERGE_ANY
+  count = _COUNT_BITMAP if two and s.cols <= BITMAP_COLS else _COUNT_MERGE
+  return name, "\n".join([RUNTIME, _emit_header(s, name, plan), _SEGMENTS, merge, count,
+                          _PASSES, _emit_handler(name)])
 
 
 def ensure_registered(plan: UnionPlan, count_dtype) -> str:
