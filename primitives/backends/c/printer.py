@@ -68,6 +68,13 @@ def _sfx(s) -> str:
   return f"_{s}" if s else ""
 
 
+def _plus(offset: str, at: int) -> str:
+  """``offset + at`` (a lane's element offset), without a ``+ 0`` or a lone ``0 +``."""
+  if at == 0:
+    return offset
+  return str(at) if offset == "0" else f"{offset} + {at}"
+
+
 def _pos(src, level) -> str:
   return f"p{level}{_sfx(src)}" if level >= 0 else "0"
 
@@ -100,15 +107,15 @@ class _Printer:
       return _pos(x.src, x.level)
     if isinstance(x, ir.Acc):
       return f"{x.name}_{lane[0]}" if lane else x.name
-    if isinstance(x, ir.Affine):     # (scalar terms read parenthesised)
-      terms = [f"({self.expr(e)} * {c})" if isinstance(e, ir.Var) else f"{self.expr(e)} * {c}"
-               for e, c in x.terms]
+    if isinstance(x, ir.Affine):     # simplified once: no 0 terms, no unit factors
+      terms = [(self.expr(e), c) for e, c in x.terms]
+      terms = [t if c == 1 else f"{t} * {c}" for t, c in terms if t != "0" and c != 0]
       return " + ".join(terms) if terms else "0"
     if isinstance(x, ir.Load):
       off = self.expr(x.offset)
       if x.lanes and lane:
         _, at, vector = lane
-        addr = f"a->{x.buffer} + ({off}) + {at}"
+        addr = f"a->{x.buffer} + {_plus(off, at)}"
         return f"*(const vT*)({addr})" if vector else f"({addr})[0]"
       return f"a->{x.buffer}[{off}]"
     if isinstance(x, ir.Mul):
@@ -161,9 +168,9 @@ class _Printer:
       if isinstance(s.out, ir.Acc):
         e(f"{s.out.name}_{name} {op} {value};")
       elif vector:
-        e(f"*(vT*)({s.out.buffer} + {self.expr(s.out.offset)} + {at}) {op} {value};")
+        e(f"*(vT*)({s.out.buffer} + {_plus(self.expr(s.out.offset), at)}) {op} {value};")
       else:
-        e(f"{s.out.buffer}[{self.expr(s.out.offset)} + {at}] {op} {value};")
+        e(f"{s.out.buffer}[{_plus(self.expr(s.out.offset), at)}] {op} {value};")
 
   # -- iterators ----------------------------------------------------------------------------
   def open(self, it):

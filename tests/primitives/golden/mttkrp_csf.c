@@ -55,16 +55,16 @@ static void body(const void* a_, int64_t lo, int64_t hi) {
           const int64_t leaf = b * 30 + p2;
           if (p2 + 16 < hi2) {
             const int64_t ahead = a->crd2[b * 30 + p2 + 16];
-            __builtin_prefetch(a->x2 + ahead * 16 + 0 * 1);
+            __builtin_prefetch(a->x2 + ahead * 16);
           }
-          acc2_v0 += a->x0[(leaf * 1)] * *(const vT*)(a->x2 + (c2 * 16 + 0 * 1) + 0);
-          acc2_v1 += a->x0[(leaf * 1)] * *(const vT*)(a->x2 + (c2 * 16 + 0 * 1) + 8);
+          acc2_v0 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16);
+          acc2_v1 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16 + 8);
         }
-        acc1_v0 += *(const vT*)(a->x1 + (c1 * 16 + 0 * 1) + 0) * acc2_v0;
-        acc1_v1 += *(const vT*)(a->x1 + (c1 * 16 + 0 * 1) + 8) * acc2_v1;
+        acc1_v0 += *(const vT*)(a->x1 + c1 * 16) * acc2_v0;
+        acc1_v1 += *(const vT*)(a->x1 + c1 * 16 + 8) * acc2_v1;
       }
-      *(vT*)(out + c0 * 16 + 0 * 1 + 0) += acc1_v0;
-      *(vT*)(out + c0 * 16 + 0 * 1 + 8) += acc1_v1;
+      *(vT*)(out + c0 * 16) += acc1_v0;
+      *(vT*)(out + c0 * 16 + 8) += acc1_v1;
     }
   }
 }

@@ -55,9 +55,9 @@ static void body(const void* a_, int64_t lo, int64_t hi) {
             const int64_t leaf_1 = b * 20 + p1_1;
             T s = 0;
             for (int64_t f10 = 0; f10 < 16; ++f10) {
-              s += a->x0[(leaf * 1)] * a->x1[c0 * 16 + f10 * 1] * a->x2[c1 * 16 + f10 * 1];
+              s += a->x0[leaf] * a->x1[c0 * 16 + f10] * a->x2[c1 * 16 + f10];
             }
-            out[(leaf_1 * 1)] += s;
+            out[leaf_1] += s;
           } while (0);
           ++q1; ++q1_1;
         } else {

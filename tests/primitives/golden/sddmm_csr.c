@@ -41,9 +41,9 @@ static void body(const void* a_, int64_t lo, int64_t hi) {
         const int64_t leaf = b * 20 + p1;
         T s = 0;
         for (int64_t f10 = 0; f10 < 16; ++f10) {
-          s += a->x0[(leaf * 1)] * a->x1[c0 * 16 + f10 * 1] * a->x2[c1 * 16 + f10 * 1];
+          s += a->x0[leaf] * a->x1[c0 * 16 + f10] * a->x2[c1 * 16 + f10];
         }
-        out[(leaf * 1)] += s;
+        out[leaf] += s;
       }
     }
   }

@@ -45,19 +45,19 @@ static void body(const void* a_, int64_t lo, int64_t hi) {
         const int64_t leaf = b * 20 + p1;
         if (p1 + 16 < hi1) {
           const int64_t ahead = a->crd1[b * 20 + p1 + 16];
-          __builtin_prefetch(a->x1 + ahead * 19 + 0 * 1);
+          __builtin_prefetch(a->x1 + ahead * 19);
         }
-        acc1_v0 += a->x0[(leaf * 1)] * *(const vT*)(a->x1 + (c1 * 19 + 0 * 1) + 0);
-        acc1_v1 += a->x0[(leaf * 1)] * *(const vT*)(a->x1 + (c1 * 19 + 0 * 1) + 8);
-        acc1_s0 += a->x0[(leaf * 1)] * (a->x1 + (c1 * 19 + 0 * 1) + 16)[0];
-        acc1_s1 += a->x0[(leaf * 1)] * (a->x1 + (c1 * 19 + 0 * 1) + 17)[0];
-        acc1_s2 += a->x0[(leaf * 1)] * (a->x1 + (c1 * 19 + 0 * 1) + 18)[0];
+        acc1_v0 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 19);
+        acc1_v1 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 19 + 8);
+        acc1_s0 += a->x0[leaf] * (a->x1 + c1 * 19 + 16)[0];
+        acc1_s1 += a->x0[leaf] * (a->x1 + c1 * 19 + 17)[0];
+        acc1_s2 += a->x0[leaf] * (a->x1 + c1 * 19 + 18)[0];
       }
-      *(vT*)(out + c0 * 19 + 0 * 1 + 0) = acc1_v0;
-      *(vT*)(out + c0 * 19 + 0 * 1 + 8) = acc1_v1;
-      out[c0 * 19 + 0 * 1 + 16] = acc1_s0;
-      out[c0 * 19 + 0 * 1 + 17] = acc1_s1;
-      out[c0 * 19 + 0 * 1 + 18] = acc1_s2;
+      *(vT*)(out + c0 * 19) = acc1_v0;
+      *(vT*)(out + c0 * 19 + 8) = acc1_v1;
+      out[c0 * 19 + 16] = acc1_s0;
+      out[c0 * 19 + 17] = acc1_s1;
+      out[c0 * 19 + 18] = acc1_s2;
     }
   }
 }
