@@ -38,6 +38,8 @@ FALLBACKS = {
                     "non-unique levels (COO), repeated indices, or sparse x sparse "
                     "contractions with a dense result",
     "empty": "a dimension or capacity of size zero",
+    "level type": "a sparse source with a level type that has no loop-nest iteration "
+                  "(``Level.iterate``), such as one registered by a user",
     "no compiler": "no C compiler on this machine",
 }
 
@@ -82,6 +84,9 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
   first = source_operand(spec, sources[0])
   if any(source_operand(spec, s).layout.nse == 0 for s in sources):
     return None, "empty"
+  if not all(lvl.has_iterate for s in sources
+             for lvl in source_operand(spec, s).layout.format.levels):
+    return None, "level type"
   # Group the sources by identical structure (same layout, and the same index buffers
   # as recorded in the spec at bind time: spec.same_pattern).
   groups_of: list[tuple[int, None]] = []        # (first source, None) per structure

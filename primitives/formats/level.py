@@ -71,6 +71,8 @@ class Level(metaclass=_LevelMeta):
     full: every coordinate of every parent position is present (no buffers).
     branchless: exactly one position per parent position (a singleton).
     has_locate: a coordinate's position can be computed without a search.
+    has_iterate: the level type implements :meth:`iterate` (generated kernels can loop
+      over it; others run the portable lowering).
   """
   name: ClassVar[str] = ""
   buffers: ClassVar[tuple[str, ...]] = ()
@@ -97,6 +99,10 @@ class Level(metaclass=_LevelMeta):
   @property
   def has_crd(self) -> bool:
     return "crd" in self.buffers
+
+  @property
+  def has_iterate(self) -> bool:
+    return type(self).iterate is not Level.iterate
 
   def __repr__(self):
     props = [p for p, on in (("unordered", not self.ordered),

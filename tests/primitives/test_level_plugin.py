@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jscorch as js
-from jscorch.primitives import SparseFormatError
+from jscorch.primitives import SparseFormatError, einsum_kernel
 from jscorch.primitives.formats import Level, check_coordinates, level_type, register_level
 from jscorch.primitives.layout import Layout
 
@@ -155,12 +155,17 @@ def test_conversions_to_and_from_builtin_formats(other, monkeypatch):
   util.assert_allclose(B.todense(), x, np.float32)
 
 
-def test_portable_spmm(monkeypatch):
-  monkeypatch.setattr(js.config, "lowering", "portable")
+@pytest.mark.parametrize("lowering", ["auto", "portable"])
+def test_spmm(lowering, monkeypatch):
+  """SpMM on the new level: the portable lowering; under "auto" the kernel path falls back
+  (the level type has no loop-nest ``iterate``) with the reason recorded."""
+  monkeypatch.setattr(js.config, "lowering", lowering)
   x = _two_of_four(1, (4, 8))
   A = js.from_dense(x, format=NM, nse=16)
   X = np.random.default_rng(2).standard_normal((8, 3)).astype(np.float32)
   expected = util.reference(x) @ util.reference(X)
   util.assert_allclose(js.einsum("ij,jk->ik", A, X), expected, np.float32)
   util.assert_allclose(jax.jit(lambda a, b: a @ b)(A, X), expected, np.float32)
-  assert math.prod(A.data.shape) == 16
+  assert not NOfM().has_iterate and math.prod(A.data.shape) == 16
+  if lowering == "auto":
+    assert einsum_kernel.last_decisions[-1][1] == "level type"
