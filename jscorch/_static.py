@@ -4,6 +4,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jscorch.primitives import checks
+
 
 def static_int(value, name: str, func: str) -> int:
   """``int(value)``; raises a TypeError that names the argument when it is traced.
@@ -12,7 +14,7 @@ def static_int(value, name: str, func: str) -> int:
     >>> static_int(np.int64(3), "nse", "from_dense")
     3
   """
-  if isinstance(value, jax.core.Tracer):
+  if not checks.is_concrete(value):
     raise TypeError(
         f"{func}: {name} must be a static Python int because it fixes buffer shapes; got a "
         f"traced value. Pass {name}= as a concrete int (mark it static in jax.jit).")

@@ -12,6 +12,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jscorch.distributed._errors import SparseShardingError
+from jscorch.primitives import checks
 
 
 def is_explicit(mesh: Mesh) -> bool:
@@ -147,5 +148,4 @@ def to_host(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def is_concrete(*xs) -> bool:
-  return not any(isinstance(x, jax.core.Tracer) for x in xs)
+is_concrete = checks.is_concrete    # the one definition; products.py calls _mesh.is_concrete

@@ -41,6 +41,7 @@ from jscorch.distributed import _mesh
 from jscorch.distributed import halo as halo_lib
 from jscorch.distributed._errors import SparseShardingError
 from jscorch.distributed.partition import Partition, imbalance
+from jscorch.primitives import checks
 from jscorch.primitives.layout import index_dtype_for
 
 EXCHANGES = ("replicated", "allgather", "halo")
@@ -486,7 +487,7 @@ def _host_csr(A, func):
       raise SparseShardingError(
           f"{func}: expected a 2-D matrix without batch or block dimensions; got {A!r}. "
           "Shard each batch element separately.")
-    if not _mesh.is_concrete(A.data, *A.indices):
+    if not checks.is_concrete(A.data, *A.indices):
       raise SparseShardingError(
           f"{func}: the partition depends on the sparsity pattern, which must be concrete; "
           "got traced buffers (a call under jax.jit?). Call shard once outside jit and pass "

@@ -216,7 +216,7 @@ def power(a, p):
       raise TypeError(f"{func}: the exponent is a SparseArray, so x ** 0 = 1 would fill its "
                       f"implicit zeros; got p={p!r}. Call p.todense() first.")
     return jnp.power(a, p)
-  if is_sparse(p) or isinstance(p, jax.core.Tracer):
+  if is_sparse(p) or not checks.is_concrete(p):
     raise TypeError(f"{func}: the exponent of a SparseArray must be a static number > 0; got "
                     f"a {'SparseArray' if is_sparse(p) else 'traced value'}, expected a Python "
                     "number. Pass it concretely, or densify with A.todense().")

@@ -74,7 +74,7 @@ from jscorch.ops.shape import (
   squeeze,
   transform,
 )
-from jscorch.primitives import convert
+from jscorch.primitives import checks, convert
 from jscorch.primitives.layout import index_dtype_for
 
 
@@ -173,7 +173,7 @@ def flip(A: SparseArray, axes: Sequence[int], func: str = "flip") -> SparseArray
 def _index_array(k, n: int, d: int, func: str):
   """An integer index along a dim of size ``n``: negatives wrapped; static ones checked
   (``IndexError``), traced ones clamped into range."""
-  if isinstance(k, jax.core.Tracer):
+  if not checks.is_concrete(k):
     k = jnp.where(k < 0, k + n, k)
     return jnp.clip(k, 0, max(n - 1, 0)).astype(index_dtype_for(n, func))
   k = np.asarray(k)
@@ -199,7 +199,7 @@ def take(A: SparseArray, index, axis: int, func: str = "take") -> SparseArray:
     return _gather_batch(A, axis, [index])
   if axis >= A.n_batch + A.n_sparse:
     return _gather_block(A, axis, [index])
-  m = None if isinstance(index, jax.core.Tracer) else _multiplicity([index])
+  m = _multiplicity([index]) if checks.is_concrete(index) else None
   return _gather_sparse(A, axis, [jnp.asarray(index)], m, func)
 
 
@@ -386,7 +386,7 @@ def _array(k, func: str):
   if not isinstance(k, (np.ndarray, jax.Array)):
     return None
   if k.dtype == np.bool_:
-    if isinstance(k, jax.core.Tracer):
+    if not checks.is_concrete(k):
       raise IndexError(
           f"{func}: a boolean mask index must be concrete; got a traced {k.dtype}{list(k.shape)} "
           "under jit, whose number of True entries would fix the result's shape. Pass integer "
@@ -479,7 +479,7 @@ def getitem(A: SparseArray, key):
       arrays.append((d, _index_array(k, n, d, func)))
     elif kind == "int":
       ints.append(d)
-      if isinstance(k, jax.core.Tracer):
+      if not checks.is_concrete(k):
         dynamic[d] = jnp.where(k < 0, k + n, k)
       else:
         j = _check_static(int(k), n, d, func)
@@ -501,7 +501,7 @@ def getitem(A: SparseArray, key):
   n_new, m = 0, None
   if arrays:
     n_new = len(_broadcast_shape(index, func))
-    if not any(isinstance(a, jax.core.Tracer) for a in index):
+    if checks.is_concrete(*index):
       m = _multiplicity(index)
   out = []
   for i, (kind, _) in enumerate(items):

@@ -37,6 +37,7 @@ from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum as js_einsum
 from jscorch.ops.unary import valid_mask
 from jscorch.primitives._errors import CapacityRequiredError
+from jscorch.primitives.checks import is_concrete
 from jscorch.primitives.union import canonical_format
 
 from ._errors import SparsifyError, describe
@@ -359,10 +360,6 @@ def scalar_source(v):
   if v.shape == ():
     return force(v)
   return None
-
-
-def is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
 
 
 def known_zero(v) -> bool:
