@@ -209,6 +209,23 @@ def test_sort_paths_match_the_portable_rule(shape, n, fmt):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"output {k}")
 
 
+def test_parallel_transpose_matches_scipy_and_the_portable_rule():
+  """CSR -> CSC with enough entries for the multi-threaded counting sort."""
+  sp = pytest.importorskip("scipy.sparse")
+  m = sp.random(300, 400, density=0.35, random_state=8, format="csr", dtype=np.float32)
+  A = js.from_scipy(m, nse=m.nnz + 4)
+  C = jax.jit(lambda A: A.asformat("csc"))(A)
+  want = m.tocsc()
+  np.testing.assert_array_equal(np.asarray(C.indices[0]), want.indptr)
+  np.testing.assert_array_equal(np.asarray(C.indices[1])[:m.nnz], want.indices)
+  np.testing.assert_array_equal(np.asarray(C.data)[:m.nnz], want.data)
+  plan = st.make_plan(C.layout, A.layout)
+  kern = jax.jit(lambda *i: st.structure(plan, *i))(*[i[None] for i in A.indices])
+  port = jax.jit(lambda *i: structure_portable(plan, *i))(*[i[None] for i in A.indices])
+  for k, (g, w) in enumerate(zip(kern, port)):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"output {k}")
+
+
 def test_convert_matches_scipy_csr_to_csc():
   sp = pytest.importorskip("scipy.sparse")
   rng = np.random.default_rng(3)

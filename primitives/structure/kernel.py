@@ -95,6 +95,8 @@ _BODY = r"""
 typedef struct {
   const void* in[2 * L + 1];      /* coordinates, or the source buffers in leaf order */
   void* out[2 * L + 2];           /* destination buffers, map, count */
+  XLA_FFI_CallFrame* cf;          /* for XLA's thread pool */
+  int64_t batch;
 } structure_args;
 
 /* Scratch memory reused across calls (per thread, grow-only): large temporaries would
@@ -305,6 +307,78 @@ static void bucket_sort(didx_t* co2, ord_t* ord, int64_t lo, int64_t hi, ord_t* 
   }
 }
 
+/* The counting-sort transpose on several threads: each chunk of the outermost source
+   positions counts its entries per destination row, a serial prefix sum turns the
+   counts into each chunk's write offsets (chunks in order, so the sort stays stable),
+   then every chunk scatters its own entries. */
+typedef struct {
+  const structure_args* a;
+  int64_t b, rows;
+  int64_t* offset;                /* [chunk][row] counts, then write offsets */
+  const int64_t* bounds;          /* outermost positions of each chunk */
+  didx_t* crd;
+  didx_t* map;
+} transpose_args;
+
+static void transpose_count(const void* p, int64_t lo, int64_t hi) {
+  const transpose_args* t = (const transpose_args*)p;
+  const structure_args* a = t->a;
+  int64_t b = t->b;
+  DECLARE_SOURCE(a, b)
+  for (int64_t c = lo; c < hi; ++c) {
+    int64_t* h = t->offset + c * t->rows;
+    FOR_EACH_ENTRY_IN(t->bounds[c], t->bounds[c + 1], if (ok) h[row[0]]++;)
+  }
+}
+
+static void transpose_scatter(const void* p, int64_t lo, int64_t hi) {
+  const transpose_args* t = (const transpose_args*)p;
+  const structure_args* a = t->a;
+  int64_t b = t->b;
+  DECLARE_SOURCE(a, b)
+  for (int64_t c = lo; c < hi; ++c) {
+    int64_t* next = t->offset + c * t->rows;
+    FOR_EACH_ENTRY_IN(t->bounds[c], t->bounds[c + 1],
+      if (ok) {
+        int64_t slot = next[row[0]]++;
+        if (slot < DST_CAP[1]) t->crd[slot] = (didx_t)row[1];
+        if (slot < NSE) t->map[slot] = (didx_t)e;
+      })
+  }
+}
+
+static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks, builder* o) {
+  const int64_t rows = DST_SIZE[0];
+  int64_t* offset = (int64_t*)scratch(3, sizeof(int64_t) * chunks * rows);
+  int64_t* bounds = (int64_t*)scratch(4, sizeof(int64_t) * (2 * chunks + 2));
+  if (!offset || !bounds) return -1;
+  int64_t* units = bounds + chunks + 1;
+  DECLARE_SOURCE(a, b)
+  int64_t olo, ohi;
+  OUTER_EXTENT(olo, ohi)
+  for (int64_t c = 0; c <= chunks; ++c) {
+    bounds[c] = olo + (ohi - olo) * c / chunks;
+    units[c] = c;
+  }
+  memset(offset, 0, sizeof(int64_t) * chunks * rows);
+  transpose_args t = {a, b, rows, offset, bounds, o->crd[1], o->map};
+  jscorch_parallel_for(a->cf, transpose_count, &t, units, chunks);
+  didx_t* pos = o->pos[1];
+  int64_t run = 0;
+  for (int64_t v = 0; v < rows; ++v) {
+    for (int64_t c = 0; c < chunks; ++c) {
+      int64_t k = offset[c * rows + v];
+      offset[c * rows + v] = run;
+      run += k;
+    }
+    pos[v + 1] = (didx_t)(run < DST_CAP[1] ? run : DST_CAP[1]);
+  }
+  jscorch_parallel_for(a->cf, transpose_scatter, &t, units, chunks);
+  for (int64_t q = run; q < DST_CAP[1]; ++q) o->crd[1][q] = (didx_t)DST_SIZE[1];
+  *o->count = (didx_t)run;
+  return 0;
+}
+
 /* One batch element. Returns 0, or -1 when out of memory. */
 static int structure_one(const structure_args* a, int64_t b) {
   const int64_t n = N_IN;
@@ -316,6 +390,10 @@ static int structure_one(const structure_args* a, int64_t b) {
     FOR_EACH_ENTRY(if (ok) append(&o, e, row);)
     builder_finish(&o);
     return 0;
+  }
+  if (TRANSPOSE && a->batch == 1 && n >= ((int64_t)1 << 15)) {
+    int64_t threads = jscorch_num_threads(a->cf);
+    if (threads > 1) return transpose_parallel(a, b, threads < 8 ? threads : 8, &o);
   }
   if (TRANSPOSE) {
     /* a counting sort by the first destination level is the whole conversion:
@@ -432,6 +510,8 @@ XLA_FFI_Error* KERNEL_NAME(XLA_FFI_CallFrame* cf) {
   for (int i = 0; i < n_out; ++i) a.out[i] = jscorch_ret(cf, i);
   XLA_FFI_Buffer* last = (XLA_FFI_Buffer*)cf->rets.rets[n_out - 1];
   int64_t batch = last->rank ? last->dims[0] : 1;
+  a.cf = cf;
+  a.batch = batch;
   batch_args ba;
   ba.a = &a;
   atomic_init(&ba.failed, 0);
@@ -458,8 +538,9 @@ def _walk(plan: StructurePlan) -> str:
   if plan.src is None:
     return ("#define DECLARE_SOURCE(a, b) "
             "const didx_t* coords = (const didx_t*)(a)->in[0] + (b) * N_IN * L;\n"
-            "#define FOR_EACH_ENTRY(...) \\\n"
-            "  for (int64_t e = 0; e < N_IN; ++e) { \\\n"
+            "#define OUTER_EXTENT(lo, hi) (lo) = 0; (hi) = N_IN;\n"
+            "#define FOR_EACH_ENTRY_IN(CLO, CHI, ...) \\\n"
+            "  for (int64_t e = (CLO); e < N_IN && e < (CHI); ++e) { \\\n"
             "    int64_t row[L]; int ok = 1; \\\n"
             "    for (int k = 0; k < L; ++k) { \\\n"
             "      row[k] = (int64_t)coords[e * L + k]; \\\n"
@@ -481,7 +562,11 @@ def _walk(plan: StructurePlan) -> str:
     p = f"q{j - 1}" if j else "0"
     ok = f"ok{j - 1} && " if j else ""
     ind = "  " * (j + 1)
-    if code == DENSE_CODE:
+    if code == DENSE_CODE and j == 0:       # (the outermost loop runs over [CLO, CHI) only)
+      lines.append(f"{ind}for (int64_t q0 = (CLO) > 0 ? (CLO) : 0; "
+                   f"q0 < SRC_SIZE[0] && q0 < (CHI); ++q0) {{")
+      lines.append(f"{ind}  int64_t c0 = q0;")
+    elif code == DENSE_CODE:
       lines.append(f"{ind}for (int64_t q{j} = {p} * SRC_SIZE[{j}]; "
                    f"q{j} < ({p} + 1) * SRC_SIZE[{j}]; ++q{j}) {{")
       lines.append(f"{ind}  int64_t c{j} = q{j} - {p} * SRC_SIZE[{j}];")
@@ -494,6 +579,9 @@ def _walk(plan: StructurePlan) -> str:
       else:
         lines.append(f"{ind}int64_t lo{j} = {p} < SRC_CAP[{j}] ? {p} : SRC_CAP[{j}];")
         lines.append(f"{ind}int64_t hi{j} = {p} < SRC_CAP[{j}] ? {p} + 1 : SRC_CAP[{j}];")
+      if j == 0:
+        lines.append(f"{ind}if (lo0 < (CLO)) lo0 = (CLO);")
+        lines.append(f"{ind}if (hi0 > (CHI)) hi0 = (CHI);")
       lines.append(f"{ind}for (int64_t q{j} = lo{j}; q{j} < hi{j}; ++q{j}) {{")
       lines.append(f"{ind}  int64_t c{j} = (int64_t)scrd{j}[q{j}];")
     lines.append(f"{ind}  int ok{j} = {ok}c{j} >= 0 && c{j} < SRC_SIZE[{j}];")
@@ -503,13 +591,20 @@ def _walk(plan: StructurePlan) -> str:
   lines.append(f"{ind}{{ int64_t e = q{last}; int ok = ok{last}; int64_t row[L] = {{{row}}}; "
                "__VA_ARGS__ }")
   lines += ["  " * (j + 1) + "}" for j in range(last, -1, -1)]
+  if codes[0] == DENSE_CODE:
+    extent = "(lo) = 0; (hi) = SRC_SIZE[0];"
+  else:
+    extent = ("(lo) = clamp64((int64_t)spos0[0], 0, SRC_CAP[0]); "
+              "(hi) = clamp64((int64_t)spos0[1], (lo), SRC_CAP[0]);")
   return ("#define DECLARE_SOURCE(a, b) " + " ".join(decl) + "\n"
-          "#define FOR_EACH_ENTRY(...) { \\\n" +
+          "#define OUTER_EXTENT(lo, hi) " + extent + "\n"
+          "#define FOR_EACH_ENTRY_IN(CLO, CHI, ...) { \\\n" +
           " \\\n".join(lines) + " }\n")
 
 
 def _body_source(plan: StructurePlan) -> str:
-  return _header(plan) + RUNTIME + _constants(plan) + _walk(plan) + _BODY
+  return (_header(plan) + RUNTIME + _constants(plan) + _walk(plan) +
+          "#define FOR_EACH_ENTRY(...) FOR_EACH_ENTRY_IN(0, INT64_MAX, __VA_ARGS__)\n" + _BODY)
 
 
 def generate(plan: StructurePlan) -> str:
