@@ -209,6 +209,9 @@ def structure_matrix():
                               padding=5)
     out = jax.block_until_ready(jax.jit(lambda A: A.asformat(dst))(A))
     np.testing.assert_allclose(np.asarray(out.todense()), x, err_msg=f"{src}->{dst}")
+  A, x = util.random_sparse(rng, (300, 400), "csr", density=0.4, padding=9)   # (threads)
+  out = jax.block_until_ready(jax.jit(lambda A: A.asformat("csc"))(A))
+  np.testing.assert_allclose(np.asarray(out.todense()), x, err_msg="parallel csr->csc")
   for shape, n in [((50, 60), 400), ((3, 500), 400), ((1 << 20, 3), 64), ((7,), 30)]:
     # (long rows: merge-sorted buckets; a level of 2^20: radix passes)
     idx = rng.integers(-2, max(shape) + 2, (n, len(shape))).astype(np.int32)
