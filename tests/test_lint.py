@@ -51,3 +51,15 @@ def test_public_names_exist_and_cover_the_unary_table():
   assert not missing, f"jscorch.__all__ names missing attributes: {missing}"
   assert set(jscorch.ZERO_PRESERVING) <= set(jscorch.__all__)
   assert len(set(jscorch.__all__)) == len(jscorch.__all__)
+
+
+def test_method_stubs_match_the_attached_methods():
+  """Every method declared under ``if TYPE_CHECKING:`` in array.py is set by _methods.py."""
+  tree = ast.parse((ROOT / "jscorch" / "array.py").read_text())
+  cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SparseArray")
+  block = next(n for n in cls.body if isinstance(n, ast.If) and ast.unparse(n.test) ==
+               "TYPE_CHECKING")
+  stubs = {n.name for n in block.body if isinstance(n, ast.FunctionDef)}
+  attached = {name for name, v in vars(jscorch.SparseArray).items()
+              if getattr(v, "__globals__", {}).get("__name__") == "jscorch._methods"}
+  assert stubs == attached, (sorted(stubs - attached), sorted(attached - stubs))
