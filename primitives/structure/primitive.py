@@ -111,6 +111,8 @@ def _finish(lay: Layout, plan: StructurePlan, outs, data, func, check):
   else:
     values = jnp.zeros((0, lay.nse) + flat.shape[2:], flat.dtype)
   values = values.reshape(batch + values.shape[1:])
+  if plan.n <= lay.nse:              # count <= n: the capacity cannot overflow
+    return values, indices
   needed = count if count.size else jnp.zeros((), count.dtype)
   return enforce_capacity(needed, lay.nse, values, func, check=check), indices
 
