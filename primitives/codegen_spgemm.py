@@ -49,6 +49,7 @@ class SpgemmPlan:
   dtype: np.dtype
   index_dtype: np.dtype
   swapped: bool = False     # operands come as (B, A): CSC x CSC -> CSC as C^T = B^T A^T
+  batch: int = 1            # batch elements (leading buffer dims), computed in turn
 
   @property
   def name(self) -> str:

@@ -32,7 +32,8 @@ from .settings import settings
 FALLBACKS = {
     "dtype": "values other than float32 / float64 (integers, complex, bfloat16)",
     "sparse output": "a new sparse pattern other than CSR x CSR -> CSR or CSC x CSC -> CSC "
-                     "(``ij,jk->ik``, no batch or block dims, one index dtype)",
+                     "(``ij,jk->ik``, the same batch dims throughout, no block dims, one "
+                     "index dtype): DCSR / COO / mixed-format results",
     "co-iteration": "sparse sources with different patterns that cannot be merged level by "
                     "level: different formats, mode orderings or shapes, singleton or "
                     "non-unique levels (COO), repeated indices, or sparse x sparse "
@@ -128,27 +129,36 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
 def spgemm_plan(spec: EinsumSpec, dtype) -> codegen_spgemm.SpgemmPlan | None:
   """The Gustavson kernel plan when ``spec`` is CSR x CSR -> CSR (``ij,jk->ik``), or
   CSC x CSC -> CSC: the CSR product ``C^T = B^T A^T`` of the same buffers in swapped
-  order (``SpgemmPlan.swapped``), no conversion."""
+  order (``SpgemmPlan.swapped``), no conversion; with the same batch dims throughout
+  (``SpgemmPlan.batch`` elements, one after the other)."""
   if spec.out_kind != SPARSE_OUT or len(spec.operands) != 2 or \
       np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
     return None
   a, b = spec.operands
   out = spec.out_layout
-  if not (a.sparse and b.sparse) or a.layout.format not in (CSR, CSC) or \
-      any(lay.format != a.layout.format for lay in (b.layout, out)):
+  if not (a.sparse and b.sparse):
     return None
-  (i, j), (j2, k) = a.indices, b.indices
-  if j != j2 or spec.out != (i, k) or len({i, j, k}) != 3:
+  n_b = a.layout.n_batch       # batched: the kernel loops over the batch elements
+  lays = (a.layout, b.layout, out)
+  if a.layout.format.replace(n_batch=0) not in (CSR, CSC) or \
+      any(lay.format != a.layout.format or lay.batch_shape != a.layout.batch_shape
+          for lay in lays) or b.indices[:n_b] != a.indices[:n_b] or \
+      spec.out[:n_b] != a.indices[:n_b]:
     return None
-  idt = {np.dtype(l.index_dtype) for l in (a.layout, b.layout, out)}
+  (i, j), (j2, k) = a.indices[n_b:], b.indices[n_b:]
+  if j != j2 or spec.out[n_b:] != (i, k) or len({*a.indices[:n_b], i, j, k}) != n_b + 3:
+    return None
+  idt = {np.dtype(l.index_dtype) for l in lays}
   if len(idt) != 1:
     return None
-  if a.layout.format == CSC:
+  batch = int(np.prod(a.layout.batch_shape, dtype=np.int64))
+  if a.layout.format.mode_ordering != (0, 1):       # CSC
     return codegen_spgemm.SpgemmPlan(spec.size(k), spec.size(j), spec.size(i), b.layout.nse,
                                      a.layout.nse, out.nse, np.dtype(dtype), idt.pop(),
-                                     swapped=True)
+                                     swapped=True, batch=batch)
   return codegen_spgemm.SpgemmPlan(spec.size(i), spec.size(j), spec.size(k), a.layout.nse,
-                                   b.layout.nse, out.nse, np.dtype(dtype), idt.pop())
+                                   b.layout.nse, out.nse, np.dtype(dtype), idt.pop(),
+                                   batch=batch)
 
 
 def kernels_enabled() -> bool:
@@ -169,16 +179,20 @@ def spgemm_sizes(plan: codegen_spgemm.SpgemmPlan, a_indices, b_indices) -> tuple
   lib = kernel_build.build(codegen_spgemm.generate(plan))
   count = getattr(lib, plan.name + "_count")
   count.restype = ctypes.c_int64
-  a_pos, a_crd, b_pos, b_crd = host = [np.ascontiguousarray(np.asarray(x))
-                                       for x in (*a_indices, *b_indices)]
-  ptr = [h.ctypes.data_as(ctypes.c_void_p) for h in host]
+  host = [np.ascontiguousarray(np.asarray(x)) for x in (*a_indices, *b_indices)]
   threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   sizes = [ctypes.c_int64(s) for s in (plan.m, plan.k, plan.n)]
-  nse = count(*sizes, ptr[0], ptr[1], ctypes.c_int64(a_crd.shape[0]), ptr[2], ptr[3],
-              ctypes.c_int64(b_crd.shape[0]), ctypes.c_int64(threads or 1))
-  used = a_crd[:a_pos[-1]]
-  used = used[used < plan.k]
-  pairs = int((b_pos[used + 1] - b_pos[used]).sum())
+  # batched: the most entries of any element, and the matching pairs of all of them
+  # (the portable join's counts)
+  host = [h.reshape(plan.batch, h.shape[-1]) for h in host]
+  nse = pairs = 0
+  for a_pos, a_crd, b_pos, b_crd in zip(*host):
+    ptr = [h.ctypes.data_as(ctypes.c_void_p) for h in (a_pos, a_crd, b_pos, b_crd)]
+    nse = max(nse, count(*sizes, ptr[0], ptr[1], ctypes.c_int64(a_crd.shape[0]), ptr[2],
+                         ptr[3], ctypes.c_int64(b_crd.shape[0]), ctypes.c_int64(threads or 1)))
+    used = a_crd[:a_pos[-1]]
+    used = used[used < plan.k]
+    pairs += int((b_pos[used + 1] - b_pos[used]).sum())
   return int(nse), pairs
 
 

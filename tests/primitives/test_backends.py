@@ -149,19 +149,41 @@ def test_spgemm_jaxpr_is_the_same_with_or_without_kernels(lowering, csr_pair):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_portable_spgemm_without_work_batched_and_overflowing(lowering, csr_pair):
+def test_portable_spgemm_without_work_overflow_poisons(lowering, csr_pair):
   js.config.lowering = "portable"
   A, a, B, b, needed = csr_pair
   over = jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=needed - 1))(A, B)
   assert np.isnan(np.asarray(over.data)).all()            # poisoned, never truncated
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_batched_spgemm_kernel_and_portable_without_work(lowering, fmt):
+  """n_batch = 1 throughout: the kernel loops over the batch (no fallback), the portable
+  rule needs no work either; eager sizes (max nse, summed pairs) agree between them."""
   rng = np.random.default_rng(12)
   xs = np.stack([util.random_dense(rng, (4, 5), density=0.5, dtype=F32) for _ in range(3)])
   ys = np.stack([util.random_dense(rng, (5, 6), density=0.5, dtype=F32) for _ in range(3)])
-  As = js.from_dense(xs, "csr", n_batch=1, nse=util.stored_count(xs, 1) + 2)
-  Bs = js.from_dense(ys, "csr", n_batch=1, nse=util.stored_count(ys, 1) + 2)
-  C = jax.jit(lambda A, B: js.einsum("bij,bjk->bik", A, B, nse=24))(As, Bs)
-  assert C.n_batch == 1
-  util.assert_allclose(C.todense(), np.einsum("bij,bjk->bik", xs, ys), F32)
+  As = js.from_dense(xs, fmt, n_batch=1, nse=util.stored_count(xs, 1) + 2)
+  Bs = js.from_dense(ys, fmt, n_batch=1, nse=util.stored_count(ys, 1) + 2)
+  f = jax.jit(lambda A, B: js.einsum("bij,bjk->bik", A, B, nse=24, out_format=fmt))
+  got, sizes = {}, {}
+  for mode in ("portable", "c"):
+    js.config.lowering = mode
+    _, decisions = lower(f, As, Bs)
+    assert decisions == (["portable"] if mode == "portable" else
+                         ["kernel" if kernel_build.compiler() else "no compiler"])
+    got[mode] = f(As, Bs)
+    assert got[mode].n_batch == 1 and got[mode].format.replace(n_batch=0) == {"csr": js.CSR, "csc": js.CSC}[fmt]
+    util.assert_allclose(got[mode].todense(), np.einsum("bij,bjk->bik", xs, ys), F32)
+    over = jax.jit(lambda A, B: js.einsum("bij,bjk->bik", A, B, nse=18, out_format=fmt))
+    assert np.isnan(np.asarray(over(As, Bs).data)).all()   # one element over: all poisoned
+    jaxpr = jax.make_jaxpr(lambda: js.einsum("bij,bjk->bik", As, Bs, out_format=fmt))()
+    sizes[mode] = [e.params["spec"] for e in jaxpr.jaxpr.eqns
+                   if e.primitive.name == "jscorch_einsum"][0]
+  for x, y in zip(got["portable"].indices, got["c"].indices):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert sizes["portable"] == sizes["c"]        # the same exact nse and work either way
+  assert sizes["c"].out_layout.nse == 19 and sizes["c"].work > 19
 
 
 @pytest.mark.skipif(kernel_build.compiler() is None, reason="needs a C compiler")

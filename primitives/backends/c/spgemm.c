@@ -5,6 +5,7 @@
  * is read at run time: m, k and the capacities from the FFI buffers' dims, n from the
  * int64 attribute "n". One binary serves every shape. With the attribute "swap" = 1 the
  * operands come as (B, A): a CSC x CSC -> CSC product is C^T = B^T A^T in CSR terms.
+ * Buffers with leading (batch) dims hold one product per element, computed in turn.
  *
  * 1. rows are split into chunks of about equal multiply-adds (the sum over a row's
  *    entries of the matching B row lengths: power-law rows are balanced by real work);
@@ -278,7 +279,8 @@ static void fill_rows(const void* a_, int64_t lo, int64_t hi) {
   release(ws);
 }
 
-static void run(XLA_FFI_CallFrame* cf, args_t* a) {
+/* One product; returns the entries it needs (more than nse: its values are NaN). */
+static int64_t run(XLA_FFI_CallFrame* cf, args_t* a) {
   int64_t bounds[257];
   const int64_t n_chunks = split_rows(a, jscorch_num_threads(cf), bounds);
   a->pos[0] = 0;
@@ -294,10 +296,21 @@ static void run(XLA_FFI_CallFrame* cf, args_t* a) {
   const int64_t used = total < a->nse ? total : a->nse;
   for (int64_t o = used; o < a->nse; ++o) { a->crd[o] = (I)a->n; a->data[o] = 0; }
   if (total > a->nse) for (int64_t o = 0; o < a->nse; ++o) a->data[o] = (T)NAN;
+  return total;
 }
 
+/* The last dimension of a buffer (its capacity, or rows + 1 for pos). */
 static int64_t dim0(void* buffer) {
-  return ((XLA_FFI_Buffer*)buffer)->dims[0];
+  const XLA_FFI_Buffer* b = (const XLA_FFI_Buffer*)buffer;
+  return b->rank ? b->dims[b->rank - 1] : 1;
+}
+
+/* The number of batch elements: the product of a buffer's leading dimensions. */
+static int64_t batch_of(void* buffer) {
+  const XLA_FFI_Buffer* b = (const XLA_FFI_Buffer*)buffer;
+  int64_t n = 1;
+  for (int64_t d = 0; d + 1 < b->rank; ++d) n *= b->dims[d];
+  return n;
 }
 
 /* The integer scalar attribute called `key`, or `otherwise`. */
@@ -337,7 +350,18 @@ XLA_FFI_Error* SPGEMM_NAME(XLA_FFI_CallFrame* cf) {
   const int64_t n = int_attribute(cf, "n", -1);
   if (n < 0) return jscorch_error(cf, "jscorch SpGEMM: missing int64 attribute n");
   set_sizes(&a, dim0(cf->rets.rets[1]) - 1, dim0(cf->args.args[ob + 1]) - 1, n);
-  run(cf, &a);
+  /* batched (leading dims on every buffer): one product per element, in turn */
+  const int64_t batch = batch_of(cf->rets.rets[1]);
+  int64_t overflow = 0;
+  for (int64_t e = 0; e < batch; ++e) {
+    args_t ae = a;
+    ae.a_data += e * a.nse_a; ae.a_pos += e * (a.m + 1); ae.a_crd += e * a.nse_a;
+    ae.b_data += e * a.nse_b; ae.b_pos += e * (a.k + 1); ae.b_crd += e * a.nse_b;
+    ae.data += e * a.nse; ae.pos += e * (a.m + 1); ae.crd += e * a.nse;
+    overflow |= run(cf, &ae) > a.nse;
+  }
+  /* one element over capacity poisons the whole result (as the portable rule does) */
+  if (overflow) for (int64_t o = 0; o < batch * a.nse; ++o) a.data[o] = (T)NAN;
   return NULL;
 }
 
