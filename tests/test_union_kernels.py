@@ -252,3 +252,48 @@ def test_kernel_source_and_fallback_reasons():
   assert uk.kernel_reason(dataclasses.replace(plan, parts=(A.layout,))) == "parts"
   for reason in ("format", "order", "parts", "no compiler"):
     assert reason in uk.FALLBACKS
+
+
+def test_one_build_serves_every_shape(monkeypatch):
+  """Sizes, capacities and offsets are read at run time: once a variant (parts, dtypes) is
+  built, new shapes, capacities and concatenation offsets run it without building again."""
+  builds = []
+  real = kernel_build.build
+  monkeypatch.setattr(kernel_build, "build",
+                      lambda *args, **kw: builds.append(1) or real(*args, **kw))
+  add = jax.jit(js.add)
+  A, x = random_sparse(20, (5, 9), "csr", padding=2)
+  B, y = random_sparse(21, (5, 9), "csr", padding=1)
+  add(A, B)                                # builds the variant unless an earlier test did
+  first = len(builds)
+  uk.last_decisions.clear()
+  C, z = random_sparse(22, (13, 4), "csr", padding=4, density=0.6)
+  D, w = random_sparse(23, (13, 4), "csr", padding=0, density=0.2)
+  util.assert_allclose(util.jit_todense(add(C, D)), z.astype(np.float64) + w, dtype=F32)
+  util.assert_allclose(util.jit_todense(jax.jit(lambda c, d: js.add(c, d, nse=40))(C, D)),
+                       z.astype(np.float64) + w, dtype=F32)
+  E, e = random_sparse(24, (5, 3), "csr")
+  cat = jax.jit(lambda a, e: js.concatenate([a, e], axis=1))(A, E)      # a column offset
+  util.assert_allclose(util.jit_todense(cat), np.concatenate([x, e], 1).astype(np.float64),
+                       dtype=F32)
+  assert [d for _, d in uk.last_decisions] == ["kernel"] * 3
+  assert len(builds) == first, "a new shape built a new kernel"
+  plans = [p for p, _ in uk.last_decisions]
+  assert len({uk.generate(p, np.int32)[0] for p in plans}) == 1
+
+
+def test_many_columns_two_parts():
+  """Two parts with more columns than the bitmap count takes: the merge count (run-time
+  choice), against scipy and the portable rule."""
+  n = uk.BITMAP_COLS + 5
+  A = sp.random(3, n, density=4e-6, random_state=3, format="csr", dtype=F32)
+  B = sp.random(3, n, density=4e-6, random_state=4, format="csr", dtype=F32)
+  B = B + sp.csr_matrix((np.ones(2, F32), ([0, 2], [n - 1, 7])), shape=(3, n))
+  a, b = js.from_scipy(A), js.from_scipy(B)
+  uk.last_decisions.clear()
+  got = jax.jit(js.add)(a, b)
+  assert [d for _, d in uk.last_decisions] == ["kernel"]
+  assert abs(got.to_scipy() - (A.astype(np.float64) + B)).max() < 1e-6
+  plan = uk.UnionPlan(Layout(js.CSR, A.shape, a.nse + b.nse), (a.layout, b.layout),
+                      (None, None), "add")
+  _bitwise(plan, [*a.indices, *b.indices])

@@ -212,74 +212,67 @@ def kernel_reason(plan: UnionPlan) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Sizes:
-  """What the C text needs, in storage order."""
-  batch: int
-  rows: int
-  cols: int
-  nse: int
-  part_rows: tuple
-  part_cols: tuple
-  part_caps: tuple
-  row_off: tuple
-  col_off: tuple
+class _Variant:
+  """What the C text depends on: everything else (sizes, capacities, offsets) is read at
+  run time from the buffers' dims and a small ``params`` operand (see :func:`params`)."""
+  n_parts: int
   idx_t: str
   cnt_t: str
   dest: bool
 
 
-def _sizes(plan: UnionPlan, count_dtype) -> _Sizes:
+_CTYPE = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
+
+
+def _variant(plan: UnionPlan, count_dtype) -> _Variant:
+  return _Variant(n_parts=len(plan.parts), idx_t=_CTYPE[np.dtype(plan.out.index_dtype)],
+                  cnt_t=_CTYPE[np.dtype(count_dtype)], dest=plan.dest)
+
+
+def params(plan: UnionPlan) -> np.ndarray:
+  """The run-time sizes the dims do not carry, int64 `[1 + 3 * n_parts]` (storage order):
+  the output's columns, then every part's columns, row offsets and column offsets."""
   out = plan.out
   order = out.format.mode_ordering
   offs = [tuple(o) if o is not None else (0,) * out.n_sparse for o in plan.offsets]
-  ctype = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
-  return _Sizes(
-      batch=math.prod(out.batch_shape), rows=out.level_sizes[0], cols=out.level_sizes[1],
-      nse=out.nse, part_rows=tuple(l.level_sizes[0] for l in plan.parts),
-      part_cols=tuple(l.level_sizes[1] for l in plan.parts),
-      part_caps=tuple(l.nse for l in plan.parts),
-      row_off=tuple(int(o[order[0]]) for o in offs), col_off=tuple(int(o[order[1]]) for o in offs),
-      idx_t=ctype[np.dtype(out.index_dtype)], cnt_t=ctype[np.dtype(count_dtype)],
-      dest=plan.dest)
+  return np.asarray([out.level_sizes[1], *(l.level_sizes[1] for l in plan.parts),
+                     *(int(o[order[0]]) for o in offs), *(int(o[order[1]]) for o in offs)],
+                    np.int64)
 
 
-def _c_array(name: str, values) -> str:
-  return f"static const int64_t {name}[NPARTS] = {{{', '.join(str(int(v)) for v in values)}}};"
-
-
-def _emit_header(s: _Sizes, name: str, plan: UnionPlan) -> str:
-  parts = ", ".join(f"{l.format!r} {l.shape} nse={l.nse}" for l in plan.parts)
+def _emit_header(v: _Variant, name: str, plan: UnionPlan) -> str:
   return "\n".join([
       f"/* {name}: union pattern ({plan.func}) by a merge of sorted row segments.",
-      f"   parts: {parts}",
-      f"   out:   {plan.out.format!r} {plan.out.shape} nse={plan.out.nse}",
-      f"   offsets (storage order): rows {s.row_off}, cols {s.col_off}",
+      "   Sizes come at run time: rows, capacities and batch from the buffers' dims, columns",
+      "   and offsets from the params operand; one build serves every shape.",
       "   pass 1 counts the distinct columns of every row, a prefix sum places the rows,",
       "   pass 2 writes crd and the destination of every input entry. Parallel over rows. */",
-      f"typedef {s.idx_t} idx_t;",
-      f"typedef {s.cnt_t} cnt_t;",
-      f"#define NPARTS {len(s.part_rows)}",
-      f"#define BATCH {s.batch}LL",
-      f"#define ROWS {s.rows}LL",
-      f"#define COLS {s.cols}LL",
-      f"#define NSE {s.nse}LL",
-      _c_array("PART_ROWS", s.part_rows),
-      _c_array("PART_COLS", s.part_cols),
-      _c_array("PART_CAP", s.part_caps),
-      _c_array("ROW_OFF", s.row_off),
-      _c_array("COL_OFF", s.col_off),
-      _c_array("DEST_BASE", np.cumsum((0,) + s.part_caps[:-1])),
-      f"#define NDEST {sum(s.part_caps)}LL",
-      f"#define WANT_DEST {int(s.dest)}",
+      f"typedef {v.idx_t} idx_t;",
+      f"typedef {v.cnt_t} cnt_t;",
+      f"#define NPARTS {v.n_parts}",
+      f"#define WANT_DEST {int(v.dest)}",
       "#define RET_COUNT (2 + WANT_DEST)     /* rets: pos, crd, [dest], count, src... */",
       "#define RET_SRC (RET_COUNT + 1)",
+      "/* sizes of the call, read through the args `a` of every function below */",
+      "#define ROWS (a->rows)",
+      "#define COLS (a->cols)",
+      "#define NSE (a->nse)",
+      "#define PART_ROWS (a->part_rows)",
+      "#define PART_COLS (a->part_cols)",
+      "#define PART_CAP (a->part_cap)",
+      "#define ROW_OFF (a->row_off)",
+      "#define COL_OFF (a->col_off)",
+      "#define DEST_BASE (a->dest_base)",
   ])
 
 
-# The merge, in three pieces; NPARTS is a compile-time constant, so gcc unrolls every loop
+# The merge, in three pieces; NPARTS is a compile-time constant (sizes are not), so gcc unrolls every loop
 # over parts.
 _SEGMENTS = r"""
 typedef struct {
+  int64_t rows, cols, nse;    /* the output's level sizes and capacity */
+  int64_t part_rows[NPARTS], part_cols[NPARTS], part_cap[NPARTS];
+  int64_t row_off[NPARTS], col_off[NPARTS], dest_base[NPARTS];
   const idx_t* pos[NPARTS];   /* this batch element's buffers */
   const idx_t* crd[NPARTS];
   int64_t* start;             /* ROWS + 1: output entries before each row */
@@ -422,7 +415,7 @@ static inline int64_t merge_row(const union_args* a, int64_t r, int64_t at, int 
 """
 
 _COUNT_MERGE = r"""
-static void count_rows(const void* args, int64_t lo, int64_t hi) {
+static void count_merge(const void* args, int64_t lo, int64_t hi) {
   const union_args* a = (const union_args*)args;
   for (int64_t r = lo; r < hi; ++r) a->start[r + 1] = merge_row(a, r, 0, 0);
 }
@@ -432,7 +425,7 @@ static void count_rows(const void* args, int64_t lo, int64_t hi) {
 # n0 + n1 - |intersection|, counted by marking part 0's columns and testing part 1's (about
 # twice as fast as the merge). Columns are clamped, so even unchecked garbage stays in bounds.
 _COUNT_BITMAP = r"""
-static void count_rows(const void* args, int64_t lo, int64_t hi) {
+static void count_bitmap(const void* args, int64_t lo, int64_t hi) {
   const union_args* a = (const union_args*)args;
   uint64_t* bits = (uint64_t*)calloc(COLS / 64 + 1, sizeof(uint64_t));
   if (!bits) {
@@ -493,11 +486,68 @@ static int64_t work_before(const void* args, int64_t u) {
 
 def _emit_handler(name: str) -> str:
   return f"""
+static inline const XLA_FFI_Buffer* arg_buf(XLA_FFI_CallFrame* cf, int64_t i) {{
+  return (const XLA_FFI_Buffer*)cf->args.args[i];
+}}
+static inline const XLA_FFI_Buffer* ret_buf(XLA_FFI_CallFrame* cf, int64_t i) {{
+  return (const XLA_FFI_Buffer*)cf->rets.rets[i];
+}}
+/* The last dim of a buffer (1 for a scalar), and the product of the others. */
+static inline int64_t last_dim(const XLA_FFI_Buffer* b) {{
+  return b->rank ? b->dims[b->rank - 1] : 1;
+}}
+static inline int64_t lead_dims(const XLA_FFI_Buffer* b) {{
+  int64_t n = 1;
+  for (int64_t d = 0; d + 1 < b->rank; ++d) n *= b->dims[d];
+  return n;
+}}
+
+/* Count pass: a bitmap for two parts and few enough columns, else the merge. */
+static void count_rows(XLA_FFI_CallFrame* cf, union_args* a, const int64_t* bounds,
+                       int64_t chunks) {{
+#if NPARTS == 2
+  if (COLS <= {BITMAP_COLS}LL) {{
+    jscorch_parallel_for(cf, count_bitmap, a, bounds, chunks);
+    return;
+  }}
+#endif
+  jscorch_parallel_for(cf, count_merge, a, bounds, chunks);
+}}
+
 XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
   XLA_FFI_Error* early;
   if (jscorch_preamble(cf, &early)) return early;
-  if (cf->args.size != 2 * NPARTS || cf->rets.size != RET_SRC + NPARTS)
+  if (cf->args.size != 2 * NPARTS + 1 || cf->rets.size != RET_SRC + NPARTS)
     return jscorch_error(cf, "{name}: wrong number of buffers");
+  union_args args;
+  union_args* a = &args;
+  const XLA_FFI_Buffer* prm = arg_buf(cf, 2 * NPARTS);
+  if (prm->dtype != XLA_FFI_DataType_S64 || prm->rank != 1 || prm->dims[0] != 1 + 3 * NPARTS)
+    return jscorch_error(cf, "{name}: params must be int64 [1 + 3 * NPARTS]");
+  const int64_t* p = (const int64_t*)prm->data;
+  const XLA_FFI_Buffer* ocrd = ret_buf(cf, 1);
+  const int64_t batch = lead_dims(ocrd);
+  a->rows = last_dim(ret_buf(cf, 0)) - 1;
+  a->nse = last_dim(ocrd);
+  a->cols = p[0];
+  int64_t ndest = 0;
+  for (int k = 0; k < NPARTS; ++k) {{
+    const XLA_FFI_Buffer* pb = arg_buf(cf, 2 * k);
+    const XLA_FFI_Buffer* cb = arg_buf(cf, 2 * k + 1);
+    a->part_rows[k] = last_dim(pb) - 1;
+    a->part_cap[k] = last_dim(cb);
+    a->part_cols[k] = p[1 + k];
+    a->row_off[k] = p[1 + NPARTS + k];
+    a->col_off[k] = p[1 + 2 * NPARTS + k];
+    a->dest_base[k] = ndest;
+    ndest += a->part_cap[k];
+    if (lead_dims(pb) != batch || lead_dims(cb) != batch || a->part_rows[k] < 0 ||
+        last_dim(ret_buf(cf, RET_SRC + k)) != a->nse || lead_dims(ret_buf(cf, RET_SRC + k)) != batch)
+      return jscorch_error(cf, "{name}: buffer shapes do not agree");
+  }}
+  if (ROWS < 0 || lead_dims(ret_buf(cf, 0)) != batch ||
+      (WANT_DEST && (last_dim(ret_buf(cf, 2)) != ndest || lead_dims(ret_buf(cf, 2)) != batch)))
+    return jscorch_error(cf, "{name}: buffer shapes do not agree");
   idx_t* out_pos = (idx_t*)jscorch_ret(cf, 0);
   idx_t* out_crd = (idx_t*)jscorch_ret(cf, 1);
   idx_t* dest = WANT_DEST ? (idx_t*)jscorch_ret(cf, 2) : NULL;
@@ -509,36 +559,35 @@ XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
     free(start); free(bounds);
     return jscorch_error(cf, "{name}: out of memory");
   }}
-  for (int64_t b = 0; b < BATCH; ++b) {{
-    union_args a;
+  for (int64_t b = 0; b < batch; ++b) {{
     for (int k = 0; k < NPARTS; ++k) {{
-      a.pos[k] = (const idx_t*)jscorch_arg(cf, 2 * k) + b * (PART_ROWS[k] + 1);
-      a.crd[k] = (const idx_t*)jscorch_arg(cf, 2 * k + 1) + b * PART_CAP[k];
+      a->pos[k] = (const idx_t*)jscorch_arg(cf, 2 * k) + b * (PART_ROWS[k] + 1);
+      a->crd[k] = (const idx_t*)jscorch_arg(cf, 2 * k + 1) + b * PART_CAP[k];
     }}
-    a.start = start;
-    a.out_crd = out_crd + b * NSE;
-    a.dest = WANT_DEST ? dest + b * NDEST : NULL;
-    for (int k = 0; k < NPARTS; ++k) a.src[k] = (idx_t*)jscorch_ret(cf, RET_SRC + k) + b * NSE;
+    a->start = start;
+    a->out_crd = out_crd + b * NSE;
+    a->dest = WANT_DEST ? dest + b * ndest : NULL;
+    for (int k = 0; k < NPARTS; ++k) a->src[k] = (idx_t*)jscorch_ret(cf, RET_SRC + k) + b * NSE;
     /* entries outside every row segment (padding) go nowhere */
     for (int k = 0; k < NPARTS && WANT_DEST; ++k) {{
       int64_t s, e;
-      s = a.pos[k][0]; s = s < 0 ? 0 : (s > PART_CAP[k] ? PART_CAP[k] : s);
-      e = a.pos[k][PART_ROWS[k]]; e = e < s ? s : (e > PART_CAP[k] ? PART_CAP[k] : e);
-      idx_t* d = a.dest + DEST_BASE[k];
+      s = a->pos[k][0]; s = s < 0 ? 0 : (s > PART_CAP[k] ? PART_CAP[k] : s);
+      e = a->pos[k][PART_ROWS[k]]; e = e < s ? s : (e > PART_CAP[k] ? PART_CAP[k] : e);
+      idx_t* d = a->dest + DEST_BASE[k];
       for (int64_t q = 0; q < s; ++q) d[q] = (idx_t)NSE;
       for (int64_t q = e; q < PART_CAP[k]; ++q) d[q] = (idx_t)NSE;
     }}
-    int64_t chunks = work_before(&a, ROWS) < 32768 ? 1 : n_chunks;
-    chunks = jscorch_split(ROWS, work_before, &a, chunks, bounds);
+    int64_t chunks = work_before(a, ROWS) < 32768 ? 1 : n_chunks;
+    chunks = jscorch_split(ROWS, work_before, a, chunks, bounds);
     start[0] = 0;
-    jscorch_parallel_for(cf, count_rows, &a, bounds, chunks);
+    count_rows(cf, a, bounds, chunks);
     for (int64_t r = 0; r < ROWS; ++r) start[r + 1] += start[r];
-    jscorch_parallel_for(cf, fill_rows, &a, bounds, chunks);
+    jscorch_parallel_for(cf, fill_rows, a, bounds, chunks);
     idx_t* pos = out_pos + b * (ROWS + 1);
     for (int64_t r = 0; r <= ROWS; ++r) pos[r] = (idx_t)(start[r] < NSE ? start[r] : NSE);
     for (int64_t q = start[ROWS]; q < NSE; ++q) {{
-      a.out_crd[q] = (idx_t)COLS;
-      for (int k = 0; k < NPARTS; ++k) a.src[k][q] = (idx_t)PART_CAP[k];
+      a->out_crd[q] = (idx_t)COLS;
+      for (int k = 0; k < NPARTS; ++k) a->src[k][q] = (idx_t)PART_CAP[k];
     }}
     count[b] = (cnt_t)start[ROWS];
   }}
@@ -550,14 +599,17 @@ XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
 
 
 def generate(plan: UnionPlan, count_dtype) -> tuple[str, str]:
-  """``(target name, C source)`` of the kernel of ``plan`` (which must have one)."""
-  s = _sizes(plan, count_dtype)
-  key = hashlib.sha256(repr(s).encode()).hexdigest()[:16]
-  name = f"jscorch_union_{len(s.part_rows)}_{key}"
-  two = len(s.part_rows) == 2
-  merge = _MERGE_TWO if two else _MERGE_ANY
-  count = _COUNT_BITMAP if two and s.cols <= BITMAP_COLS else _COUNT_MERGE
-  return name, "\n".join([RUNTIME, _emit_header(s, name, plan), _SEGMENTS, merge, count,
+  """``(target name, C source)`` of the kernel of ``plan`` (which must have one).
+
+  The source depends only on the number of parts, the index and count dtypes and whether
+  ``dest`` is returned (:class:`_Variant`): every shape, capacity and offset of that
+  variant runs the same build (sizes are read at run time).
+  """
+  v = _variant(plan, count_dtype)
+  name = f"jscorch_union_{v.n_parts}_{v.idx_t[:-2]}_{v.cnt_t[:-2]}_{'dest' if v.dest else 'src'}"
+  merge = _MERGE_TWO if v.n_parts == 2 else _MERGE_ANY
+  count = (_COUNT_BITMAP if v.n_parts == 2 else "") + _COUNT_MERGE
+  return name, "\n".join([RUNTIME, _emit_header(v, name, plan), _SEGMENTS, merge, count,
                           _PASSES, _emit_handler(name)])
 
 
@@ -583,7 +635,9 @@ def _union_pattern_cpu_lowering(ctx, *args, plan: UnionPlan):
   if reason != "kernel":
     return _union_pattern_portable_lowering(ctx, *args, plan=plan)
   name = ensure_registered(plan, ctx.avals_out[len(plan.out.index_shapes) + plan.dest].dtype)
-  return jax.ffi.ffi_lowering(name)(ctx, *args)
+  prm = params(plan)           # sizes the dims do not carry: one more (constant) operand
+  ctx = ctx.replace(avals_in=[*ctx.avals_in, jax.core.ShapedArray(prm.shape, prm.dtype)])
+  return jax.ffi.ffi_lowering(name)(ctx, *args, mlir.ir_constant(prm))
 
 
 union_pattern_p.def_impl(_union_pattern_impl)
