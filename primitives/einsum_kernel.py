@@ -34,10 +34,12 @@ FALLBACKS = {
     "sparse output": "a new sparse pattern other than CSR x CSR -> CSR or CSC x CSC -> CSC "
                      "(``ij,jk->ik``, the same batch dims throughout, no block dims, one "
                      "index dtype): DCSR / COO / mixed-format results",
-    "co-iteration": "sparse sources with different patterns that cannot be merged level by "
-                    "level: different formats, mode orderings or shapes, singleton or "
-                    "non-unique levels (COO), repeated indices, or sparse x sparse "
-                    "contractions with a dense result",
+    "co-iteration": "sparse sources with different patterns that cannot be merged (level "
+                    "by level, or for ordered COO over whole coordinate tuples): different "
+                    "formats (up to uniqueness), mode orderings, batch or sparse shapes or "
+                    "index ids; unordered levels; COO mixed with other level kinds; "
+                    "repeated indices; or sparse x sparse contractions (a shared index "
+                    "summed, e.g. ``ij,jk->ik`` with a dense result)",
     "empty": "a dimension or capacity of size zero",
     "level type": "a sparse source with a level type that has no loop-nest iteration "
                   "(``Level.iterate``), such as one registered by a user",
@@ -203,17 +205,31 @@ def _source(kp) -> str:
 
 
 def _co_iterable(spec: EinsumSpec, reps) -> bool:
-  """Structures can be merged level by level: same format and shape, ordered unique levels
-  of kinds dense/compressed, the same index ids, no repeated index."""
+  """Structures can be merged: same format and shape, the same index ids, no repeated
+  index, and either ordered unique levels of kinds dense/compressed (merged level by
+  level) or ordered COO (a compressed root, then singletons: merged over whole tuples)."""
   ops = [source_operand(spec, r) for r in reps]
   first = ops[0].layout
+
+  def coo(levels):      # ordered COO: a compressed root, then singletons
+    return levels[0].has_pos and not levels[0].full and \
+        all(l.branchless for l in levels[1:]) and all(l.ordered for l in levels)
+
+  def kinds(fmt):       # the format up to uniqueness (a tuple merge keeps duplicates)
+    return (tuple((l.kind, l.ordered) for l in fmt.levels), fmt.mode_ordering, fmt.n_batch)
+
+  merge = all(coo(op.layout.format.levels) for op in ops) and \
+      any(l.branchless or not l.unique for op in ops for l in op.layout.format.levels)
   for op in ops:
     lay = op.layout
-    if lay.format.replace(n_dense=0) != first.format.replace(n_dense=0) or \
-        lay.batch_shape != first.batch_shape or lay.sparse_shape != first.sparse_shape or \
+    same = kinds(lay.format) == kinds(first.format) if merge else \
+        lay.format.replace(n_dense=0) == first.format.replace(n_dense=0)
+    if not same or lay.batch_shape != first.batch_shape or \
+        lay.sparse_shape != first.sparse_shape or \
         op.bound != ops[0].bound or len(set(op.bound)) != len(op.bound):
       return False
-    if any(l.branchless or not (l.ordered and l.unique) for l in lay.format.levels):
+    if not merge and any(l.branchless or not (l.ordered and l.unique)
+                         for l in lay.format.levels):
       return False
   return True
 

@@ -173,6 +173,8 @@ class _Interpreter:
       self.run(body)
     elif isinstance(it, ir.Intersect):
       self.intersect(it, body)
+    elif isinstance(it, ir.TupleIntersect):
+      self.tuple_intersect(it, body)
     else:
       raise NotImplementedError(f"interpret: no loop for {type(it).__name__}")
 
@@ -193,6 +195,37 @@ class _Interpreter:
         q = [x + 1 for x in q]
       else:
         q = [x + 1 if k[n] < c else x for n, x in enumerate(q)]
+
+  def tuple_intersect(self, it: ir.TupleIntersect, body):
+    env, b = self.env, self.env["b"]
+    L = len(it.coords)
+
+    def key(s, p):
+      return tuple(int(self.buf[lv.crd][b * lv.cap + p]) for lv in it.parts[s])
+
+    bounds = [self.segment(parts[0]) for parts in it.parts]
+    q = [lo for lo, _ in bounds]
+    S = range(len(q))
+    while all(q[s] < bounds[s][1] for s in S):
+      keys = [key(s, q[s]) for s in S]
+      m = max(keys)
+      if any(k != m for k in keys):
+        q = [x + 1 if keys[s] != m else x for s, x in enumerate(q)]
+        continue
+      ends = []
+      for s in S:
+        e = q[s] + 1
+        while e < bounds[s][1] and key(s, e) == m:
+          e += 1
+        ends.append(e)
+      if all(0 <= c < it.parts[0][l].size for l, c in enumerate(m)):
+        for l, c in enumerate(it.coords):
+          env[c.name] = m[l]
+        for combo in np.ndindex(*[ends[s] - q[s] for s in S]):
+          for s in S:
+            env[_pos(s, L - 1)] = q[s] + combo[s]
+          self.each(body)
+      q = ends
 
   def transpose(self, t: ir.Transpose):
     pos, crd = self.buf[t.pos], self.buf[t.crd]

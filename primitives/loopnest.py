@@ -14,8 +14,9 @@ Nodes, outermost first:
   coordinates: the outer loop), :class:`Range` (a dense level, or a free index when
   ``src`` is None), :class:`Segment` (``pos[p] .. pos[p+1]`` of a compressed level),
   :class:`Single` (one ``crd`` per parent: a singleton level), :class:`Intersect`
-  (co-iteration of several structures' levels; :class:`Union` is reserved for
-  sparse additions and not printed yet);
+  (co-iteration of several structures' levels), :class:`TupleIntersect` (a
+  lexicographic merge of ordered COO structures over whole coordinate tuples;
+  :class:`Union` is reserved for sparse additions and not printed yet);
 * statements — :class:`Let` (a named scalar), :class:`Zero` (an accumulator, one
   register per vector lane), :class:`Accumulate` (into an accumulator or the
   output, with a :class:`Race`), :class:`SkipUnless` (repeated indices),
@@ -188,13 +189,29 @@ class Intersect:
 
 
 @_frozen
+class TupleIntersect:
+  """Co-iteration of several *ordered* COO structures over whole coordinate tuples.
+
+  ``parts[s]`` are structure ``s``'s level iterators (a root :class:`Segment`, then
+  :class:`Single` levels sharing its positions), ``coords`` the coordinates they bind.
+  A lexicographic merge: each structure's pointer advances while its tuple is below the
+  largest current tuple; where all agree, the runs of equal tuples are found and every
+  combination of one entry per structure is visited (duplicates each contribute, as in
+  the portable join), binding ``Pos(s, last level)``. Tuples with a coordinate out of
+  range (padding) are skipped.
+  """
+  coords: tuple[Coord, ...]
+  parts: tuple[tuple[_Either[Segment, Single], ...], ...]
+
+
+@_frozen
 class Union:
   """Co-iteration visiting coordinates present in any part (sparse additions; reserved)."""
   coord: Coord
   parts: tuple[Segment, ...]
 
 
-Iterator = _Either[Units, Range, Segment, Single, Intersect, Union]
+Iterator = _Either[Units, Range, Segment, Single, Intersect, TupleIntersect, Union]
 
 
 # -- statements ----------------------------------------------------------------------------

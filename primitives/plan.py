@@ -125,6 +125,10 @@ class _Planner:
     self.structs = [(lay, kp.index_input)] + list(kp.partners)
     # Co-iterating a compressed first level is one merge per batch element (one unit).
     self.unit_width = 1 if self.S > 1 and not self.levels[0].full else self.caps[0]
+    # Co-iterating ordered COO (non-unique or singleton levels): one lexicographic merge
+    # over whole coordinate tuples at level 0, binding every level (TupleIntersect).
+    self.merge = self.S > 1 and any(l.branchless or not l.unique for lay_, _ in self.structs
+                                    for l in lay_.format.levels)
     # coordinate variable of each bound id (first occurrence)
     self.coord_var: dict[int, str] = {}
     self.level_of: dict[int, int] = {}
@@ -248,6 +252,9 @@ class _Planner:
     """Level l of the driver, co-iterated with the same level of every partner."""
     if self.S == 1:
       return self.struct_iter(l, 0)
+    if self.merge:
+      return ir.TupleIntersect(tuple(ir.Coord(f"c{m}") for m in range(self.L)), tuple(
+          tuple(self.struct_iter(m, s) for m in range(self.L)) for s in range(self.S)))
     if self.levels[l].full:
       return ir.Range(ir.Coord(f"c{l}"), self.sizes[l], l, tuple(range(self.S)), l == 0)
     return ir.Intersect(ir.Coord(f"c{l}"), tuple(self.struct_iter(l, s) for s in range(self.S)))
@@ -259,6 +266,12 @@ class _Planner:
     if self.S == 1 and self.coord_var[ident] != f"c{l}":
       checks.append(ir.SkipUnless(ir.Coord(f"c{l}"), ir.Coord(self.coord_var[ident])))
     return ir.Loop(self.level_iter(l), ir.Parallel.NONE, tuple(checks) + tuple(body))
+
+  def wrap(self, l, body) -> list:
+    """``body`` inside level l's loop; a level bound by a tuple merge adds no loop."""
+    if self.merge and l > 0:
+      return list(body)
+    return [self.loop(l, body)]
 
   def leaves(self, l) -> list[ir.Stmt]:
     if self.kp.transpose:
@@ -348,7 +361,7 @@ class _Planner:
           body += write(factors_at.get(l, []), l + 1)
         elif l > out_level:
           body += accumulate(l - 1, factors_at.get(l, []), l + 1)
-      return [self.loop(l, body)] if l >= 0 else body
+      return self.wrap(l, body) if l >= 0 else body
 
     return level(l)
 
@@ -381,7 +394,7 @@ class _Planner:
                       tuple(body))]
     body = self.leaves(self.L - 1) + body
     for l in reversed(range(self.L)):
-      body = [self.loop(l, body)]
+      body = self.wrap(l, body)
     return body
 
 

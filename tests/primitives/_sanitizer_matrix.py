@@ -38,7 +38,7 @@ CASES = [
     "mttkrp_coo3", "mttkrp_dense_dcsr3", "ttm_csf", "batched_bmm_csr", "batched_bmm_coo",
     "batched_sddmm_csr", "batched_sum_coo", "block_spmm_csr", "block_contract_coo",
     "block_mul_csc", "reduce_cols_coo", "reduce_mode1_csf", "moe_csr", "intersect_csr_csr",
-    "intersect_dcsr_dcsr", "spgemm_csr_csr",
+    "intersect_dcsr_dcsr", "intersect_coo_coo", "inner_coo_coo", "spgemm_csr_csr",
 ]
 GRADS = ["spmm_csr", "sddmm_csr", "transposed_csr", "intersect_csr_csr", "spgemm_csr_csr",
          "block_spmm_csr"]

@@ -281,6 +281,13 @@ CASES: dict[str, Case] = {
     "intersect_csr_coo": Case("ij,ij->ij", (Sp(A45, "csr", density=0.6),
                                             Sp(A45, "coo", density=0.6)), "co-iteration",
                               dtypes=(F32,)),
+    # ordered COO x COO: a lexicographic merge over whole coordinate tuples
+    "intersect_coo_coo": Case("ij,ij->ij", (Sp(A45, "coo", density=0.6),
+                                            Sp(A45, "coo", density=0.6)), "kernel",
+                              kwargs=(("work", 200),), dtypes=(F32,)),
+    "inner_coo_coo": Case("ij,ij->i", (Sp(A45, "coo", density=0.6),
+                                       Sp(A45, "coo", density=0.6)), "kernel",
+                          kwargs=(("out_format", "dense"), ("work", 200)), dtypes=(F64,)),
     "inner_csr_dcsr": Case("ij,ij->i", (Sp(A45, "csr", density=0.6),
                                         Sp(A45, "dcsr", density=0.6)), "co-iteration",
                            kwargs=(("out_format", "dense"), ("work", 20)), dtypes=(F64,)),

@@ -9,7 +9,8 @@ The printer decides nothing; it visits the IR the planner (:mod:`jscorch.primiti
 * each iterator prints its own loop: :class:`Range` ``for c``, :class:`Segment`
   ``for p in pos[p'] .. pos[p'+1]`` (bounds clamped to the capacity, padding
   coordinates skipped), :class:`Single` one ``crd``, :class:`Intersect` a merge of
-  sorted segments that stops only where all coordinates agree;
+  sorted segments that stops only where all coordinates agree, :class:`TupleIntersect`
+  a lexicographic merge of ordered COO structures visiting every pair of equal tuples;
 * in a vector kernel every :class:`Zero` / :class:`Accumulate` / lane-varying
   :class:`Load` prints once per lane group: GCC vector extensions (``vT``,
   unaligned loads) for full vectors, scalars for the tail;
@@ -210,6 +211,8 @@ class _Printer:
       e(f"if ((uint64_t){c} >= {it.size}) continue;")
     elif isinstance(it, ir.Intersect):
       self.open_intersect(it)
+    elif isinstance(it, ir.TupleIntersect):
+      self.open_tuple_intersect(it)
     else:
       raise NotImplementedError(f"C printer: no loop for the iterator {type(it).__name__}")
 
@@ -233,8 +236,65 @@ class _Printer:
     e(" ".join(f"const int64_t {_pos(s.src, l)} = q{l}{_sfx(s.src)};" for s in it.parts))
     e.open("do {")
 
+  def open_tuple_intersect(self, it: ir.TupleIntersect):
+    """A lexicographic merge of ordered COO structures; the runs of equal tuples are
+    visited pair by pair (every combination of one entry per structure)."""
+    e, L = self.e, len(it.coords)
+    S = range(len(it.parts))
+
+    def crd(s, l, at):
+      lv = it.parts[s][l]
+      return f"a->{lv.crd}[b * {lv.cap} + {at}]"
+
+    for s in S:
+      root = it.parts[s][0]
+      e(f"int64_t mq{s} = a->{root.pos}[b * {root.parent_cap + 1}];")
+      e(f"int64_t mhi{s} = a->{root.pos}[b * {root.parent_cap + 1} + 1]; "
+        f"if (mhi{s} > {root.cap}) mhi{s} = {root.cap};")
+    e.open("while (" + " && ".join(f"mq{s} < mhi{s}" for s in S) + ") {")
+    for s in S:
+      e(" ".join(f"const int64_t mk{l}_{s} = {crd(s, l, f'mq{s}')};" for l in range(L)))
+    e(" ".join(f"int64_t mx{l} = mk{l}_0;" for l in range(L)))
+
+    def greater(s, l):
+      here = f"mk{l}_{s} > mx{l}"
+      return here if l == L - 1 else f"{here} || (mk{l}_{s} == mx{l} && ({greater(s, l + 1)}))"
+
+    for s in list(S)[1:]:
+      e(f"if ({greater(s, 0)}) {{ " + " ".join(f"mx{l} = mk{l}_{s};" for l in range(L)) + " }")
+    equal = {s: " && ".join(f"mk{l}_{s} == mx{l}" for l in range(L)) for s in S}
+    e.open("if (" + " && ".join(f"({equal[s]})" for s in S) + ") {")
+    for s in S:
+      e(f"int64_t me{s} = mq{s} + 1;")
+      e(f"while (me{s} < mhi{s} && "
+        + " && ".join(f"{crd(s, l, f'me{s}')} == mx{l}" for l in range(L)) + f") ++me{s};")
+    sizes = [it.parts[0][l].size for l in range(L)]
+    e.open("if (" + " && ".join(f"(uint64_t)mx{l} < {sizes[l]}" for l in range(L)) + ") {")
+    e(" ".join(f"const int64_t {c.name} = mx{l};" for l, c in enumerate(it.coords)))
+    for s in S:
+      p = _pos(s, L - 1)
+      e.open(f"for (int64_t {p} = mq{s}; {p} < me{s}; ++{p}) {{")
+
+  def close_tuple_intersect(self, it: ir.TupleIntersect):
+    e = self.e
+    S = range(len(it.parts))
+    for _ in S:
+      e.close()
+    e.close()
+    e(" ".join(f"mq{s} = me{s};" for s in S))
+    e.depth -= 1
+    e.open("} else {")
+    L = len(it.coords)
+    for s in S:
+      e(f"if (!(" + " && ".join(f"mk{l}_{s} == mx{l}" for l in range(L)) + f")) ++mq{s};")
+    e.close()
+    e.close()
+
   def close(self, it):
     e = self.e
+    if isinstance(it, ir.TupleIntersect):
+      self.close_tuple_intersect(it)
+      return
     if not isinstance(it, ir.Intersect):
       e.close()
       return
