@@ -104,6 +104,48 @@ def union(out: Layout, parts: Sequence[Part], *, func: str,
   Returns:
     ``(data, indices)`` of ``out``; values at equal coordinates are summed.
   """
+  indices = [b for _, _, idx in parts for b in idx]
+  datas = tuple(d for _, d, _ in parts)
+  if not checks.is_concrete(*indices) and len({jnp.result_type(d) for d in datas}) == 1:
+    # Traced indices: pattern and values in one primitive (on CPU one kernel pass, no
+    # src arrays); its jvp is the gathers below.
+    from .structure import union_kernel
+    layouts = tuple(lay for lay, _, _ in parts)
+    offs = tuple(None if o is None else tuple(int(v) for v in o)
+                 for o in (offsets or [None] * len(parts)))
+    plan = union_kernel.UnionPlan(out, layouts, offs, func, dest=False)
+    *out_indices, count, data = _compiled_sum(plan)(
+        tuple(tuple(idx) for _, _, idx in parts), datas)
+    return enforce_capacity(count, out.nse, data, func), tuple(out_indices)
+  out_indices, count, sources = _pattern(out, parts, func, offsets)
+  data = _compiled_values(out)(sources, datas)
+  return enforce_capacity(count, out.nse, data, func), out_indices
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_sum(plan):
+  from .structure import union_kernel
+  return jax.jit(lambda indices, datas: union_kernel.union_sum(plan, indices, datas))
+
+
+def union_each(out: Layout, parts: Sequence[Part], *, func: str,
+               offsets: Sequence[Sequence[int] | None] | None = None):
+  """Every part's values on the union of the patterns, from one pattern computation.
+
+  Args and capacity rules as :func:`union`.
+
+  Returns:
+    ``(datas, indices)``: per part, its values at every leaf of ``out``
+    `[*batch, out.nse, *block]` (0 where it stores nothing), and ``out``'s index buffers.
+  """
+  out_indices, count, sources = _pattern(out, parts, func, offsets)
+  datas = _compiled_each(out)(sources, tuple(d for _, d, _ in parts))
+  return [enforce_capacity(count, out.nse, d, func) for d in datas], out_indices
+
+
+def _pattern(out: Layout, parts: Sequence[Part], func: str, offsets):
+  """``(out_indices, count, sources)`` of the union; outside any trace when the index
+  buffers are concrete."""
   layouts = tuple(lay for lay, _, _ in parts)
   offs = tuple(None if o is None else tuple(int(v) for v in o)
                for o in (offsets or [None] * len(parts)))
@@ -111,13 +153,10 @@ def union(out: Layout, parts: Sequence[Part], *, func: str,
   pattern = _compiled_pattern(out, layouts, func, offs)
   if checks.is_concrete(*[b for idx in indices for b in idx]):
     # A fixed pattern (eager calls, and values-only tracing such as grad with respect
-    # to the data) is computed once, outside any trace: only the scatter is staged.
+    # to the data) is computed once, outside any trace: only the gathers are staged.
     with jax.ensure_compile_time_eval():
-      out_indices, count, sources = pattern(indices)
-  else:
-    out_indices, count, sources = pattern(indices)
-  data = _compiled_values(out)(sources, tuple(d for _, d, _ in parts))
-  return enforce_capacity(count, out.nse, data, func), out_indices
+      return pattern(indices)
+  return pattern(indices)
 
 
 @functools.lru_cache(maxsize=512)
@@ -201,6 +240,19 @@ def _compiled_values(out: Layout):
 
   def run(sources, datas):
     return convert.vmap_batch(values, out.n_batch)(sources, datas)
+
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_each(out: Layout):
+  """Per part, its values at every leaf (a gather by its ``sources``)."""
+  def each(sources, datas):
+    return tuple(data.at[src].get(mode="fill", fill_value=0)
+                 for src, data in zip(sources, datas))
+
+  def run(sources, datas):
+    return convert.vmap_batch(each, out.n_batch)(sources, datas)
 
   return jax.jit(run)
 

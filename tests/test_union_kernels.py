@@ -100,7 +100,7 @@ def _bound(case: Case, arrays):
 
   def walk(jp):
     for eqn in jp.eqns:
-      if eqn.primitive is uk.union_pattern_p:
+      if eqn.primitive in (uk.union_pattern_p, uk.union_sum_p):
         found.append((eqn, eqn.params))
       for sub in jax.extend.core.jaxprs_in_params(eqn.params):
         walk(sub)
@@ -133,9 +133,34 @@ def test_kernel_portable_numpy(case):
   util.assert_allclose(util.jit_todense(got), _numpy(case, dense), dtype=F32)
   if case.expected != "kernel":
     return
-  for _, params in _bound(case, arrays)[:1]:
+  bound = _bound(case, arrays)
+  assert bound
+  for eqn, params in bound[:1]:
     flat = [b for A in arrays for b in A.indices]
-    _bitwise(params["plan"], flat, dest=False)
+    if eqn.primitive is uk.union_sum_p:
+      _bitwise_sum(params["plan"], flat, [A.data for A in arrays])
+    else:
+      _bitwise(params["plan"], flat, dest=False)
+
+
+def _bitwise_sum(plan, flat, datas):
+  """The fused sum kernel equals its composition (pattern + gathers + sum) bit for bit."""
+  def run(flat, datas):
+    return uk.union_sum_p.bind(*flat, *datas, plan=plan)
+  uk.last_decisions.clear()
+  kernel = jax.jit(run)(flat, datas)
+  assert [d for _, d in uk.last_decisions] == ["kernel"]
+  previous = js.config.lowering
+  try:
+    js.config.lowering = "portable"
+    uk.last_decisions.clear()
+    portable = jax.jit(lambda f, d: run(f, d))(flat, datas)
+    assert [d for _, d in uk.last_decisions] == ["portable"]
+  finally:
+    js.config.lowering = previous
+  for k, (g, w) in enumerate(zip(kernel, portable)):
+    assert g.dtype == w.dtype and g.shape == w.shape, (k, g.dtype, w.dtype, g.shape, w.shape)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"output {k}")
 
 
 def test_scipy_reference_large_parallel():
@@ -297,3 +322,16 @@ def test_many_columns_two_parts():
   plan = uk.UnionPlan(Layout(js.CSR, A.shape, a.nse + b.nse), (a.layout, b.layout),
                       (None, None), "add")
   _bitwise(plan, [*a.indices, *b.indices])
+
+
+def test_extremum_builds_one_pattern():
+  """``maximum`` / ``minimum`` / ``union_values`` compute the union pattern once."""
+  A, x = random_sparse(30, (4, 7), "csr", padding=2)
+  B, y = random_sparse(31, (4, 7), "csr", padding=1)
+  case = Case("maximum", ("csr", "csr"), (4, 7))
+  assert len(_bound(case, [A, B])) == 1
+  assert len(_bound(dataclasses.replace(case, op="minimum"), [A, B])) == 1
+  U, a, b = jax.jit(js.ops.elementwise.union_values)(A, B)
+  dense = util.jit_todense
+  util.assert_allclose(dense(U.with_data(a)), x.astype(np.float64), dtype=F32)
+  util.assert_allclose(dense(U.with_data(b)), y.astype(np.float64), dtype=F32)

@@ -24,7 +24,7 @@ from jscorch.primitives._errors import SparseCapacityError
 from jscorch.primitives.layout import Layout
 
 
-def _union(a: SparseArray, b: SparseArray, nse, func: str) -> SparseArray:
+def _union(a: SparseArray, b: SparseArray, nse, func: str, each: bool = False):
   if a.shape != b.shape:
     raise ValueError(f"{func}: sparse operands must have the same shape; got "
                      f"a.shape={a.shape}, b.shape={b.shape}, expected equal shapes (sparse "
@@ -53,8 +53,11 @@ def _union(a: SparseArray, b: SparseArray, nse, func: str) -> SparseArray:
   else:
     nse = a.nse + b.nse
   out = Layout.make(fmt, a.shape, nse, func)
-  data, indices = union.union(out, [(a.layout, a.data, a.indices),
-                                    (b.layout, b.data, b.indices)], func=func)
+  parts = [(a.layout, a.data, a.indices), (b.layout, b.data, b.indices)]
+  if each:        # (U holding a's values, [a's values, b's values]): one pattern
+    datas, indices = union.union_each(out, parts, func=func)
+    return SparseArray._make(datas[0], indices, fmt, a.shape), datas
+  data, indices = union.union(out, parts, func=func)
   return SparseArray._make(data, indices, fmt, a.shape)
 
 
@@ -117,9 +120,8 @@ def union_values(a: SparseArray, b: SparseArray, *, nse: int | None = None,
     >>> a, b
     (Array([1., 0., 2.], dtype=float32), Array([0., 3., 4.], dtype=float32))
   """
-  ua = _union(a, b.with_data(jnp.zeros_like(b.data)), nse, func)
-  ub = _union(a.with_data(jnp.zeros_like(a.data)), b, nse, func)
-  return ua, ua.data, ub.data
+  ua, (x, y) = _union(a, b, nse, func, each=True)
+  return ua, x, y
 
 
 def _extremum(a, b, nse, func: str, fn):

@@ -219,25 +219,33 @@ class _Variant:
   idx_t: str
   cnt_t: str
   dest: bool
+  val_t: str | None = None     # the summed values' C type (jscorch_union_sum), or None
+
+
+#: Value dtypes the fused sum kernel handles (others run the pattern kernel and a gather).
+VAL_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+             np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
 
 
 _CTYPE = {np.dtype(np.int32): "int32_t", np.dtype(np.int64): "int64_t"}
 
 
-def _variant(plan: UnionPlan, count_dtype) -> _Variant:
+def _variant(plan: UnionPlan, count_dtype, val_dtype=None) -> _Variant:
   return _Variant(n_parts=len(plan.parts), idx_t=_CTYPE[np.dtype(plan.out.index_dtype)],
-                  cnt_t=_CTYPE[np.dtype(count_dtype)], dest=plan.dest)
+                  cnt_t=_CTYPE[np.dtype(count_dtype)], dest=plan.dest and val_dtype is None,
+                  val_t=None if val_dtype is None else VAL_CTYPE[np.dtype(val_dtype)])
 
 
 def params(plan: UnionPlan) -> np.ndarray:
-  """The run-time sizes the dims do not carry, int64 `[1 + 3 * n_parts]` (storage order):
-  the output's columns, then every part's columns, row offsets and column offsets."""
+  """The run-time sizes the dims do not carry, int64 `[2 + 3 * n_parts]` (storage order):
+  the output's columns, every part's columns, row offsets and column offsets, and the
+  number of values per entry (block size)."""
   out = plan.out
   order = out.format.mode_ordering
   offs = [tuple(o) if o is not None else (0,) * out.n_sparse for o in plan.offsets]
   return np.asarray([out.level_sizes[1], *(l.level_sizes[1] for l in plan.parts),
-                     *(int(o[order[0]]) for o in offs), *(int(o[order[1]]) for o in offs)],
-                    np.int64)
+                     *(int(o[order[0]]) for o in offs), *(int(o[order[1]]) for o in offs),
+                     math.prod(out.block_shape)], np.int64)
 
 
 def _emit_header(v: _Variant, name: str, plan: UnionPlan) -> str:
@@ -251,8 +259,12 @@ def _emit_header(v: _Variant, name: str, plan: UnionPlan) -> str:
       f"typedef {v.cnt_t} cnt_t;",
       f"#define NPARTS {v.n_parts}",
       f"#define WANT_DEST {int(v.dest)}",
-      "#define RET_COUNT (2 + WANT_DEST)     /* rets: pos, crd, [dest], count, src... */",
+      f"#define WANT_SUM {int(v.val_t is not None)}   /* values summed here, not src */",
+      f"typedef {v.val_t or 'float'} val_t;",
+      "#define RET_COUNT (2 + WANT_DEST)     /* rets: pos, crd, [dest], count, src... | data */",
       "#define RET_SRC (RET_COUNT + 1)",
+      "#define N_SRC_RETS (WANT_SUM ? 1 : NPARTS)",
+      "#define ARG_PARAMS (2 * NPARTS + (WANT_SUM ? NPARTS : 0))",
       "/* sizes of the call, read through the args `a` of every function below */",
       "#define ROWS (a->rows)",
       "#define COLS (a->cols)",
@@ -279,7 +291,31 @@ typedef struct {
   idx_t* out_crd;
   idx_t* dest;
   idx_t* src[NPARTS];         /* NSE each: the entry of part k at each leaf (PART_CAP: none) */
+  int64_t blk;                /* values per entry (WANT_SUM) */
+  const val_t* val[NPARTS];   /* WANT_SUM: the parts' values, [PART_CAP, blk] */
+  val_t* out_val;             /* WANT_SUM: [NSE, blk], the sum of the parts at each leaf */
 } union_args;
+
+/* Leaf q takes entry i of part k (PART_CAP[k]: none). Without WANT_SUM that is src; with
+   it the values, folded over the parts in order exactly as the gathers' sum in XLA:
+   total = taken_0; total = total + taken_k (0 where a part stores nothing). */
+#if WANT_SUM
+static inline void put_val(const union_args* a, int k, int64_t q, int64_t i) {
+  val_t* o = a->out_val + q * a->blk;
+  const int64_t blk = a->blk;
+  if (i >= PART_CAP[k]) {
+    if (k == 0) for (int64_t j = 0; j < blk; ++j) o[j] = (val_t)0;
+    else for (int64_t j = 0; j < blk; ++j) o[j] = o[j] + (val_t)0;
+    return;
+  }
+  const val_t* v = a->val[k] + i * blk;
+  if (k == 0) for (int64_t j = 0; j < blk; ++j) o[j] = v[j];
+  else for (int64_t j = 0; j < blk; ++j) o[j] = o[j] + v[j];
+}
+#define SET_SRC(k, q, i) put_val(a, (k), (q), (int64_t)(i))
+#else
+#define SET_SRC(k, q, i) (a->src[k][q] = (idx_t)(i))
+#endif
 
 /* The in-bounds segment [lo, hi) of output row r in part k (empty outside the part). */
 static inline void segment(const union_args* a, int k, int64_t r, int64_t* lo, int64_t* hi) {
@@ -326,7 +362,7 @@ static inline int64_t merge_row(const union_args* a, int64_t r, int64_t at, int 
     if (c == INT64_MAX) break;
     for (int k = 0; k < NPARTS; ++k) {
       int hit = p[k] < e[k] && (int64_t)a->crd[k][p[k]] + COL_OFF[k] == c;
-      if (write && at + n < NSE) a->src[k][at + n] = (idx_t)(hit ? p[k] : PART_CAP[k]);
+      if (write && at + n < NSE) SET_SRC(k, at + n, hit ? p[k] : PART_CAP[k]);
       if (hit) {
         if (write && WANT_DEST) a->dest[DEST_BASE[k] + p[k]] = (idx_t)(at + n);
         ++p[k];
@@ -352,8 +388,6 @@ static inline int64_t fill_two(const union_args* a, int64_t p0, int64_t e0, int6
   idx_t* d0 = WANT_DEST ? a->dest + DEST_BASE[0] : NULL;
   idx_t* d1 = WANT_DEST ? a->dest + DEST_BASE[1] : NULL;
   idx_t* oc = a->out_crd;
-  idx_t* s0 = a->src[0];
-  idx_t* s1 = a->src[1];
   int64_t q = at;
   while (p0 < e0 && p1 < e1) {
     int64_t x = (int64_t)c0[p0] + COL_OFF[0], y = (int64_t)c1[p1] + COL_OFF[1];
@@ -365,8 +399,8 @@ static inline int64_t fill_two(const union_args* a, int64_t p0, int64_t e0, int6
     int64_t g0 = x > y, g1 = y > x;       /* part 0 (1) stores nothing at this leaf */
     if (!checked || q < NSE) {
       oc[q] = (idx_t)(x - g0 * (x - y));
-      s0[q] = (idx_t)(p0 + g0 * (PART_CAP[0] - p0));
-      s1[q] = (idx_t)(p1 + g1 * (PART_CAP[1] - p1));
+      SET_SRC(0, q, p0 + g0 * (PART_CAP[0] - p0));
+      SET_SRC(1, q, p1 + g1 * (PART_CAP[1] - p1));
     }
     p0 += 1 - g0;
     p1 += 1 - g1;
@@ -376,16 +410,16 @@ static inline int64_t fill_two(const union_args* a, int64_t p0, int64_t e0, int6
     if (WANT_DEST) d0[p0] = (idx_t)q;
     if (!checked || q < NSE) {
       oc[q] = (idx_t)((int64_t)c0[p0] + COL_OFF[0]);
-      s0[q] = (idx_t)p0;
-      s1[q] = (idx_t)PART_CAP[1];
+      SET_SRC(0, q, p0);
+      SET_SRC(1, q, PART_CAP[1]);
     }
   }
   for (; p1 < e1; ++p1, ++q) {
     if (WANT_DEST) d1[p1] = (idx_t)q;
     if (!checked || q < NSE) {
       oc[q] = (idx_t)((int64_t)c1[p1] + COL_OFF[1]);
-      s0[q] = (idx_t)PART_CAP[0];
-      s1[q] = (idx_t)p1;
+      SET_SRC(0, q, PART_CAP[0]);
+      SET_SRC(1, q, p1);
     }
   }
   return q - at;
@@ -496,6 +530,11 @@ static inline const XLA_FFI_Buffer* ret_buf(XLA_FFI_CallFrame* cf, int64_t i) {{
 static inline int64_t last_dim(const XLA_FFI_Buffer* b) {{
   return b->rank ? b->dims[b->rank - 1] : 1;
 }}
+static inline int64_t elements(const XLA_FFI_Buffer* b) {{
+  int64_t n = 1;
+  for (int64_t d = 0; d < b->rank; ++d) n *= b->dims[d];
+  return n;
+}}
 static inline int64_t lead_dims(const XLA_FFI_Buffer* b) {{
   int64_t n = 1;
   for (int64_t d = 0; d + 1 < b->rank; ++d) n *= b->dims[d];
@@ -517,19 +556,20 @@ static void count_rows(XLA_FFI_CallFrame* cf, union_args* a, const int64_t* boun
 XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
   XLA_FFI_Error* early;
   if (jscorch_preamble(cf, &early)) return early;
-  if (cf->args.size != 2 * NPARTS + 1 || cf->rets.size != RET_SRC + NPARTS)
+  if (cf->args.size != ARG_PARAMS + 1 || cf->rets.size != RET_SRC + N_SRC_RETS)
     return jscorch_error(cf, "{name}: wrong number of buffers");
   union_args args;
   union_args* a = &args;
-  const XLA_FFI_Buffer* prm = arg_buf(cf, 2 * NPARTS);
-  if (prm->dtype != XLA_FFI_DataType_S64 || prm->rank != 1 || prm->dims[0] != 1 + 3 * NPARTS)
-    return jscorch_error(cf, "{name}: params must be int64 [1 + 3 * NPARTS]");
+  const XLA_FFI_Buffer* prm = arg_buf(cf, ARG_PARAMS);
+  if (prm->dtype != XLA_FFI_DataType_S64 || prm->rank != 1 || prm->dims[0] != 2 + 3 * NPARTS)
+    return jscorch_error(cf, "{name}: params must be int64 [2 + 3 * NPARTS]");
   const int64_t* p = (const int64_t*)prm->data;
   const XLA_FFI_Buffer* ocrd = ret_buf(cf, 1);
   const int64_t batch = lead_dims(ocrd);
   a->rows = last_dim(ret_buf(cf, 0)) - 1;
   a->nse = last_dim(ocrd);
   a->cols = p[0];
+  a->blk = p[1 + 3 * NPARTS];
   int64_t ndest = 0;
   for (int k = 0; k < NPARTS; ++k) {{
     const XLA_FFI_Buffer* pb = arg_buf(cf, 2 * k);
@@ -542,10 +582,13 @@ XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
     a->dest_base[k] = ndest;
     ndest += a->part_cap[k];
     if (lead_dims(pb) != batch || lead_dims(cb) != batch || a->part_rows[k] < 0 ||
-        last_dim(ret_buf(cf, RET_SRC + k)) != a->nse || lead_dims(ret_buf(cf, RET_SRC + k)) != batch)
+        (!WANT_SUM && (last_dim(ret_buf(cf, RET_SRC + k)) != a->nse ||
+                       lead_dims(ret_buf(cf, RET_SRC + k)) != batch)) ||
+        (WANT_SUM && elements(arg_buf(cf, 2 * NPARTS + k)) != batch * a->part_cap[k] * a->blk))
       return jscorch_error(cf, "{name}: buffer shapes do not agree");
   }}
-  if (ROWS < 0 || lead_dims(ret_buf(cf, 0)) != batch ||
+  if (ROWS < 0 || lead_dims(ret_buf(cf, 0)) != batch || a->blk < 0 ||
+      (WANT_SUM && elements(ret_buf(cf, RET_SRC)) != batch * NSE * a->blk) ||
       (WANT_DEST && (last_dim(ret_buf(cf, 2)) != ndest || lead_dims(ret_buf(cf, 2)) != batch)))
     return jscorch_error(cf, "{name}: buffer shapes do not agree");
   idx_t* out_pos = (idx_t*)jscorch_ret(cf, 0);
@@ -567,7 +610,11 @@ XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
     a->start = start;
     a->out_crd = out_crd + b * NSE;
     a->dest = WANT_DEST ? dest + b * ndest : NULL;
-    for (int k = 0; k < NPARTS; ++k) a->src[k] = (idx_t*)jscorch_ret(cf, RET_SRC + k) + b * NSE;
+    for (int k = 0; k < NPARTS; ++k) {{
+      if (WANT_SUM) a->val[k] = (const val_t*)jscorch_arg(cf, 2 * NPARTS + k) + b * PART_CAP[k] * a->blk;
+      else a->src[k] = (idx_t*)jscorch_ret(cf, RET_SRC + k) + b * NSE;
+    }}
+    if (WANT_SUM) a->out_val = (val_t*)jscorch_ret(cf, RET_SRC) + b * NSE * a->blk;
     /* entries outside every row segment (padding) go nowhere */
     for (int k = 0; k < NPARTS && WANT_DEST; ++k) {{
       int64_t s, e;
@@ -587,7 +634,7 @@ XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
     for (int64_t r = 0; r <= ROWS; ++r) pos[r] = (idx_t)(start[r] < NSE ? start[r] : NSE);
     for (int64_t q = start[ROWS]; q < NSE; ++q) {{
       a->out_crd[q] = (idx_t)COLS;
-      for (int k = 0; k < NPARTS; ++k) a->src[k][q] = (idx_t)PART_CAP[k];
+      for (int k = 0; k < NPARTS; ++k) SET_SRC(k, q, PART_CAP[k]);
     }}
     count[b] = (cnt_t)start[ROWS];
   }}
@@ -598,24 +645,25 @@ XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
 """
 
 
-def generate(plan: UnionPlan, count_dtype) -> tuple[str, str]:
+def generate(plan: UnionPlan, count_dtype, val_dtype=None) -> tuple[str, str]:
   """``(target name, C source)`` of the kernel of ``plan`` (which must have one).
 
   The source depends only on the number of parts, the index and count dtypes and whether
   ``dest`` is returned (:class:`_Variant`): every shape, capacity and offset of that
   variant runs the same build (sizes are read at run time).
   """
-  v = _variant(plan, count_dtype)
-  name = f"jscorch_union_{v.n_parts}_{v.idx_t[:-2]}_{v.cnt_t[:-2]}_{'dest' if v.dest else 'src'}"
+  v = _variant(plan, count_dtype, val_dtype)
+  mode = ("sum_" + v.val_t.replace("_t", "")) if v.val_t else ("dest" if v.dest else "src")
+  name = f"jscorch_union_{v.n_parts}_{v.idx_t[:-2]}_{v.cnt_t[:-2]}_{mode}"
   merge = _MERGE_TWO if v.n_parts == 2 else _MERGE_ANY
   count = (_COUNT_BITMAP if v.n_parts == 2 else "") + _COUNT_MERGE
   return name, "\n".join([RUNTIME, _emit_header(v, name, plan), _SEGMENTS, merge, count,
                           _PASSES, _emit_handler(name)])
 
 
-def ensure_registered(plan: UnionPlan, count_dtype) -> str:
+def ensure_registered(plan: UnionPlan, count_dtype, val_dtype=None) -> str:
   """Builds (or loads from cache) and registers the kernel; returns its target name."""
-  name, source = generate(plan, count_dtype)
+  name, source = generate(plan, count_dtype, val_dtype)
   if not kernel_build.is_registered(name):
     kernel_build.register(name, kernel_build.build(source), name)
   return name
@@ -646,3 +694,114 @@ ad.primitive_jvps[union_pattern_p] = _union_pattern_jvp
 batching.primitive_batchers[union_pattern_p] = _union_pattern_batching_rule
 mlir.register_lowering(union_pattern_p, _union_pattern_portable_lowering)
 mlir.register_lowering(union_pattern_p, _union_pattern_cpu_lowering, platform="cpu")
+
+
+# ---------------------------------------------------------------------------------------
+# jscorch_union_sum: index buffers, then the parts' values `[*batch, nse_k, *block]` ->
+# (output index buffers..., count `[*batch]`, data `[*batch, out.nse, *block]`): the pattern
+# and, at every leaf, the sum of the parts' values there, in one pass (the kernel writes no
+# src arrays and XLA gathers nothing). Defined as union_pattern + a gather per part + their
+# sum, which is also its portable rule and its jvp (so gradients and transposes stay the
+# gathers'); on CPU the sum kernel where union_pattern has a kernel and the dtype is in
+# VAL_CTYPE.
+# ---------------------------------------------------------------------------------------
+union_sum_p = Primitive("jscorch_union_sum")
+union_sum_p.multiple_results = True
+
+
+def union_sum(plan: UnionPlan, indices: Sequence[Sequence[jax.Array]], datas: Sequence):
+  """``(*out_indices, count, data)``: the union pattern and the parts' values summed on it.
+
+  Args:
+    plan: the static plan (``plan.dest`` is ignored).
+    indices: per part, its index buffers (cast to the output's index dtype).
+    datas: per part, its values `[*batch, nse_k, *block]`, all of one dtype.
+  """
+  idt = plan.out.index_dtype
+  flat = [jnp.asarray(b).astype(idt) for idx in indices for b in idx]
+  return union_sum_p.bind(*flat, *datas, plan=dataclasses.replace(plan, dest=False))
+
+
+def _gather_sum(plan: UnionPlan, srcs, datas):
+  def values(srcs, datas):
+    total = None
+    for src, data in zip(srcs, datas):
+      taken = data.at[src].get(mode="fill", fill_value=0)
+      total = taken if total is None else total + taken
+    return total
+  f = values
+  for _ in range(plan.out.n_batch):
+    f = jax.vmap(f)
+  return f(srcs, datas)
+
+
+def _n_index(plan: UnionPlan) -> int:
+  return sum(len(lay.index_shapes) for lay in plan.parts)
+
+
+def _sum_composed(plan: UnionPlan):
+  n_out = len(plan.out.index_shapes)
+
+  def run(*args):
+    flat, datas = args[:_n_index(plan)], args[_n_index(plan):]
+    out = union_pattern_p.bind(*flat, plan=plan)
+    return (*out[:n_out + 1], _gather_sum(plan, out[n_out + 1:], datas))
+  return run
+
+
+def _union_sum_impl(*args, plan: UnionPlan):
+  return jax.jit(functools.partial(union_sum_p.bind, plan=plan))(*args)
+
+
+def _union_sum_abstract_eval(*avals, plan: UnionPlan):
+  shapes = jax.eval_shape(_sum_composed(plan), *avals)
+  return [jax.core.ShapedArray(s.shape, s.dtype) for s in shapes]
+
+
+def _union_sum_jvp(primals, tangents, *, plan: UnionPlan):
+  # The pattern once, then the (linear) gathers of the values and of their tangents.
+  n_out = len(plan.out.index_shapes)
+  flat, datas = primals[:_n_index(plan)], primals[_n_index(plan):]
+  out = union_pattern_p.bind(*flat, plan=plan)
+  srcs = out[n_out + 1:]
+  dts = [ad.instantiate_zeros(t) for t in tangents[_n_index(plan):]]
+  primal_out = (*out[:n_out + 1], _gather_sum(plan, srcs, datas))
+  zeros = [ad.Zero(jax.core.get_aval(o).to_tangent_aval()) for o in out[:n_out + 1]]
+  return primal_out, [*zeros, _gather_sum(plan, srcs, dts)]
+
+
+def _union_sum_batching_rule(args, dims, *, plan: UnionPlan):
+  size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+  moved = [jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
+           for a, d in zip(args, dims)]
+  out = union_sum_p.bind(*moved, plan=plan.with_batch(size))
+  return out, [0] * len(out)
+
+
+def _union_sum_portable_lowering(ctx, *args, plan: UnionPlan):
+  return mlir.lower_fun(_sum_composed(plan), multiple_results=True)(ctx, *args)
+
+
+def _union_sum_cpu_lowering(ctx, *args, plan: UnionPlan):
+  n_index = _n_index(plan)
+  val_dtype = np.dtype(ctx.avals_in[n_index].dtype) if len(args) > n_index else None
+  kernel = (settings.lowering != "portable" and kernel_build.compiler() is not None
+            and kernel_reason(plan) == "kernel" and val_dtype in VAL_CTYPE
+            and all(np.dtype(a.dtype) == val_dtype for a in ctx.avals_in[n_index:])
+            and all(np.dtype(a.dtype) == np.dtype(plan.out.index_dtype)
+                    for a in ctx.avals_in[:n_index]))
+  if not kernel:      # the composition: union_pattern (its own kernel or fallback) + gathers
+    return _union_sum_portable_lowering(ctx, *args, plan=plan)
+  last_decisions.append((plan, "kernel"))
+  name = ensure_registered(plan, ctx.avals_out[len(plan.out.index_shapes)].dtype, val_dtype)
+  prm = params(plan)
+  ctx = ctx.replace(avals_in=[*ctx.avals_in, jax.core.ShapedArray(prm.shape, prm.dtype)])
+  return jax.ffi.ffi_lowering(name)(ctx, *args, mlir.ir_constant(prm))
+
+
+union_sum_p.def_impl(_union_sum_impl)
+union_sum_p.def_abstract_eval(_union_sum_abstract_eval)
+ad.primitive_jvps[union_sum_p] = _union_sum_jvp
+batching.primitive_batchers[union_sum_p] = _union_sum_batching_rule
+mlir.register_lowering(union_sum_p, _union_sum_portable_lowering)
+mlir.register_lowering(union_sum_p, _union_sum_cpu_lowering, platform="cpu")
