@@ -241,6 +241,110 @@ def test_convert_matches_scipy_csr_to_csc():
   del rng
 
 
+# -- order-preserving conversions ---------------------------------------------------------
+def _full_rule(plan, args):
+  """The general (sorting, gathering) portable rule of a passthrough plan: the reference."""
+  import dataclasses
+  full = dataclasses.replace(plan, passthrough=False)
+  return jax.jit(lambda *a: structure_portable(full, *a))(*args)
+
+
+@pytest.mark.parametrize("src,dst,n_batch", [("csr", "coo", 0), ("coo", "csr", 0),
+                                             ("csr", "coo", 1), ("dcsr", "coo", 0)])
+def test_order_preserving_conversions_move_nothing(src, dst, n_batch):
+  """CSR -> COO, sorted unique COO -> CSR (...): the values are the input's (no gather in
+  the program), the per-entry crd the source holds is reused, the rest matches the
+  general rule buffer for buffer (padding included), in the kernel and the portable rule."""
+  rng = np.random.default_rng(zlib.crc32(f"{src}{dst}{n_batch}".encode()))
+  A, x = util.random_sparse(rng, (2,) * n_batch + (7, 9), _fmt(src, 2), n_batch=n_batch,
+                            padding=3)
+  dfmt = _fmt(dst, 2)
+  plan = st.make_plan(Layout(dfmt.replace(n_batch=n_batch), A.shape, A.nse), A.layout)
+  assert plan.passthrough
+  conv = jax.jit(lambda A: A.asformat(dfmt))
+  jaxpr = str(jax.make_jaxpr(lambda A: A.asformat(dfmt))(A))
+  assert "gather" not in jaxpr and "scatter" not in jaxpr, jaxpr
+  out = conv(A)
+  util.assert_allclose(out.todense(), x, np.float32)
+  np.testing.assert_array_equal(np.asarray(out.data), np.asarray(A.data))
+  with _lowering("portable"):
+    port = jax.jit(lambda A: A.asformat(dfmt))(A)
+  # the general path (sort + gather) gives the same buffers, padding included
+  want_data, want_indices = _general(A, dfmt)
+  assert len(out.indices) == len(want_indices)
+  for g, p, w in zip(out.indices, port.indices, want_indices):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    np.testing.assert_array_equal(np.asarray(p), np.asarray(w))
+  np.testing.assert_array_equal(np.asarray(out.data), np.asarray(want_data))
+  # the primitive: kernel == portable rule == the general rule's buffers it replaces
+  args = [i.reshape((-1,) + i.shape[n_batch:]) for i in A.indices]
+  kern = jax.jit(lambda *a: st.structure(plan, *a))(*args)
+  portable = jax.jit(lambda *a: structure_portable(plan, *a))(*args)
+  for g, w in zip(kern, portable):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+  full = _full_rule(plan, args)
+  e = plan.entry_level
+  lead = sum(len(lvl.buffers) for lvl in plan.dst.format.levels[:e])
+  np.testing.assert_array_equal(np.asarray(kern[0]), np.asarray(full[lead]))
+  computed = iter(kern[1:])
+  for k in range(e, plan.n_levels):
+    idx = lead + sum(len(lvl.buffers) for lvl in plan.dst.format.levels[e:k + 1]) - 1
+    if k in plan.computed_levels:
+      np.testing.assert_array_equal(np.asarray(next(computed)), np.asarray(full[idx]))
+
+
+class _lowering:
+  def __init__(self, choice):
+    self.choice = choice
+
+  def __enter__(self):
+    self.before = settings.lowering
+    settings.lowering = self.choice
+
+  def __exit__(self, *exc):
+    settings.lowering = self.before
+
+
+def _general(A, fmt):
+  """``(values, indices)`` of ``A`` in ``fmt`` by the general rule (sort, gather)."""
+  import dataclasses
+
+  from jscorch.primitives.structure import primitive as prim
+  lay = Layout(fmt.replace(n_batch=A.layout.n_batch), A.shape, A.nse)
+  full = dataclasses.replace(st.make_plan(lay, A.layout), passthrough=False)
+  flat = [prim._flat_batch(i, A.layout.n_batch) for i in A.indices]
+  outs = jax.jit(lambda *a: structure_portable(full, *a))(*flat)
+  return prim._finish(lay, full, outs, A.data, "asformat", True)
+
+
+def test_order_preserving_paths_large_and_differentiable():
+  """Enough entries for the threaded walk (kernel == portable rule == scipy); values pass
+  through, so gradients are the identity's."""
+  sp = pytest.importorskip("scipy.sparse")
+  m = sp.random(700, 900, density=0.06, random_state=3, format="csr", dtype=np.float32)
+  A = js.from_scipy(m, nse=m.nnz + 5)
+  coo = jax.jit(lambda A: A.asformat("coo"))(A)
+  want = m.tocoo()
+  np.testing.assert_array_equal(np.asarray(coo.indices[1])[:m.nnz], want.row)
+  np.testing.assert_array_equal(np.asarray(coo.indices[1])[m.nnz:], 700)
+  np.testing.assert_array_equal(np.asarray(coo.indices[2])[:m.nnz], want.col)
+  back = jax.jit(lambda A: A.asformat("csr"))(coo)
+  np.testing.assert_array_equal(np.asarray(back.indices[0]), m.indptr)
+  for B, C in ((A, coo), (coo, back)):
+    plan = st.make_plan(C.layout, B.layout)
+    assert plan.passthrough
+    args = [i[None] for i in B.indices]
+    kern = jax.jit(lambda *a: st.structure(plan, *a))(*args)
+    port = jax.jit(lambda *a: structure_portable(plan, *a))(*args)
+    for g, w in zip(kern, port):
+      np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+  with util.dtype_context(np.float64):
+    S, _ = util.random_sparse(4, (5, 6), "csr", padding=2)
+    S = S.with_data(S.data.astype(jnp.float64))
+    g = lambda d: jnp.sum(jnp.sin(S.with_data(d).asformat("coo").asformat("csr").data) ** 2)  # noqa: E731
+    jax.test_util.check_grads(g, (S.data,), order=2, modes=("fwd", "rev"))
+
+
 # -- transformations of values through a conversion ---------------------------------------
 @pytest.fixture(scope="module")
 def csr_pair():

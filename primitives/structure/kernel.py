@@ -29,7 +29,8 @@ import numpy as np
 from .. import kernel_build
 from ..c_runtime import RUNTIME
 from ..settings import settings
-from .plan import COMPRESSED_CODE, DENSE_CODE, StructurePlan, level_codes, np_dtype_name
+from .plan import (COMPRESSED_CODE, DENSE_CODE, StructurePlan, entry_level, level_codes,
+                   np_dtype_name)
 
 #: Plans that run the portable rule although kernels are on, by reason.
 FALLBACKS = {
@@ -65,6 +66,12 @@ def _constants(plan: StructurePlan) -> str:
       f"typedef {'int32_t' if plan.n < 2**31 - 1 else 'int64_t'} ord_t;",
       f"#define NSE {dst.nse}LL",
       f"#define SUMS {int(plan.sums)}",
+      f"#define PASS {int(plan.passthrough)}",
+      f"#define PASS_E {plan.entry_level if plan.passthrough else 0}",
+      f"#define PASS_PCAP {dst.parent_capacity(plan.entry_level) if plan.passthrough else 1}LL",
+      f"#define PASS_N {len(plan.computed_levels) if plan.passthrough else 0}",
+      f"static const int PASS_LEVEL[] = "
+      f"{_ints(plan.computed_levels if plan.passthrough else ())};",
       f"#define N_SORT {len(plan.sort_levels)}",
       f"static const int SORT_LEVEL[] = {_ints(plan.sort_levels)};",
       f"static const int DST_KIND[L] = {_ints(level_codes(dst))};",
@@ -379,8 +386,143 @@ static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks
   return 0;
 }
 
+/* Order-preserving conversions (PASS): entries keep their slots, so the kernel writes
+   only the entry level's pos (a histogram of the dense coordinates above it, then a
+   prefix sum) and the per-entry crd the source does not already hold; values and the
+   other crd are the input's. The walk runs in chunks of outermost source positions on
+   XLA's thread pool (per-chunk histograms, summed in order). */
+/* per-chunk histogram rows, a cache line apart (no false sharing) */
+#define PASS_STRIDE ((PASS_PCAP + 15) / 8 * 8)
+
+typedef struct {
+  const structure_args* a;
+  int64_t b;
+  int64_t* counts;                /* [chunk][parent] (row stride PASS_STRIDE) */
+  const int64_t* bounds;          /* outermost positions of each chunk */
+  int64_t* cover;                 /* [chunk][2]: the entries each chunk wrote, [lo, hi) */
+} pass_args;
+
+static inline void pass_pad(didx_t* const* out_crd, int64_t lo, int64_t hi) {
+  for (int i = 0; i < PASS_N; ++i) {
+    const didx_t pad = (didx_t)DST_SIZE[PASS_LEVEL[i]];
+    for (int64_t q = lo; q < hi; ++q) out_crd[i][q] = pad;
+  }
+}
+
+static void pass_walk(const void* p, int64_t lo, int64_t hi) {
+  const pass_args* t = (const pass_args*)p;
+  const structure_args* a = t->a;
+  int64_t b = t->b;
+  DECLARE_SOURCE(a, b)
+  didx_t* out_crd[PASS_N + 1];
+  for (int i = 0; i < PASS_N; ++i) out_crd[i] = (didx_t*)a->out[1 + i] + b * NSE;
+  for (int64_t c = lo; c < hi; ++c) {
+    int64_t* h = t->counts + c * PASS_STRIDE;
+    int64_t here = 0;                 /* (PASS_E == 0: one parent, counted in a register) */
+    int64_t first = -1, cursor = 0;   /* every entry in [first, cursor) is written */
+#if PASS_RUNS
+    /* the computed crd are constant over each innermost run of entries: fill runs */
+    FOR_EACH_RUN_IN(t->bounds[c], t->bounds[c + 1],
+      (void)ok;
+      int64_t node = 0;
+      int in = 1;
+      for (int k = 0; k < PASS_E; ++k) {
+        in &= row[k] >= 0 && row[k] < DST_SIZE[k];
+        node = node * DST_SIZE[k] + row[k];
+      }
+      if (PASS_E == 0) here += rhi - rlo;
+      else if (in) h[node] += rhi - rlo;
+      if (rhi > NSE) rhi = NSE;
+      if (rlo < rhi) {
+        if (first < 0) first = cursor = rlo;
+        if (rlo > cursor) pass_pad(out_crd, cursor, rlo);
+        for (int i = 0; i < PASS_N; ++i) {
+          int64_t v = row[PASS_LEVEL[i]], size = DST_SIZE[PASS_LEVEL[i]];
+          const didx_t x = (didx_t)(v >= 0 && v < size ? v : size);
+          didx_t* o = out_crd[i];
+          for (int64_t q = rlo; q < rhi; ++q) o[q] = x;
+        }
+        if (rhi > cursor) cursor = rhi;
+      })
+#else
+    FOR_EACH_ENTRY_IN(t->bounds[c], t->bounds[c + 1],
+      (void)ok;
+      int64_t node = 0;
+      int in = 1;
+      for (int k = 0; k < PASS_E; ++k) {
+        in &= row[k] >= 0 && row[k] < DST_SIZE[k];
+        node = node * DST_SIZE[k] + row[k];
+      }
+      if (PASS_E == 0) here += in;
+      else if (in) h[node]++;
+      if (PASS_N && e < NSE) {
+        if (first < 0) first = cursor = e;
+        if (e > cursor) pass_pad(out_crd, cursor, e);   /* (skipped positions: padding) */
+        if (e >= cursor) cursor = e + 1;
+        for (int i = 0; i < PASS_N; ++i) {
+          int64_t v = row[PASS_LEVEL[i]], size = DST_SIZE[PASS_LEVEL[i]];
+          out_crd[i][e] = (didx_t)(v >= 0 && v < size ? v : size);
+        }
+      })
+#endif
+    if (PASS_E == 0) h[0] = here;
+    t->cover[2 * c] = first < 0 ? 0 : first;
+    t->cover[2 * c + 1] = first < 0 ? 0 : cursor;
+  }
+}
+
+static int pass_one(const structure_args* a, int64_t b) {
+  int64_t chunks = 1;
+  if (a->batch == 1 && N_IN >= ((int64_t)1 << 15)) {
+    int64_t threads = jscorch_num_threads(a->cf);
+    chunks = threads < 1 ? 1 : threads < 8 ? threads : 8;
+  }
+  int64_t* counts = (int64_t*)scratch(3, sizeof(int64_t) * chunks * PASS_STRIDE);
+  int64_t* bounds = (int64_t*)scratch(4, sizeof(int64_t) * (4 * chunks + 2));
+  if (!counts || !bounds) return -1;
+  int64_t* units = bounds + chunks + 1;
+  int64_t* cover = units + chunks + 1;
+  DECLARE_SOURCE(a, b)
+  int64_t olo, ohi;
+  OUTER_EXTENT(olo, ohi)
+  for (int64_t c = 0; c <= chunks; ++c) {
+    bounds[c] = olo + (ohi - olo) * c / chunks;
+    units[c] = c;
+  }
+  memset(counts, 0, sizeof(int64_t) * chunks * PASS_STRIDE);
+  pass_args t = {a, b, counts, bounds, cover};
+  if (chunks > 1) jscorch_parallel_for(a->cf, pass_walk, &t, units, chunks);
+  else pass_walk(&t, 0, 1);
+  if (PASS_N) {
+    /* entries no chunk wrote are padding: fill the gaps between the chunks' ranges */
+    didx_t* out_crd[PASS_N + 1];
+    for (int i = 0; i < PASS_N; ++i) out_crd[i] = (didx_t*)a->out[1 + i] + b * NSE;
+    for (int64_t c = 1; c < chunks; ++c)          /* (insertion sort by range start) */
+      for (int64_t d = c; d > 0 && cover[2 * d] < cover[2 * d - 2]; --d) {
+        int64_t l = cover[2 * d], h = cover[2 * d + 1];
+        cover[2 * d] = cover[2 * d - 2]; cover[2 * d + 1] = cover[2 * d - 1];
+        cover[2 * d - 2] = l; cover[2 * d - 1] = h;
+      }
+    int64_t done = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (cover[2 * c] > done) pass_pad(out_crd, done, cover[2 * c]);
+      if (cover[2 * c + 1] > done) done = cover[2 * c + 1];
+    }
+    if (done < NSE) pass_pad(out_crd, done, NSE);
+  }
+  didx_t* pos = (didx_t*)a->out[0] + b * (PASS_PCAP + 1);
+  int64_t run = 0;
+  pos[0] = 0;
+  for (int64_t v = 0; v < PASS_PCAP; ++v) {
+    for (int64_t c = 0; c < chunks; ++c) run += counts[c * PASS_STRIDE + v];
+    pos[v + 1] = (didx_t)(run < NSE ? run : NSE);
+  }
+  return 0;
+}
+
 /* One batch element. Returns 0, or -1 when out of memory. */
 static int structure_one(const structure_args* a, int64_t b) {
+  if (PASS) return pass_one(a, b);
   const int64_t n = N_IN;
   builder o;
   builder_init(&o, a, b);
@@ -504,7 +646,7 @@ XLA_FFI_Error* KERNEL_NAME(XLA_FFI_CallFrame* cf) {
   if (jscorch_preamble(cf, &early)) return early;
   structure_args a;
   int n_in = (int)cf->args.size, n_out = (int)cf->rets.size;
-  if (n_in > 2 * L + 1 || n_out > 2 * L + 2 || n_out < 2)
+  if (n_in > 2 * L + 1 || n_out > 2 * L + 2 || n_out < 1)
     return jscorch_error(cf, "jscorch_structure: wrong number of buffers");
   for (int i = 0; i < n_in; ++i) a.in[i] = jscorch_arg(cf, i);
   for (int i = 0; i < n_out; ++i) a.out[i] = jscorch_ret(cf, i);
@@ -530,7 +672,17 @@ def kernel_name(plan: StructurePlan) -> str:
   return "jscorch_structure_" + hashlib.sha256(_body_source(plan).encode()).hexdigest()[:16]
 
 
-def _walk(plan: StructurePlan) -> str:
+def _runs(plan: StructurePlan) -> bool:
+  """Passthrough with computed ``crd`` that all come from source levels above the source's
+  entry level (constant over each innermost run), and a histogram keyed the same way:
+  the walk can stop one level early and fill whole runs of entries."""
+  if not plan.passthrough or not plan.computed_levels:
+    return False
+  e_src = entry_level(plan.src)
+  return all(plan.dst_to_src[k] < e_src for k in range(plan.entry_level))
+
+
+def _walk(plan: StructurePlan, runs: bool = False) -> str:
   """``DECLARE_SOURCE(a, b)`` and ``FOR_EACH_ENTRY(body)``: the loop nest over one batch
   element's entries in the source's storage order. ``body`` sees ``e`` (the entry),
   ``row`` (its coordinates in destination level order) and ``ok`` (all in range).
@@ -548,6 +700,7 @@ def _walk(plan: StructurePlan) -> str:
             "    __VA_ARGS__ }\n")
   src = plan.src
   codes = level_codes(src)
+  stop = entry_level(src) if runs else len(codes)
   decl, buf = [], 0
   for j, code in enumerate(codes):
     if code == COMPRESSED_CODE:
@@ -559,6 +712,8 @@ def _walk(plan: StructurePlan) -> str:
       buf += 1
   lines = []
   for j, code in enumerate(codes):
+    if j > stop:
+      break
     p = f"q{j - 1}" if j else "0"
     ok = f"ok{j - 1} && " if j else ""
     ind = "  " * (j + 1)
@@ -582,20 +737,33 @@ def _walk(plan: StructurePlan) -> str:
       if j == 0:
         lines.append(f"{ind}if (lo0 < (CLO)) lo0 = (CLO);")
         lines.append(f"{ind}if (hi0 > (CHI)) hi0 = (CHI);")
+      if j == stop:
+        ok = f"ok{j - 1}" if j else "1"
+        row = ", ".join(f"c{plan.dst_to_src[k]}" if plan.dst_to_src[k] < stop else "0"
+                        for k in range(plan.n_levels))
+        lines.append(f"{ind}{{ int64_t rlo = lo{j}, rhi = hi{j}; int ok = {ok}; "
+                     f"int64_t row[L] = {{{row}}}; __VA_ARGS__ }}")
+        break
       lines.append(f"{ind}for (int64_t q{j} = lo{j}; q{j} < hi{j}; ++q{j}) {{")
       lines.append(f"{ind}  int64_t c{j} = (int64_t)scrd{j}[q{j}];")
     lines.append(f"{ind}  int ok{j} = {ok}c{j} >= 0 && c{j} < SRC_SIZE[{j}];")
   last = len(codes) - 1
-  ind = "  " * (last + 2)
-  row = ", ".join(f"c{plan.dst_to_src[k]}" for k in range(plan.n_levels))
-  lines.append(f"{ind}{{ int64_t e = q{last}; int ok = ok{last}; int64_t row[L] = {{{row}}}; "
-               "__VA_ARGS__ }")
-  lines += ["  " * (j + 1) + "}" for j in range(last, -1, -1)]
+  if runs:
+    lines += ["  " * (j + 1) + "}" for j in range(stop - 1, -1, -1)]
+  else:
+    ind = "  " * (last + 2)
+    row = ", ".join(f"c{plan.dst_to_src[k]}" for k in range(plan.n_levels))
+    lines.append(f"{ind}{{ int64_t e = q{last}; int ok = ok{last}; int64_t row[L] = {{{row}}}; "
+                 "__VA_ARGS__ }")
+    lines += ["  " * (j + 1) + "}" for j in range(last, -1, -1)]
   if codes[0] == DENSE_CODE:
     extent = "(lo) = 0; (hi) = SRC_SIZE[0];"
   else:
     extent = ("(lo) = clamp64((int64_t)spos0[0], 0, SRC_CAP[0]); "
               "(hi) = clamp64((int64_t)spos0[1], (lo), SRC_CAP[0]);")
+  if runs:
+    return ("#define FOR_EACH_RUN_IN(CLO, CHI, ...) { \\\n" +
+            " \\\n".join(lines) + " }\n")
   return ("#define DECLARE_SOURCE(a, b) " + " ".join(decl) + "\n"
           "#define OUTER_EXTENT(lo, hi) " + extent + "\n"
           "#define FOR_EACH_ENTRY_IN(CLO, CHI, ...) { \\\n" +
@@ -603,7 +771,9 @@ def _walk(plan: StructurePlan) -> str:
 
 
 def _body_source(plan: StructurePlan) -> str:
+  runs = _runs(plan)
   return (_header(plan) + RUNTIME + _constants(plan) + _walk(plan) +
+          (_walk(plan, runs=True) if runs else "") + f"#define PASS_RUNS {int(runs)}\n" +
           "#define FOR_EACH_ENTRY(...) FOR_EACH_ENTRY_IN(0, INT64_MAX, __VA_ARGS__)\n" + _BODY)
 
 

@@ -51,6 +51,27 @@ class StructurePlan:
   n: int
   sort_levels: tuple[int, ...]
   sums: bool
+  passthrough: bool = False
+
+  @property
+  def entry_level(self) -> int:
+    """The destination level whose positions are the entries (the last level that is
+    not a singleton)."""
+    return entry_level(self.dst)
+
+  @property
+  def computed_levels(self) -> tuple[int, ...]:
+    """Passthrough only: the destination levels at or below :attr:`entry_level` whose
+    ``crd`` the kernel writes; the others reuse the source's per-entry ``crd``."""
+    e_src = entry_level(self.src)
+    return tuple(k for k in range(self.entry_level, self.n_levels)
+                 if self.dst_to_src[k] < e_src)
+
+  @property
+  def reused_levels(self) -> dict[int, int]:
+    """Passthrough only: destination level -> the source level whose ``crd`` it is."""
+    return {k: self.dst_to_src[k] for k in range(self.entry_level, self.n_levels)
+            if k not in self.computed_levels}
 
   @property
   def n_levels(self) -> int:
@@ -129,7 +150,34 @@ def make_plan(dst: Layout, src: Layout | None = None, *, n: int | None = None,
         if tuple(s[:j]) == tuple(range(n_levels - j, n_levels)):
           skip = j
           break
-  return StructurePlan(dst, src, int(n), lsd[skip:], bool(dst.format.unique and not is_unique))
+  sort_levels, sums = lsd[skip:], bool(dst.format.unique and not is_unique)
+  passthrough = src is not None and _passthrough(dst, src, sort_levels, sums)
+  return StructurePlan(dst, src, int(n), sort_levels, sums, passthrough)
+
+
+def entry_level(lay: Layout) -> int:
+  """The last level of ``lay`` that is not a singleton (its positions are the entries)."""
+  levels = lay.format.levels
+  k = len(levels) - 1
+  while k > 0 and levels[k].has_crd and not levels[k].has_pos:
+    k -= 1
+  return k
+
+
+def _passthrough(dst: Layout, src: Layout, sort_levels, sums: bool) -> bool:
+  """Whether the conversion keeps every stored entry in its slot: the source is already
+  in the destination's storage order, nothing merges, and both layouts store one entry
+  per position of a compressed level (dense levels above it, singletons below), with
+  the same capacity. Then the values and every per-entry ``crd`` the source has are
+  the output's, and only the rest is computed (``pos`` by a histogram)."""
+  if sort_levels or sums or src.nse != dst.nse:
+    return False
+  levels, e = dst.format.levels, entry_level(dst)
+  if not (levels[e].has_pos and all(not lvl.has_crd for lvl in levels[:e])):
+    return False
+  if levels[e].unique and not (e == len(levels) - 1 and src.format.unique):
+    return False                      # (a unique level with singletons below could merge)
+  return src.format.levels[entry_level(src)].has_pos and dst.capacities[e] == dst.nse
 
 
 def np_dtype_name(dtype) -> str:

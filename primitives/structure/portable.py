@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .plan import COMPRESSED_CODE, DENSE_CODE, StructurePlan, level_codes
+from .plan import StructurePlan
 
 
 def _coordinates(plan: StructurePlan, inputs) -> jax.Array:
@@ -24,38 +24,62 @@ def _coordinates(plan: StructurePlan, inputs) -> jax.Array:
 
 
 def _levels(plan: StructurePlan, coords, valid):
-  """Index buffers, the slot of each row (``nse`` when none) and the capacity count."""
+  """Index buffers, the slot of each row (``nse`` when none) and the capacity count.
+
+  Each level assembles its own buffers (:meth:`Level.assemble`), so a new level type
+  needs no edit here."""
   lay = plan.dst
   sizes, caps = lay.level_sizes, lay.capacities
   idt = lay.index_dtype
-  n = coords.shape[0]
-  node = jnp.zeros(n, idt)
+  node = jnp.zeros(coords.shape[0], idt)
   count = jnp.sum(valid).astype(idt)
   indices = []
-  for k, code in enumerate(level_codes(lay)):
-    size, cap, pcap = sizes[k], caps[k], lay.parent_capacity(k)
-    ck = coords[:, k].astype(idt)
-    if code == DENSE_CODE:
-      node = node * size + jnp.minimum(ck, size - 1) if size else node
-      continue
-    if code == COMPRESSED_CODE:
-      if lay.format.levels[k].unique and n:
-        differs = (ck[1:] != ck[:-1]) | (node[1:] != node[:-1])
-        first = jnp.concatenate([jnp.ones((1,), bool), differs]) & valid
-      else:
-        first = valid
-      child = (jnp.cumsum(first) - 1).astype(idt)
-      per_parent = jax.ops.segment_sum(first.astype(idt), jnp.where(first, node, pcap),
-                                       num_segments=pcap)
-      pos = jnp.minimum(jnp.concatenate([jnp.zeros((1,), idt), jnp.cumsum(per_parent)]), cap)
-      crd = jnp.full(cap, size, idt).at[jnp.where(first, child, cap)].set(ck, mode="drop")
-      indices += [pos.astype(idt), crd]
-      node, count = child, first.sum().astype(idt)
-    else:
-      crd = jnp.full(cap, size, idt).at[jnp.where(valid, node, cap)].set(ck, mode="drop")
-      indices.append(crd)
+  for k, lvl in enumerate(lay.format.levels):
+    bufs, node, count = lvl.assemble(coords[:, k].astype(idt), node, valid, count,
+                                     lay.parent_capacity(k), caps[k], sizes[k], idt)
+    indices += [b.astype(idt) for b in bufs]
   slot = jnp.where(valid & (node < lay.nse), node, lay.nse).astype(idt)
-  return indices, slot, count
+  return indices, slot, jnp.asarray(count).astype(idt)
+
+
+def passthrough_one(plan: StructurePlan, *inputs):
+  """One batch element of an order-preserving conversion (``plan.passthrough``): the
+  entry level's ``pos`` (a histogram of the dense coordinates above it, prefix-summed)
+  and the ``crd`` of :attr:`StructurePlan.computed_levels` (each entry's coordinate,
+  the level size for padding). Entries keep their slots, so nothing else is computed."""
+  from .. import convert   # convert dispatches to this package (a cycle at import time)
+  src, dst = plan.src, plan.dst
+  idt = dst.index_dtype
+  s_sizes, s_caps = src.level_sizes, src.capacities
+  buffers = iter(inputs)
+  cols, reached = [], None
+  for j, lvl in enumerate(src.format.levels):
+    bufs = tuple(next(buffers) for _ in lvl.buffers)
+    pcap = src.parent_capacity(j)
+    parent, crd = lvl.positions(bufs, pcap, s_caps[j], s_sizes[j], idt)
+    here = parent < pcap
+    if reached is not None:
+      here &= reached.at[parent].get(mode="fill", fill_value=False)
+    cols = [convert._take(c, parent, s_sizes[i]) for i, c in enumerate(cols)]
+    cols.append(crd.astype(idt))
+    reached = here
+  e = plan.entry_level
+  sizes = dst.level_sizes
+  row = [cols[plan.dst_to_src[k]] for k in range(plan.n_levels)]
+  node = jnp.zeros(src.nse, idt)
+  counted = reached
+  for k in range(e):
+    counted &= (row[k] >= 0) & (row[k] < sizes[k])
+    node = node * sizes[k] + row[k]
+  pcap = dst.parent_capacity(e)
+  per_parent = jax.ops.segment_sum(counted.astype(idt), jnp.where(counted, node, pcap),
+                                   num_segments=pcap)
+  pos = jnp.minimum(jnp.concatenate([jnp.zeros((1,), idt), jnp.cumsum(per_parent)]), dst.nse)
+  out = [pos.astype(idt)]
+  for k in plan.computed_levels:
+    ok = reached & (row[k] >= 0) & (row[k] < sizes[k])
+    out.append(jnp.where(ok, row[k], sizes[k]).astype(idt))
+  return tuple(out)
 
 
 def structure_one(plan: StructurePlan, *inputs):
@@ -96,4 +120,6 @@ def structure_one(plan: StructurePlan, *inputs):
 
 def structure_portable(plan: StructurePlan, *inputs):
   """All batch elements (the leading axis of every input)."""
+  if plan.passthrough:
+    return jax.vmap(lambda *x: passthrough_one(plan, *x))(*inputs)
   return jax.vmap(lambda *x: structure_one(plan, *x))(*inputs)

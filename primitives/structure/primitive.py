@@ -58,6 +58,10 @@ def _structure_abstract_eval(*avals, plan: StructurePlan):
   batch = avals[0].shape[0]
   dst = plan.dst
   idt = dst.index_dtype
+  if plan.passthrough:              # the entry level's pos and the computed crds only
+    e = plan.entry_level
+    return [jax.core.ShapedArray((batch, dst.parent_capacity(e) + 1), idt)] + \
+        [jax.core.ShapedArray((batch, dst.nse), idt) for _ in plan.computed_levels]
   outs = [jax.core.ShapedArray((batch,) + shape, idt) for _, _, shape in dst.index_shapes]
   outs.append(jax.core.ShapedArray((batch, plan.n if plan.sums else dst.nse), idt))
   outs.append(jax.core.ShapedArray((batch,), idt))
@@ -137,8 +141,36 @@ def convert(src: Layout, dst: Layout, data: jax.Array, indices, *, func: str = "
             check: bool = True):
   """:func:`jscorch.primitives.convert.convert` through ``jscorch_structure``."""
   plan = make_plan(dst, src)
-  outs = structure(plan, *[_flat_batch(i, src.n_batch) for i in indices])
+  flat = [_flat_batch(i, src.n_batch) for i in indices]
+  if plan.passthrough:
+    return _passthrough(src, dst, plan, data, indices, structure(plan, *flat))
+  outs = structure(plan, *flat)
   return _finish(dst, plan, outs, data, func, check)
+
+
+def _passthrough(src: Layout, dst: Layout, plan: StructurePlan, data, indices, outs):
+  """An order-preserving conversion: the values and the source's per-entry ``crd``
+  buffers are the output's as they are (no gather); ``outs`` (the entry level's ``pos``
+  and the computed ``crd``) fill in the rest, in ``dst``'s leaf order."""
+  batch, idt = dst.batch_shape, dst.index_dtype
+  src_bufs, b = {}, 0
+  for j, lvl in enumerate(src.format.levels):
+    for role in lvl.buffers:
+      src_bufs[(j, role)] = indices[b]
+      b += 1
+  computed = iter(o.reshape(batch + o.shape[1:]) for o in outs)
+  pos = next(computed)
+  reused = plan.reused_levels
+  out = []
+  for k, lvl in enumerate(dst.format.levels):
+    for role in lvl.buffers:
+      if role == "pos":
+        out.append(pos)
+      elif k in reused:
+        out.append(src_bufs[(reused[k], "crd")].astype(idt))
+      else:
+        out.append(next(computed))
+  return jnp.asarray(data), tuple(out)
 
 
 structure_p.def_impl(_structure_impl)
