@@ -766,7 +766,7 @@ def _union_sum_jvp(primals, tangents, *, plan: UnionPlan):
   srcs = out[n_out + 1:]
   dts = [ad.instantiate_zeros(t) for t in tangents[_n_index(plan):]]
   primal_out = (*out[:n_out + 1], _gather_sum(plan, srcs, datas))
-  zeros = [ad.Zero(jax.core.get_aval(o).to_tangent_aval()) for o in out[:n_out + 1]]
+  zeros = [ad.Zero(jax.typeof(o).to_tangent_aval()) for o in out[:n_out + 1]]
   return primal_out, [*zeros, _gather_sum(plan, srcs, dts)]
 
 

@@ -147,6 +147,9 @@ def union_matrix():
     B, y = util.random_sparse(rng, shape, fmt, n_batch=nb, n_dense=nd, padding=1, density=0.3)
     out = jax.block_until_ready(jax.jit(f)(A, B))
     np.testing.assert_allclose(np.asarray(out.todense()), ref(x, y), err_msg=fmt, **tol)
+  xi = (np.arange(20, dtype=np.int32).reshape(4, 5) % 3) * 7      # the int32 sum kernel
+  Ai = js.from_dense(xi, nse=15)
+  np.testing.assert_array_equal(np.asarray(jax.jit(js.add)(Ai, Ai).todense()), 2 * xi)
   A, x = util.random_sparse(rng, (4, 6), "csr", padding=3)
   out = jax.jit(lambda a: js.concatenate([a, a, a], axis=0))(A)
   np.testing.assert_allclose(np.asarray(out.todense()), np.concatenate([x] * 3, 0), **tol)
