@@ -106,6 +106,10 @@ def union(out: Layout, parts: Sequence[Part], *, func: str,
   """
   indices = [b for _, _, idx in parts for b in idx]
   datas = tuple(d for _, d, _ in parts)
+  if not _all_unique(parts):
+    out_indices, count, dest = _pattern(out, parts, func, offsets, dest=True)
+    data = sum(_compiled_scatter(out, lay.nse, at)(dest, d) for lay, d, at in _slices(parts))
+    return enforce_capacity(count, out.nse, data, func), out_indices
   if not checks.is_concrete(*indices) and len({jnp.result_type(d) for d in datas}) == 1:
     # Traced indices: pattern and values in one primitive (on CPU one kernel pass, no
     # src arrays); its jvp is the gathers below.
@@ -138,19 +142,38 @@ def union_each(out: Layout, parts: Sequence[Part], *, func: str,
     ``(datas, indices)``: per part, its values at every leaf of ``out``
     `[*batch, out.nse, *block]` (0 where it stores nothing), and ``out``'s index buffers.
   """
-  out_indices, count, sources = _pattern(out, parts, func, offsets)
-  datas = _compiled_each(out)(sources, tuple(d for _, d, _ in parts))
+  if not _all_unique(parts):
+    out_indices, count, dest = _pattern(out, parts, func, offsets, dest=True)
+    datas = [_compiled_scatter(out, lay.nse, at)(dest, d) for lay, d, at in _slices(parts)]
+  else:
+    out_indices, count, sources = _pattern(out, parts, func, offsets)
+    datas = _compiled_each(out)(sources, tuple(d for _, d, _ in parts))
   return [enforce_capacity(count, out.nse, d, func) for d in datas], out_indices
 
 
-def _pattern(out: Layout, parts: Sequence[Part], func: str, offsets):
-  """``(out_indices, count, sources)`` of the union; outside any trace when the index
-  buffers are concrete."""
+def _all_unique(parts: Sequence[Part]) -> bool:
+  """Whether every part stores each coordinate at most once: then each output leaf holds at
+  most one entry of a part and its values are gathered (by ``sources``); a part with
+  duplicates needs them summed, a scatter-add by ``dest``."""
+  return all(lay.format.unique for lay, _, _ in parts)
+
+
+def _slices(parts: Sequence[Part]):
+  """``(layout, data, offset)`` per part: where its entries start in the concatenated ``dest``."""
+  at = 0
+  for lay, data, _ in parts:
+    yield lay, data, at
+    at += lay.nse
+
+
+def _pattern(out: Layout, parts: Sequence[Part], func: str, offsets, dest: bool = False):
+  """``(out_indices, count, sources)`` of the union (``(out_indices, count, dest)`` with
+  ``dest``); outside any trace when the index buffers are concrete."""
   layouts = tuple(lay for lay, _, _ in parts)
   offs = tuple(None if o is None else tuple(int(v) for v in o)
                for o in (offsets or [None] * len(parts)))
   indices = tuple(tuple(i) for _, _, i in parts)
-  pattern = _compiled_pattern(out, layouts, func, offs)
+  pattern = _compiled_pattern(out, layouts, func, offs, dest)
   if checks.is_concrete(*[b for idx in indices for b in idx]):
     # A fixed pattern (eager calls, and values-only tracing such as grad with respect
     # to the data) is computed once, outside any trace: only the gathers are staged.
@@ -160,18 +183,22 @@ def _pattern(out: Layout, parts: Sequence[Part], func: str, offsets):
 
 
 @functools.lru_cache(maxsize=512)
-def _compiled_pattern(out: Layout, layouts: tuple, func: str, offsets: tuple):
-  """The union pattern, jitted per static signature: index buffers -> (indices, count, src).
+def _compiled_pattern(out: Layout, layouts: tuple, func: str, offsets: tuple,
+                      dest: bool = False):
+  """The union pattern, jitted per static signature: index buffers -> (indices, count, src),
+  or (indices, count, dest) with ``dest``.
 
   One ``jscorch_union_pattern`` primitive: a generated merge kernel on CPU where one
   applies, else :func:`portable_pattern` (its reference rule).
   """
   from .structure import union_kernel
-  plan = union_kernel.UnionPlan(out, layouts, offsets, func, dest=False)
+  plan = union_kernel.UnionPlan(out, layouts, offsets, func, dest=dest)
   n_out = len(out.index_shapes)
 
   def run(indices):
     flat = union_kernel.union_pattern(plan, indices)
+    if dest:
+      return tuple(flat[:n_out]), flat[n_out + 1], flat[n_out]
     return tuple(flat[:n_out]), flat[n_out], tuple(flat[n_out + 1:])
 
   return jax.jit(run)
@@ -240,6 +267,20 @@ def _compiled_values(out: Layout):
 
   def run(sources, datas):
     return convert.vmap_batch(values, out.n_batch)(sources, datas)
+
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_scatter(out: Layout, part_nse: int, at: int):
+  """One part's values summed at every leaf: a scatter-add by its slice of ``dest``
+  (entries ``at:at + part_nse``), for parts that may store a coordinate more than once."""
+  def values(dest, data):
+    d = jax.lax.dynamic_slice_in_dim(dest, at, part_nse, axis=0)
+    return jnp.zeros((out.nse,) + data.shape[1:], data.dtype).at[d].add(data, mode="drop")
+
+  def run(dest, data):
+    return convert.vmap_batch(values, out.n_batch)(dest, data)
 
   return jax.jit(run)
 

@@ -335,3 +335,53 @@ def test_extremum_builds_one_pattern():
   dense = util.jit_todense
   util.assert_allclose(dense(U.with_data(a)), x.astype(np.float64), dtype=F32)
   util.assert_allclose(dense(U.with_data(b)), y.astype(np.float64), dtype=F32)
+
+
+@pytest.mark.parametrize("lowering", ["c", "portable"])
+def test_parts_with_duplicates(lowering):
+  """A part that stores a coordinate more than once (unordered COO) contributes the sum of
+  its duplicates at that leaf, in add / maximum and concatenate, eagerly and under ``jit``
+  (a gather of one source per leaf would keep one of them)."""
+  idx, vals, dense = util.random_coo(21, (2, 5, 6), 12, n_batch=1, duplicates=4)
+  A = util.jit_from_coo(idx, vals, shape=(2, 5, 6), format=util.UNORDERED_COO, nse=15)
+  assert not A.format.unique
+  B, y = random_sparse(22, (2, 5, 6), "coo", n_batch=1, padding=2)
+  previous = js.config.lowering
+  js.config.lowering = lowering
+  try:
+    for run in (lambda f, *a: f(*a), lambda f, *a: jax.jit(f)(*a)):
+      util.assert_allclose(util.jit_todense(run(js.add, A, B)), dense + y, dtype=F32)
+      util.assert_allclose(util.jit_todense(run(js.maximum, A, B)), np.maximum(dense, y),
+                           dtype=F32)
+      util.assert_allclose(util.jit_todense(run(lambda a, b: js.concatenate([a, b], axis=1),
+                                                A, B)),
+                           np.concatenate([dense, y], axis=1), dtype=F32)
+    util.check_grads_both(lambda da: (A.with_data(da) + B).data, (A.data,), atol=1e-2,
+                          rtol=1e-2)
+  finally:
+    js.config.lowering = previous
+
+
+def test_jvp_through_traced_index_buffers():
+  """Forward and reverse derivatives of the fused sum (and of maximum's pattern) when the
+  index buffers are traced too: the pattern has zero tangents, the values the gathers'."""
+  A, x = random_sparse(23, (4, 6), "csr", padding=2)
+  B, y = random_sparse(24, (4, 6), "csr", padding=1)
+  pos, crd = (np.asarray(b) for b in A.indices)
+  nnz = int(pos[-1])
+  rows, cols = np.repeat(np.arange(4), np.diff(pos)), crd[:nnz]
+  for op, ref, slope in ((js.add, x + y, lambda t, u: t + u),
+                         (js.maximum, np.maximum(x, y), lambda t, u: np.where(x > y, t, u))):
+    @jax.jit
+    def tangent(a, b, da, db, op=op):
+      return jax.jvp(lambda u, v: op(a.with_data(u), b.with_data(v)).todense(),
+                     (a.data, b.data), (da, db))
+
+    out, dout = tangent(A, B, A.data, 2 * B.data)
+    util.assert_allclose(out, ref, dtype=F32)
+    util.assert_allclose(dout, slope(x, 2 * y), dtype=F32)
+    grad = jax.jit(jax.grad(lambda u, a, b, op=op: jnp.sum(op(a.with_data(u), b).todense() ** 2)))
+    g = np.asarray(grad(A.data, A, B))
+    want = np.zeros(A.nse)
+    want[:nnz] = (2 * ref * slope(np.ones_like(x), np.zeros_like(y)))[rows, cols]
+    util.assert_allclose(g, want, dtype=F32)

@@ -172,7 +172,7 @@ def _union_pattern_abstract_eval(*avals, plan: UnionPlan):
 
 def _union_pattern_jvp(primals, tangents, *, plan: UnionPlan):
   out = union_pattern_p.bind(*primals, plan=plan)
-  return out, [ad.Zero(jax.core.get_aval(o).to_tangent_aval()) for o in out]
+  return out, [ad.Zero(jax.typeof(o).to_tangent_aval()) for o in out]
 
 
 def _union_pattern_batching_rule(args, dims, *, plan: UnionPlan):
