@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +13,9 @@ from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.ops.coalesce import coalesced
 from jscorch.primitives import checks, einsum_kernel, einsum_portable
-from jscorch.primitives._errors import (CapacityRequiredError, SparseCapacityError,
-                                         SparseFormatError)
+from jscorch.primitives._errors import CapacityRequiredError, SparseCapacityError, SparseFormatError
 from jscorch.primitives.einsum import einsum_bind
-from jscorch.primitives.einsum_spec import (DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec,
-                                            Operand)
+from jscorch.primitives.einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand
 from jscorch.primitives.formats import Format, FormatLike, compressed, dense, resolve_format
 from jscorch.primitives.layout import Layout
 from jscorch.primitives.planner import make_plan, pinned
@@ -110,7 +107,7 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
     result = einsum(subscripts, *operands, out_format="dense", work=work)
     return _stored_in(result, out_format, out_ids, ops, in_ids, nse, func)
   if kind == SPARSE_OUT and out_layout.format.n_block_levels:   # rows of dense vectors
-    from jscorch.ops import layout as ops_layout   # noqa: PLC0415 (ops_layout calls einsum)
+    from jscorch.ops import layout as ops_layout  # noqa: PLC0415 (ops_layout calls einsum)
     rows = ops_layout.einsum_rows(subscripts, operands, ops, in_ids, out_ids, out_layout,
                                   nse, work)
     if rows is not None:
@@ -281,7 +278,7 @@ def _stored_in(x, out_format, out_ids, ops, in_ids, nse, func) -> SparseArray:
         f"operands give it no pattern; got nse=None under jit, expected a static int (the "
         f"number of nonzeros of the result, shape {x.shape}). Pass nse=, or "
         "out_format='dense'.")
-  from jscorch.construct import from_dense      # construct imports nothing of einsum
+  from jscorch.construct import from_dense  # construct imports nothing of einsum
   return from_dense(x, fmt, nse=nse)
 
 

@@ -292,8 +292,10 @@ def degree(adj: SparseArray, *, axis: int = 1, weighted: bool = False) -> jax.Ar
   Example:
     >>> import jax.numpy as jnp
     >>> adj = from_edge_index(jnp.array([[0, 0, 1], [1, 2, 2]]), 3, jnp.array([1., 2., 4.]))
-    >>> degree(adj), degree(adj, axis=0), degree(adj, weighted=True)
-    (Array([2., 1., 0.], dtype=float32), Array([0., 1., 2.], dtype=float32), Array([3., 4., 0.], dtype=float32))
+    >>> degree(adj)
+    Array([2., 1., 0.], dtype=float32)
+    >>> degree(adj, axis=0), degree(adj, weighted=True)
+    (Array([0., 1., 2.], dtype=float32), Array([3., 4., 0.], dtype=float32))
   """
   check_adjacency(adj, "degree")
   if axis not in (0, 1, -1, -2):
@@ -464,7 +466,8 @@ def load_npz(path: str | os.PathLike) -> Graph:
     >>> save_npz(path, synthetic_sbm(num_nodes=40, num_features=10, num_classes=2,
     ...                              train_per_class=5, seed=0))
     >>> load_npz(path)
-    Graph('sbm(n=40, classes=2, seed=0)': 40 nodes, ... stored edges, 10 features, 2 classes, split 10/10/10)
+    Graph('sbm(n=40, classes=2, seed=0)': 40 nodes, ... stored edges, 10 features, 2 classes,
+          split 10/10/10)
   """
   path = os.fspath(path)
   with np.load(path, allow_pickle=False) as f:

@@ -73,7 +73,7 @@ def _source(dtype: np.dtype, index_dtype: np.dtype) -> tuple[str, str]:
   header = (f"/* jscorch kernel {name}: ij,jk->ik, CSR x CSR -> CSR (Gustavson), "
             f"{dtype.name} values, {index_dtype.name} indices; sizes read at run time */\n")
   names = f"#define SPGEMM_NAME {name}\n#define SPGEMM_COUNT_NAME {name}_count\n"
-  return name, header + RUNTIME + prelude + names + f'#line 1 "spgemm.c"\n' + _text()
+  return name, header + RUNTIME + prelude + names + '#line 1 "spgemm.c"\n' + _text()
 
 
 def _name(dtype: np.dtype, index_dtype: np.dtype) -> str:

@@ -19,9 +19,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from . import structure
 from .capacity import enforce_capacity
 from .layout import Layout
-from . import structure
 
 Indices = tuple[jax.Array, ...]
 

@@ -30,8 +30,15 @@ from jax.interpreters import ad, batching, mlir
 
 from . import backends, einsum_kernel, einsum_portable
 from .backends.c import backend as _c_backend  # noqa: F401  (registers the C backend)
-from .einsum_spec import (DENSE_OUT, PATTERN, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand,
-                          with_shared_patterns)
+from .einsum_spec import (
+  DENSE_OUT,
+  PATTERN,
+  SAMPLED_OUT,
+  SPARSE_OUT,
+  EinsumSpec,
+  Operand,
+  with_shared_patterns,
+)
 from .layout import Layout
 from .planner import make_plan, pinned
 from .settings import _on_change as settings_on_change

@@ -16,16 +16,13 @@ import collections
 from typing import Sequence
 
 import numpy as np
-import jax
-from jax.interpreters import mlir
 
-from . import codegen_spgemm, kernel_build
-from . import loopnest
+from . import codegen_spgemm, kernel_build, loopnest
 from . import plan as kernel_planner
 from .backends.c import printer
 from .einsum_spec import SAMPLED_OUT, SPARSE_OUT, EinsumSpec
 from .formats import CSC, CSR
-from .planner import PATTERN, make_plan, source_operand
+from .planner import PATTERN, source_operand
 from .settings import settings
 
 #: Plans without a generated kernel (they run the portable lowering), by reason.
@@ -246,23 +243,3 @@ def ensure_registered(kp) -> str:
     kernel_build.register(name, lib, name)
   return name
 
-
-def lowering(portable_rule):
-  """The CPU lowering rule: a generated kernel when one applies, else ``portable_rule``."""
-
-  def rule(ctx, *args, spec: EinsumSpec):
-    choice = settings.lowering
-    if choice != "portable" and kernel_build.compiler() is None:
-      kernel_build.warn_no_compiler()
-      choice = "portable"
-    kp, reason = (None, "portable") if choice == "portable" else \
-        kernel_plan(spec, args, ctx.avals_out[0].dtype)
-    if choice == "portable" and kernel_build.compiler() is None:
-      reason = "no compiler"
-    last_decisions.append((spec, reason))
-    if kp is None:
-      return portable_rule(ctx, *args, spec=spec)
-    name = ensure_registered(kp)
-    return jax.ffi.ffi_lowering(name)(ctx, *args)
-
-  return rule

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import convert
 from .capacity import enforce_capacity
-from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec, Operand
+from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec
 from .formats import CSC as _CSC
 from .formats import CSR as _CSR
 from .planner import PATTERN, make_plan, source_operand
@@ -60,7 +60,7 @@ def _rows(spec: EinsumSpec, source: int, indices) -> _Table:
   n_rows = math.prod(lay.batch_shape) * lay.nse
   idt = coords.dtype
   columns = []
-  for axis, size in enumerate(lay.batch_shape):
+  for axis in range(len(lay.batch_shape)):
     iota = jax.lax.broadcasted_iota(idt, lay.batch_shape + (lay.nse,), axis)
     columns.append(iota.reshape(n_rows))
   flat = coords.reshape(n_rows, lay.n_sparse)

@@ -28,7 +28,7 @@ LOWERINGS = ("auto", "portable", "c", "kernel")
 
 def lowerings() -> tuple[str, ...]:
   """Every accepted value of ``lowering``: the built-in ones and registered backends."""
-  from . import backends       # (a leaf module: nothing of it imports settings)
+  from . import backends  # (a leaf module: nothing of it imports settings)
   return tuple(dict.fromkeys(LOWERINGS + backends.names()))
 
 

@@ -527,6 +527,7 @@ def unshard(A: ShardedSparseArray, nse: int | None) -> SparseArray:
       cols.append(c[keep])
       vals.append(data[b][keep])
     import scipy.sparse as sp
+
     from jscorch.interop import from_scipy
     rows, cols = np.concatenate(rows), np.concatenate(cols)
     if lay.reordered:

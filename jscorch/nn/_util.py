@@ -79,11 +79,6 @@ def with_block(A: SparseArray, data: jax.Array) -> SparseArray:
                                   check=False)
 
 
-def rows_stored(A: SparseArray) -> jax.Array:
-  """Number of stored (non-padding) entries in each row of a 2-D SparseArray, as values' dtype."""
-  return einsum("ij->i", A.with_data(jnp.ones_like(A.data)))
-
-
 def safe_divide(num, den):
   """``num / den`` where ``den > 0``, else 0 (and zero, not NaN, gradients there)."""
   ok = den > 0

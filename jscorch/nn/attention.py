@@ -263,7 +263,8 @@ class SparseAttention(nnx.Module):
                               ("out", self.out))}
 
   def __call__(self, x, mask, *, deterministic: bool | None = None, rngs=None) -> jax.Array:
-    """``x`` `[..., length, features]`, ``mask`` `[length, length]` SparseArray → `[..., length, out]`.
+    """``x`` `[..., length, features]`, ``mask`` `[length, length]` SparseArray →
+    `[..., length, out]`.
 
     Leading dimensions of ``x`` are mapped with ``jax.vmap`` (one shared mask).
 

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import SparseFormatError
 from .. import loopnest
+from .._errors import SparseFormatError
 from .level import Level, check_coordinates, check_segments, register_level, short
 
 

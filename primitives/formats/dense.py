@@ -16,8 +16,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import SparseFormatError
 from .. import loopnest
+from .._errors import SparseFormatError
 from .level import Level, register_level
 
 

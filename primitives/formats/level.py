@@ -126,7 +126,8 @@ class Level(metaclass=_LevelMeta):
     return None
 
   def buffer_shape(self, role: str, parent_cap: int, cap: int) -> tuple[int, ...]:
-    """Shape of buffer ``role`` of one batch element: ``pos`` `[parent_cap + 1]`, ``crd`` `[cap]`."""
+    """Shape of buffer ``role`` of one batch element (``pos`` `[parent_cap + 1]`, ``crd``
+    `[cap]`)."""
     if role == "pos":
       return (parent_cap + 1,)
     if role == "crd":

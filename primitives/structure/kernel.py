@@ -24,13 +24,18 @@ import collections
 import hashlib
 
 import jax
-import numpy as np
 
 from .. import kernel_build
 from ..c_runtime import RUNTIME
 from ..settings import settings
-from .plan import (COMPRESSED_CODE, DENSE_CODE, StructurePlan, entry_level, level_codes,
-                   np_dtype_name)
+from .plan import (
+  COMPRESSED_CODE,
+  DENSE_CODE,
+  StructurePlan,
+  entry_level,
+  level_codes,
+  np_dtype_name,
+)
 
 #: Plans that run the portable rule although kernels are on, by reason.
 FALLBACKS = {
@@ -78,7 +83,8 @@ def _constants(plan: StructurePlan) -> str:
       f"static const int DST_UNIQUE[L] = {_ints(l.unique for l in dst.format.levels)};",
       f"static const int64_t DST_SIZE[L] = {_ints(dst.level_sizes)};",
       f"static const int64_t DST_CAP[L] = {_ints(dst.capacities)};",
-      f"static const int64_t DST_PCAP[L] = {_ints(dst.parent_capacity(k) for k in range(plan.n_levels))};",
+      "static const int64_t DST_PCAP[L] = "
+      f"{_ints(dst.parent_capacity(k) for k in range(plan.n_levels))};",
   ]
   if plan.src is None:
     lines.append("#define FROM_LEVELS 0")

@@ -18,7 +18,7 @@ def _coordinates(plan: StructurePlan, inputs) -> jax.Array:
   """`[n, n_levels]` coordinates in the destination's storage order."""
   if plan.src is None:
     return inputs[0]
-  from .. import convert   # convert dispatches to this package (a cycle at import time)
+  from .. import convert  # convert dispatches to this package (a cycle at import time)
   coords = convert.leaf_coordinates(plan.src, tuple(inputs))
   return convert.logical_to_storage(plan.dst, convert.storage_to_logical(plan.src, coords))
 
@@ -47,7 +47,7 @@ def passthrough_one(plan: StructurePlan, *inputs):
   entry level's ``pos`` (a histogram of the dense coordinates above it, prefix-summed)
   and the ``crd`` of :attr:`StructurePlan.computed_levels` (each entry's coordinate,
   the level size for padding). Entries keep their slots, so nothing else is computed."""
-  from .. import convert   # convert dispatches to this package (a cycle at import time)
+  from .. import convert  # convert dispatches to this package (a cycle at import time)
   src, dst = plan.src, plan.dst
   idt = dst.index_dtype
   s_sizes, s_caps = src.level_sizes, src.capacities

@@ -36,7 +36,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import hashlib
 import math
 from typing import Sequence
 
@@ -278,8 +277,8 @@ def _emit_header(v: _Variant, name: str, plan: UnionPlan) -> str:
   ])
 
 
-# The merge, in three pieces; NPARTS is a compile-time constant (sizes are not), so gcc unrolls every loop
-# over parts.
+# The merge, in three pieces; NPARTS is a compile-time constant (sizes are not), so gcc unrolls
+# every loop over parts.
 _SEGMENTS = r"""
 typedef struct {
   int64_t rows, cols, nse;    /* the output's level sizes and capacity */
@@ -611,7 +610,8 @@ XLA_FFI_Error* {name}(XLA_FFI_CallFrame* cf) {{
     a->out_crd = out_crd + b * NSE;
     a->dest = WANT_DEST ? dest + b * ndest : NULL;
     for (int k = 0; k < NPARTS; ++k) {{
-      if (WANT_SUM) a->val[k] = (const val_t*)jscorch_arg(cf, 2 * NPARTS + k) + b * PART_CAP[k] * a->blk;
+      if (WANT_SUM)
+        a->val[k] = (const val_t*)jscorch_arg(cf, 2 * NPARTS + k) + b * PART_CAP[k] * a->blk;
       else a->src[k] = (idx_t*)jscorch_ret(cf, RET_SRC + k) + b * NSE;
     }}
     if (WANT_SUM) a->out_val = (val_t*)jscorch_ret(cf, RET_SRC) + b * NSE * a->blk;

@@ -223,7 +223,8 @@ class _Printer:
       x = _sfx(seg.src)
       at = f"b * {seg.parent_cap + 1} + {_pos(seg.src, l - 1)}"
       e(f"int64_t q{l}{x} = a->{seg.pos}[{at}];")
-      e(f"int64_t hi{l}{x} = a->{seg.pos}[{at} + 1]; if (hi{l}{x} > {seg.cap}) hi{l}{x} = {seg.cap};")
+      e(f"int64_t hi{l}{x} = a->{seg.pos}[{at} + 1]; "
+        f"if (hi{l}{x} > {seg.cap}) hi{l}{x} = {seg.cap};")
     e.open("while (" + " && ".join(f"q{l}{_sfx(s.src)} < hi{l}{_sfx(s.src)}" for s in it.parts)
            + ") {")
     for seg in it.parts:
@@ -286,7 +287,7 @@ class _Printer:
     e.open("} else {")
     L = len(it.coords)
     for s in S:
-      e(f"if (!(" + " && ".join(f"mk{l}_{s} == mx{l}" for l in range(L)) + f")) ++mq{s};")
+      e("if (!(" + " && ".join(f"mk{l}_{s} == mx{l}" for l in range(L)) + f")) ++mq{s};")
     e.close()
     e.close()
 
