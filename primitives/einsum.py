@@ -28,7 +28,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import backends, einsum_kernel, einsum_portable
+from . import backends, einsum_kernel, einsum_portable, orient
 from .backends.c import backend as _c_backend  # noqa: F401  (registers the C backend)
 from .einsum_spec import (
   DENSE_OUT,
@@ -316,6 +316,39 @@ def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
   return mlir.lower_fun(fun, multiple_results=True)(ctx, *args)
 
 
+def _vectorised(plan) -> bool:
+  """Whether a planned kernel runs over SIMD lanes (a loop-nest kernel with a vector index)."""
+  vector = getattr(plan, "vector", None)
+  return vector is not None and vector.coord is not None
+
+
+def _better_orientation(spec: EinsumSpec, plan, args, dtype) -> orient.Orientation | None:
+  """The orientation of ``spec`` to run instead (:mod:`.orient`), or None: when the kernel of
+  a dense output does not vectorise and the oriented one does, and always for a sampled
+  output (its dense operands' summed index becomes contiguous: dot products in place of
+  strided reductions)."""
+  turned = orient.orient(spec)
+  if turned is None or _vectorised(plan):
+    return None
+  other, _ = einsum_kernel.kernel_plan(turned.spec, args, dtype)
+  if other is None:
+    return None
+  return turned if _vectorised(other) or spec.out_kind == SAMPLED_OUT else None
+
+
+def _run_oriented(turned: orient.Orientation, *flat):
+  """The einsum of ``turned.spec`` on the flat inputs, dense operands transposed to its
+  axis order and the output transposed back."""
+  groups, pattern = turned.spec.split_inputs(flat)
+  moved = []
+  for perm, bufs in zip(turned.operand_perms, groups):
+    moved += [jnp.transpose(bufs[0], perm)] if perm is not None else bufs
+  out = einsum_p.bind(*moved, *pattern, spec=turned.spec)
+  if turned.out_perm is None:
+    return out
+  return [jnp.transpose(out[0], turned.out_perm)]
+
+
 def _einsum_backend_lowering(platform: str):
   """The lowering rule for ``platform``: the first backend registered for it (of those
   ``config.lowering`` names) that supports the planned kernel, else the portable rule.
@@ -332,6 +365,11 @@ def _einsum_backend_lowering(platform: str):
         if plan is not None:
           reason = backend.supports(plan, dtype) or "kernel"
       if reason == "kernel":
+        turned = _better_orientation(spec, plan, args, dtype)
+        if turned is not None:     # transposes around the oriented spec's kernel (whose
+          # lowering finds nothing left to orient, and records its own decision)
+          return mlir.lower_fun(functools.partial(_run_oriented, turned),
+                                multiple_results=True)(ctx, *args)
         einsum_kernel.last_decisions.append((spec, reason))
         return backend.lower(ctx, plan, *args)
     einsum_kernel.last_decisions.append((spec, reason))

@@ -1,13 +1,14 @@
-"""The CPU kernel lowering of ``jscorch_einsum``: generated C behind the typed XLA FFI.
+"""The einsum's kernel planning entry point: a spec -> a planned kernel or a fallback reason.
 
-:func:`kernel_plan` decides, from the static spec and which inputs are the *same*
-buffers (known at lowering time), whether a generated kernel applies. When it
-does not, the portable lowering runs instead; every such case is one of
-:data:`FALLBACKS`, and the reason is recorded in :data:`last_decisions` so tests
-can assert which path a plan took.
+:func:`kernel_plan` decides, from the static spec alone (which sparse sources share
+index buffers is recorded in it at bind time: ``spec.same_pattern``), whether a
+generated kernel applies, and plans it (the loop-nest IR of :mod:`.plan`, or the
+SpGEMM plan). When none applies the portable lowering runs instead; every such case
+is one of :data:`FALLBACKS`, and the reason is recorded in :data:`last_decisions` so
+tests can assert which path a plan took. Backends (:mod:`.backends`) lower the plans.
 
 Settings: ``jscorch.config.lowering`` (or ``$JSCORCH_LOWERING``) is ``"auto"``
-(kernel where one applies), ``"kernel"`` (same; never silently different) or
+(a kernel where one applies), ``"c"`` (``"kernel"``: the C backend only) or
 ``"portable"``. Without a C compiler the portable lowering runs, with one warning.
 """
 from __future__ import annotations

@@ -166,9 +166,12 @@ class SparseLinear(nnx.Module):
 
 @jax.jit
 def _sparse_linear(x, kernel: SparseArray, bias):
-  """``x @ kernel + bias`` with a sparse kernel (one jitted function; see graph_conv.py)."""
+  """``x @ kernel + bias`` with a sparse kernel (one jitted function; see graph_conv.py).
+  Leading dims of ``x`` are flattened into one, so the product has a single free index
+  (the planner then orients it: a vectorised kernel, whatever the batch shape)."""
   dtype = _util.compute_dtype(x, kernel)
-  y = einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype))
+  rows = x.reshape(-1, x.shape[-1]).astype(dtype)
+  y = einsum("ni,io->no", rows, kernel.astype(dtype)).reshape(x.shape[:-1] + (-1,))
   return y if bias is None else y + bias.astype(dtype)
 
 
