@@ -109,7 +109,7 @@ def union(out: Layout, parts: Sequence[Part], *, func: str,
   if not _all_unique(parts):
     out_indices, count, dest = _pattern(out, parts, func, offsets, dest=True)
     data = sum(_compiled_scatter(out, lay.nse, at)(dest, d) for lay, d, at in _slices(parts))
-    return enforce_capacity(count, out.nse, data, func), out_indices
+    return _capped(count, out, parts, data, func), out_indices
   if not checks.is_concrete(*indices) and len({jnp.result_type(d) for d in datas}) == 1:
     # Traced indices: pattern and values in one primitive (on CPU one kernel pass, no
     # src arrays); its jvp is the gathers below.
@@ -120,10 +120,18 @@ def union(out: Layout, parts: Sequence[Part], *, func: str,
     plan = union_kernel.UnionPlan(out, layouts, offs, func, dest=False)
     *out_indices, count, data = _compiled_sum(plan)(
         tuple(tuple(idx) for _, _, idx in parts), datas)
-    return enforce_capacity(count, out.nse, data, func), tuple(out_indices)
+    return _capped(count, out, parts, data, func), tuple(out_indices)
   out_indices, count, sources = _pattern(out, parts, func, offsets)
   data = _compiled_values(out)(sources, datas)
-  return enforce_capacity(count, out.nse, data, func), out_indices
+  return _capped(count, out, parts, data, func), out_indices
+
+
+def _capped(count, out: Layout, parts: Sequence[Part], data, func: str):
+  """``data`` poisoned with NaN where the union overflowed ``out.nse``; no pass at all when
+  it cannot (a capacity of every part's entries together: the default under ``jit``)."""
+  if out.nse >= sum(lay.nse for lay, _, _ in parts):
+    return data
+  return enforce_capacity(count, out.nse, data, func)
 
 
 @functools.lru_cache(maxsize=512)
@@ -148,7 +156,7 @@ def union_each(out: Layout, parts: Sequence[Part], *, func: str,
   else:
     out_indices, count, sources = _pattern(out, parts, func, offsets)
     datas = _compiled_each(out)(sources, tuple(d for _, d, _ in parts))
-  return [enforce_capacity(count, out.nse, d, func) for d in datas], out_indices
+  return [_capped(count, out, parts, d, func) for d in datas], out_indices
 
 
 def _all_unique(parts: Sequence[Part]) -> bool:

@@ -388,6 +388,26 @@ static inline int64_t fill_two(const union_args* a, int64_t p0, int64_t e0, int6
   idx_t* d1 = WANT_DEST ? a->dest + DEST_BASE[1] : NULL;
   idx_t* oc = a->out_crd;
   int64_t q = at;
+#if WANT_SUM
+  if (a->blk == 1 && !checked) {
+    /* scalar values: both heads are in range while both segments last, so each value is
+       read and zeroed by an indexed select (a branch on which part stores the leaf
+       mispredicts about every other step) */
+    const val_t* v0 = a->val[0];
+    const val_t* v1 = a->val[1];
+    val_t* ov = a->out_val;
+    while (p0 < e0 && p1 < e1) {
+      int64_t x = (int64_t)c0[p0] + COL_OFF[0], y = (int64_t)c1[p1] + COL_OFF[1];
+      int64_t g0 = x > y, g1 = y > x;
+      const val_t pick0[2] = {v0[p0], (val_t)0}, pick1[2] = {v1[p1], (val_t)0};
+      oc[q] = (idx_t)(x - g0 * (x - y));
+      ov[q] = pick0[g0] + pick1[g1];
+      p0 += 1 - g0;
+      p1 += 1 - g1;
+      ++q;
+    }
+  }
+#endif
   while (p0 < e0 && p1 < e1) {
     int64_t x = (int64_t)c0[p0] + COL_OFF[0], y = (int64_t)c1[p1] + COL_OFF[1];
     if (WANT_DEST) {
