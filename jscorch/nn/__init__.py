@@ -9,6 +9,8 @@ The graph layers (``GCNConv``, ``SAGEConv``, ``GINConv``, ``GATConv``) have one
 forward each over :mod:`jscorch.nn.aggregation`, which a SparseArray and a
 :class:`jscorch.distributed.ShardedSparseArray` adjacency both implement.
 """
+from jscorch.nn.aggregation import GCNAdjacency as GCNAdjacency
+from jscorch.nn.aggregation import gcn_adjacency as gcn_adjacency
 from jscorch.nn.attention import GATConv as GATConv
 from jscorch.nn.attention import SparseAttention as SparseAttention
 from jscorch.nn.attention import bigbird_mask as bigbird_mask
@@ -24,7 +26,7 @@ from jscorch.nn.linear import SparsePattern as SparsePattern
 from jscorch.nn.moe import MoE as MoE
 
 __all__ = [
-    "EmbeddingBag", "GATConv", "GCNConv", "GINConv", "MoE", "SAGEConv", "SparseAttention",
-    "SparseDropout", "SparseLinear", "SparsePattern", "bigbird_mask", "local_window_mask",
-    "strided_mask",
+    "EmbeddingBag", "GATConv", "GCNAdjacency", "GCNConv", "GINConv", "MoE", "SAGEConv",
+    "SparseAttention", "SparseDropout", "SparseLinear", "SparsePattern", "bigbird_mask",
+    "gcn_adjacency", "local_window_mask", "strided_mask",
 ]

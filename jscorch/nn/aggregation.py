@@ -34,6 +34,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import jax
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import jscorch as js
 from jscorch import _graph_util, graph
 from jscorch.einsum import einsum
+from jscorch.graph import check_adjacency
 from jscorch.nn import _util
 
 
@@ -148,6 +150,88 @@ class SparseAggregation:
     dropped = alpha if dropout is None else alpha.with_data(dropout_values(alpha.data, *dropout))
     out = einsum("ijh,jhf->ihf", dropped, z)
     return (out, alpha) if weights else out
+
+
+@jax.tree_util.register_pytree_node_class
+class GCNAdjacency(SparseAggregation):
+  """A SparseArray adjacency with its GCN normalisation computed once (PyG's ``cached=True``).
+
+  Build it with :func:`gcn_adjacency` and pass it wherever an adjacency goes. Every
+  ``GCNConv`` (default options, or the ``add_self_loops`` it was built with) then
+  multiplies by the stored ``D^-1/2 A D^-1/2`` and adds the self-loop term, instead of
+  recomputing degrees and missing loops from the edges on each call: one SpMM per
+  layer, as with an adjacency normalised by hand. Other layers and options use ``adj``
+  as usual. It is a pytree of arrays: built inside a differentiated function, the
+  gradient w.r.t. the edge weights flows through the cached normalisation too; built
+  outside, the normalisation is a constant of that function.
+
+  Attributes:
+    adj: the adjacency `[n, n]`.
+    normalized: ``adj``'s pattern with values ``dinv_i a_ij dinv_j``, where ``dinv =
+      (weighted degree + loops) ** -1/2`` (0 for isolated nodes).
+    self_weight: `[n]` ``loops * dinv ** 2``, the added self loop's normalised weight.
+    add_self_loops: whether missing self loops (weight 1) were added (static).
+  """
+
+  def __init__(self, adj, normalized, self_weight, add_self_loops: bool):
+    super().__init__(adj)
+    self.normalized, self.self_weight = normalized, self_weight
+    self.add_self_loops = add_self_loops
+
+  def tree_flatten(self):
+    return (self.adj, self.normalized, self.self_weight), self.add_self_loops
+
+  @classmethod
+  def tree_unflatten(cls, add_self_loops, children):
+    return cls(*children, add_self_loops)
+
+  def astype(self, dtype) -> GCNAdjacency:
+    if self.adj.dtype == dtype:
+      return self
+    return GCNAdjacency(self.adj.astype(dtype), self.normalized.astype(dtype),
+                        self.self_weight.astype(dtype), self.add_self_loops)
+
+  def gcn_aggregate(self, h, *, add_self_loops: bool, normalize: bool):
+    if not normalize or add_self_loops != self.add_self_loops:
+      return super().gcn_aggregate(h, add_self_loops=add_self_loops, normalize=normalize)
+    return einsum("ij,jf->if", self.normalized, h) + self.self_weight[:, None] * h
+
+  def __repr__(self):
+    return f"GCNAdjacency({self.adj!r}, add_self_loops={self.add_self_loops})"
+
+
+def gcn_adjacency(adj, *, add_self_loops: bool = True) -> GCNAdjacency:
+  """``adj`` with its GCN normalisation cached (see :class:`GCNAdjacency`).
+
+  Args:
+    adj: a square SparseArray (edge weights as values).
+    add_self_loops: add weight-1 self loops to the nodes without one, as ``GCNConv``
+      does by default.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jscorch import graph, nn
+    >>> adj = graph.from_edge_index(jnp.array([[0, 1, 1, 2], [1, 0, 2, 1]]), num_nodes=3)
+    >>> cached = nn.gcn_adjacency(adj)
+    >>> conv = nn.GCNConv(4, 2, rngs=nnx.Rngs(0))
+    >>> bool(jnp.allclose(conv(cached, jnp.ones((3, 4))), conv(adj, jnp.ones((3, 4)))))
+    True
+  """
+  check_adjacency(adj, "gcn_adjacency")
+  return _gcn_adjacency(adj, add_self_loops)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _gcn_adjacency(adj, add_self_loops: bool) -> GCNAdjacency:
+  if add_self_loops:
+    loops = _graph_util.missing_loops(adj, 1.0)
+  else:
+    loops = jnp.zeros(adj.shape[0], adj.dtype)
+  dinv = _graph_util.inv_sqrt(graph.degree(adj, weighted=True) + loops)
+  # dinv_i a_ij dinv_j at the stored entries: a sampled product, no new pattern
+  normalized = einsum("ij,i,j->ij", adj, dinv, dinv)
+  return GCNAdjacency(adj, normalized, loops * dinv * dinv, add_self_loops)
 
 
 def dropout_values(values, rate: float, key):

@@ -48,8 +48,10 @@ class GCNConv(nnx.Module):
   PyG's convention: by default the layer adds the missing self loops (weight 1,
   :func:`jscorch.graph.add_remaining_self_loops`) and normalises symmetrically by
   the weighted degrees (:func:`jscorch.graph.gcn_norm`) on every call; nothing is
-  cached. Pass an already normalised adjacency with ``normalize=False,
-  add_self_loops=False``.
+  cached. To compute the normalisation once for many calls (and for every layer of a
+  model), pass ``nn.gcn_adjacency(adj)`` instead of ``adj`` (PyG's ``cached=True``;
+  :class:`~jscorch.nn.aggregation.GCNAdjacency`), or an already normalised adjacency
+  with ``normalize=False, add_self_loops=False``.
 
   ``x`` may be dense `[n, in_features]` **or a SparseArray** (any 2-D format,
   e.g. bag-of-words features in CSR). Sparse features are never densified:
