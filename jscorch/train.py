@@ -32,7 +32,7 @@ from flax import nnx
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
 from jscorch.graph import Graph
-from jscorch.nn import GATConv, GCNConv, SparseDropout
+from jscorch.nn import GATConv, GCNConv, SparseDropout, gcn_adjacency
 
 __all__ = ["GAT", "GCN", "History", "fit", "fit_seeds", "make_gat", "make_gcn",
            "normalize_rows"]
@@ -69,6 +69,8 @@ class GCN(nnx.Module):
 
   def __call__(self, adj: SparseArray, x, *, deterministic: bool | None = None, rngs=None):
     k1, k2 = _keys(rngs, 2)
+    if is_sparse(adj):          # both layers share one normalisation
+      adj = gcn_adjacency(adj)
     h = jax.nn.relu(self.conv1(adj, self.dropout(x, deterministic=deterministic, rngs=k1)))
     return self.conv2(adj, self.dropout(h, deterministic=deterministic, rngs=k2))
 
