@@ -399,7 +399,7 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
   index_buffers = [b for bufs in sparse_groups for b in bufs[1:]] + list(pattern)
   concrete = not any(isinstance(x, jax.core.Tracer) for x in index_buffers)
   dtype = next(bufs[0].dtype for bufs in groups)
-  no_work = einsum_portable.is_spgemm(spec)
+  no_work = einsum_portable.is_spgemm(spec) or einsum_portable.csr_equivalent(spec) is not None
   fast = einsum_kernel.spgemm_plan(spec, dtype) if einsum_kernel.kernels_enabled() else None
   if concrete:
     if fast is not None:

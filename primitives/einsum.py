@@ -28,7 +28,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import backends, einsum_kernel, einsum_portable, orient
+from . import backends, convert, einsum_kernel, einsum_portable, orient
 from .backends.c import backend as _c_backend  # noqa: F401  (registers the C backend)
 from .einsum_spec import (
   DENSE_OUT,
@@ -306,12 +306,16 @@ def _batch_front(x, d, size):
 # -- lowering -------------------------------------------------------------------------------
 def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
   if spec.work == 0 and make_plan(spec).expands and not einsum_portable.is_empty(spec) and \
-      not einsum_portable.is_spgemm(spec):
+      not einsum_portable.is_spgemm(spec) and einsum_portable.csr_equivalent(spec) is None:
     raise ValueError(
         f"jscorch_einsum: the portable lowering of {spec} joins sparse operands that contract "
         "and needs work= (the number of matching entry pairs); got work=0, expected a "
         "capacity (an einsum sized without it, a CSR x CSR product, whose derivative or "
         "batched form needs it). Pass work= to js.einsum.")
+  csr = einsum_portable.csr_equivalent(spec) if spec.work == 0 else None
+  if csr is not None:       # no join capacity: Gustavson's CSR product between conversions
+    return mlir.lower_fun(functools.partial(_run_via_csr, spec, csr),
+                          multiple_results=True)(ctx, *args)
   fun = lambda *flat: einsum_portable.evaluate(spec, *flat)
   return mlir.lower_fun(fun, multiple_results=True)(ctx, *args)
 
@@ -349,6 +353,21 @@ def _run_oriented(turned: orient.Orientation, *flat):
   return [jnp.transpose(out[0], turned.out_perm)]
 
 
+def _run_via_csr(spec: EinsumSpec, csr: EinsumSpec, *flat):
+  """The sparse product ``spec`` as the CSR product ``csr`` (:func:`einsum_kernel.csr_product`):
+  operands converted to CSR, the result converted to ``spec``'s output format."""
+  groups, _ = spec.split_inputs(flat)
+  moved = []
+  for op, new, bufs in zip(spec.operands, csr.operands, groups):
+    data, indices = convert.convert(op.layout, new.layout, bufs[0], tuple(bufs[1:]),
+                                    func="einsum")
+    moved += [data, *indices]
+  data, *indices = einsum_p.bind(*moved, spec=csr)
+  data, indices = convert.convert(csr.out_layout, spec.out_layout, data, tuple(indices),
+                                  func="einsum")
+  return [data, *indices]
+
+
 def _einsum_backend_lowering(platform: str):
   """The lowering rule for ``platform``: the first backend registered for it (of those
   ``config.lowering`` names) that supports the planned kernel, else the portable rule.
@@ -364,6 +383,12 @@ def _einsum_backend_lowering(platform: str):
         plan, reason = einsum_kernel.kernel_plan(spec, args, dtype)
         if plan is not None:
           reason = backend.supports(plan, dtype) or "kernel"
+      if reason == "sparse output" and backend.available() is None:
+        csr = einsum_kernel.csr_product(spec, dtype)
+        if csr is not None:        # a CSR product between conversions (its lowering
+          # records its own decision)
+          return mlir.lower_fun(functools.partial(_run_via_csr, spec, csr),
+                                multiple_results=True)(ctx, *args)
       if reason == "kernel":
         turned = _better_orientation(spec, plan, args, dtype)
         if turned is not None:     # transposes around the oriented spec's kernel (whose

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import codegen_spgemm, kernel_build, loopnest
+from . import codegen_spgemm, einsum_portable, kernel_build, loopnest
 from . import plan as kernel_planner
 from .backends.c import printer
 from .einsum_spec import SAMPLED_OUT, SPARSE_OUT, EinsumSpec
@@ -29,9 +29,11 @@ from .settings import settings
 #: Plans without a generated kernel (they run the portable lowering), by reason.
 FALLBACKS = {
     "dtype": "values other than float32 / float64 (integers, complex, bfloat16)",
-    "sparse output": "a new sparse pattern other than CSR x CSR -> CSR or CSC x CSC -> CSC "
-                     "(``ij,jk->ik``, the same batch dims throughout, no block dims, one "
-                     "index dtype): DCSR / COO / mixed-format results",
+    "sparse output": "a new sparse pattern that is not a matrix product ``ij,jk->ik`` of "
+                     "CSR x CSR -> CSR or CSC x CSC -> CSC (batched alike), nor of other 2-D "
+                     "formats without batch or block dims (DCSR, COO, mixed: the CSR kernel "
+                     "between conversions, :func:`csr_product`): batched non-CSR products, "
+                     "block dims, n-d (CSF) or other expressions",
     "co-iteration": "sparse sources with different patterns that cannot be merged (level "
                     "by level, or for ordered COO over whole coordinate tuples): different "
                     "formats (up to uniqueness), mode orderings, batch or sparse shapes or "
@@ -159,6 +161,13 @@ def spgemm_plan(spec: EinsumSpec, dtype) -> codegen_spgemm.SpgemmPlan | None:
   return codegen_spgemm.SpgemmPlan(spec.size(i), spec.size(j), spec.size(k), a.layout.nse,
                                    b.layout.nse, out.nse, np.dtype(dtype), idt.pop(),
                                    batch=batch)
+
+
+def csr_product(spec: EinsumSpec, dtype) -> EinsumSpec | None:
+  """The CSR x CSR -> CSR spec (:func:`einsum_portable.csr_equivalent`) whose SpGEMM kernel
+  computes ``spec`` between conversions (linear-time structure kernels), or None."""
+  csr = einsum_portable.csr_equivalent(spec)
+  return csr if csr is not None and spgemm_plan(csr, dtype) is not None else None
 
 
 def kernels_enabled() -> bool:

@@ -31,6 +31,7 @@ from .capacity import enforce_capacity
 from .einsum_spec import DENSE_OUT, SAMPLED_OUT, SPARSE_OUT, EinsumSpec
 from .formats import CSC as _CSC
 from .formats import CSR as _CSR
+from .layout import Layout
 from .planner import PATTERN, make_plan, source_operand
 
 _ROW = -1        # the row axis id in the final jnp.einsum
@@ -436,6 +437,36 @@ def is_spgemm(spec: EinsumSpec) -> bool:
     return False
   (i, j), (j2, k), out_ik = a.indices[n_b:], b.indices[n_b:], out.indices[n_b:]
   return j == j2 and out_ik == (i, k) and len({*batch, i, j, k}) == n_b + 3
+
+
+def csr_equivalent(spec: EinsumSpec) -> EinsumSpec | None:
+  """The CSR x CSR -> CSR spec that computes ``spec``, a 2-D sparse product of other
+  formats (DCSR, COO, CSC mixed with CSR ...; no batch or block dims), between format
+  conversions; None when ``spec`` is one already (:func:`is_spgemm`) or has no such form.
+  The capacities are ``spec``'s own, and no ``work`` is needed.
+
+  Example:
+    >>> from jscorch.primitives.layout import Layout
+    >>> from jscorch.primitives.formats import DCSR
+    >>> from jscorch.primitives.einsum_spec import Operand
+    >>> spec = EinsumSpec((Operand((0, 1), Layout(DCSR, (3, 4), 5)),
+    ...                    Operand((1, 2), Layout(DCSR, (4, 6), 7))), out=(0, 2),
+    ...                   sizes=((0, 3), (1, 4), (2, 6)), out_kind="sparse",
+    ...                   out_layout=Layout(DCSR, (3, 6), 9))
+    >>> csr_equivalent(spec).out_layout.format
+    Format(dense, compressed)
+  """
+  if spec.out_kind != SPARSE_OUT or len(spec.operands) != 2 or \
+      not all(op.sparse for op in spec.operands) or is_spgemm(spec):
+    return None
+  lays = [op.layout for op in spec.operands] + [spec.out_layout]
+  if any(lay.n_batch or lay.n_dense or lay.n_sparse != 2 for lay in lays):
+    return None
+  csr = spec.replace(
+      operands=tuple(dataclasses.replace(op, layout=Layout(_CSR, op.layout.shape, op.layout.nse))
+                     for op in spec.operands),
+      out_layout=Layout(_CSR, spec.out_layout.shape, spec.out_layout.nse))
+  return csr if is_spgemm(csr) else None
 
 
 def spgemm(spec: EinsumSpec, *flat) -> list:

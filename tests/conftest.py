@@ -49,6 +49,14 @@ def lowering(request):
   js.config.lowering = previous
 
 
+@pytest.fixture(autouse=True)
+def _module_lowering(request):
+  """Activates ``lowering`` for the tests of :data:`BOTH_LOWERINGS` that do not name it
+  (adding it to ``fixturenames`` at collection parametrizes them but sets nothing up)."""
+  if os.path.basename(str(request.node.fspath)) in BOTH_LOWERINGS:
+    request.getfixturevalue("lowering")
+
+
 def pytest_generate_tests(metafunc):
   if os.path.basename(str(metafunc.definition.fspath)) in BOTH_LOWERINGS:
     if "lowering" not in metafunc.fixturenames:

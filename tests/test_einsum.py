@@ -25,12 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sps
+import util
 from jax.experimental import checkify
 
 import jscorch as js
 from jscorch.primitives.formats import resolve_format
-
-import util
 
 F64 = np.float64
 
@@ -938,15 +937,22 @@ def test_errors_are_raised_at_trace_time():
 
 
 def test_spgemm_under_jit_without_capacities():
+  """A 2-D product of any formats needs nse= only (it runs as the CSR product between
+  conversions); a batched COO product also needs work= (the portable join's capacity)."""
   A, a, B, b = _spgemm_operands(44, "coo", "csc")
   with pytest.raises(ValueError, match=r"under jit pass nse= \(capacity of the sparse result\) "
-                     r"and work= \(capacity of the join .*\) as static ints"):
-    jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B))(A, B)
-  with pytest.raises(ValueError, match=r"under jit pass work= \(capacity of the join"):
-    jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=24))(A, B)
-  with pytest.raises(ValueError, match=r"under jit pass nse= \(capacity of the sparse result\) "
                      r"as static ints"):
-    jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, work=400))(A, B)
+    jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B))(A, B)
+  C = jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=24))(A, B)
+  util.assert_allclose(C.todense(), a @ b, F64)
+  rng = np.random.default_rng(44)
+  Ab, ab = util.random_sparse(rng, (2, 4, 5), "coo", n_batch=1, density=0.4, dtype=F64)
+  Bb, bb = util.random_sparse(rng, (2, 5, 6), "coo", n_batch=1, density=0.4, dtype=F64)
+  with pytest.raises(ValueError, match=r"under jit pass nse= \(capacity of the sparse result\) "
+                     r"and work= \(capacity of the join .*\) as static ints"):
+    jax.jit(lambda A, B: js.einsum("bij,bjk->bik", A, B))(Ab, Bb)
+  with pytest.raises(ValueError, match=r"under jit pass work= \(capacity of the join"):
+    jax.jit(lambda A, B: js.einsum("bij,bjk->bik", A, B, nse=24))(Ab, Bb)
 
 
 def test_traced_capacity_is_a_type_error():
@@ -968,17 +974,24 @@ def test_capacity_overflow_eager_raises(fa, fb, name):
   js.einsum("ij,jk->ik", A, B, **{name: exact})          # exactly enough is fine
 
 
-@pytest.mark.parametrize("fa, fb, name", [("csr", "csr", "nse"), ("coo", "csc", "work")],
-                         ids=["csr_csr_nse", "coo_csc_work"])
+@pytest.mark.parametrize("fa, fb, name", [("csr", "csr", "nse"), ("coo", "csc", "nse"),
+                                          ("coo", "csc", "work")],
+                         ids=["csr_csr_nse", "coo_csc_nse", "coo_csc_work"])
 def test_capacity_overflow_under_jit_poisons(fa, fb, name):
-  """Under jit (patterns traced) an overflow poisons every stored value with NaN."""
+  """Under jit (patterns traced) an overflow poisons every stored value with NaN: the nse
+  of a sparse result, and the work of a join (a contraction into a dense result, which
+  has no kernel: the portable join in both lowerings)."""
   A, a, B, b = _spgemm_operands(47, fa, fb)
   caps = dict(nse=_scipy_product(a, b).nnz, work=_join_size(a, b))
+  if name == "work":
+    del caps["nse"]
+    caps["out_format"] = "dense"
   f = lambda caps: jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, **caps))(A, B)
   C = f(caps)
-  util.assert_allclose(C.todense(), a @ b, F64)
+  util.assert_allclose(C.todense() if isinstance(C, js.SparseArray) else C, a @ b, F64)
   caps[name] -= 1
-  assert np.isnan(np.asarray(f(caps).data)).all()
+  over = f(caps)
+  assert np.isnan(np.asarray(over.data if isinstance(over, js.SparseArray) else over)).all()
 
 
 @pytest.fixture

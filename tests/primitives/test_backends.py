@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import util
 
 import jscorch as js
 from jscorch.primitives import backends, einsum_kernel, einsum_portable, kernel_build
 from jscorch.primitives.backends.c.backend import CBackend
-
-import util
+from jscorch.primitives.formats import resolve_format
 
 F32 = np.float32
 _KERNEL_CALL = re.compile(r"custom_call\s*@jscorch_(k|spgemm)_[0-9a-f]+")
@@ -147,6 +147,37 @@ def test_spgemm_jaxpr_is_the_same_with_or_without_kernels(lowering, csr_pair):
     util.assert_allclose(C.todense(), a @ b, F32)
   for x, y in zip(results["portable"].indices, results["c"].indices):   # one canonical pattern
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("fa,fb,out", [("dcsr", "dcsr", "dcsr"), ("coo", "csr", "coo"),
+                                        ("csc", "dcsr", "csr")])
+def test_other_2d_formats_run_the_csr_product_without_work(lowering, fa, fb, out):
+  """A 2-D product of other formats (DCSR, COO, mixed) is the CSR product between
+  conversions in both lowerings, so under jit it needs nse= only; kernel, portable and
+  numpy agree, and the result has the requested format and the canonical pattern."""
+  rng = np.random.default_rng(12)
+  A, a = util.random_sparse(rng, (7, 5), fa, dtype=F32)
+  B, b = util.random_sparse(rng, (5, 9), fb, dtype=F32)
+  needed = int(((a @ b) != 0).sum())
+  f = jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=needed + 2, out_format=out))
+  results = {}
+  for mode in ("portable", "c"):
+    js.config.lowering = mode
+    text, decisions = lower(f, A, B)
+    # (the portable rule records the product as given and the CSR product it runs)
+    assert decisions == (["portable", "portable"] if mode == "portable" else
+                         ["kernel"] if kernel_build.compiler() else
+                         ["no compiler", "no compiler"]), decisions
+    assert "work=" not in str(jax.make_jaxpr(f)(A, B))
+    results[mode] = C = f(A, B)
+    assert C.format == resolve_format(out, 2)
+    util.assert_allclose(C.todense(), a @ b, F32)
+  for x, y in zip(results["portable"].indices, results["c"].indices):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # eager (exact sizes): the gradient w.r.t. A's values is 2 (a b) b^T at A's entries
+  js.config.lowering = "auto"
+  g = jax.grad(lambda d: jnp.sum(js.einsum("ij,jk->ik", A.with_data(d), B).data ** 2))(A.data)
+  util.assert_allclose(A.with_data(g).todense(), 2 * (a @ b) @ b.T * (a != 0), F32)
 
 
 def test_portable_spgemm_without_work_overflow_poisons(lowering, csr_pair):

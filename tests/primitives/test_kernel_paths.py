@@ -296,8 +296,16 @@ CASES: dict[str, Case] = {
                            dtypes=(F32,), grads=True),
     "spgemm_dense_out": Case("ij,jk->ik", CSR_CSR, "co-iteration",
                              kwargs=(("out_format", "dense"), ("work", 72)), dtypes=(F32,)),
+    # 2-D products of other formats: the CSR kernel between conversions
     "spgemm_coo_csr": Case("ij,jk->ik", (Sp(A45, "coo", density=0.6), CSR_CSR[1]),
-                           "sparse output", kwargs=(("nse", 24), ("work", 72)), dtypes=(F64,)),
+                           "kernel", kwargs=(("nse", 24), ("work", 72)), dtypes=(F64,)),
+    "spgemm_dcsr_dcsr": Case("ij,jk->ik", (Sp(A45, "dcsr", density=0.5),
+                                           Sp((5, 6), "dcsr", density=0.4)), "kernel",
+                             kwargs=(("nse", 24), ("work", 72)), dtypes=(F32,)),
+    "spgemm_batched_coo": Case("bij,bjk->bik", (Sp((2, 4, 5), "coo", n_batch=1, density=0.6),
+                                                Sp((2, 5, 6), "coo", n_batch=1, density=0.4)),
+                               "sparse output", kwargs=(("nse", 24), ("work", 72)),
+                               dtypes=(F64,)),
     # other fallbacks
     "int32_spmm": Case("ij,jk->ik", (Sp(A45), Dn((5, 3))), "dtype", dtypes=(np.int32,)),
     "int32_sddmm": Case("ij,ik,jk->ij", (Sp(A45), Dn((4, 3)), Dn((5, 3))), "dtype",

@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import util
 
 import jscorch as js
+from jscorch.primitives import einsum_portable
 from jscorch.primitives.einsum_spec import EinsumSpec, Operand
 from jscorch.primitives.layout import Layout
 from jscorch.primitives.planner import PATTERN, Plan, make_plan
-
-import util
 
 F64 = np.float64
 ID = {c: string.ascii_letters.index(c) for c in string.ascii_letters}
@@ -299,6 +299,8 @@ def test_forward_work_suffices_for_gradients_under_jit(subscripts, shapes, fmts,
     util.assert_allclose(g, w, F64)
   assert make_plan(spec_of(subscripts, *ops, **caps)).expands
   val, grads = make(dict(caps, work=work - 1))(datas, ops)
-  assert np.isnan(val)
+  spec = spec_of(subscripts, *ops, **caps)
+  if einsum_portable.csr_equivalent(spec) is None:    # (a 2-D sparse product other than
+    assert np.isnan(val)                               # CSR x CSR runs without work)
   for g in grads:
     assert np.isnan(np.asarray(g)).all()
