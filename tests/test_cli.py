@@ -243,6 +243,20 @@ def test_bench_checks_spgemm_as_sparse_difference_and_gcn_torch_runs():
   assert runner.relative_error(torch_step.to_numpy(torch_step.run()), gcn.reference) < 1e-5
 
 
+def test_bench_sparse_linear_contenders_are_checked():
+  """``bench --only SparseLinear``: every contender's loss and gradients (W's values, x)
+  match the float64 reference, and a wrong gradient is caught."""
+  import numpy as np
+  from jscorch.bench import runner, workloads
+  wl = workloads.sparse_linear(16, 12, 8, 0.3)
+  assert {c.name for c in wl.contenders} >= {"jscorch", "dense", "BCOO"}
+  for c in wl.contenders:
+    assert runner.relative_error(c.to_numpy(c.run()), wl.reference) < 1e-5, c.name
+  value, d_w, d_x = wl.contenders[0].to_numpy(wl.contenders[0].run())
+  assert runner.relative_error((value, d_w * 1.01, d_x), wl.reference) > 1e-3
+  assert np.asarray(d_w).shape == wl.reference[1].shape
+
+
 def test_bench_kernel_build_section(capsys):
   """``bench --only build``: a new kernel is compiled in one fresh process and loaded from
   the disk cache in a second; loading must be much cheaper than compiling."""

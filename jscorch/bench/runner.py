@@ -15,10 +15,10 @@ from jscorch.bench.timing import measure
 SIZES = {
     "full": dict(scale=17, edges=2_300_000, width=64, spgemm_uniform=(15, 200_000),
                  spgemm_rmat=(15, 200_000), tensor=(100_000, 2_000_000), rank=32, repeats=7,
-                 coalesce=1_000_000, graph_edges=2_000_000),
+                 coalesce=1_000_000, graph_edges=2_000_000, linear=(2048, 512, 256)),
     "quick": dict(scale=14, edges=250_000, width=64, spgemm_uniform=(12, 30_000),
                   spgemm_rmat=(15, 200_000), tensor=(20_000, 200_000), rank=32, repeats=3,
-                  coalesce=125_000, graph_edges=250_000),
+                  coalesce=125_000, graph_edges=250_000, linear=(512, 256, 128)),
 }
 
 
@@ -57,6 +57,9 @@ def build_workloads(size: dict, only: set | None):
             ("SpGEMM", lambda: workloads.spgemm(data.rmat(r_scale, r_edges, seed=3)))]
   t_n, t_nnz = size["tensor"]
   specs += [("MTTKRP", lambda: workloads.mttkrp(t_n, *data.tensor3(t_n, t_nnz), size["rank"]))]
+  batch, n_in, n_out = size["linear"]
+  specs += [("SparseLinear", lambda d=d: workloads.sparse_linear(batch, n_in, n_out, d))
+            for d in (0.1, 0.01)]
   return [make for key, make in specs if only is None or key in only] + \
       structure.build_workloads(size, only)
 
@@ -114,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   parser.add_argument("--only", nargs="*", metavar="WORKLOAD",
-                      help="subset of SpMV SpMM SDDMM GCN GCN-A SpGEMM MTTKRP build "
+                      help="subset of SpMV SpMM SDDMM GCN GCN-A SpGEMM MTTKRP SparseLinear build "
                            "CSR->CSC CSR->COO COO->CSR sum_duplicates from_edge_index A+B "
                            "maximum")
 

@@ -250,3 +250,51 @@ def gcn(m: Csr, width: int, adjacency_grad: bool) -> Workload:
     skipped["torch"] = "no sparse gradient w.r.t. the adjacency values (dense N x N)"
   name = "GCN fwd+bwd (W, X, A values)" if adjacency_grad else "GCN fwd+bwd (W, X)"
   return Workload(name, m.name, tuple(ref), out, skipped)
+
+
+def sparse_linear(batch: int, n_in: int, n_out: int, density: float) -> Workload:
+  """A sparse weight, as ``nn.SparseLinear`` uses it: ``loss = sum((x @ W)^2)``, forward +
+  backward (w.r.t. ``W``'s stored values and ``x``), against the same layer with a dense
+  weight (its gradient read at ``W``'s pattern), BCOO and torch (when installed)."""
+  rng = np.random.default_rng(8)
+  mask = rng.random((n_in, n_out)) < density
+  w = np.where(mask, rng.standard_normal((n_in, n_out)), 0).astype(np.float32)
+  x = _dense(9, (batch, n_in))
+  rows, cols = np.nonzero(mask)
+  x64, w64 = x.astype(np.float64), w.astype(np.float64)
+  g = 2 * (x64 @ w64)
+  ref = (np.sum((x64 @ w64) ** 2), (x64.T @ g)[rows, cols], g @ w64.T)
+  W = js.from_dense(jnp.asarray(w), format="csr")
+  X, Wd = jnp.asarray(x), jnp.asarray(w)
+
+  def step(product):
+    return jax.jit(jax.value_and_grad(lambda v, x: jnp.sum(product(v, x) ** 2), argnums=(0, 1)))
+
+  def flat(r):
+    value, (d_w, d_x) = r
+    d_w = np.asarray(d_w)
+    return np.asarray(value), d_w[rows, cols] if d_w.ndim == 2 else d_w[:len(rows)], d_x
+
+  ours = step(lambda v, x: x @ W.with_data(v))
+  dense = step(lambda v, x: x @ v)
+  bcoo = jsparse.BCOO.fromdense(Wd)
+  theirs = step(lambda v, x: x @ jsparse.BCOO((v, bcoo.indices), shape=bcoo.shape))
+  out = [Contender("jscorch", lambda: ours(W.data, X), flat),
+         Contender("dense", lambda: dense(Wd, X), flat),
+         Contender("BCOO", lambda: theirs(bcoo.data, X), flat)]
+  torch = _torch()
+  skipped = {} if torch is not None else {"torch": "not installed (pip install torch==2.13.0)"}
+  if torch is not None:
+    tw = torch.from_numpy(w).to_sparse_csr().requires_grad_()
+    tx = torch.from_numpy(x).requires_grad_()
+
+    def torch_step():
+      tw.grad = tx.grad = None
+      value = torch.sparse.mm(tw.t(), tx.t()).t().pow(2).sum()
+      value.backward()
+      grad_w = tw.grad.to_dense().numpy()
+      return value.detach().numpy(), grad_w, tx.grad.numpy()
+    out.append(Contender("torch", torch_step,
+                         lambda r: (np.asarray(r[0]), r[1][rows, cols], r[2])))
+  return Workload("SparseLinear fwd+bwd", f"x {batch}x{n_in} @ W {n_in}x{n_out}, "
+                  f"{density:.0%} dense", ref, out, skipped)
