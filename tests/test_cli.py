@@ -257,6 +257,13 @@ def test_bench_sparse_linear_contenders_are_checked():
   assert np.asarray(d_w).shape == wl.reference[1].shape
 
 
+def test_bench_refuses_unknown_workloads(capsys):
+  from jscorch import cli
+  assert cli.main(["bench", "--only", "SpMV", "Nope"]) == 2
+  err = capsys.readouterr().err
+  assert "unknown workload(s) Nope" in err and "SparseLinear" in err
+
+
 def test_bench_kernel_build_section(capsys):
   """``bench --only build``: a new kernel is compiled in one fresh process and loaded from
   the disk cache in a second; loading must be much cheaper than compiling."""

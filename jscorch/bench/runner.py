@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -113,16 +114,25 @@ def _print_table(wl, results, out):
       out(f"  {r['impl']:<12} skipped: {r['skipped']}")
 
 
+#: Every name ``--only`` accepts.
+WORKLOADS = ("SpMV", "SpMM", "SDDMM", "GCN", "GCN-A", "SpGEMM", "MTTKRP", "SparseLinear",
+             "build", *structure.ROWS, *(key for key, _ in structure.UNION_ROWS))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   parser.add_argument("--only", nargs="*", metavar="WORKLOAD",
-                      help="subset of SpMV SpMM SDDMM GCN GCN-A SpGEMM MTTKRP SparseLinear build "
-                           "CSR->CSC CSR->COO COO->CSR sum_duplicates from_edge_index A+B "
-                           "maximum")
+                      help="subset of " + " ".join(WORKLOADS))
 
 
 def main(args: argparse.Namespace) -> int:
-  """Entry point of ``python -m jscorch bench``."""
+  """Entry point of ``python -m jscorch bench``; 2 (with the known names) for an unknown
+  workload, before anything runs."""
+  unknown = sorted(set(args.only or ()) - set(WORKLOADS))
+  if unknown:
+    print(f"bench: unknown workload(s) {', '.join(unknown)}; expected names among "
+          f"{' '.join(WORKLOADS)}.", file=sys.stderr)
+    return 2
   run("quick" if args.quick else "full", set(args.only) if args.only else None, args.json)
   return 0
