@@ -305,17 +305,17 @@ def _batch_front(x, d, size):
 
 # -- lowering -------------------------------------------------------------------------------
 def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
+  csr = einsum_portable.csr_equivalent(spec) if spec.work == 0 else None
+  if csr is not None:       # no join capacity: Gustavson's CSR product between conversions
+    return mlir.lower_fun(functools.partial(_run_via_csr, spec, csr),
+                          multiple_results=True)(ctx, *args)
   if spec.work == 0 and make_plan(spec).expands and not einsum_portable.is_empty(spec) and \
-      not einsum_portable.is_spgemm(spec) and einsum_portable.csr_equivalent(spec) is None:
+      not einsum_portable.is_spgemm(spec):
     raise ValueError(
         f"jscorch_einsum: the portable lowering of {spec} joins sparse operands that contract "
         "and needs work= (the number of matching entry pairs); got work=0, expected a "
         "capacity (an einsum sized without it, a CSR x CSR product, whose derivative or "
         "batched form needs it). Pass work= to js.einsum.")
-  csr = einsum_portable.csr_equivalent(spec) if spec.work == 0 else None
-  if csr is not None:       # no join capacity: Gustavson's CSR product between conversions
-    return mlir.lower_fun(functools.partial(_run_via_csr, spec, csr),
-                          multiple_results=True)(ctx, *args)
   fun = lambda *flat: einsum_portable.evaluate(spec, *flat)
   return mlir.lower_fun(fun, multiple_results=True)(ctx, *args)
 
@@ -383,7 +383,7 @@ def _einsum_backend_lowering(platform: str):
         plan, reason = einsum_kernel.kernel_plan(spec, args, dtype)
         if plan is not None:
           reason = backend.supports(plan, dtype) or "kernel"
-      if reason == "sparse output" and backend.available() is None:
+      if reason == "sparse output":        # (the backend is available: a plan was made)
         csr = einsum_kernel.csr_product(spec, dtype)
         if csr is not None:        # a CSR product between conversions (its lowering
           # records its own decision)

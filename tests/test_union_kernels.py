@@ -360,6 +360,10 @@ def test_parts_with_duplicates(lowering):
                           rtol=1e-2)
   finally:
     js.config.lowering = previous
+  out = Layout(union.canonical_format(A.format), A.shape, A.nse + B.nse)
+  plan = uk.UnionPlan(out, (A.layout, B.layout), (None, None), "add")
+  with pytest.raises(ValueError, match="union_sum: got a part of a non-unique format"):
+    uk.union_sum(plan, (A.indices, B.indices), (A.data, B.data))
 
 
 def test_jvp_through_traced_index_buffers():

@@ -143,7 +143,8 @@ def _portable(plan: UnionPlan):
 
 def sources(plan: UnionPlan, dest: jax.Array) -> list[jax.Array]:
   """Per part, the entry stored at every output leaf `[*batch, out.nse]` (its ``nse``
-  where it stores none): ``dest`` inverted, so values can be gathered."""
+  where it stores none): ``dest`` inverted, so values can be gathered. Only for parts of
+  unique formats: of a part's duplicates at one leaf, one would be kept."""
   nb, nse = plan.out.n_batch, plan.out.nse
   out, at = [], 0
   for lay in plan.parts:
@@ -736,7 +737,14 @@ def union_sum(plan: UnionPlan, indices: Sequence[Sequence[jax.Array]], datas: Se
     plan: the static plan (``plan.dest`` is ignored).
     indices: per part, its index buffers (cast to the output's index dtype).
     datas: per part, its values `[*batch, nse_k, *block]`, all of one dtype.
+
+  Raises:
+    ValueError: a part's format is not unique (see :func:`sources`).
   """
+  if not all(lay.format.unique for lay in plan.parts):
+    raise ValueError("union_sum: got a part of a non-unique format, expected unique formats "
+                     "(its values are gathered, one entry per leaf). Sum duplicates by a "
+                     "scatter-add over union_pattern's dest instead (primitives/union.py).")
   idt = plan.out.index_dtype
   flat = [jnp.asarray(b).astype(idt) for idx in indices for b in idx]
   return union_sum_p.bind(*flat, *datas, plan=dataclasses.replace(plan, dest=False))
