@@ -12,7 +12,7 @@ from jscorch import (
 )
 from jscorch.array import SparseArray, is_sparse
 from jscorch.autodiff import grad, value_and_grad
-from jscorch.config import config
+from jscorch.config import config, enable_compilation_cache
 from jscorch.construct import eye, from_coo, from_dense, random
 from jscorch.einsum import einsum
 from jscorch.interop import from_bcoo, from_scipy
@@ -112,7 +112,8 @@ __all__ = [
     "arcsinh", "arctan", "arctanh", "asin", "asinh", "atan", "atanh", "broadcast_to", "cbrt",
     "ceil", "celu", "compressed", "concatenate", "config", "conj", "conjugate", "count_nonzero",
     "deg2rad", "degrees", "dense", "diag", "diagonal", "distributed", "divide", "dot",
-    "dropout", "einsum", "eliminate_zeros", "elu", "expand_dims", "expm1", "eye", "floor",
+    "dropout", "einsum", "eliminate_zeros", "elu", "enable_compilation_cache", "expand_dims",
+    "expm1", "eye", "floor",
     "from_bcoo", "from_coo", "from_dense", "from_scipy", "gelu", "grad", "graph", "hard_tanh",
     "imag", "is_sparse", "leaky_relu", "log1p", "matmul", "max", "maximum", "mean", "min",
     "minimum", "multiply", "negative", "nn", "positive", "power", "rad2deg", "radians",

@@ -103,11 +103,16 @@ def _native_target(cc: str) -> str:
 _process_dir: list[Path] = []
 
 
+def cache_root() -> Path:
+  """jscorch's cache directory: ``$JSCORCH_CACHE_DIR``, else ``~/.cache/jscorch`` (or under
+  ``$XDG_CACHE_HOME``). Kernels are cached in its ``kernels`` folder."""
+  return Path(os.environ.get("JSCORCH_CACHE_DIR") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jscorch"))
+
+
 def cache_dir() -> Path:
   """The kernel cache directory; a per-process temporary one if it cannot be created."""
-  root = os.environ.get("JSCORCH_CACHE_DIR") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jscorch")
-  path = Path(root) / "kernels"
+  path = cache_root() / "kernels"
   try:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -5,8 +5,8 @@ device and its GCN normalisation (``setup``), then the first jitted forward (tra
 compilation, loading the generated kernels, running: ``first call``). Each measurement
 runs in a fresh process on the same R-MAT graph, three times: ``cold`` (empty kernel
 cache), ``warm kernels`` (the generated kernels cached on disk by the previous process)
-and ``warm kernels + XLA cache`` (also JAX's persistent compilation cache, enabled with
-``JAX_COMPILATION_CACHE_DIR``, filled by a previous process).
+and ``warm kernels + XLA cache`` (also JAX's persistent compilation cache, turned on with
+:func:`jscorch.enable_compilation_cache` and filled by a previous process).
 
 Example:
   >>> from jscorch.bench import first_result
@@ -29,7 +29,9 @@ import jscorch as js
 from flax import nnx
 from jscorch import nn
 from jscorch.bench import graphs
-scale, edges = int(sys.argv[1]), int(sys.argv[2])
+scale, edges, xla_cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+if xla_cache:
+  js.enable_compilation_cache(xla_cache)
 g = graphs.rmat(scale, edges, features=128)
 t0 = time.perf_counter()
 adj = nn.gcn_adjacency(js.from_scipy(g.adj))
@@ -52,9 +54,10 @@ print(json.dumps(dict(setup_s=t1 - t0, first_call_s=t2 - t1, total_s=t2 - t0,
 """
 
 
-def _child(scale: int, edges: int, env: dict) -> dict:
-  proc = subprocess.run([sys.executable, "-c", _CHILD, str(scale), str(edges)],
-                        env=dict(os.environ, **env), capture_output=True, text=True)
+def _child(scale: int, edges: int, kernels: str, xla: str = "") -> dict:
+  proc = subprocess.run([sys.executable, "-c", _CHILD, str(scale), str(edges), xla],
+                        env=dict(os.environ, JSCORCH_CACHE_DIR=kernels), capture_output=True,
+                        text=True)
   if proc.returncode:
     raise RuntimeError(f"first-result child failed:\n{proc.stderr[-2000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -63,15 +66,12 @@ def _child(scale: int, edges: int, env: dict) -> dict:
 def measure(scale: int, edges: int) -> dict:
   """``{"cold" | "warm kernels" | "warm kernels + XLA cache": times}`` (see the module)."""
   with tempfile.TemporaryDirectory(prefix="jscorch-first-result-") as tmp:
-    kernels = dict(JSCORCH_CACHE_DIR=os.path.join(tmp, "kernels"))
-    xla = dict(kernels, JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, "xla"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    kernels, xla = os.path.join(tmp, "kernels"), os.path.join(tmp, "xla")
     cold = _child(scale, edges, kernels)
     warm = _child(scale, edges, kernels)
-    _child(scale, edges, xla)                        # fills the XLA cache
+    _child(scale, edges, kernels, xla)               # fills the XLA cache
     return {"cold": cold, "warm kernels": warm, "warm kernels + XLA cache":
-            _child(scale, edges, xla)}
+            _child(scale, edges, kernels, xla)}
 
 
 def report(scale: int, edges: int, out=print) -> dict:

@@ -100,9 +100,9 @@ class _SparseMM(torch.nn.Module):
   def forward(self, x):
     p, adj = self.params, self.adj
     if self.model == "gcn":
-      h = torch.relu(torch.sparse.mm(adj, x @ p["W1"]) + p["b1"])
+      h = torch.relu(torch.sparse.mm(adj, torch.mm(x, p["W1"])) + p["b1"])
       return torch.sparse.mm(adj, h @ p["W2"]) + p["b2"]
-    h = torch.relu(torch.sparse.mm(adj, x @ p["W1"]) + x @ p["R1"] + p["b1"])
+    h = torch.relu(torch.sparse.mm(adj, torch.mm(x, p["W1"])) + torch.mm(x, p["R1"]) + p["b1"])
     return torch.sparse.mm(adj, h @ p["W2"]) + h @ p["R2"] + p["b2"]
 
   def grads(self):
@@ -110,9 +110,11 @@ class _SparseMM(torch.nn.Module):
 
 
 def sparse_model(model: str, p: dict, g):
-  """GCN / GraphSAGE with ``torch.sparse.mm`` on a CSR matrix (``Â`` or ``D^-1 A``)."""
+  """GCN / GraphSAGE with ``torch.sparse.mm`` on a CSR matrix (``Â`` or ``D^-1 A``); the
+  features are a CSR tensor too when they are mostly zeros."""
   module = _SparseMM(model, p, g)
-  return module, (torch.from_numpy(g.x),), module.grads
+  x = _csr(g.sparse_x()) if g.sparse_features else torch.from_numpy(g.x)
+  return module, (x,), module.grads
 
 
 def steps(module, inputs, grads_of, g, lr: float):

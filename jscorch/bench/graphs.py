@@ -47,6 +47,16 @@ class HostGraph:
     """The row (destination) of every stored edge, CSR order."""
     return np.repeat(np.arange(self.num_nodes, dtype=np.int32), np.diff(self.adj.indptr))
 
+  @property
+  def sparse_features(self) -> bool:
+    """Whether the features are mostly zeros (under 10 % stored), like a bag of words."""
+    return np.count_nonzero(self.x) < 0.1 * self.x.size
+
+  def sparse_x(self):
+    """The features as a scipy CSR matrix."""
+    import scipy.sparse as sp
+    return sp.csr_matrix(self.x)
+
   def describe(self) -> str:
     return (f"{self.name} n={self.num_nodes:,} edges={self.adj.nnz:,} "
             f"features={self.x.shape[1]} classes={self.num_classes}")

@@ -5,10 +5,13 @@ Contenders (all with the same parameters, features and graph; every result is ch
 against the float64 edge-list model of :mod:`jscorch.bench.gnn_jax`):
 
 * ``jscorch`` — ``jscorch.nn.GCNConv`` (on ``nn.gcn_adjacency(adj)``, computed once, like
-  PyG's ``cached=True``), ``GATConv``, ``SAGEConv`` on a CSR adjacency, under ``jax.jit``;
+  PyG's ``cached=True``), ``GATConv``, ``SAGEConv`` on a CSR adjacency, under ``jax.jit``,
+  with the features as a CSR SparseArray when they are mostly zeros (Cora's bag of words:
+  the layers' documented input form) and dense otherwise;
 * ``PyG adj_t`` / ``PyG edge_index`` — ``torch_geometric`` layers on a sparse CSR
   ``adj_t`` (PyG's fastest form) and on the edge index (its scatter path);
-* ``torch.sparse`` — GCN and GraphSAGE written with ``torch.sparse.mm``;
+* ``torch.sparse`` — GCN and GraphSAGE written with ``torch.sparse.mm`` (sparse features
+  too when jscorch gets them);
 * ``segment_sum`` — the plain-JAX edge-list model (jraph's form), ``BCOO`` —
   ``jax.experimental.sparse`` products, ``dense`` — dense `[n, n]` matrices (where they
   fit in memory).
@@ -76,7 +79,8 @@ def _jscorch_steps(model: str, p: dict, g):
   if model == "gcn":
     adj = nn.gcn_adjacency(adj)
   graphdef, params, rest = nnx.split(_JsModel(model, p), nnx.Param, ...)
-  x, labels, train = jnp.asarray(g.x), jnp.asarray(g.labels), jnp.asarray(g.train)
+  x = js.from_scipy(g.sparse_x()) if g.sparse_features else jnp.asarray(g.x)
+  labels, train = jnp.asarray(g.labels), jnp.asarray(g.train)
 
   @jax.jit
   def infer(params, adj, x):
@@ -172,7 +176,8 @@ def model_workloads(model: str, g, train_only: bool, hidden: int, seed: int = 0)
   p = gnn_jax.init_params(model, g.x.shape[1], hidden, g.num_classes, seed)
   pairs, skipped = contenders(model, p, g)
   label = {"gcn": "GCN", "gat": "GAT", "sage": "GraphSAGE"}[model]
-  data = g.describe() + f", hidden {hidden}"
+  data = g.describe() + f", hidden {hidden}" + (", CSR features for jscorch and torch.sparse"
+                                                 if g.sparse_features else "")
   out = [Workload(f"{label} training epoch", data, gnn_jax.reference(model, p, g, True),
                   [train for _, train in pairs], dict(skipped))]
   if not train_only:
