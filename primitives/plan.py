@@ -184,16 +184,20 @@ class _Planner:
     bound_out = [i for i in self.spec.out if i in self.coord_var]
     expected = list(self.kp.driver_ids[:self.nb]) + [self.kp.driver_ids[self.nb]]
     return sorted(bound_out) == sorted(expected) and len(set(expected)) == len(expected) \
-        and self.out_level() == 0 and self.vector_mode()
+        and self.out_level() == 0 and self.vector_mode() \
+        and not (self.summed() and self.L == 1)     # a store inside the summed loops
 
   def vector_mode(self) -> bool:
-    """At most one free index, the output's contiguous last axis and every operand's."""
+    """At most one free output index, the output's contiguous last axis and every
+    operand's; other free indices are summed (looped at the leaf, see :meth:`summed`)."""
     out_free = self.out_free_ids()
-    if self.spec.out_kind != DENSE_OUT or len(self.free) > 1:
+    if self.spec.out_kind != DENSE_OUT or len(out_free) > 1:
       return False
     if not self.free:
       return True
-    r = self.free[0]
+    r = self.vector_index()
+    if r is None:                   # nothing to vectorise: summed indices stay scalar
+      return False
     if out_free != [r] or self.spec.out[-1] != r:
       return False
     for op in self.spec.operands:
@@ -203,6 +207,17 @@ class _Planner:
       if op.sparse and any(i != r for i in op.block):
         return False
     return True
+
+  def vector_index(self):
+    """The free index of the output (the vector index in vector mode), or None."""
+    out_free = self.out_free_ids()
+    return out_free[0] if len(out_free) == 1 and out_free[0] in self.free else None
+
+  def summed(self) -> list:
+    """Free indices that are not in the output: summed in loops around the leaf's product
+    (``y[t, :] += g * x[t, i] * W[e, i, :]`` for the MoE einsum ``te,ti,eio->to``)."""
+    r = self.vector_index()
+    return [i for i in self.free if i != r]
 
   # -- expressions ------------------------------------------------------------------------
   def coord(self, i, override=None) -> ir.Coord:
@@ -315,7 +330,7 @@ class _Planner:
       n0, n1 = self.lay.level_sizes
       prologue = (ir.Transpose(0, n0, n1, self.NSE, ir.buffer_name("pos", 0, 1),
                                ir.buffer_name("crd", 0, 1)),)
-    r = self.free[0] if vec and self.free else None
+    r = self.vector_index() if vec else None
     vector = ir.Vector(ir.Coord(f"f{r}") if r is not None else None,
                        self.size(r) if r is not None else 1, self.lanes) if vec else None
     notes = (("einsum", str(spec)),
@@ -328,10 +343,18 @@ class _Planner:
     """Level l's statements (l = -1: the unit), with products hoisted to where their
     indices are bound and one accumulator per level below the output's."""
     out_level = self.out_level()
+    summed = self.summed()
     factors_at: dict[int, list] = {}
-    for k, op in enumerate(self.spec.operands):
-      factors_at.setdefault(max(self.factor_level(op), out_level), []).append((k, op))
-    r = self.free[0] if self.free else None
+    for k, op in enumerate(self.spec.operands):   # summed indices: every factor at the leaf
+      at = self.L - 1 if summed else max(self.factor_level(op), out_level)
+      factors_at.setdefault(at, []).append((k, op))
+    r = self.vector_index()
+
+    def over_summed(stmts):
+      for i in reversed(summed):
+        stmts = [ir.Loop(ir.Range(ir.Coord(f"f{i}"), self.size(i)), ir.Parallel.NONE,
+                         tuple(stmts))]
+      return stmts
 
     def term(factors):
       return tuple(self.load(k, op, r in (op.block if op.sparse else op.indices))
@@ -351,8 +374,8 @@ class _Planner:
       if l == self.L - 1:
         body += self.leaves(l)
         body += self.prefetch(l, factors_at.get(l, []), r)
-        body += write(factors_at.get(l, []), None) if l == out_level else \
-            accumulate(l - 1, factors_at.get(l, []), None)
+        body += over_summed(write(factors_at.get(l, []), None) if l == out_level else
+                            accumulate(l - 1, factors_at.get(l, []), None))
       else:
         if l >= out_level:
           body.append(ir.Zero(f"acc{l + 1}"))
@@ -372,8 +395,10 @@ class _Planner:
         not isinstance(leaf, ir.Segment):
       return []
     ident = self.kp.driver_ids[self.nb + l]
+    summed = set(self.summed())
     targets = tuple((f"x{k}", self.dense_offset(op, {ident: "ahead"}))
-                    for k, op in factors if not op.sparse and ident in op.indices)
+                    for k, op in factors
+                    if not op.sparse and ident in op.indices and not summed & set(op.indices))
     if not targets:
       return []
     return [ir.Prefetch(leaf, PREFETCH_DISTANCE, targets)]

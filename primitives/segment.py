@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from . import checks, convert
+from . import checks, convert, row_reduce
 from .layout import Layout
 
 
@@ -140,9 +140,31 @@ def softmax(lay: Layout, data: jax.Array, indices, axis: int) -> jax.Array:
   Returns:
     `[*batch, nse, *block]` values at the same pattern; padding holds 0. Implicit
     zeros are absent entries, not ``exp(0)`` terms.
+
+  When the segments are the ranges of a ``pos`` buffer (CSR rows, CSF fibres:
+  :func:`segment_pos`) it runs :func:`row_reduce.softmax` (a generated kernel on CPU);
+  otherwise segment ids are sorted out of the coordinates.
   """
+  pos = segment_pos(lay, indices, axis)
+  if pos is not None:
+    return row_reduce.softmax(pos, data)
   ids = _pattern_eval(_compiled_ids(lay, axis), tuple(indices))
   return _compiled_softmax(lay.n_batch, lay.nse)(data, ids)
+
+
+def segment_pos(lay: Layout, indices, axis: int):
+  """The ``pos`` buffer `[*batch, segments + 1]` whose ranges are exactly the segments of
+  ``axis`` (so :mod:`.row_reduce` applies), or None.
+
+  That holds when ``axis`` is stored in the last level, that level has a ``pos`` buffer,
+  and every level above it is unique (each parent position is a distinct coordinate).
+  """
+  levels = lay.format.levels
+  if (lay.format.levels_of_dims[axis] != len(levels) - 1 or "pos" not in levels[-1].buffers
+      or not all(level.unique for level in levels[:-1])):
+    return None
+  offset = sum(len(level.buffers) for level in levels[:-1])
+  return indices[offset + levels[-1].buffers.index("pos")]
 
 
 def valid_leaves(lay: Layout, indices) -> jax.Array:

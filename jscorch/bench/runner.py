@@ -3,12 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 import numpy as np
 
-from jscorch.bench import build, data, structure, workloads
+from jscorch.bench import (
+  build,
+  data,
+  first_result,
+  models_graph,
+  models_layers,
+  structure,
+  workloads,
+)
 from jscorch.bench.timing import measure
 
 # (scale of the R-MAT / uniform matrices, edges, SpGEMM (scale, edges) of the uniform and the
@@ -21,6 +30,14 @@ SIZES = {
                   spgemm_rmat=(15, 200_000), tensor=(20_000, 200_000), rank=32, repeats=3,
                   coalesce=125_000, graph_edges=250_000, linear=(512, 256, 128)),
 }
+
+
+# Model sizes live in each model module; here the repeats and the first-result graph
+# (R-MAT scale, edge samples: the 131,072-node graph of the target).
+MODEL_SIZES = {"full": dict(repeats=5, first_result=(17, 1_000_000)),
+               "quick": dict(repeats=3, first_result=(12, 20_000))}
+#: A contender whose relative error exceeds this is reported as wrong, not timed.
+WRONG = 1e-3
 
 
 def relative_error(got, want) -> float:
@@ -65,74 +82,114 @@ def build_workloads(size: dict, only: set | None):
       structure.build_workloads(size, only)
 
 
-def run(size_name: str, only=None, json_path=None, out=print) -> list[dict]:
-  size = SIZES[size_name]
+def _run_workload(wl, repeats: int, out) -> dict:
+  """Times and checks every contender of ``wl``, prints its table, returns its row."""
+  results = []
+  for c in wl.contenders:
+    try:
+      m = measure(c.run, repeats)
+      err = relative_error(c.to_numpy(m.result), wl.reference)
+      results.append(dict(impl=c.name, median_ms=m.median_ms, compile_s=m.compile_s,
+                          first_s=m.first_s, peak_mb=m.peak_mb, rel_err=err))
+    except Exception as e:  # a contender that cannot run is reported, not fatal
+      results.append(dict(impl=c.name, error=f"{type(e).__name__}: {str(e)[:120]}"))
+  timed = [r for r in results if "median_ms" in r]
+  for r in timed:           # a wrong result is reported as wrong, not timed
+    if not r["rel_err"] <= WRONG:
+      r["wrong"] = True
+  correct = [r for r in timed if not r.get("wrong")]
+  best = min((r["median_ms"] for r in correct), default=float("nan"))
+  ours = next((r["median_ms"] for r in correct if r["impl"] == "jscorch"), float("nan"))
+  for r in correct:
+    r["ratio_to_fastest"] = r["median_ms"] / best
+    r["speedup_of_jscorch"] = r["median_ms"] / ours
+  for name, why in wl.skipped.items():
+    results.append(dict(impl=name, skipped=why))
+  _print_table(wl, results, out)
+  return dict(workload=wl.name, data=wl.data, results=results)
+
+
+def run(size_name: str, only=None, json_path=None, out=print, *, models: bool = False,
+        cora: str | None = None) -> list[dict]:
+  """Runs the kernel and structure workloads, or with ``models`` the model workloads
+  (graph models on Cora from the file ``cora`` and on synthetic graphs, the autoencoder,
+  attention and MoE layers, and the first-result measurement)."""
+  quick = size_name == "quick"
+  size = MODEL_SIZES[size_name] if models else SIZES[size_name]
+  makes = (models_graph.build_workloads(quick, only, cora) + models_layers.build_workloads(
+      quick, only)) if models else build_workloads(size, only)
   rows = []
   started = time.perf_counter()
-  for make in build_workloads(size, only):
-    wl = make()
-    results = []
-    for c in wl.contenders:
-      try:
-        m = measure(c.run, size["repeats"])
-        err = relative_error(c.to_numpy(m.result), wl.reference)
-        results.append(dict(impl=c.name, median_ms=m.median_ms, compile_s=m.compile_s,
-                            peak_mb=m.peak_mb, rel_err=err))
-      except Exception as e:  # a contender that cannot run is reported, not fatal
-        results.append(dict(impl=c.name, error=f"{type(e).__name__}: {str(e)[:120]}"))
-    timed = [r for r in results if "median_ms" in r]
-    best = min((r["median_ms"] for r in timed), default=float("nan"))
-    ours = next((r["median_ms"] for r in timed if r["impl"] == "jscorch"), float("nan"))
-    for r in timed:
-      r["ratio_to_fastest"] = r["median_ms"] / best
-      r["speedup_of_jscorch"] = r["median_ms"] / ours
-    for name, why in wl.skipped.items():
-      results.append(dict(impl=name, skipped=why))
-    _print_table(wl, results, out)
-    rows.append(dict(workload=wl.name, data=wl.data, results=results))
-  if only is None or "build" in only:
+  for make in makes:
+    made = make()
+    for wl in made if isinstance(made, list) else [made]:
+      rows.append(_run_workload(wl, size["repeats"], out))
+  if models and (only is None or "first-result" in only):
+    rows.append(dict(workload="first result", results=first_result.report(
+        *size["first_result"], out)))
+  if not models and (only is None or "build" in only):
     rows.append(dict(workload="kernel build", results=build.report(out)))
   out(f"\ntotal {time.perf_counter() - started:.1f} s")
   if json_path:
     with open(json_path, "w") as f:
-      json.dump(dict(size=size_name, rows=rows), f, indent=2)
+      json.dump(dict(size=size_name, models=models, rows=rows), f, indent=2)
   return rows
 
 
 def _print_table(wl, results, out):
   out(f"\n{wl.name} on {wl.data}")
-  out(f"  {'impl':<12} {'median ms':>10} {'x fastest':>9} {'jscorch x':>9} {'rel err':>9} "
-      f"{'compile s':>9} {'peak MB':>8}")
+  out(f"  {'impl':<14} {'median ms':>10} {'x fastest':>9} {'jscorch x':>9} {'rel err':>9} "
+      f"{'first s':>8} {'peak MB':>8}")
   for r in results:
-    if "median_ms" in r:
-      out(f"  {r['impl']:<12} {r['median_ms']:>10.2f} {r['ratio_to_fastest']:>9.2f} "
-          f"{r['speedup_of_jscorch']:>9.2f} {r['rel_err']:>9.1e} {r['compile_s']:>9.2f} "
+    if r.get("wrong"):
+      out(f"  {r['impl']:<14} WRONG: relative error {r['rel_err']:.1e} > {WRONG:.0e} "
+          "(not timed)")
+    elif "median_ms" in r:
+      out(f"  {r['impl']:<14} {r['median_ms']:>10.2f} {r['ratio_to_fastest']:>9.2f} "
+          f"{r['speedup_of_jscorch']:>9.2f} {r['rel_err']:>9.1e} {r['first_s']:>8.2f} "
           f"{r['peak_mb']:>8.0f}")
     elif "error" in r:
-      out(f"  {r['impl']:<12} failed: {r['error']}")
+      out(f"  {r['impl']:<14} failed: {r['error']}")
     else:
-      out(f"  {r['impl']:<12} skipped: {r['skipped']}")
+      out(f"  {r['impl']:<14} skipped: {r['skipped']}")
 
 
-#: Every name ``--only`` accepts.
+#: Every name ``--only`` accepts, and with ``--models``.
 WORKLOADS = ("SpMV", "SpMM", "SDDMM", "GCN", "GCN-A", "SpGEMM", "MTTKRP", "SparseLinear",
              "build", *structure.ROWS, *(key for key, _ in structure.UNION_ROWS))
+MODEL_WORKLOADS = (*models_graph.ROWS, *models_layers.ROWS, "first-result")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
   parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
   parser.add_argument("--only", nargs="*", metavar="WORKLOAD",
-                      help="subset of " + " ".join(WORKLOADS))
+                      help="subset of " + " ".join(WORKLOADS) + "; with --models of " +
+                      " ".join(MODEL_WORKLOADS))
+  parser.add_argument("--models", action="store_true",
+                      help="whole models instead of kernels: GCN, GAT and GraphSAGE on Cora "
+                      "and synthetic graphs, a weight-sparse autoencoder, a sparse-attention "
+                      "block, an MoE layer, and the first result of a GCN")
+  parser.add_argument("--cora", metavar="PATH.npz", default=os.environ.get("JSCORCH_CORA"),
+                      help="Cora in jscorch's .npz schema (docs/data.md) for --models "
+                      "(default $JSCORCH_CORA; without it the quick size uses the embedded "
+                      "synthetic graph and the full size only the synthetic graphs)")
 
 
 def main(args: argparse.Namespace) -> int:
   """Entry point of ``python -m jscorch bench``; 2 (with the known names) for an unknown
   workload, before anything runs."""
-  unknown = sorted(set(args.only or ()) - set(WORKLOADS))
+  known = MODEL_WORKLOADS if args.models else WORKLOADS
+  unknown = sorted(set(args.only or ()) - set(known))
   if unknown:
-    print(f"bench: unknown workload(s) {', '.join(unknown)}; expected names among "
-          f"{' '.join(WORKLOADS)}.", file=sys.stderr)
+    print(f"bench: unknown workload(s) {', '.join(unknown)}"
+          f"{' with --models' if args.models else ''}; expected names among "
+          f"{' '.join(known)}.", file=sys.stderr)
     return 2
-  run("quick" if args.quick else "full", set(args.only) if args.only else None, args.json)
+  if args.cora and not os.path.isfile(args.cora):
+    print(f"bench: --cora {args.cora}: no such file; pass the path of Cora in jscorch's "
+          ".npz schema (docs/data.md).", file=sys.stderr)
+    return 2
+  run("quick" if args.quick else "full", set(args.only) if args.only else None, args.json,
+      models=args.models, cora=args.cora)
   return 0

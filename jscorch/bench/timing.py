@@ -14,6 +14,7 @@ import numpy as np
 class Measurement:
   median_ms: float
   compile_s: float
+  first_s: float
   peak_mb: float
   result: object
 
@@ -54,7 +55,8 @@ def _ready(x):
 
 
 def measure(fn, repeats: int) -> Measurement:
-  """Times ``fn()``: the first call (compile + run) and the median of ``repeats`` more.
+  """Times ``fn()``: the first call (compile + run: ``first_s``, and ``compile_s`` its
+  excess over a repeated call) and the median of ``repeats`` more.
 
   ``peak_mb`` is the largest resident-set growth while a call runs, with the previous
   call's result already released; ``result`` is the last call's.
@@ -70,5 +72,5 @@ def measure(fn, repeats: int) -> Measurement:
       result = _ready(fn())
       times.append(time.perf_counter() - start)
   median = float(np.median(times)) * 1e3
-  return Measurement(median, max(first - median / 1e3, 0.0), (rss.peak - rss.base) / 2**20,
-                     result)
+  return Measurement(median, max(first - median / 1e3, 0.0), first,
+                     (rss.peak - rss.base) / 2**20, result)

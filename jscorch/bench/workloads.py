@@ -285,14 +285,15 @@ def sparse_linear(batch: int, n_in: int, n_out: int, density: float) -> Workload
   torch = _torch()
   skipped = {} if torch is not None else {"torch": "not installed (pip install torch==2.13.0)"}
   if torch is not None:
-    tw = torch.from_numpy(w).to_sparse_csr().requires_grad_()
+    # W^T stored as CSR (torch has no backward for a transposed CSR, which is CSC)
+    tw_t = torch.from_numpy(np.ascontiguousarray(w.T)).to_sparse_csr().requires_grad_()
     tx = torch.from_numpy(x).requires_grad_()
 
     def torch_step():
-      tw.grad = tx.grad = None
-      value = torch.sparse.mm(tw.t(), tx.t()).t().pow(2).sum()
+      tw_t.grad = tx.grad = None
+      value = torch.sparse.mm(tw_t, tx.t()).t().pow(2).sum()
       value.backward()
-      grad_w = tw.grad.to_dense().numpy()
+      grad_w = tw_t.grad.to_dense().numpy().T
       return value.detach().numpy(), grad_w, tx.grad.numpy()
     out.append(Contender("torch", torch_step,
                          lambda r: (np.asarray(r[0]), r[1][rows, cols], r[2])))

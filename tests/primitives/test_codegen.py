@@ -214,10 +214,21 @@ def test_sddmm_scalar_mode_on_the_operand_pattern():
                               if isinstance(s.out, ir.Access)][0].out.offset
 
 
-def test_moe_scalar_mode():
+def test_moe_vector_mode_sums_the_dense_index_at_the_leaf():
+  """``bd,bn,ndh->bh`` (MoE: x, a sparse gate, the experts' weights): the vector index is
+  h, d is summed in a loop around the leaf's product (every factor inside it: x[b,d] and
+  W[n,d,:] change with d), into a per-row accumulator stored once per row."""
   lay = csr(4, 5, 12)
-  k = plan(make_spec("bd,bn,ndh->bh", (None, lay, None), dict(b=4, d=3, n=5, h=2)))
-  assert k.vector is None and k.vector_index is None
+  k = plan(make_spec("bd,bn,ndh->bh", (None, lay, None), dict(b=4, d=3, n=5, h=16)))
+  assert mode(k) == (VECTOR, OUTER, STORE)
+  assert k.vector == ir.Vector(ir.Coord(f"f{ids('h')[0]}"), 16, 8)
+  (summed,) = [it for it in find(k, ir.Range) if not it.srcs]
+  assert summed == ir.Range(ir.Coord(f"f{ids('d')[0]}"), 3)
+  (inner, write) = find(k, ir.Accumulate)
+  assert inner.out == ir.Acc("acc1") and write.value == ir.Mul((ir.Acc("acc1"),))
+  assert {x.buffer: x.lanes for x in loads(inner.value)} == {"x0": False, "x1": False,
+                                                            "x2": True}
+  assert find(k, ir.Prefetch) == []             # W's row depends on the summed d
 
 
 # -- race strategy, parallel / serial ------------------------------------------------------------
