@@ -86,6 +86,18 @@ def check_grads_both(f, args: Sequence[Any], **tol) -> None:
 
 
 @contextlib.contextmanager
+def use_lowering(mode: str):
+  """Sets ``jscorch.config.lowering`` to ``mode`` inside the block; always restored."""
+  import jscorch as js
+  before = js.config.lowering
+  js.config.lowering = mode
+  try:
+    yield
+  finally:
+    js.config.lowering = before
+
+
+@contextlib.contextmanager
 def dtype_context(dtype):
   """Enables ``jax_enable_x64`` inside the block when ``dtype`` is a 64-bit type.
 

@@ -121,7 +121,7 @@ def steps(module, inputs, grads_of, g, lr: float):
   """``(infer, train_step)`` zero-argument callables: logits under ``no_grad``, and
   ``(loss, *grads)`` after one backward pass and an (out-of-place) SGD update."""
   labels, train = torch.from_numpy(g.labels.astype(np.int64)), torch.from_numpy(g.train)
-  params = [q for q in module.parameters()]
+  params = list(module.parameters())
 
   def infer():
     with torch.no_grad():

@@ -12,8 +12,6 @@ stays a fallback (``"co-iteration"``).
 """
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,14 +33,7 @@ NU_COO3 = js.Format(js.compressed(unique=False), js.singleton(unique=False),
                     js.singleton(unique=False))
 
 
-@contextlib.contextmanager
-def lowering(mode):
-  before = js.config.lowering
-  js.config.lowering = mode
-  try:
-    yield
-  finally:
-    js.config.lowering = before
+lowering = util.use_lowering
 
 
 def ordered_coo(rng, shape, n, *, n_batch=0, duplicates=2, padding=2, format=NU_COO):

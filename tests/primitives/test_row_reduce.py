@@ -2,8 +2,6 @@
 built on them, through the generated kernel and the portable composition."""
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,15 +11,15 @@ from jax.test_util import check_grads
 import jscorch as js
 from jscorch.primitives import row_reduce
 
+import util
+
 LOWERINGS = ["auto", "portable"]
 
 
 @pytest.fixture(params=LOWERINGS)
 def lowering(request):
-  before = js.config.lowering
-  js.config.lowering = request.param
-  yield request.param
-  js.config.lowering = before
+  with util.use_lowering(request.param):
+    yield request.param
 
 
 @pytest.fixture(autouse=True)
@@ -75,19 +73,9 @@ def test_kernel_is_used_on_cpu():
   pos, v = jnp.array([0, 2, 3], jnp.int32), jnp.ones(4, jnp.float32)
   text = jax.jit(lambda p, v: row_reduce.row_reduce(p, v, "sum")).lower(pos, v).as_text()
   assert "custom_call @jscorch_row_sum_int32_float" in text
-  with _lowering("portable"):
+  with util.use_lowering("portable"):
     text = jax.jit(lambda p, v: row_reduce.row_reduce(p, v, "sum")).lower(pos, v).as_text()
   assert "custom_call" not in text
-
-
-@contextlib.contextmanager
-def _lowering(mode):
-  before = js.config.lowering
-  js.config.lowering = mode
-  try:
-    yield
-  finally:
-    js.config.lowering = before
 
 
 def test_large_rows_run_on_threads_and_agree(lowering):
