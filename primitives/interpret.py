@@ -96,6 +96,8 @@ class _Interpreter:
       self.loop(s.over, s.body)
     elif isinstance(s, ir.Let):
       env[s.name] = int(self.ev(s.value))
+    elif isinstance(s, ir.Locate):
+      env[_pos(s.src, s.level)] = int(self.ev(s.value))
     elif isinstance(s, ir.Zero):
       env[s.name] = np.zeros(self.vec.size) if self.vec else 0.0
     elif isinstance(s, ir.Accumulate):

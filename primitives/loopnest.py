@@ -17,7 +17,8 @@ Nodes, outermost first:
   (co-iteration of several structures' levels), :class:`TupleIntersect` (a
   lexicographic merge of ordered COO structures over whole coordinate tuples;
   :class:`Union` is reserved for sparse additions and not printed yet);
-* statements — :class:`Let` (a named scalar), :class:`Zero` (an accumulator, one
+* statements — :class:`Let` (a named scalar), :class:`Locate` (a position found
+  from bound coordinates), :class:`Zero` (an accumulator, one
   register per vector lane), :class:`Accumulate` (into an accumulator or the
   output, with a :class:`Race`), :class:`SkipUnless` (repeated indices),
   :class:`Prefetch`, :class:`Transpose` (a counting-sort workspace);
@@ -252,6 +253,15 @@ class Accumulate:
 
 
 @_frozen
+class Locate:
+  """Binds ``Pos(src, level)`` to ``value``: a level of a joined structure whose coordinate
+  is already bound is located (``Level.locate``), not iterated."""
+  src: int
+  level: int
+  value: Expr
+
+
+@_frozen
 class SkipUnless:
   """Skip the rest of the iteration unless ``a == b`` (a repeated index)."""
   a: Expr
@@ -279,7 +289,7 @@ class Transpose:
   crd: str
 
 
-Stmt = _Either[Loop, Let, Zero, Accumulate, SkipUnless, Prefetch, Transpose]
+Stmt = _Either[Loop, Let, Locate, Zero, Accumulate, SkipUnless, Prefetch, Transpose]
 
 
 # -- the kernel ----------------------------------------------------------------------------

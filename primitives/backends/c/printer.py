@@ -135,6 +135,8 @@ class _Printer:
       self.close(s.over)
     elif isinstance(s, ir.Let):
       e(f"const int64_t {s.name} = {self.expr(s.value)};")
+    elif isinstance(s, ir.Locate):
+      e(f"const int64_t {_pos(s.src, s.level)} = {self.expr(s.value)};")
     elif isinstance(s, ir.Zero):
       if not self.k.vector:
         e(f"T {s.name} = 0;")
