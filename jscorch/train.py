@@ -32,7 +32,7 @@ from flax import nnx
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
 from jscorch.graph import Graph
-from jscorch.nn import GATConv, GCNConv, SparseDropout, gcn_adjacency
+from jscorch.nn import GATConv, GCNConv, SparseDropout, gat_adjacency, gcn_adjacency
 
 __all__ = ["GAT", "GCN", "History", "fit", "fit_seeds", "make_gat", "make_gcn",
            "normalize_rows"]
@@ -97,6 +97,8 @@ class GAT(nnx.Module):
 
   def __call__(self, adj: SparseArray, x, *, deterministic: bool | None = None, rngs=None):
     k1, k2, k3, k4 = _keys(rngs, 4)
+    if is_sparse(adj):          # both layers share one self-looped adjacency
+      adj = gat_adjacency(adj)
     h = self.conv1(adj, self.dropout(x, deterministic=deterministic, rngs=k1),
                    deterministic=deterministic, rngs=k2)
     h = jax.nn.elu(h)

@@ -5,7 +5,8 @@ Contenders (all with the same parameters, features and graph; every result is ch
 against the float64 edge-list model of :mod:`jscorch.bench.gnn_jax`):
 
 * ``jscorch`` — ``jscorch.nn.GCNConv`` (on ``nn.gcn_adjacency(adj)``, computed once, like
-  PyG's ``cached=True``), ``GATConv``, ``SAGEConv`` on a CSR adjacency, under ``jax.jit``,
+  PyG's ``cached=True``), ``GATConv`` (on ``nn.gat_adjacency(adj)``: self loops added
+  once), ``SAGEConv`` on a CSR adjacency, under ``jax.jit``,
   with the features as a CSR SparseArray when they are mostly zeros (Cora's bag of words:
   the layers' documented input form) and dense otherwise;
 * ``PyG adj_t`` / ``PyG edge_index`` — ``torch_geometric`` layers on a sparse CSR
@@ -78,6 +79,8 @@ def _jscorch_steps(model: str, p: dict, g):
   adj = js.from_scipy(g.adj)
   if model == "gcn":
     adj = nn.gcn_adjacency(adj)
+  elif model == "gat":
+    adj = nn.gat_adjacency(adj)
   graphdef, params, rest = nnx.split(_JsModel(model, p), nnx.Param, ...)
   x = js.from_scipy(g.sparse_x()) if g.sparse_features else jnp.asarray(g.x)
   labels, train = jnp.asarray(g.labels), jnp.asarray(g.train)

@@ -9,7 +9,9 @@ The graph layers (``GCNConv``, ``SAGEConv``, ``GINConv``, ``GATConv``) have one
 forward each over :mod:`jscorch.nn.aggregation`, which a SparseArray and a
 :class:`jscorch.distributed.ShardedSparseArray` adjacency both implement.
 """
+from jscorch.nn.aggregation import GATAdjacency as GATAdjacency
 from jscorch.nn.aggregation import GCNAdjacency as GCNAdjacency
+from jscorch.nn.aggregation import gat_adjacency as gat_adjacency
 from jscorch.nn.aggregation import gcn_adjacency as gcn_adjacency
 from jscorch.nn.attention import GATConv as GATConv
 from jscorch.nn.attention import SparseAttention as SparseAttention
@@ -26,7 +28,7 @@ from jscorch.nn.linear import SparsePattern as SparsePattern
 from jscorch.nn.moe import MoE as MoE
 
 __all__ = [
-    "EmbeddingBag", "GATConv", "GCNAdjacency", "GCNConv", "GINConv", "MoE", "SAGEConv",
-    "SparseAttention", "SparseDropout", "SparseLinear", "SparsePattern", "bigbird_mask",
-    "gcn_adjacency", "local_window_mask", "strided_mask",
+    "EmbeddingBag", "GATAdjacency", "GATConv", "GCNAdjacency", "GCNConv", "GINConv", "MoE",
+    "SAGEConv", "SparseAttention", "SparseDropout", "SparseLinear", "SparsePattern",
+    "bigbird_mask", "gat_adjacency", "gcn_adjacency", "local_window_mask", "strided_mask",
 ]

@@ -234,6 +234,73 @@ def _gcn_adjacency(adj, add_self_loops: bool) -> GCNAdjacency:
   return GCNAdjacency(adj, normalized, loops * dinv * dinv, add_self_loops)
 
 
+@jax.tree_util.register_pytree_node_class
+class GATAdjacency(SparseAggregation):
+  """A SparseArray adjacency with GAT's self loops added once.
+
+  ``GATConv`` (with ``add_self_loops=True``, its default) attends over ``adj`` plus a
+  self loop for every node without one. On a plain adjacency that union is formed on
+  every call; given a :class:`GATAdjacency` (built with :func:`gat_adjacency`) the layer
+  attends over the stored ``looped`` pattern instead. Other layers and options use
+  ``adj``. GAT does not read edge weights, so nothing is differentiated through it.
+
+  Attributes:
+    adj: the adjacency `[n, n]`.
+    looped: ``graph.add_remaining_self_loops(adj)``.
+  """
+
+  def __init__(self, adj, looped):
+    super().__init__(adj)
+    self.looped = looped
+
+  def tree_flatten(self):
+    return (self.adj, self.looped), None
+
+  @classmethod
+  def tree_unflatten(cls, _, children):
+    return cls(*children)
+
+  def astype(self, dtype) -> GATAdjacency:
+    if self.adj.dtype == dtype:
+      return self
+    return GATAdjacency(self.adj.astype(dtype), self.looped.astype(dtype))
+
+  def gat_aggregate(self, z, a_src, a_dst, *, negative_slope: float, add_self_loops: bool,
+                    dropout=None, weights: bool = False, func: str = "gat_aggregate"):
+    adj = self.looped if add_self_loops else self.adj
+    return SparseAggregation(adj).gat_aggregate(
+        z, a_src, a_dst, negative_slope=negative_slope, add_self_loops=False,
+        dropout=dropout, weights=weights, func=func)
+
+  def __repr__(self):
+    return f"GATAdjacency({self.adj!r})"
+
+
+def gat_adjacency(adj) -> GATAdjacency:
+  """``adj`` with GAT's self loops added once (see :class:`GATAdjacency`).
+
+  Args:
+    adj: a square SparseArray.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jscorch import graph, nn
+    >>> adj = graph.from_edge_index(jnp.array([[0, 1, 1, 2], [1, 0, 2, 1]]), num_nodes=3)
+    >>> conv = nn.GATConv(4, 2, rngs=nnx.Rngs(0))
+    >>> x = jnp.arange(12.).reshape(3, 4)
+    >>> bool(jnp.allclose(conv(nn.gat_adjacency(adj), x), conv(adj, x)))
+    True
+  """
+  check_adjacency(adj, "gat_adjacency")
+  return GATAdjacency(adj, _looped(adj))
+
+
+@jax.jit
+def _looped(adj):
+  return graph.add_remaining_self_loops(adj)
+
+
 def dropout_values(values, rate: float, key):
   """Inverted dropout, as ``nnx.Dropout``: keep with probability ``1 - rate``, scale up."""
   if rate >= 1.0:

@@ -69,7 +69,9 @@ class GATConv(nnx.Module):
   entries, attention dropout on ``alpha``, and ``out_i = sum_j alpha_ij z_j``
   (SpMM). Heads are concatenated (``concat=True``) or averaged, then ``bias`` is
   added. As in PyG, missing self loops are added first (``add_self_loops``) and
-  the adjacency's values are not used (only its pattern).
+  the adjacency's values are not used (only its pattern). To add the self loops once
+  for many calls (and every layer of a model), pass ``nn.gat_adjacency(adj)``
+  (:class:`~jscorch.nn.aggregation.GATAdjacency`) instead of ``adj``.
 
   Args:
     in_features: input width.

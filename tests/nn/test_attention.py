@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import layer_util as lu
 import numpy as np
 import optax
 import pytest
+import util
 from flax import nnx
 
 import jscorch as js
-import layer_util as lu
-import util
 from jscorch import nn
 from jscorch.nn import attention
+from jscorch.nn.aggregation import aggregation
 
 N, F_IN, F_HEAD, HEADS = 7, 5, 3, 2
 F64 = np.float64
@@ -73,6 +74,33 @@ def test_gat_matches_dense_reference_float64(fmt, concat, loops, sparse_x):
     _, alpha = gat.attention(adj, x)
     assert alpha.shape == (N, N, HEADS) and alpha.n_dense == 1
     util.assert_allclose(lu.todense(alpha), alpha_ref, dtype=np.float64)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "coo"])
+def test_cached_gat_adjacency(fmt):
+  """``nn.gat_adjacency`` adds the self loops once: the same values and attention weights
+  as the float64 reference, under jit too, and the same parameter gradients as the
+  uncached layer; without self loops the layer attends over ``adj`` itself."""
+  with jax.enable_x64(True):
+    adj, a = lu.random_adjacency(8, N, format=fmt, dtype=F64)
+    x, xd = lu.random_features(9, N, F_IN, dtype=F64)
+    cached = nn.gat_adjacency(adj)
+    assert isinstance(aggregation(cached), nn.GATAdjacency)
+    gat = nn.GATConv(F_IN, F_HEAD, num_heads=HEADS, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    _randomize_biases(gat)
+    expected, alpha_ref = gat_ref(a, xd, lu.params_of(gat), heads=HEADS)
+    util.assert_allclose(jax.jit(lambda c, x: gat(c, x))(cached, x), expected, dtype=F64)
+    _, alpha = gat.attention(cached, x)
+    util.assert_allclose(lu.todense(alpha), alpha_ref, dtype=F64)
+    no_loops = nn.GATConv(F_IN, F_HEAD, num_heads=HEADS, add_self_loops=False,
+                          param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    util.assert_allclose(no_loops(cached, x), no_loops(adj, x), dtype=F64)
+    f, params = lu.pure(gat, lambda m, g, x: m(g, x))
+    grad = jax.grad(lambda p, g: jnp.sum(f(p, g, x) ** 2))
+    for want, got in zip(jax.tree.leaves(grad(params, adj)), jax.tree.leaves(grad(params, cached))):
+      util.assert_allclose(got, want, dtype=F64)
+  with pytest.raises(ValueError, match="gat_adjacency"):
+    nn.gat_adjacency(js.from_dense(jnp.ones((3, 4))))
 
 
 def test_gat_check_grads():
