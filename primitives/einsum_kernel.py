@@ -104,11 +104,16 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
     else:
       structure[s] = len(groups_of)
       groups_of.append((s, None))
-  if len(groups_of) > 1 and not _co_iterable(spec, [rep for rep, _ in groups_of]):
+  pattern_rep = groups_of[structure[PATTERN]][0] if PATTERN in structure else None
+  arrangement = _arrangement(spec, [rep for rep, _ in groups_of], pattern_rep)
+  if arrangement is None:
     return None, "co-iteration"
+  driver, co, joined = arrangement
+  chosen = [driver, *co, *joined]
+  structure = {s: chosen.index(groups_of[n][0]) for s, n in structure.items()}
+  first = source_operand(spec, driver)
   lay = first.layout
-  ids = first.bound[:lay.n_batch] + tuple(
-      first.bound[lay.n_batch + d] for d in lay.format.mode_ordering)
+  ids = _storage_ids(first)
   positions, _ = spec.split_inputs(list(range(len(flat))))
 
   def index_input(s):
@@ -119,12 +124,13 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
     return lay.replace(format=lay.format.replace(n_dense=0),
                        shape=lay.batch_shape + lay.sparse_shape)
 
-  partners = tuple((bare(source_operand(spec, rep).layout), index_input(rep))
-                   for rep, _ in groups_of[1:])
+  partners = tuple((bare(source_operand(spec, rep).layout), index_input(rep)) for rep in co)
+  joins = tuple((bare(source_operand(spec, rep).layout), index_input(rep),
+                 _storage_ids(source_operand(spec, rep))) for rep in joined)
   structure_of = tuple(structure.get(k, -1) for k in range(len(spec.operands)))
-  kp = kernel_planner.KernelPlan(spec, bare(lay), ids, index_input(sources[0]), np.dtype(dtype),
+  kp = kernel_planner.KernelPlan(spec, bare(lay), ids, index_input(driver), np.dtype(dtype),
                                  partners=partners, structure_of=structure_of,
-                                 pattern_structure=structure.get(PATTERN, 0))
+                                 pattern_structure=structure.get(PATTERN, 0), joins=joins)
   return kernel_planner.lower(kp), "kernel"
 
 
@@ -209,6 +215,65 @@ def _source(kp) -> str:
   if isinstance(kp, codegen_spgemm.SpgemmPlan):
     return codegen_spgemm.generate(kp)
   return printer.generate(kp)
+
+
+def _storage_ids(op) -> tuple[int, ...]:
+  """A sparse source's index ids: batch dims, then its levels in storage order."""
+  lay = op.layout
+  return op.bound[:lay.n_batch] + tuple(op.bound[lay.n_batch + d]
+                                         for d in lay.format.mode_ordering)
+
+
+def _arrangement(spec: EinsumSpec, reps, pattern_rep) -> tuple | None:
+  """``(driver, co-iterated partners, joined structures)`` of the structures ``reps`` (one
+  source each), or None.
+
+  The driver's levels are the outer loops; partners with its format and indices are
+  co-iterated with it (:func:`_co_iterable`); every other structure is joined inside
+  them, in turn (:func:`_joinable`: its levels whose coordinates are bound already are
+  located, the rest bind new indices). A sampled output's pattern drives or is
+  co-iterated (its entries are the units' outputs). Drivers are tried in ``reps`` order.
+  """
+  if len(reps) == 1:
+    return reps[0], (), ()
+  for driver in reps:
+    co = [r for r in reps if r != driver and _co_iterable(spec, [driver, r])]
+    if co and not _co_iterable(spec, [driver, *co]):
+      continue
+    if pattern_rep is not None and pattern_rep not in (driver, *co):
+      continue
+    bound = set(_storage_ids(source_operand(spec, driver)))
+    rest, joined = [r for r in reps if r != driver and r not in co], []
+    while rest:
+      r = next((r for r in rest if _joinable(spec, driver, r, bound)), None)
+      if r is None:
+        break
+      rest.remove(r)
+      joined.append(r)
+      bound |= set(_storage_ids(source_operand(spec, r)))
+    if not rest:
+      return driver, tuple(co), tuple(joined)
+  return None
+
+
+def _joinable(spec: EinsumSpec, driver, rep, bound: set) -> bool:
+  """Structure ``rep`` can be joined inside the loops binding ``bound``: the driver's batch
+  dims, then levels whose indices are bound and that locate a coordinate (dense), then at
+  least one level binding a new index, each once."""
+  d, op = source_operand(spec, driver), source_operand(spec, rep)
+  nb = op.layout.n_batch
+  ids = _storage_ids(op)
+  if nb != d.layout.n_batch or ids[:nb] != d.bound[:nb] or \
+      op.layout.batch_shape != d.layout.batch_shape:
+    return False
+  levels = op.layout.format.levels
+  k = 0
+  while k < len(levels) and ids[nb + k] in bound:
+    if not levels[k].has_locate:
+      return False
+    k += 1
+  new = ids[nb + k:]
+  return bool(new) and len(set(new)) == len(new) and not set(new) & bound
 
 
 def _co_iterable(spec: EinsumSpec, reps) -> bool:

@@ -70,6 +70,12 @@ class KernelPlan:
     structure_of: for each operand, the structure holding it (0 = driver, s = the
       s-th partner, -1 = dense).
     pattern_structure: the structure whose leaves are a sampled output's pattern.
+    joins: structures ``(layout, index_input, ids)`` joined inside the driver's (and
+      partners') loops, one after the other (``ids``: their batch dims then levels, in
+      storage order, as ``driver_ids``): the leading levels, whose coordinates are bound
+      already, are located (``Level.locate``), the rest iterated, binding new indices
+      (``out[i,k] += A[i,j] B[j,k]`` of CSR ``A``, ``B``: ``B``'s row located at ``j``).
+      Numbered after the partners.
   """
   spec: EinsumSpec
   driver: Layout
@@ -80,13 +86,14 @@ class KernelPlan:
   partners: tuple[tuple[Layout, int], ...] = ()
   structure_of: tuple[int, ...] = ()
   pattern_structure: int = 0
+  joins: tuple[tuple[Layout, int, tuple[int, ...]], ...] = ()
 
   def transposable(self) -> bool:
     """A 2-level (dense, compressed) driver without batch dims or partners."""
     lay = self.driver
     lv = lay.format.levels
     return lay.n_batch == 0 and len(lv) == 2 and lv[0].full and lv[1].has_pos \
-        and not self.transpose and not self.partners
+        and not self.transpose and not self.partners and not self.joins
 
   def transposed(self) -> KernelPlan:
     return dataclasses.replace(self, driver_ids=self.driver_ids[::-1], transpose=True)
@@ -122,12 +129,14 @@ class _Planner:
     self.B = math.prod(lay.batch_shape)
     self.NSE = lay.nse
     self.S = 1 + len(kp.partners)
-    self.structs = [(lay, kp.index_input)] + list(kp.partners)
+    self.structs = [(lay, kp.index_input)] + list(kp.partners) + \
+        [(j_lay, at) for j_lay, at, _ in kp.joins]
     # Co-iterating a compressed first level is one merge per batch element (one unit).
     self.unit_width = 1 if self.S > 1 and not self.levels[0].full else self.caps[0]
     # Co-iterating ordered COO (non-unique or singleton levels): one lexicographic merge
     # over whole coordinate tuples at level 0, binding every level (TupleIntersect).
-    self.merge = self.S > 1 and any(l.branchless or not l.unique for lay_, _ in self.structs
+    self.merge = self.S > 1 and any(l.branchless or not l.unique
+                                    for lay_, _ in self.structs[:self.S]
                                     for l in lay_.format.levels)
     # coordinate variable of each bound id (first occurrence)
     self.coord_var: dict[int, str] = {}
@@ -139,6 +148,21 @@ class _Planner:
       if i not in self.coord_var:
         self.coord_var[i] = f"c{l}"
         self.level_of[i] = l
+    # joined structures: a located prefix, then one loop per level binding a new index
+    self.joined: list[tuple[int, int, tuple]] = []     # (structure, level, locates) per loop
+    for n, (_, _, ids) in enumerate(kp.joins):
+      s = self.S + n
+      nb = self.structs[s][0].n_batch
+      located = []
+      for l, i in enumerate(ids[nb:]):
+        if i in self.coord_var and not self.joined_level(s):
+          located.append(l)
+          continue
+        assert i not in self.coord_var, "a joined level binds a new index"
+        self.coord_var[i] = f"c{self.L + len(self.joined)}"
+        self.level_of[i] = self.L + len(self.joined)
+        self.joined.append((s, l, tuple(located) if not self.joined_level(s) else ()))
+    self.D = self.L + len(self.joined)     # loop depth: driver levels, then joined levels
     self.bound = set(self.coord_var)
     self.free = [i for i in dict.fromkeys(
         [i for op in spec.operands for i in op.indices] + list(self.out_free_ids()))
@@ -146,6 +170,10 @@ class _Planner:
     itemsize = np.dtype(kp.dtype).itemsize
     self.lanes = VECTOR_BYTES // itemsize
     self.itemsize = itemsize
+
+  def joined_level(self, s) -> bool:
+    """Structure ``s`` has a joined loop already."""
+    return any(t == s for t, _, _ in self.joined)
 
   # -- decisions ------------------------------------------------------------------------
   def out_free_ids(self):
@@ -159,13 +187,13 @@ class _Planner:
   def factor_level(self, op: Operand) -> int:
     """The level where all of ``op``'s indices are bound (where its factor is hoisted)."""
     if op.sparse:
-      return self.L - 1
+      return self.D - 1
     return max([self.level_of[i] for i in op.indices if i in self.level_of], default=-1)
 
   def out_level(self) -> int:
     """The level where the output location is fully bound."""
     if self.spec.out_kind == SAMPLED_OUT:
-      return self.L - 1
+      return self.D - 1
     return max([self.level_of[i] for i in self.spec.out if i in self.level_of], default=-1)
 
   def owner(self) -> bool:
@@ -185,7 +213,7 @@ class _Planner:
     expected = list(self.kp.driver_ids[:self.nb]) + [self.kp.driver_ids[self.nb]]
     return sorted(bound_out) == sorted(expected) and len(set(expected)) == len(expected) \
         and self.out_level() == 0 and self.vector_mode() \
-        and not (self.summed() and self.L == 1)     # a store inside the summed loops
+        and not (self.summed() and self.D == 1)     # a store inside the summed loops
 
   def vector_mode(self) -> bool:
     """At most one free output index, the output's contiguous last axis and every
@@ -253,14 +281,16 @@ class _Planner:
     return ir.Load(f"x{k}", off, lanes)
 
   # -- iterators --------------------------------------------------------------------------
-  def struct_iter(self, l, s):
-    """Level l of structure s: the level's own iterator."""
+  def struct_iter(self, l, s, coord=None):
+    """Level l of structure s: the level's own iterator (binding ``coord``, default
+    ``c{l}``)."""
+    levels = self.levels
     if s == 0:                   # the driver (its sizes transposed with it)
       caps, sizes = self.caps, self.sizes
     else:
       lay = self.structs[s][0]
-      caps, sizes = lay.capacities, lay.level_sizes
-    return self.levels[l].iterate(ir.Coord(f"c{l}"), s, l, sizes[l], caps[l],
+      caps, sizes, levels = lay.capacities, lay.level_sizes, lay.format.levels
+    return levels[l].iterate(coord or ir.Coord(f"c{l}"), s, l, sizes[l], caps[l],
                                   caps[l - 1] if l else 1, l == 0)
 
   def level_iter(self, l):
@@ -282,17 +312,33 @@ class _Planner:
       checks.append(ir.SkipUnless(ir.Coord(f"c{l}"), ir.Coord(self.coord_var[ident])))
     return ir.Loop(self.level_iter(l), ir.Parallel.NONE, tuple(checks) + tuple(body))
 
+  def joined_loop(self, l, body) -> list[ir.Stmt]:
+    """Loop l over a joined structure's level, its located levels bound first."""
+    s, level, located = self.joined[l - self.L]
+    lay = self.structs[s][0]
+    ids = self.kp.joins[s - self.S][2][lay.n_batch:]
+    binds = []
+    for m in located:
+      parent = ir.Pos(s, m - 1) if m else ir.Const(0)
+      at = lay.format.levels[m].locate(parent, self.coord(ids[m]), lay.level_sizes[m])
+      binds.append(ir.Locate(s, m, at))
+    return binds + [ir.Loop(self.struct_iter(level, s, ir.Coord(f"c{l}")), ir.Parallel.NONE,
+                            tuple(body))]
+
   def wrap(self, l, body) -> list:
     """``body`` inside level l's loop; a level bound by a tuple merge adds no loop."""
-    if self.merge and l > 0:
+    if self.merge and 0 < l < self.L:
       return list(body)
+    if l >= self.L:
+      return self.joined_loop(l, body)
     return [self.loop(l, body)]
 
-  def leaves(self, l) -> list[ir.Stmt]:
+  def leaves(self) -> list[ir.Stmt]:
+    """Each structure's leaf (the position of its values), at the innermost loop."""
     if self.kp.transpose:
-      return [ir.Let("leaf", ir.Load("perm", ir.Pos(0, l)))]
+      return [ir.Let("leaf", ir.Load("perm", ir.Pos(0, self.L - 1)))]
     return [ir.Let("leaf" + _sfx(s), ir.Add((ir.Mul((ir.Var("b"), ir.Const(lay.nse))),
-                                            ir.Pos(s, l))))
+                                            ir.Pos(s, len(lay.format.levels) - 1))))
             for s, (lay, _) in enumerate(self.structs)]
 
   # -- the nest ---------------------------------------------------------------------------
@@ -318,8 +364,8 @@ class _Planner:
     for k, op in enumerate(spec.operands):
       inputs.append(ir.Buffer(f"x{k}", ir.Role.VALUES, at))
       at += op.n_buffers
-    for s, (_, at) in enumerate(self.structs):
-      for l, lvl in enumerate(self.levels):
+    for s, (s_lay, at) in enumerate(self.structs):
+      for l, lvl in enumerate(s_lay.format.levels):
         for role in lvl.buffers:
           inputs.append(ir.Buffer(ir.buffer_name(role, s, l), ir.Role[role.upper()], at))
           at += 1
@@ -346,7 +392,7 @@ class _Planner:
     summed = self.summed()
     factors_at: dict[int, list] = {}
     for k, op in enumerate(self.spec.operands):   # summed indices: every factor at the leaf
-      at = self.L - 1 if summed else max(self.factor_level(op), out_level)
+      at = self.D - 1 if summed else max(self.factor_level(op), out_level)
       factors_at.setdefault(at, []).append((k, op))
     r = self.vector_index()
 
@@ -371,8 +417,8 @@ class _Planner:
 
     def level(l):
       body: list = []
-      if l == self.L - 1:
-        body += self.leaves(l)
+      if l == self.D - 1:
+        body += self.leaves()
         body += self.prefetch(l, factors_at.get(l, []), r)
         body += over_summed(write(factors_at.get(l, []), None) if l == out_level else
                             accumulate(l - 1, factors_at.get(l, []), None))
@@ -390,6 +436,8 @@ class _Planner:
 
   def prefetch(self, l, factors, r) -> list[ir.Stmt]:
     """Prefetch the dense rows gathered PREFETCH_DISTANCE entries ahead at leaf level l."""
+    if l >= self.L:
+      return []
     leaf = self.struct_iter(l, 0)
     if r is None or self.size(r) * self.itemsize < _CACHE_LINE or \
         not isinstance(leaf, ir.Segment):
@@ -417,8 +465,8 @@ class _Planner:
     for i in reversed(out_free):
       body = [ir.Loop(ir.Range(ir.Coord(f"f{i}"), self.size(i)), ir.Parallel.NONE,
                       tuple(body))]
-    body = self.leaves(self.L - 1) + body
-    for l in reversed(range(self.L)):
+    body = self.leaves() + body
+    for l in reversed(range(self.D)):
       body = self.wrap(l, body)
     return body
 
