@@ -307,7 +307,7 @@ def _batch_front(x, d, size):
 def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
   csr = einsum_portable.csr_equivalent(spec) if spec.work == 0 else None
   if csr is not None:       # no join capacity: Gustavson's CSR product between conversions
-    return mlir.lower_fun(functools.partial(_run_via_csr, spec, csr),
+    return mlir.lower_fun(functools.partial(_run_converted, spec, csr),
                           multiple_results=True)(ctx, *args)
   if spec.work == 0 and make_plan(spec).expands and not einsum_portable.is_empty(spec) and \
       not einsum_portable.is_spgemm(spec):
@@ -353,17 +353,24 @@ def _run_oriented(turned: orient.Orientation, *flat):
   return [jnp.transpose(out[0], turned.out_perm)]
 
 
-def _run_via_csr(spec: EinsumSpec, csr: EinsumSpec, *flat):
-  """The sparse product ``spec`` as the CSR product ``csr`` (:func:`einsum_kernel.csr_product`):
-  operands converted to CSR, the result converted to ``spec``'s output format."""
-  groups, _ = spec.split_inputs(flat)
+def _run_converted(spec: EinsumSpec, new: EinsumSpec, *flat):
+  """The einsum ``spec`` as ``new``, the same einsum of operands in other formats (the CSR
+  product of :func:`einsum_kernel.csr_product`, or :func:`einsum_kernel.converted`):
+  operands converted to ``new``'s formats, a new sparse result converted back to
+  ``spec``'s output format (a sampled output's pattern is never converted)."""
+  groups, pattern = spec.split_inputs(flat)
   moved = []
-  for op, new, bufs in zip(spec.operands, csr.operands, groups):
-    data, indices = convert.convert(op.layout, new.layout, bufs[0], tuple(bufs[1:]),
+  for op, to, bufs in zip(spec.operands, new.operands, groups):
+    if op.layout == to.layout:
+      moved += list(bufs)
+      continue
+    data, indices = convert.convert(op.layout, to.layout, bufs[0], tuple(bufs[1:]),
                                     func="einsum")
     moved += [data, *indices]
-  data, *indices = einsum_p.bind(*moved, spec=csr)
-  data, indices = convert.convert(csr.out_layout, spec.out_layout, data, tuple(indices),
+  out = einsum_p.bind(*moved, *pattern, spec=new)
+  if spec.out_kind != SPARSE_OUT or new.out_layout == spec.out_layout:
+    return out
+  data, indices = convert.convert(new.out_layout, spec.out_layout, out[0], tuple(out[1:]),
                                   func="einsum")
   return [data, *indices]
 
@@ -383,12 +390,14 @@ def _einsum_backend_lowering(platform: str):
         plan, reason = einsum_kernel.kernel_plan(spec, args, dtype)
         if plan is not None:
           reason = backend.supports(plan, dtype) or "kernel"
-      if reason == "sparse output":        # (the backend is available: a plan was made)
-        csr = einsum_kernel.csr_product(spec, dtype)
-        if csr is not None:        # a CSR product between conversions (its lowering
-          # records its own decision)
-          return mlir.lower_fun(functools.partial(_run_via_csr, spec, csr),
-                                multiple_results=True)(ctx, *args)
+      # (the backend is available: a plan was made) a kernel between conversions: a CSR
+      # product, or sources converted to formats that co-iterate or join (the lowering of
+      # the converted einsum records its own decision)
+      new = einsum_kernel.csr_product(spec, dtype) if reason == "sparse output" else \
+          einsum_kernel.converted(spec, dtype) if reason == "co-iteration" else None
+      if new is not None:
+        return mlir.lower_fun(functools.partial(_run_converted, spec, new),
+                              multiple_results=True)(ctx, *args)
       if reason == "kernel":
         turned = _better_orientation(spec, plan, args, dtype)
         if turned is not None:     # transposes around the oriented spec's kernel (whose

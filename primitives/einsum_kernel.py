@@ -14,6 +14,7 @@ Settings: ``jscorch.config.lowering`` (or ``$JSCORCH_LOWERING``) is ``"auto"``
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +23,8 @@ from . import codegen_spgemm, einsum_portable, kernel_build, loopnest
 from . import plan as kernel_planner
 from .backends.c import printer
 from .einsum_spec import SAMPLED_OUT, SPARSE_OUT, EinsumSpec
-from .formats import CSC, CSR
+from .formats import CSC, CSR, compressed, dense
+from .layout import Layout
 from .planner import PATTERN, source_operand
 from .settings import settings
 
@@ -176,6 +178,82 @@ def csr_product(spec: EinsumSpec, dtype) -> EinsumSpec | None:
   return csr if csr is not None and spgemm_plan(csr, dtype) is not None else None
 
 
+def converted(spec: EinsumSpec, dtype) -> EinsumSpec | None:
+  """``spec`` with some sparse operands in other formats, whose kernel computes ``spec``
+  after those operands are converted (linear-time structure kernels), or None.
+
+  For sources that no kernel co-iterates or joins as stored (COO mixed with other
+  level kinds, unordered levels, other mode orderings, a joined level that cannot be
+  located): the *driver* (a sampled output's pattern, else the first sparse operand)
+  keeps its format, or takes ``(dense, compressed, ...)`` levels when it must be merged
+  but cannot be; an operand with the driver's indices takes the driver's levels, in the
+  driver's storage order (co-iterated); any other operand, unless it joins as stored,
+  takes dense levels for its indices bound already, then compressed ones (joined).
+  Conversions sum duplicates: exact, as an einsum is linear in each operand. Operands
+  holding a sampled output's pattern are never converted.
+
+  Example:
+    >>> from jscorch.primitives.formats import COO
+    >>> from jscorch.primitives.einsum_spec import Operand
+    >>> spec = EinsumSpec((Operand((0, 1), Layout(CSR, (3, 4), 5)),
+    ...                    Operand((0, 1), Layout(COO, (3, 4), 6))), out=(0,),
+    ...                   sizes=((0, 3), (1, 4)), work=9)
+    >>> converted(spec, np.float32).operands[1].layout.format == CSR
+    True
+  """
+  if spec.out_kind == SPARSE_OUT or \
+      np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+    return None
+  sparse = [k for k, op in enumerate(spec.operands) if op.sparse]
+  fixed = {k for k in sparse if spec.out_kind == SAMPLED_OUT and spec.shares_pattern(k, PATTERN)}
+  driver = PATTERN if spec.out_kind == SAMPLED_OUT else sparse[0]
+  d = source_operand(spec, driver)
+  nb = d.layout.n_batch
+  d_ids = _storage_ids(d)
+  layouts = {}
+
+  def relaid(k, levels, ids):          # operand k's layout storing ``ids`` in ``levels``
+    op = spec.operands[k]
+    sparse_ids = op.bound[nb:]
+    order = tuple(sparse_ids.index(i) for i in ids)
+    fmt = op.layout.format.replace(levels=tuple(levels), mode_ordering=order)
+    lay = Layout(fmt, op.layout.shape, op.layout.nse)
+    if lay != op.layout:
+      layouts[k] = lay
+
+  others = [k for k in sparse if k != driver and k not in fixed]
+  if any(len(set(spec.operands[k].bound)) != len(spec.operands[k].bound) or
+         spec.operands[k].layout.n_batch != nb or spec.operands[k].bound[:nb] != d_ids[:nb]
+         for k in others):
+    return None
+  co = [k for k in others if set(spec.operands[k].bound) == set(d_ids)]
+  levels = d.layout.format.levels
+  if co and driver not in fixed and driver != PATTERN and \
+      not _co_iterable(spec, [driver, driver]):
+    levels = (dense,) + (compressed,) * (len(levels) - 1)
+    relaid(driver, levels, d_ids[nb:])
+  bound = set(d_ids)
+  for k in others:
+    ids = spec.operands[k].bound
+    if k in co:
+      relaid(k, levels, d_ids[nb:])
+    elif not _joinable(spec, driver, k, bound):
+      old = [i for i in ids[nb:] if i in bound]
+      new = [i for i in ids[nb:] if i not in bound]
+      relaid(k, (dense,) * len(old) + (compressed,) * len(new), old + new)
+    bound |= set(ids)
+  if not layouts:
+    return None
+  ops = tuple(dataclasses.replace(op, layout=layouts.get(k, op.layout))
+              for k, op in enumerate(spec.operands))
+  keep = {s: (None if s in layouts else s) for s in [*range(len(ops)), PATTERN]}
+  new = spec.replace(operands=ops, same_pattern=spec.remap_patterns(keep))
+  n_flat = sum(op.n_buffers for op in ops) + (
+      len(spec.out_layout.index_shapes) if spec.out_kind == SAMPLED_OUT else 0)
+  plan, _ = kernel_plan(new, range(n_flat), dtype)
+  return new if plan is not None else None
+
+
 def kernels_enabled() -> bool:
   """Kernels are on (setting) and possible (a compiler exists)."""
   return settings.lowering != "portable" and kernel_build.compiler() is not None
@@ -277,9 +355,10 @@ def _joinable(spec: EinsumSpec, driver, rep, bound: set) -> bool:
 
 
 def _co_iterable(spec: EinsumSpec, reps) -> bool:
-  """Structures can be merged: same format and shape, the same index ids, no repeated
-  index, and either ordered unique levels of kinds dense/compressed (merged level by
-  level) or ordered COO (a compressed root, then singletons: merged over whole tuples)."""
+  """Structures can be merged: the same levels, level sizes and index ids in storage order
+  (mode orderings may differ), no repeated index, and either ordered unique levels of
+  kinds dense/compressed (merged level by level) or ordered COO (a compressed root, then
+  singletons: merged over whole tuples)."""
   ops = [source_operand(spec, r) for r in reps]
   first = ops[0].layout
 
@@ -288,17 +367,17 @@ def _co_iterable(spec: EinsumSpec, reps) -> bool:
         all(l.branchless for l in levels[1:]) and all(l.ordered for l in levels)
 
   def kinds(fmt):       # the format up to uniqueness (a tuple merge keeps duplicates)
-    return (tuple((l.kind, l.ordered) for l in fmt.levels), fmt.mode_ordering, fmt.n_batch)
+    return tuple((l.kind, l.ordered) for l in fmt.levels), fmt.n_batch
 
   merge = all(coo(op.layout.format.levels) for op in ops) and \
       any(l.branchless or not l.unique for op in ops for l in op.layout.format.levels)
   for op in ops:
     lay = op.layout
     same = kinds(lay.format) == kinds(first.format) if merge else \
-        lay.format.replace(n_dense=0) == first.format.replace(n_dense=0)
+        (lay.format.levels, lay.n_batch) == (first.format.levels, first.n_batch)
     if not same or lay.batch_shape != first.batch_shape or \
-        lay.sparse_shape != first.sparse_shape or \
-        op.bound != ops[0].bound or len(set(op.bound)) != len(op.bound):
+        lay.level_sizes != first.level_sizes or \
+        _storage_ids(op) != _storage_ids(ops[0]) or len(set(op.bound)) != len(op.bound):
       return False
     if not merge and any(l.branchless or not (l.ordered and l.unique)
                          for l in lay.format.levels):

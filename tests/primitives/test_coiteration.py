@@ -8,7 +8,7 @@ with the kernel lowering and the portable one: the decision is ``"kernel"`` (one
 float64 numpy einsum of the dense arrays the sources store (every matching pair of
 duplicates contributes, so the dense product of the summed arrays is the reference).
 The IR interpreter runs the same plans on the host buffers and agrees; unordered COO
-stays a fallback (``"co-iteration"``).
+runs the kernel after a conversion to an ordered unique format.
 """
 from __future__ import annotations
 
@@ -155,11 +155,16 @@ def test_vmap_and_grads_through_the_kernel():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
 
 
-def test_unordered_coo_stays_a_fallback():
+def test_unordered_coo_is_converted_then_merged():
+  """Unordered COO has no merge as stored ("co-iteration" for its own spec); the rule
+  converts both sources to an ordered unique format (duplicates summed: exact, the einsum
+  is linear in each) and runs the kernel of the converted spec."""
   with util.dtype_context(F64):
     rng = np.random.default_rng(9)
     A, a = ordered_coo(rng, (4, 5), 10, format=util.UNORDERED_COO)
     B, b = ordered_coo(rng, (4, 5), 10, format=util.UNORDERED_COO)
-    got, _, decisions = run("ij,ij->i", [A, B], "auto", out_format="dense", work=144)
-    assert decisions == ["co-iteration"]
+    got, hlo, decisions = run("ij,ij->i", [A, B], "auto", out_format="dense", work=144)
+    assert decisions == ["kernel"] and hlo.count("custom_call @jscorch_k_") == 1
+    spec = einsum_kernel.last_decisions[-1][0]
+    assert all(op.layout.format.ordered and op.layout.format.unique for op in spec.operands)
     np.testing.assert_allclose(dense_of(got), np.einsum("ij,ij->i", a, b), **TOL)
