@@ -387,9 +387,9 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
   for CSR x CSR when one exists (a host computation giving the same numbers), else by
   the portable join — and a given capacity that is too small raises. Under ``jit``
   they must be given; ``work`` is not needed by a CSR x CSR product
-  (``einsum_portable.is_spgemm``) nor by a 2-D product of other formats, which runs as
-  one between conversions (``einsum_portable.csr_equivalent``): decided from the spec
-  alone, so the traced program is the same whichever backend lowers it.
+  (``einsum_portable.is_spgemm``) nor by a 2-D product of other formats (batched
+  alike), which runs as one between conversions (``einsum_portable.csr_equivalent``):
+  decided from the spec alone, so the traced program is the same whichever backend lowers it.
   """
   expands = make_plan(spec).expands
   needs_nse = spec.out_kind == SPARSE_OUT

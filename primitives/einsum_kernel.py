@@ -31,17 +31,19 @@ from .settings import settings
 #: Plans without a generated kernel (they run the portable lowering), by reason.
 FALLBACKS = {
     "dtype": "values other than float32 / float64 (integers, complex, bfloat16)",
-    "sparse output": "a new sparse pattern that is not a matrix product ``ij,jk->ik`` of "
-                     "CSR x CSR -> CSR or CSC x CSC -> CSC (batched alike), nor of other 2-D "
-                     "formats without batch or block dims (DCSR, COO, mixed: the CSR kernel "
-                     "between conversions, :func:`csr_product`): batched non-CSR products, "
-                     "block dims, n-d (CSF) or other expressions",
-    "co-iteration": "sparse sources with different patterns that cannot be merged (level "
-                    "by level, or for ordered COO over whole coordinate tuples): different "
-                    "formats (up to uniqueness), mode orderings, batch or sparse shapes or "
-                    "index ids; unordered levels; COO mixed with other level kinds; "
-                    "repeated indices; or sparse x sparse contractions (a shared index "
-                    "summed, e.g. ``ij,jk->ik`` with a dense result)",
+    "sparse output": "a new sparse pattern that is not a matrix product ``ij,jk->ik`` (batch "
+                     "dims alike) of two 2-D sparse operands (CSR x CSR -> CSR or CSC x CSC -> "
+                     "CSC directly; other formats, COO, DCSR, mixed, the CSR kernel between "
+                     "conversions, :func:`csr_product`): block dims, n-d (CSF) operands, "
+                     "batch dims that differ, or other expressions (three operands, a free "
+                     "index kept in the result)",
+    "co-iteration": "sparse sources that are neither merged with the driver, nor joined "
+                    "inside its loops (located, then iterated), as stored or after "
+                    "conversions (:func:`converted`): batch dims that differ between the "
+                    "sources, a repeated index within a source, or a source all of whose "
+                    "indices are bound before it and that cannot be located (a sampled "
+                    "product ``ij,jk->ik`` at a third pattern, the derivative of a sparse "
+                    "product; ``ij,jk,ki->``)",
     "empty": "a dimension or capacity of size zero",
     "level type": "a sparse source with a level type that has no loop-nest iteration "
                   "(``Level.iterate``), such as one registered by a user",

@@ -441,8 +441,8 @@ def is_spgemm(spec: EinsumSpec) -> bool:
 
 def csr_equivalent(spec: EinsumSpec) -> EinsumSpec | None:
   """The CSR x CSR -> CSR spec that computes ``spec``, a 2-D sparse product of other
-  formats (DCSR, COO, CSC mixed with CSR ...; no batch or block dims), between format
-  conversions; None when ``spec`` is one already (:func:`is_spgemm`) or has no such form.
+  formats (DCSR, COO, CSC mixed with CSR ...; batched alike, no block dims), between
+  format conversions; None when ``spec`` is one already (:func:`is_spgemm`) or has no such form.
   The capacities are ``spec``'s own, and no ``work`` is needed.
 
   Example:
@@ -460,12 +460,14 @@ def csr_equivalent(spec: EinsumSpec) -> EinsumSpec | None:
       not all(op.sparse for op in spec.operands) or is_spgemm(spec):
     return None
   lays = [op.layout for op in spec.operands] + [spec.out_layout]
-  if any(lay.n_batch or lay.n_dense or lay.n_sparse != 2 for lay in lays):
+  n_b = lays[0].n_batch
+  if any(lay.n_batch != n_b or lay.n_dense or lay.n_sparse != 2 for lay in lays):
     return None
+  fmt = _CSR.replace(n_batch=n_b)
   csr = spec.replace(
-      operands=tuple(dataclasses.replace(op, layout=Layout(_CSR, op.layout.shape, op.layout.nse))
+      operands=tuple(dataclasses.replace(op, layout=Layout(fmt, op.layout.shape, op.layout.nse))
                      for op in spec.operands),
-      out_layout=Layout(_CSR, spec.out_layout.shape, spec.out_layout.nse))
+      out_layout=Layout(fmt, spec.out_layout.shape, spec.out_layout.nse))
   return csr if is_spgemm(csr) else None
 
 
