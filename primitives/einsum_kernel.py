@@ -234,26 +234,36 @@ def converted(spec: EinsumSpec, dtype) -> EinsumSpec | None:
       not _co_iterable(spec, [driver, driver]):
     levels = (dense,) + (compressed,) * (len(levels) - 1)
     relaid(driver, levels, d_ids[nb:])
-  bound = set(d_ids)
+  inner: set = set()                # indices bound by joined loops
+  joined = []
   for k in others:
     ids = spec.operands[k].bound
     if k in co:
       relaid(k, levels, d_ids[nb:])
-    elif not _joinable(spec, driver, k, bound):
-      old = [i for i in ids[nb:] if i in bound]
-      new = [i for i in ids[nb:] if i not in bound]
-      relaid(k, (dense,) * len(old) + (compressed,) * len(new), old + new)
-    bound |= set(ids)
+      continue
+    if not _joins(_relaid_spec(spec, layouts), driver, [*joined, k]):
+      order = [i for i in ids[nb:] if i in d_ids] + [i for i in ids[nb:] if i in inner] + \
+          [i for i in ids[nb:] if i not in d_ids and i not in inner]
+      n_outer = sum(i in d_ids for i in order)
+      relaid(k, (dense,) * n_outer + (compressed,) * (len(order) - n_outer), order)
+    joined.append(k)
+    inner |= {i for i in ids[nb:] if i not in d_ids}
   if not layouts:
     return None
-  ops = tuple(dataclasses.replace(op, layout=layouts.get(k, op.layout))
-              for k, op in enumerate(spec.operands))
-  keep = {s: (None if s in layouts else s) for s in [*range(len(ops)), PATTERN]}
-  new = spec.replace(operands=ops, same_pattern=spec.remap_patterns(keep))
+  new = _relaid_spec(spec, layouts)
+  ops = new.operands
   n_flat = sum(op.n_buffers for op in ops) + (
       len(spec.out_layout.index_shapes) if spec.out_kind == SAMPLED_OUT else 0)
   plan, _ = kernel_plan(new, range(n_flat), dtype)
   return new if plan is not None else None
+
+
+def _relaid_spec(spec: EinsumSpec, layouts: dict) -> EinsumSpec:
+  """``spec`` with operand ``k`` in ``layouts[k]`` (converted operands share no buffers)."""
+  ops = tuple(dataclasses.replace(op, layout=layouts.get(k, op.layout))
+              for k, op in enumerate(spec.operands))
+  keep = {s: (None if s in layouts else s) for s in [*range(len(ops)), PATTERN]}
+  return spec.replace(operands=ops, same_pattern=spec.remap_patterns(keep))
 
 
 def kernels_enabled() -> bool:
@@ -322,38 +332,36 @@ def _arrangement(spec: EinsumSpec, reps, pattern_rep) -> tuple | None:
       continue
     if pattern_rep is not None and pattern_rep not in (driver, *co):
       continue
-    bound = set(_storage_ids(source_operand(spec, driver)))
     rest, joined = [r for r in reps if r != driver and r not in co], []
     while rest:
-      r = next((r for r in rest if _joinable(spec, driver, r, bound)), None)
+      r = next((r for r in rest if _joins(spec, driver, [*joined, r])), None)
       if r is None:
         break
       rest.remove(r)
       joined.append(r)
-      bound |= set(_storage_ids(source_operand(spec, r)))
     if not rest:
       return driver, tuple(co), tuple(joined)
   return None
 
 
-def _joinable(spec: EinsumSpec, driver, rep, bound: set) -> bool:
-  """Structure ``rep`` can be joined inside the loops binding ``bound``: the driver's batch
-  dims, then levels whose indices are bound and that locate a coordinate (dense), then at
-  least one level binding a new index, each once."""
-  d, op = source_operand(spec, driver), source_operand(spec, rep)
-  nb = op.layout.n_batch
-  ids = _storage_ids(op)
-  if nb != d.layout.n_batch or ids[:nb] != d.bound[:nb] or \
-      op.layout.batch_shape != d.layout.batch_shape:
-    return False
-  levels = op.layout.format.levels
-  k = 0
-  while k < len(levels) and ids[nb + k] in bound:
-    if not levels[k].has_locate:
+def _joins(spec: EinsumSpec, driver, reps) -> bool:
+  """Structures ``reps`` can be joined, in turn, inside the driver's loops
+  (:func:`plan.join_loops`), each with the driver's batch dims."""
+  d = source_operand(spec, driver)
+  nb = d.layout.n_batch
+  d_ids = _storage_ids(d)
+  depth_of = {}
+  for depth, i in enumerate(d_ids):
+    depth_of.setdefault(i, depth - nb if depth >= nb else -1)
+  joins = []
+  for r in reps:
+    op = source_operand(spec, r)
+    ids = _storage_ids(op)
+    if op.layout.n_batch != nb or ids[:nb] != d_ids[:nb] or \
+        op.layout.batch_shape != d.layout.batch_shape:
       return False
-    k += 1
-  new = ids[nb + k:]
-  return bool(new) and len(set(new)) == len(new) and not set(new) & bound
+    joins.append((ids[nb:], op.layout.format.levels))
+  return kernel_planner.join_loops(joins, depth_of, len(d.layout.format.levels)) is not None
 
 
 def _co_iterable(spec: EinsumSpec, reps) -> bool:

@@ -148,20 +148,14 @@ class _Planner:
       if i not in self.coord_var:
         self.coord_var[i] = f"c{l}"
         self.level_of[i] = l
-    # joined structures: a located prefix, then one loop per level binding a new index
-    self.joined: list[tuple[int, int, tuple]] = []     # (structure, level, locates) per loop
-    for n, (_, _, ids) in enumerate(kp.joins):
-      s = self.S + n
-      nb = self.structs[s][0].n_batch
-      located = []
-      for l, i in enumerate(ids[nb:]):
-        if i in self.coord_var and not self.joined_level(s):
-          located.append(l)
-          continue
-        assert i not in self.coord_var, "a joined level binds a new index"
-        self.coord_var[i] = f"c{self.L + len(self.joined)}"
-        self.level_of[i] = self.L + len(self.joined)
-        self.joined.append((s, l, tuple(located) if not self.joined_level(s) else ()))
+    # joined structures: located levels, then loops binding new indices (join_loops)
+    scheduled = join_loops([(ids[lay_.n_batch:], lay_.format.levels)
+                            for lay_, _, ids in kp.joins], self.level_of, self.L)
+    assert scheduled is not None, "the joined structures can be joined"
+    self.joined, depth_of = scheduled
+    for i, d in depth_of.items():
+      if i not in self.coord_var:
+        self.coord_var[i], self.level_of[i] = f"c{d}", d
     self.D = self.L + len(self.joined)     # loop depth: driver levels, then joined levels
     self.bound = set(self.coord_var)
     self.free = [i for i in dict.fromkeys(
@@ -170,10 +164,6 @@ class _Planner:
     itemsize = np.dtype(kp.dtype).itemsize
     self.lanes = VECTOR_BYTES // itemsize
     self.itemsize = itemsize
-
-  def joined_level(self, s) -> bool:
-    """Structure ``s`` has a joined loop already."""
-    return any(t == s for t, _, _ in self.joined)
 
   # -- decisions ------------------------------------------------------------------------
   def out_free_ids(self):
@@ -313,17 +303,20 @@ class _Planner:
     return ir.Loop(self.level_iter(l), ir.Parallel.NONE, tuple(checks) + tuple(body))
 
   def joined_loop(self, l, body) -> list[ir.Stmt]:
-    """Loop l over a joined structure's level, its located levels bound first."""
-    s, level, located = self.joined[l - self.L]
-    lay = self.structs[s][0]
-    ids = self.kp.joins[s - self.S][2][lay.n_batch:]
+    """Loop l over joined structures' levels (an intersection when several), their
+    located levels bound first."""
+    parts, locates = self.joined[l - self.L]
     binds = []
-    for m in located:
+    for n, m in locates:
+      s = self.S + n
+      lay = self.structs[s][0]
+      ids = self.kp.joins[n][2][lay.n_batch:]
       parent = ir.Pos(s, m - 1) if m else ir.Const(0)
       at = lay.format.levels[m].locate(parent, self.coord(ids[m]), lay.level_sizes[m])
       binds.append(ir.Locate(s, m, at))
-    return binds + [ir.Loop(self.struct_iter(level, s, ir.Coord(f"c{l}")), ir.Parallel.NONE,
-                            tuple(body))]
+    its = tuple(self.struct_iter(level, self.S + n, ir.Coord(f"c{l}")) for n, level in parts)
+    over = its[0] if len(its) == 1 else ir.Intersect(ir.Coord(f"c{l}"), its)
+    return binds + [ir.Loop(over, ir.Parallel.NONE, tuple(body))]
 
   def wrap(self, l, body) -> list:
     """``body`` inside level l's loop; a level bound by a tuple merge adds no loop."""
@@ -469,6 +462,59 @@ class _Planner:
     for l in reversed(range(self.D)):
       body = self.wrap(l, body)
     return body
+
+
+def join_loops(joins, depth_of: dict, first: int) -> tuple[list, dict] | None:
+  """The loops of structures joined, one after the other, inside loops binding indices at
+  the depths ``depth_of`` (index id -> depth; -1 for batch dims), or None.
+
+  Each structure's levels are, in storage order: levels whose index is bound already and
+  that locate a coordinate (dense), then one level that either binds a new index (a new
+  loop) or is co-iterated with an earlier joined loop binding its index (an intersection
+  of ordered unique compressed levels at the same level number, e.g. ``A[i,:] . B[k,:]``
+  summed over ``j`` in a sampled product), then levels binding new indices.
+
+  Args:
+    joins: per structure, ``(ids, levels)``: its index ids and levels in storage order.
+    depth_of: the depth of the loop binding each bound index.
+    first: the depth of the first joined loop.
+
+  Returns:
+    ``(loops, depth_of)``: per joined loop ``(parts, locates)`` — the ``(structure,
+    level)`` pairs it iterates together and the ``(structure, level)`` pairs located
+    before it (structures numbered from 0 in ``joins`` order) — and the depths of all
+    indices bound afterwards.
+  """
+  depth_of = dict(depth_of)
+  loops: list = []
+
+  def merges(lvl):
+    return lvl.has_pos and not lvl.full and lvl.ordered and lvl.unique
+
+  for n, (ids, levels) in enumerate(joins):
+    located, started = [], False
+    for l, (i, lvl) in enumerate(zip(ids, levels)):
+      if not started and i in depth_of and lvl.has_locate:
+        located.append(l)
+        continue
+      d = depth_of.get(i, -1) - first
+      if not started and d >= 0:        # co-iterated with joined loop d
+        parts, locates = loops[d]
+        if not merges(lvl) or any(
+            m != l or not merges(joins[t][1][m]) for t, m in parts) or \
+            any(depth_of[ids[m]] >= first + d for m in located):
+          return None
+        loops[d] = (parts + ((n, l),), locates + tuple((n, m) for m in located))
+        started = True
+        continue
+      if i in depth_of:
+        return None
+      depth_of[i] = first + len(loops)
+      loops.append((((n, l),), () if started else tuple((n, m) for m in located)))
+      started = True
+    if not started:
+      return None
+  return loops, depth_of
 
 
 def owner(kp: KernelPlan) -> bool:
