@@ -12,6 +12,9 @@ the C printer what Pallas's ``hlo_interpreter`` is to its lowerings):
   the vector index, whose coordinate reads as 0 in offsets;
 * a ``Race.STORE`` output starts as NaN, so a location the plan fails to write shows.
 
+:func:`run_assembly` runs a structure kernel (:class:`~.loopnest.Assembly`: a union's
+count and fill passes, run-time sizes) the same way, returning all its outputs.
+
 It is slow (a Python loop per stored entry) and only meant for tests.
 
 Example:
@@ -270,3 +273,148 @@ def interpret(kernel: ir.Kernel, flat: Sequence) -> np.ndarray:
       :class:`~.loopnest.Buffer` ``arg`` positions number them.
   """
   return _Interpreter(kernel, flat)()
+
+
+# -- structure kernels (loopnest.Assembly) ---------------------------------------------------
+class _Assembler:
+  """Runs an :class:`~.loopnest.Assembly` on host buffers, one batch element at a time."""
+
+  def __init__(self, k: ir.Assembly, inputs: Sequence, outputs: Sequence):
+    self.k = k
+    self.arrays = {a.name: np.asarray(inputs[a.arg]) for a in k.inputs}
+    self.arrays.update({a.name: np.array(outputs[a.ret]) for a in k.outputs})
+    params = np.asarray(inputs[len(k.inputs)])
+    self.env: dict = {}
+    for s in k.sizes:
+      self.env[s.name] = int(params[s.param]) if s.buffer is None else \
+          self.arrays[s.buffer].shape[-1] + s.add
+    shape = self.arrays[k.batch].shape
+    self.batch = int(np.prod(shape[:-1], dtype=np.int64))
+
+  def ev(self, x) -> int:
+    if isinstance(x, ir.Const):
+      return x.value
+    if isinstance(x, (ir.Var, ir.Coord)):
+      return self.env[x.name]
+    if isinstance(x, ir.Load):
+      return int(self.buf[x.buffer][self.ev(x.offset)])
+    if isinstance(x, ir.Add):
+      return sum(self.ev(t) for t in x.terms)
+    if isinstance(x, ir.Mul):
+      return int(np.prod([self.ev(f) for f in x.factors]))
+    raise TypeError(f"interpret: not a structure-kernel expression; got {x!r}")
+
+  def segment(self, p: ir.RowSegment, r: int, link) -> list[int]:
+    """``[lo, hi]`` of part ``p``'s row of output row ``r``, padding at its ends trimmed."""
+    env, pos, crd = self.env, self.buf[p.pos], self.buf[p.crd]
+    lo = hi = 0
+    row = r - env[p.row_off.name]
+    if 0 <= row < env[p.rows.name]:
+      lo, hi = max(int(pos[row]), 0), min(int(pos[row + 1]), env[p.cap.name])
+      hi = max(hi, lo)
+    while lo < hi and crd[lo] < 0:
+      self.unlink(link, lo)
+      lo += 1
+    while hi > lo and crd[hi - 1] >= env[p.cols.name]:
+      self.unlink(link, hi - 1)
+      hi -= 1
+    return [lo, hi]
+
+  def unlink(self, link, p: int):
+    if link is not None:
+      self.buf[link.dest][self.ev(link.at) + p] = self.env[link.none.name]
+
+  def leaf(self, s, q: int, p: int | None):
+    """Statement ``s`` at leaf ``q``; ``p`` the part's entry there, None where it has none."""
+    env = self.env
+    if isinstance(s, ir.Link):
+      if s.dest and p is not None:
+        self.buf[s.dest][self.ev(s.at) + p] = q
+      if s.source and q < env[s.none.name]:
+        self.buf[s.source][q] = env[f"cap_{s.src}"] if p is None else p
+    elif isinstance(s, ir.Fold):
+      blk = env[s.block.name]
+      out = self.buf[s.out][q * blk:(q + 1) * blk]
+      v = self.buf[s.values][p * blk:(p + 1) * blk] if p is not None else np.zeros_like(out)
+      out[...] = v if s.first else out + v
+
+  def union(self, u: ir.Union, body):
+    env, r = self.env, self.env["r"]
+    links = {s.src: s for s in body if isinstance(s, ir.Link) and s.dest}
+    seg = [self.segment(p, r, links.get(p.src)) for p in u.parts]
+
+    def head(k):
+      p = u.parts[k]
+      return int(self.buf[p.crd][seg[k][0]]) + env[p.col_off.name]
+
+    n = 0
+    while any(lo < hi for lo, hi in seg):
+      c = min(head(k) for k in range(len(seg)) if seg[k][0] < seg[k][1])
+      hit = [seg[k][0] < seg[k][1] and head(k) == c for k in range(len(seg))]
+      for s in body:
+        if isinstance(s, ir.Append):
+          q = self.ev(s.start) + n
+          if q < env[s.cap.name]:
+            self.buf[s.crd][q] = c
+        elif isinstance(s, (ir.Link, ir.Fold)):
+          self.leaf(s, q, seg[s.src][0] if hit[s.src] else None)
+      for k in range(len(seg)):
+        seg[k][0] += hit[k]
+      n += 1
+    for s in body:
+      if isinstance(s, ir.Count):
+        self.buf[s.out][self.ev(s.at)] = n
+
+  def stmt(self, s):
+    env, buf = self.env, self.buf
+    if isinstance(s, ir.Loop):          # over Rows: its body is one loop over a Union
+      (inner,) = s.body
+      for r in range(self.ev(s.over.size)):
+        env[s.over.coord.name] = r
+        self.union(inner.over, inner.body)
+    elif isinstance(s, ir.Unreached):
+      p, cap = s.part, env[s.part.cap.name]
+      pos, at = buf[p.pos], self.ev(s.at)
+      lo = min(max(int(pos[0]), 0), cap)
+      hi = min(max(int(pos[env[p.rows.name]]), lo), cap)
+      buf[s.dest][at:at + lo] = env[s.none.name]
+      buf[s.dest][at + hi:at + cap] = env[s.none.name]
+    elif isinstance(s, ir.PrefixSum):
+      n = env[s.size.name]
+      buf[s.buffer][0] = 0
+      buf[s.buffer][:n + 1] = np.cumsum(buf[s.buffer][:n + 1])
+    elif isinstance(s, ir.Finalize):
+      start, n, cap = buf[s.start], env[s.rows.name], env[s.cap.name]
+      buf[s.pos][:n + 1] = np.minimum(start[:n + 1], cap)
+      for q in range(int(start[n]), cap):
+        buf[s.crd][q] = env[s.pad.name]
+        for leaf in s.leaves:
+          self.leaf(leaf, q, None)
+      buf[s.count][0] = start[n]
+    else:
+      raise TypeError(f"interpret: not a structure-kernel statement; got {s!r}")
+
+  def __call__(self) -> list[np.ndarray]:
+    k = self.k
+    flat = {name: a.reshape(-1) for name, a in self.arrays.items()}
+    scratch = {a.name: np.zeros(self.ev(a.per_batch), np.int64) for a in k.scratch}
+    for b in range(self.batch):
+      self.buf = dict(scratch)
+      for a in (*k.inputs, *k.outputs):
+        n = self.ev(a.per_batch)
+        self.buf[a.name] = flat[a.name][b * n:(b + 1) * n]
+      for s in k.body:
+        self.stmt(s)
+    return [self.arrays[a.name] for a in k.outputs]
+
+
+def run_assembly(kernel: ir.Assembly, inputs: Sequence, outputs: Sequence) -> list[np.ndarray]:
+  """Runs structure kernel ``kernel``; returns its outputs (copies of ``outputs``, filled).
+
+  Args:
+    kernel: the loop nest (e.g. :func:`jscorch.primitives.structure.union_loops.lower`).
+    inputs: the kernel's arguments as numpy arrays, in order, then the int64 params.
+    outputs: arrays of the results' shapes and dtypes (their contents are overwritten
+      where the kernel writes; a C kernel leaves the rest unspecified).
+  """
+  return _Assembler(kernel, inputs, outputs)()

@@ -207,9 +207,13 @@ class TupleIntersect:
 
 @_frozen
 class Union:
-  """Co-iteration visiting coordinates present in any part (sparse additions; reserved)."""
+  """Co-iteration visiting coordinates present in any part, in increasing order (TACO's
+  merge lattice: sparse additions, concatenation). Each visit binds ``coord`` to the
+  smallest head coordinate and, per part, ``Pos(src, 1)``; the parts whose head equals
+  it store the coordinate and advance. Parts are :class:`RowSegment` s (structure
+  kernels, below)."""
   coord: Coord
-  parts: tuple[Segment, ...]
+  parts: tuple["RowSegment", ...]
 
 
 Iterator = _Either[Units, Range, Segment, Single, Intersect, TupleIntersect, Union]
@@ -382,3 +386,165 @@ def walk(stmt) -> _Iter:
 def loops(stmt) -> list[Loop]:
   """The loops of ``stmt``, outermost first (pre-order)."""
   return [s for s in walk(stmt) if isinstance(s, Loop)]
+
+
+# -- structure kernels: unions assembled row by row, sizes read at run time -----------------
+# A structure kernel (:class:`Assembly`) computes index buffers, not values: every size is
+# a :class:`Var` read when it runs (one build serves every shape), its loops run once per
+# batch element, and its statements assemble the output level (append a coordinate, link
+# the parts' entries to its leaves, finalize ``pos``) -- TACO's assembly, as IR.
+@_frozen
+class Size:
+  """Run-time size ``name``: the last dimension of buffer ``buffer`` plus ``add`` or, with
+  ``buffer`` None, element ``param`` of the int64 params operand (never negative)."""
+  name: str
+  buffer: str | None = None
+  add: int = 0
+  param: int = -1
+
+
+@_frozen
+class Array:
+  """A structure kernel's argument (``arg``) or result (``ret``): element type ``dtype``
+  (``"index"``, ``"count"``, ``"value"`` or ``"int64"`` scratch) and ``per_batch``
+  elements per batch element (checked against the buffer when the kernel runs)."""
+  name: str
+  dtype: str
+  per_batch: Expr
+  arg: int = -1
+  ret: int = -1
+
+
+@_frozen
+class RowSegment:
+  """Row ``r - row_off`` of part ``src``, a (dense | compressed, compressed) structure of
+  ``rows`` rows: positions ``pos[row] .. pos[row + 1]`` clamped to ``[0, cap]`` (empty for
+  a row outside the part), coordinates ``crd[p] + col_off``. Out-of-range coordinates
+  (``< 0`` or ``>= cols``, padding) at either end of the segment are trimmed."""
+  src: int
+  pos: str
+  crd: str
+  rows: Var
+  cols: Var
+  cap: Var
+  row_off: Var
+  col_off: Var
+
+
+@_frozen
+class Rows:
+  """Rows ``0 .. size`` of the output. A ``Parallel.OUTER`` loop over them runs in chunks
+  balanced by the entries of ``parts`` before each row, split only from ``split_at``
+  entries in all."""
+  coord: Coord
+  size: Var
+  parts: tuple[RowSegment, ...]
+  split_at: int
+
+
+@_frozen
+class Count:
+  """``out[at] =`` the number of visits of the enclosing :class:`Union` (a row's size).
+  With two parts and at most ``bitmap`` columns (``cols``, the union's coordinate
+  range) it may be counted as ``|A| + |B| - |A & B|`` by a bitmap of part 0 (the same
+  number on sorted rows)."""
+  out: str
+  at: Expr
+  cols: Var
+  bitmap: int = 0
+
+
+@_frozen
+class Append:
+  """The union's coordinate becomes leaf ``start + n`` of the output level (``n``: visits
+  so far), written to ``crd`` only below the capacity ``cap``."""
+  crd: str
+  start: Expr
+  cap: Var
+
+
+@_frozen
+class Link:
+  """Part ``src`` and the current leaf: ``dest[at + p] = leaf`` where the part stores the
+  coordinate (``none`` for its entries the union trims), and ``source[leaf] = p`` or
+  the part's capacity where it stores none (below the output capacity)."""
+  src: int
+  dest: str | None
+  at: Expr
+  none: Var
+  source: str | None
+
+
+@_frozen
+class Fold:
+  """Part ``src``'s values summed into the current leaf, ``block`` per entry: ``out[leaf]
+  = v`` for the ``first`` part, else ``out[leaf] + v``; ``v = values[p]`` where the part
+  stores the coordinate, else 0 (so ``-0.0`` sums as XLA's gathers do)."""
+  src: int
+  values: str
+  out: str
+  block: Var
+  first: bool
+
+
+@_frozen
+class PrefixSum:
+  """``buffer[0] = 0``, then ``buffer[r + 1] += buffer[r]`` for ``r < size``."""
+  buffer: str
+  size: Var
+
+
+@_frozen
+class Unreached:
+  """``dest[at + p] = none`` for the positions of ``part`` outside all its rows (before
+  ``pos[0]``, from ``pos[rows]``): entries of no row go nowhere."""
+  part: RowSegment
+  dest: str
+  at: Expr
+  none: Var
+
+
+@_frozen
+class Finalize:
+  """The output level, assembled: ``pos[r] = min(start[r], cap)`` for ``r <= rows``,
+  ``count = start[rows]``, and leaves ``start[rows] .. cap`` are padding: ``crd = pad``
+  and the ``leaves`` statements (:class:`Link`, :class:`Fold`) see no part storing them."""
+  pos: str
+  crd: str
+  start: str
+  rows: Var
+  cap: Var
+  pad: Var
+  count: str
+  leaves: tuple[_Either[Link, Fold], ...]
+
+
+@_frozen
+class Assembly:
+  """A structure kernel (static, hashable): a printer's whole input.
+
+  Attributes:
+    inputs / outputs / scratch: the buffers (scratch is int64, allocated once).
+    sizes: the run-time sizes, in order; ``batch`` elements (the leading dimensions of
+      output ``batch``) each run ``body``.
+    body: statements: :class:`Unreached`, :class:`Loop` over :class:`Rows`,
+      :class:`PrefixSum`, :class:`Finalize`.
+    index_dtype / count_dtype / value_dtype: element types (``value_dtype`` None: none).
+    notes: ``(key, text)`` lines for the printed header.
+  """
+  inputs: tuple[Array, ...]
+  outputs: tuple[Array, ...]
+  scratch: tuple[Array, ...]
+  sizes: tuple[Size, ...]
+  batch: str
+  body: tuple
+  index_dtype: str
+  count_dtype: str
+  value_dtype: str | None
+  notes: tuple[tuple[str, str], ...] = ()
+
+  @property
+  def name(self) -> str:
+    """The FFI target name, from the kernel's hash (every shape shares one build)."""
+    digest = hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+    return f"jscorch_s_{digest}"

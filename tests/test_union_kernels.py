@@ -1,4 +1,5 @@
-"""The union kernel (primitives/structure/union_kernel.py) against its portable rule and numpy.
+"""The union kernel (primitives/structure/union_kernel.py: the loop nest of union_loops.py,
+printed by backends/c/assembly.py) against its portable rule and numpy.
 
 Random cases over ops (add, subtract, maximum, minimum, concatenate), formats, shapes,
 padding, batch and block dims and empty rows, sampled deterministically (one case per
@@ -20,6 +21,7 @@ import scipy.sparse as sp
 
 import jscorch as js
 from jscorch.primitives import kernel_build, union
+from jscorch.primitives import loopnest as ir
 from jscorch.primitives.layout import Layout
 from jscorch.primitives.structure import union_kernel as uk
 
@@ -267,12 +269,24 @@ def test_portable_setting_and_missing_compiler(monkeypatch):
   util.assert_allclose(util.jit_todense(got), x.astype(np.float64) - y, dtype=F32)
 
 
-def test_kernel_source_and_fallback_reasons():
+def test_kernel_loop_nest_source_and_fallback_reasons():
+  """The kernel is a loop nest of the IR (two passes over rows, each a union of the parts'
+  segments), printed; its name hashes the nest, which holds no size."""
   A, _ = random_sparse(14, (3, 4), "csr")
   plan = uk.UnionPlan(Layout(js.CSR, (3, 4), 8), (A.layout,) * 3, (None, (0, 0), None), "add")
+  kernel = uk.lower(plan, np.int32)
   name, source = uk.generate(plan, np.int32)
-  assert name.startswith("jscorch_union_3_") and f"XLA_FFI_Error* {name}(" in source
-  assert "union pattern (add)" in source and "#define NPARTS 3" in source
+  assert name == kernel.name and f"XLA_FFI_Error* {name}(" in source
+  assert "3 parts" in source
+  passes = [s for s in kernel.body if isinstance(s, ir.Loop)]
+  assert [p.parallel for p in passes] == [ir.Parallel.OUTER] * 2
+  unions = [p.body[0].over for p in passes]
+  assert all(isinstance(u, ir.Union) and len(u.parts) == 3 for u in unions)
+  assert isinstance(passes[0].body[0].body[0], ir.Count)
+  assert [type(s) for s in passes[1].body[0].body] == [ir.Append] + [ir.Link] * 3
+  other = uk.UnionPlan(Layout(js.CSR, (9, 2), 5), (Layout(js.CSR, (9, 2), 4),) * 3,
+                       (None,) * 3, "maximum")
+  assert uk.lower(other, np.int32) == kernel
   assert uk.kernel_reason(plan) == "kernel"
   assert uk.kernel_reason(dataclasses.replace(plan, parts=(A.layout,))) == "parts"
   for reason in ("format", "order", "parts", "no compiler"):
