@@ -209,9 +209,9 @@ class TupleIntersect:
 class Union:
   """Co-iteration visiting coordinates present in any part, in increasing order (TACO's
   merge lattice: sparse additions, concatenation). Each visit binds ``coord`` to the
-  smallest head coordinate and, per part, ``Pos(src, 1)``; the parts whose head equals
-  it store the coordinate and advance. Parts are :class:`RowSegment` s (structure
-  kernels, below)."""
+  smallest head coordinate; the parts whose head equals it store the coordinate at
+  their head (what :class:`Link` and :class:`Fold` read) and advance. Parts are
+  :class:`RowSegment` s (structure kernels, below)."""
   coord: Coord
   parts: tuple["RowSegment", ...]
 
