@@ -233,14 +233,20 @@ def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
   gdims, pdims = spec.split_inputs(dims)
   ops, flat, patterns_batched = [], [], False
   fronted = set()         # sources whose index buffers gain a leading batch dimension
+  # A sparse result (new or sampled) over batched patterns: every sparse operand gains the
+  # batch dimension (broadcast), so its sources are batched alike (merged or joined by a
+  # kernel; a sparse product and its derivatives need no work then).
+  whole = spec.out_kind != DENSE_OUT and (any(
+      op.sparse and any(d is not None for d in ds[1:]) for op, ds in zip(spec.operands, gdims))
+      or any(d is not None for d in pdims))
   for k, (op, bufs, ds) in enumerate(zip(spec.operands, groups, gdims)):
-    if all(d is None for d in ds):
+    if all(d is None for d in ds) and not (whole and op.sparse):
       ops.append(op)
       flat += bufs
     elif not op.sparse:
       ops.append(Operand((new,) + op.indices))
       flat.append(jnp.moveaxis(bufs[0], ds[0], 0))
-    elif all(d is None for d in ds[1:]):       # values batched, pattern shared
+    elif all(d is None for d in ds[1:]) and not whole:       # values batched, pattern shared
       lay = op.layout
       ops.append(Operand(op.indices + (new,), _with_block(lay, size)))
       flat += [jnp.moveaxis(bufs[0], ds[0], -1)] + list(bufs[1:])
@@ -310,7 +316,7 @@ def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
     return mlir.lower_fun(functools.partial(_run_converted, spec, csr),
                           multiple_results=True)(ctx, *args)
   if spec.work == 0 and make_plan(spec).expands and not einsum_portable.is_empty(spec) and \
-      not einsum_portable.is_spgemm(spec):
+      not einsum_portable.is_spgemm(spec) and einsum_portable.sampled_product_form(spec) is None:
     raise ValueError(
         f"jscorch_einsum: the portable lowering of {spec} joins sparse operands that contract "
         "and needs work= (the number of matching entry pairs); got work=0, expected a "

@@ -200,6 +200,8 @@ def evaluate(spec: EinsumSpec, *flat):
   """Evaluates ``spec`` on flat inputs; returns the list of flat outputs."""
   if spec.work == 0 and is_spgemm(spec):      # (sized without work: see is_spgemm)
     return spgemm(spec, *flat)
+  if spec.work == 0 and sampled_product_form(spec) is not None:    # (its derivatives)
+    return [sampled_product(spec, *flat)]
   groups, pattern = spec.split_inputs(flat)
   if is_empty(spec):
     return _zeros(spec, groups[0][0].dtype)
@@ -541,3 +543,93 @@ def spgemm(spec: EinsumSpec, *flat) -> list:
                                            is_unique=True, check=False)
   data = enforce_capacity(counts.max() if counts.size else 0, nse, data, "einsum", check=False)
   return [data, *indices]
+
+
+# -- a sampled product of two sparse operands without a work capacity -------------------------
+def sampled_product_form(spec: EinsumSpec) -> tuple[int, int, int, int, int] | None:
+  """``(a, b, x, y, z)`` when ``spec`` is ``out[x,z] = sum_y A[x,y] B[y,z]`` (any index
+  order in the operands) of two 2-D sparse operands ``a``, ``b``, sampled at a 2-D
+  pattern over ``(x, z)`` (batch dims alike, block dims apart from the sparse indices):
+  the tangent and cotangents of a sparse product, which :func:`sampled_product` evaluates
+  without ``work``; else None. Decided from the spec alone."""
+  if spec.out_kind != SAMPLED_OUT or len(spec.operands) != 2 or \
+      not all(op.sparse for op in spec.operands):
+    return None
+  out = spec.out_operand
+  ops = (*spec.operands, out)
+  nb = out.layout.n_batch
+  batch = out.indices[:nb]
+  if any(op.layout.n_batch != nb or op.indices[:nb] != batch or op.layout.n_sparse != 2 or
+         op.layout.batch_shape != out.layout.batch_shape for op in ops):
+    return None
+  x, z = out.bound[nb:]
+  a_ids, b_ids = (set(op.bound[nb:]) for op in spec.operands)
+  if x in b_ids and z in a_ids:
+    a, b, a_ids, b_ids = 1, 0, b_ids, a_ids
+  else:
+    a, b = 0, 1
+  y = (a_ids - {x}) & (b_ids - {z})
+  if len({x, z}) != 2 or len(y) != 1 or a_ids != {x, *y} or b_ids != {z, *y}:
+    return None
+  (y,) = y
+  if any({x, y, z, *batch} & set(op.block) for op in ops):
+    return None
+  return a, b, x, y, z
+
+
+def sampled_product(spec: EinsumSpec, *flat) -> jax.Array:
+  """The values of ``spec`` (:func:`sampled_product_form`) at its pattern's entries:
+  ``A`` converted to rows over ``x``, ``B`` to rows over ``z`` (CSR, linear-time), then
+  for each pattern entry ``(x, z)`` the sorted rows ``A[x, :]`` and ``B[:, z]`` are merged
+  and the products of matching ``y`` summed (one merge per entry, all entries at once);
+  needs no ``work``. Padding entries of the pattern get 0; a pattern that stores a
+  coordinate twice gets the sum at each slot."""
+  a, b, x, y, z = sampled_product_form(spec)
+  groups, pattern = spec.split_inputs(flat)
+  out = spec.out_operand
+  lay = out.layout
+  nb = lay.n_batch
+  if is_empty(spec):
+    return _zeros(spec, groups[0][0].dtype)[0]
+
+  def rows(k, first):      # operand k as CSR rows over index ``first``
+    op = spec.operands[k]
+    order = (0, 1) if op.bound[nb:] == (first, y) else (1, 0)
+    csr = Layout(_CSR.replace(n_batch=nb, n_dense=op.layout.n_dense, mode_ordering=order),
+                 op.layout.shape, op.layout.nse)
+    bufs = groups[k]
+    if csr == op.layout:
+      return bufs[0], *bufs[1:]
+    data, indices = convert.convert(op.layout, csr, bufs[0], tuple(bufs[1:]), func="einsum")
+    return data, *indices
+
+  coords = convert.storage_to_logical(lay, convert.leaf_coordinates(lay, pattern))
+  sx, sy, sz = spec.size(x), spec.size(y), spec.size(z)
+  a_op, b_op = spec.operands[a], spec.operands[b]
+
+  def one(a_data, a_pos, a_crd, b_data, b_pos, b_crd, coords):
+    def entry(c):
+      cx, cz = c[out.bound[nb:].index(x)], c[out.bound[nb:].index(z)]
+      ok = (cx < sx) & (cz < sz)
+      cx, cz = jnp.where(ok, cx, 0), jnp.where(ok, cz, 0)
+      acc = jnp.zeros(lay.block_shape, jnp.result_type(a_data, b_data))
+      ends = (jnp.minimum(a_pos[cx + 1], a_crd.shape[0]), jnp.minimum(b_pos[cz + 1],
+                                                                       b_crd.shape[0]))
+
+      def step(state):
+        qa, qb, acc = state
+        ca, cb = a_crd[qa], b_crd[qb]
+        term = _einsum([a_data[qa], b_data[qb]], [a_op.block, b_op.block], out.block)
+        acc = acc + jnp.where((ca == cb) & (ca < sy), term, 0)
+        return qa + (ca <= cb), qb + (cb <= ca), acc
+
+      _, _, acc = jax.lax.while_loop(
+          lambda s: (s[0] < ends[0]) & (s[1] < ends[1]), step, (a_pos[cx], b_pos[cz], acc))
+      return jnp.where(ok, acc, 0)
+
+    return jax.vmap(entry)(coords)
+
+  fn = one
+  for _ in range(nb):
+    fn = jax.vmap(fn)
+  return fn(*rows(a, x), *rows(b, z), coords).reshape(lay.data_shape)
