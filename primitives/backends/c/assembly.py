@@ -251,46 +251,36 @@ class _Printer:
     e()
 
   def merge_any(self, u: ir.Union, fill):
-    """The merge of any number of parts, inline: the smallest head, then every part whose
-    head equals it (``fill`` None: count only, into ``n``)."""
+    """The merge of any number of parts, inline and branch-free as :meth:`merge_two`: the
+    smallest head, then every part whose head equals it advances (``fill`` None: count
+    only, into ``n``)."""
     e = self.e
     P = u.parts
     e("int64_t n = 0;")
     if fill:
-      append, leaves = fill[0], fill[1:]
+      append = fill[0]
       e(f"const int64_t at = {self.expr(append.start)};")
-      for s in leaves:
-        if isinstance(s, ir.Link) and s.dest:
-          e(f"idx_t* d{s.src} = {s.dest} + {self.expr(s.at)};")
     e.open("for (;;) {")
-    e("int64_t c = INT64_MAX;")
     for p in P:
       k = p.src
-      e(f"if (p{k} < e{k} && {self.head(p, f'p{k}')} < c) c = {self.head(p, f'p{k}')};")
+      e(f"const int64_t x{k} = p{k} < e{k} ? {self.head(p, f'p{k}')} : INT64_MAX;")
+    e("int64_t c = x0;")
+    for p in P[1:]:
+      e(f"if (x{p.src} < c) c = x{p.src};")
     e("if (c == INT64_MAX) break;")
-    for p in P:
-      k = p.src
-      e(f"const int hit{k} = p{k} < e{k} && {self.head(p, f'p{k}')} == c;")
+    e(" ".join(f"const int64_t g{p.src} = x{p.src} != c;" for p in P)
+      + "      /* part k stores nothing here */")
     if fill:
       e("const int64_t q = at + n;")
-      for p in P:
-        k = p.src
-        e.open(f"if (hit{k}) {{")
-        self.links_dest(leaves, {k: "hit"})
-        e.close()
+      for s in fill[1:]:
+        if isinstance(s, ir.Link) and s.dest:     # rewritten with its leaf when it advances
+          e(f"if (p{s.src} < e{s.src}) d{s.src}[p{s.src}] = (idx_t)q;")
       e.open(f"if (q < {append.cap.name}) {{")
       e(f"{append.crd}[q] = (idx_t)c;")
-      for s in leaves:
-        k = s.src
-        e(f"if (hit{k}) {{")
-        e.depth += 1
-        self.leaf(s, {k: "hit"})
-        e.close("} else {")
-        e.depth += 1
-        self.leaf(s, {k: "miss"})
-        e.close()
+      for s in fill[1:]:
+        self.leaf(s, {s.src: "select"})
       e.close()
-    e(" ".join(f"p{p.src} += hit{p.src};" for p in P))
+    e(" ".join(f"p{p.src} += 1 - g{p.src};" for p in P))
     e("++n;")
     e.close()
 
