@@ -13,7 +13,8 @@ writer and, like it, decides nothing).
   written every step, the one that did not advance written again later), unguarded
   when the row cannot reach the capacity; with only :class:`~.loopnest.Fold` s and one
   value per entry, as an indexed select of the values. Of more parts, as the smallest
-  head, then every part whose head equals it. A union that only counts prints without
+  head (``INT64_MAX`` for an exhausted part), then every part whose head equals it
+  advances, again by arithmetic selects. A union that only counts prints without
   writes, and with :attr:`~.loopnest.Count.bitmap` as a bitmap per chunk when the columns
   are few enough;
 * :class:`~.loopnest.Unreached`, :class:`~.loopnest.PrefixSum` and
