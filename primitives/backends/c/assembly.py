@@ -285,39 +285,33 @@ class _Printer:
     e("++n;")
     e.close()
 
-  def count_two(self, u: ir.Union, count: ir.Count):
-    """The size of a two-part row, into ``n``: by the bitmap ``bits`` when there is one,
-    else a merge without writes."""
+  def count_two(self, u: ir.Union, bitmap: bool):
+    """The size of a two-part row, into ``n``: by the bitmap ``bits`` (|A| + |B| - |A & B|;
+    columns clamped, so always in bounds), else a merge without writes."""
     e = self.e
     P = u.parts
-    e("int64_t n;")
-    if count.bitmap:
-      e.open("if (bits) {      /* n0 + n1 - |both|; columns clamped, so always in bounds */")
-      e("int64_t hits = 0;")
-      e(f"const uint64_t top = (uint64_t){count.cols.name};")
-      for k, op in ((0, "mark"), (1, "test"), (0, "clear")):
-        e.open(f"for (int64_t p = p{k}; p < e{k}; ++p) {{")
-        e(f"uint64_t c = (uint64_t)({self.head(P[k], 'p')});")
-        e("c = c < top ? c : top;")
-        e({"mark": "bits[c >> 6] |= 1ull << (c & 63);",
-           "test": "hits += (int64_t)((bits[c >> 6] >> (c & 63)) & 1);",
-           "clear": "bits[c >> 6] = 0;"}[op])
-        e.close()
-      e("n = (e0 - p0) + (e1 - p1) - hits;")
-      e.depth -= 1
-      e.open("} else {")
-    e("n = 0;")
-    e.open("while (p0 < e0 && p1 < e1) {")
-    e(f"const int64_t x = {self.head(P[0], 'p0')}, y = {self.head(P[1], 'p1')};")
-    e("p0 += x <= y; p1 += y <= x; ++n;")
-    e.close()
-    e("n += (e0 - p0) + (e1 - p1);")
-    if count.bitmap:
+    if not bitmap:
+      e("int64_t n = 0;")
+      e.open("while (p0 < e0 && p1 < e1) {")
+      e(f"const int64_t x = {self.head(P[0], 'p0')}, y = {self.head(P[1], 'p1')};")
+      e("p0 += x <= y; p1 += y <= x; ++n;")
       e.close()
+      e("n += (e0 - p0) + (e1 - p1);")
+      return
+    e("int64_t hits = 0;")
+    for k, op in ((0, "mark"), (1, "test"), (0, "clear")):
+      e.open(f"for (int64_t p = p{k}; p < e{k}; ++p) {{")
+      e(f"uint64_t c = (uint64_t)({self.head(P[k], 'p')});")
+      e("c = c < top ? c : top;")
+      e({"mark": "bits[c >> 6] |= 1ull << (c & 63);",
+         "test": "hits += (int64_t)((bits[c >> 6] >> (c & 63)) & 1);",
+         "clear": "bits[c >> 6] = 0;"}[op])
+      e.close()
+    e("const int64_t n = (e0 - p0) + (e1 - p1) - hits;")
 
   # -- loops over rows -------------------------------------------------------------------------
   def rows_function(self, loop: ir.Loop) -> str:
-    """Prints ``rows_N`` (and its helpers) for a loop over rows; returns its name."""
+    """Prints ``pass_N`` (and its helpers) for a loop over rows; returns its name."""
     e = self.e
     self.loops += 1
     name = f"pass_{self.loops}"
@@ -332,34 +326,42 @@ class _Printer:
     dests = {s.src: s for s in (fill or ()) if isinstance(s, ir.Link) and s.dest}
     e.open(f"static void {name}(const void* a_, int64_t lo, int64_t hi) {{")
     self.locals((loop, ))
-    bitmap = counting and two and inner.body[0].bitmap
-    if bitmap:
-      cols = inner.body[0].cols.name
-      e(f"uint64_t* bits = {cols} <= {inner.body[0].bitmap}LL ? "
+    count = inner.body[0] if counting else None
+    variants = [False]
+    if count and two and count.bitmap:     # the row loop twice: with the bitmap, without
+      cols = count.cols.name
+      e(f"uint64_t* bits = {cols} <= {count.bitmap}LL ? "
         f"(uint64_t*)calloc({cols} / 64 + 1, sizeof(uint64_t)) : NULL;")
+      e(f"const uint64_t top = (uint64_t){cols};")
+      e.open("if (bits) {")
+      variants = [True, False]
     for link in dests.values():
       e(f"idx_t* d{link.src} = {link.dest} + {self.expr(link.at)};")
-    e.open(f"for (int64_t {loop.over.coord.name} = lo; {loop.over.coord.name} < hi; "
-           f"++{loop.over.coord.name}) {{")
-    for p in u.parts:
-      self.segment(p, loop.over.coord.name, f"d{p.src}" if p.src in dests else None)
-    if counting:
-      count = inner.body[0]
-      if two:
-        self.count_two(u, count)
-      else:
+    for bitmap in variants:
+      if not bitmap and len(variants) == 2:
+        e.depth -= 1
+        e.open("} else {")
+      r = loop.over.coord.name
+      e.open(f"for (int64_t {r} = lo; {r} < hi; ++{r}) {{")
+      for p in u.parts:
+        self.segment(p, r, f"d{p.src}" if p.src in dests else None)
+      if count and two:
+        self.count_two(u, bitmap)
+      elif count:
         self.merge_any(u, None)
-      e(f"{count.out}[{self.expr(count.at)}] = n;")
-    elif two:
-      append = fill[0]
-      e(f"const int64_t at = {self.expr(append.start)};")
-      call = f"merge_{self.loops}(a, p0, e0, p1, e1, at, %d);"
-      e(f"if (at + (e0 - p0) + (e1 - p1) <= {append.cap.name}) {call % 0}")
-      e(f"else {call % 1}")
-    else:
-      self.merge_any(u, fill)
-    e.close()
-    if bitmap:
+      elif two:
+        append = fill[0]
+        e(f"const int64_t at = {self.expr(append.start)};")
+        call = f"merge_{self.loops}(a, p0, e0, p1, e1, at, %d);"
+        e(f"if (at + (e0 - p0) + (e1 - p1) <= {append.cap.name}) {call % 0}")
+        e(f"else {call % 1}")
+      else:
+        self.merge_any(u, fill)
+      if count:
+        e(f"{count.out}[{self.expr(count.at)}] = n;")
+      e.close()
+    if len(variants) == 2:
+      e.close()
       e("free(bits);")
     e.close()
     e()

@@ -34,35 +34,34 @@ static void pass_1(const void* a_, int64_t lo, int64_t hi) {
   const idx_t* pos_1 = a->pos_1;
   int64_t* start = a->start;
   uint64_t* bits = cols <= 4194304LL ? (uint64_t*)calloc(cols / 64 + 1, sizeof(uint64_t)) : NULL;
-  for (int64_t r = lo; r < hi; ++r) {
-    int64_t p0 = 0, e0 = 0;
-    {
-      const int64_t row = r - row_off_0;
-      if (row >= 0 && row < rows_0) {
-        p0 = pos_0[row]; e0 = pos_0[row + 1];
-        if (p0 < 0) p0 = 0;
-        if (e0 > cap_0) e0 = cap_0;
-        if (e0 < p0) e0 = p0;
+  const uint64_t top = (uint64_t)cols;
+  if (bits) {
+    for (int64_t r = lo; r < hi; ++r) {
+      int64_t p0 = 0, e0 = 0;
+      {
+        const int64_t row = r - row_off_0;
+        if (row >= 0 && row < rows_0) {
+          p0 = pos_0[row]; e0 = pos_0[row + 1];
+          if (p0 < 0) p0 = 0;
+          if (e0 > cap_0) e0 = cap_0;
+          if (e0 < p0) e0 = p0;
+        }
       }
-    }
-    while (p0 < e0 && crd_0[p0] < 0) { ++p0; }
-    while (e0 > p0 && crd_0[e0 - 1] >= cols_0) { --e0; }
-    int64_t p1 = 0, e1 = 0;
-    {
-      const int64_t row = r - row_off_1;
-      if (row >= 0 && row < rows_1) {
-        p1 = pos_1[row]; e1 = pos_1[row + 1];
-        if (p1 < 0) p1 = 0;
-        if (e1 > cap_1) e1 = cap_1;
-        if (e1 < p1) e1 = p1;
+      while (p0 < e0 && crd_0[p0] < 0) { ++p0; }
+      while (e0 > p0 && crd_0[e0 - 1] >= cols_0) { --e0; }
+      int64_t p1 = 0, e1 = 0;
+      {
+        const int64_t row = r - row_off_1;
+        if (row >= 0 && row < rows_1) {
+          p1 = pos_1[row]; e1 = pos_1[row + 1];
+          if (p1 < 0) p1 = 0;
+          if (e1 > cap_1) e1 = cap_1;
+          if (e1 < p1) e1 = p1;
+        }
       }
-    }
-    while (p1 < e1 && crd_1[p1] < 0) { ++p1; }
-    while (e1 > p1 && crd_1[e1 - 1] >= cols_1) { --e1; }
-    int64_t n;
-    if (bits) {      /* n0 + n1 - |both|; columns clamped, so always in bounds */
+      while (p1 < e1 && crd_1[p1] < 0) { ++p1; }
+      while (e1 > p1 && crd_1[e1 - 1] >= cols_1) { --e1; }
       int64_t hits = 0;
-      const uint64_t top = (uint64_t)cols;
       for (int64_t p = p0; p < e0; ++p) {
         uint64_t c = (uint64_t)((int64_t)crd_0[p] + col_off_0);
         c = c < top ? c : top;
@@ -78,16 +77,43 @@ static void pass_1(const void* a_, int64_t lo, int64_t hi) {
         c = c < top ? c : top;
         bits[c >> 6] = 0;
       }
-      n = (e0 - p0) + (e1 - p1) - hits;
-    } else {
-      n = 0;
+      const int64_t n = (e0 - p0) + (e1 - p1) - hits;
+      start[r + 1] = n;
+    }
+  } else {
+    for (int64_t r = lo; r < hi; ++r) {
+      int64_t p0 = 0, e0 = 0;
+      {
+        const int64_t row = r - row_off_0;
+        if (row >= 0 && row < rows_0) {
+          p0 = pos_0[row]; e0 = pos_0[row + 1];
+          if (p0 < 0) p0 = 0;
+          if (e0 > cap_0) e0 = cap_0;
+          if (e0 < p0) e0 = p0;
+        }
+      }
+      while (p0 < e0 && crd_0[p0] < 0) { ++p0; }
+      while (e0 > p0 && crd_0[e0 - 1] >= cols_0) { --e0; }
+      int64_t p1 = 0, e1 = 0;
+      {
+        const int64_t row = r - row_off_1;
+        if (row >= 0 && row < rows_1) {
+          p1 = pos_1[row]; e1 = pos_1[row + 1];
+          if (p1 < 0) p1 = 0;
+          if (e1 > cap_1) e1 = cap_1;
+          if (e1 < p1) e1 = p1;
+        }
+      }
+      while (p1 < e1 && crd_1[p1] < 0) { ++p1; }
+      while (e1 > p1 && crd_1[e1 - 1] >= cols_1) { --e1; }
+      int64_t n = 0;
       while (p0 < e0 && p1 < e1) {
         const int64_t x = (int64_t)crd_0[p0] + col_off_0, y = (int64_t)crd_1[p1] + col_off_1;
         p0 += x <= y; p1 += y <= x; ++n;
       }
       n += (e0 - p0) + (e1 - p1);
+      start[r + 1] = n;
     }
-    start[r + 1] = n;
   }
   free(bits);
 }
