@@ -331,7 +331,7 @@ class _Assembler:
       if s.dest and p is not None:
         self.buf[s.dest][self.ev(s.at) + p] = q
       if s.source and q < env[s.none.name]:
-        self.buf[s.source][q] = env[f"cap_{s.src}"] if p is None else p
+        self.buf[s.source][q] = env[s.cap.name] if p is None else p
     elif isinstance(s, ir.Fold):
       blk = env[s.block.name]
       out = self.buf[s.out][q * blk:(q + 1) * blk]

@@ -466,25 +466,29 @@ class Append:
 @_frozen
 class Link:
   """Part ``src`` and the current leaf: ``dest[at + p] = leaf`` where the part stores the
-  coordinate (``none`` for its entries the union trims), and ``source[leaf] = p`` or
-  the part's capacity where it stores none (below the output capacity)."""
+  coordinate (``none``, the output capacity, for its entries the union trims), and
+  ``source[leaf] = p`` or ``cap`` (the part's capacity) where it stores none (below the
+  output capacity)."""
   src: int
   dest: str | None
   at: Expr
   none: Var
   source: str | None
+  cap: Var
 
 
 @_frozen
 class Fold:
   """Part ``src``'s values summed into the current leaf, ``block`` per entry: ``out[leaf]
   = v`` for the ``first`` part, else ``out[leaf] + v``; ``v = values[p]`` where the part
-  stores the coordinate, else 0 (so ``-0.0`` sums as XLA's gathers do)."""
+  stores the coordinate, else 0 (so ``-0.0`` sums as XLA's gathers do). ``cap``: the
+  part's capacity (its entries are ``values[:cap]``)."""
   src: int
   values: str
   out: str
   block: Var
   first: bool
+  cap: Var
 
 
 @_frozen

@@ -104,11 +104,12 @@ def lower(plan, index_dtype: str, count_dtype: str = "int32",
     outputs.append(ir.Array("dest", "index", ir.Add(tuple(p.cap for p in parts)), ret=2))
   outputs.append(ir.Array("count", "count", ir.Const(1), ret=len(outputs)))
   if value_dtype is None:
-    leaves = tuple(ir.Link(k, "dest" if want_dest else None, _dest_at(k), nse, f"src_{k}")
-                   for k in range(n))
+    leaves = tuple(ir.Link(k, "dest" if want_dest else None, _dest_at(k), nse, f"src_{k}",
+                           p.cap) for k, p in enumerate(parts))
     outputs += [ir.Array(f"src_{k}", "index", nse, ret=len(outputs) + k) for k in range(n)]
   else:
-    leaves = tuple(ir.Fold(k, f"val_{k}", "out_val", V("blk"), k == 0) for k in range(n))
+    leaves = tuple(ir.Fold(k, f"val_{k}", "out_val", V("blk"), k == 0, p.cap)
+                   for k, p in enumerate(parts))
     inputs += [ir.Array(f"val_{k}", "value", ir.Mul((p.cap, V("blk"))), arg=2 * n + k)
                for k, p in enumerate(parts)]
     outputs.append(ir.Array("out_val", "value", ir.Mul((nse, V("blk"))), ret=len(outputs)))

@@ -113,6 +113,7 @@ class _Printer:
       e(f"{const}{self.types[arr.dtype]}* {name} = a->{name};")
 
   def _buffers(self, node) -> set[str]:
+    """Names of the kernel's buffers ``node`` reads or writes (string fields naming one)."""
     if isinstance(node, (tuple, list)):
       return set().union(*map(self._buffers, node)) if node else set()
     if not dataclasses.is_dataclass(node):
@@ -149,16 +150,14 @@ class _Printer:
   def head(self, p: ir.RowSegment, at: str) -> str:
     return f"(int64_t){p.crd}[{at}] + {p.col_off.name}"
 
-  # -- leaf statements (Append, Link, Fold) -------------------------------------------------
+  # -- leaf statements (Link, Fold) ---------------------------------------------------------
   def leaf(self, s, part_state: dict):
     """One leaf statement at leaf ``q``. ``part_state[k]``: ``"hit"`` (part k stores the
     coordinate at ``p{k}``), ``"miss"`` or ``"select"`` (``g{k}`` says it misses)."""
     e = self.e
-    if isinstance(s, ir.Append):
-      return
     k = s.src
     state = part_state[k]
-    cap = f"cap_{k}"
+    cap = s.cap.name
     index = {"hit": f"p{k}", "miss": cap, "select": f"p{k} + g{k} * ({cap} - p{k})"}[state]
     if isinstance(s, ir.Link):
       if s.source:
@@ -185,12 +184,13 @@ class _Printer:
       e(f"const int64_t blk = a->{s.block.name};")
       e(f"val_t* o = a->{s.out} + q * blk;")
       if s.first:
-        e(f"if (i >= a->cap_{k}) {{ for (int64_t j = 0; j < blk; ++j) o[j] = (val_t)0; "
+        e(f"if (i >= a->{s.cap.name}) {{ for (int64_t j = 0; j < blk; ++j) o[j] = (val_t)0; "
           "return; }")
         e(f"const val_t* v = a->{s.values} + i * blk;")
         e("for (int64_t j = 0; j < blk; ++j) o[j] = v[j];")
       else:
-        e(f"if (i >= a->cap_{k}) {{ for (int64_t j = 0; j < blk; ++j) o[j] = o[j] + (val_t)0; "
+        e(f"if (i >= a->{s.cap.name}) {{ "
+          "for (int64_t j = 0; j < blk; ++j) o[j] = o[j] + (val_t)0; "
           "return; }")
         e(f"const val_t* v = a->{s.values} + i * blk;")
         e("for (int64_t j = 0; j < blk; ++j) o[j] = o[j] + v[j];")
