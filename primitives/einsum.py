@@ -235,10 +235,11 @@ def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
   fronted = set()         # sources whose index buffers gain a leading batch dimension
   # A sparse result (new or sampled) over batched patterns: every sparse operand gains the
   # batch dimension (broadcast), so its sources are batched alike (merged or joined by a
-  # kernel; a sparse product and its derivatives need no work then).
+  # kernel; a sparse product and its derivatives need no work then). So does a new pattern
+  # sized without work (a CSR product, whose batched form needs no work either).
   whole = spec.out_kind != DENSE_OUT and (any(
       op.sparse and any(d is not None for d in ds[1:]) for op, ds in zip(spec.operands, gdims))
-      or any(d is not None for d in pdims))
+      or any(d is not None for d in pdims)) or spec.out_kind == SPARSE_OUT and spec.work == 0
   for k, (op, bufs, ds) in enumerate(zip(spec.operands, groups, gdims)):
     if all(d is None for d in ds) and not (whole and op.sparse):
       ops.append(op)
@@ -255,7 +256,7 @@ def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
       flat += [_batch_front(b, d, size) for b, d in zip(bufs, ds)]
       patterns_batched = True
       fronted.add(k)
-  if spec.out_kind == SAMPLED_OUT and any(d is not None for d in pdims):
+  if spec.out_kind == SAMPLED_OUT and (whole or any(d is not None for d in pdims)):
     fronted.add(PATTERN)
   spec = _split_shared(spec, fronted)
   sizes = spec.sizes + ((new, size),)
@@ -272,7 +273,7 @@ def _einsum_batching_rule(args, dims, *, spec: EinsumSpec):
                             out_layout=_with_block(lay, size))
     out = einsum_p.bind(*flat, spec=new_spec)
     return out, [len(new_spec.out_layout.data_shape) - 1] + [None] * (len(out) - 1)
-  if spec.out_kind == SAMPLED_OUT and all(d is None for d in pdims):
+  if spec.out_kind == SAMPLED_OUT and all(d is None for d in pdims) and not whole:
     new_spec = spec.replace(operands=tuple(ops), out=spec.out + (new,), sizes=sizes,
                             out_layout=_with_block(lay, size))
     out = einsum_p.bind(*flat, *pattern, spec=new_spec)

@@ -271,7 +271,8 @@ CASES: dict[str, Case] = {
     # mixture of experts: gates sparse over (token, expert)
     "moe_csr": Case("bd,bn,ndh->bh", (Dn((4, 3)), Sp(A45, "csr"), Dn((5, 3, 2))), "kernel",
                     grads=True),
-    # sparse ⊙ sparse: same format -> merged (co-iterated) kernel, else the fallback
+    # sparse ⊙ sparse: same format -> merged (co-iterated) kernel; other formats are
+    # converted to the driver's first
     "intersect_csr_csr": Case("ij,ij->ij", (Sp(A45, "csr", density=0.6),
                                             Sp(A45, "csr", density=0.6)), "kernel",
                               grads=True),
@@ -279,7 +280,7 @@ CASES: dict[str, Case] = {
                                               Sp(A45, "dcsr", density=0.6)), "kernel",
                                 dtypes=(F64,)),
     "intersect_csr_coo": Case("ij,ij->ij", (Sp(A45, "csr", density=0.6),
-                                            Sp(A45, "coo", density=0.6)), "co-iteration",
+                                            Sp(A45, "coo", density=0.6)), "kernel",
                               dtypes=(F32,)),
     # ordered COO x COO: a lexicographic merge over whole coordinate tuples
     "intersect_coo_coo": Case("ij,ij->ij", (Sp(A45, "coo", density=0.6),
@@ -289,12 +290,17 @@ CASES: dict[str, Case] = {
                                        Sp(A45, "coo", density=0.6)), "kernel",
                           kwargs=(("out_format", "dense"), ("work", 200)), dtypes=(F64,)),
     "inner_csr_dcsr": Case("ij,ij->i", (Sp(A45, "csr", density=0.6),
-                                        Sp(A45, "dcsr", density=0.6)), "co-iteration",
+                                        Sp(A45, "dcsr", density=0.6)), "kernel",
                            kwargs=(("out_format", "dense"), ("work", 20)), dtypes=(F64,)),
+    # sources batched differently have no merge nor join
+    "inner_batched_unbatched": Case("bij,ij->bi", (Sp((2, 4, 5), "csr", n_batch=1),
+                                                   Sp(A45, "csr", density=0.6)),
+                                    "co-iteration", kwargs=(("work", 40),), dtypes=(F64,)),
     # sparse x sparse contractions
     "spgemm_csr_csr": Case("ij,jk->ik", CSR_CSR, "kernel", kwargs=(("nse", 24), ("work", 72)),
                            dtypes=(F32,), grads=True),
-    "spgemm_dense_out": Case("ij,jk->ik", CSR_CSR, "co-iteration",
+    # into a dense result: B's row located at j, then iterated (a join)
+    "spgemm_dense_out": Case("ij,jk->ik", CSR_CSR, "kernel",
                              kwargs=(("out_format", "dense"), ("work", 72)), dtypes=(F32,)),
     # 2-D products of other formats: the CSR kernel between conversions
     "spgemm_coo_csr": Case("ij,jk->ik", (Sp(A45, "coo", density=0.6), CSR_CSR[1]),
@@ -304,8 +310,11 @@ CASES: dict[str, Case] = {
                              kwargs=(("nse", 24), ("work", 72)), dtypes=(F32,)),
     "spgemm_batched_coo": Case("bij,bjk->bik", (Sp((2, 4, 5), "coo", n_batch=1, density=0.6),
                                                 Sp((2, 5, 6), "coo", n_batch=1, density=0.4)),
-                               "sparse output", kwargs=(("nse", 24), ("work", 72)),
-                               dtypes=(F64,)),
+                               "kernel", kwargs=(("nse", 24),), dtypes=(F64,)),
+    "spgemm_batched_unbatched": Case("bij,jk->bik", (Sp((2, 4, 5), "csr", n_batch=1),
+                                                     Sp((5, 6), "csr", density=0.4)),
+                                     "sparse output", kwargs=(("nse", 24), ("work", 144)),
+                                     dtypes=(F32,)),
     # other fallbacks
     "int32_spmm": Case("ij,jk->ik", (Sp(A45), Dn((5, 3))), "dtype", dtypes=(np.int32,)),
     "int32_sddmm": Case("ij,ik,jk->ij", (Sp(A45), Dn((4, 3)), Dn((5, 3))), "dtype",
