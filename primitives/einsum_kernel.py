@@ -38,12 +38,10 @@ FALLBACKS = {
                      "batch dims that differ, or other expressions (three operands, a free "
                      "index kept in the result)",
     "co-iteration": "sparse sources that are neither merged with the driver, nor joined "
-                    "inside its loops (located, then iterated), as stored or after "
-                    "conversions (:func:`converted`): batch dims that differ between the "
-                    "sources, a repeated index within a source, or a source all of whose "
-                    "indices are bound before it and that cannot be located (a sampled "
-                    "product ``ij,jk->ik`` at a third pattern, the derivative of a sparse "
-                    "product; ``ij,jk,ki->``)",
+                    "inside its loops (located, then iterated or intersected), as stored or "
+                    "after conversions (:func:`converted`): sources whose batch dims differ "
+                    "(``bij,ij->bi``), or a repeated index within a source other than the "
+                    "driver (``ij,jj->i``)",
     "empty": "a dimension or capacity of size zero",
     "level type": "a sparse source with a level type that has no loop-nest iteration "
                   "(``Level.iterate``), such as one registered by a user",
