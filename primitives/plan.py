@@ -281,7 +281,7 @@ class _Planner:
       lay = self.structs[s][0]
       caps, sizes, levels = lay.capacities, lay.level_sizes, lay.format.levels
     return levels[l].iterate(coord or ir.Coord(f"c{l}"), s, l, sizes[l], caps[l],
-                                  caps[l - 1] if l else 1, l == 0)
+                                  caps[l - 1] if l else 1, l == 0 and s < self.S)
 
   def level_iter(self, l):
     """Level l of the driver, co-iterated with the same level of every partner."""
@@ -507,7 +507,7 @@ def join_loops(joins, depth_of: dict, first: int) -> tuple[list, dict] | None:
         loops[d] = (parts + ((n, l),), locates + tuple((n, m) for m in located))
         started = True
         continue
-      if i in depth_of:
+      if i in depth_of or lvl.full:     # (a dense level is located, never iterated)
         return None
       depth_of[i] = first + len(loops)
       loops.append((((n, l),), () if started else tuple((n, m) for m in located)))

@@ -147,7 +147,8 @@ def test_batched_sparse_product_too_small_capacities_raise_eagerly(subscripts, a
 
 def test_vmap_of_sparse_product_with_per_element_capacities(lowering):
   """``vmap`` over a batched operand's batch dim (patterns batched), the other operand
-  shared (``in_axes=None``): ``nse`` and ``work`` are per element and cover them all."""
+  shared (``in_axes=None``, broadcast): ``nse`` and ``work`` are per element and cover them
+  all. ``work`` bounds the portable join only: the batched CSR kernel has none to overflow."""
   once(lowering)
   A, a, B, b = _operands(((3, 3, 4), 1, "csr"), ((4, 5), 0, "csr"))
   per = [_exact_capacities("bca,ad->bcd", a[i][None], b) for i in range(3)]
@@ -161,6 +162,9 @@ def test_vmap_of_sparse_product_with_per_element_capacities(lowering):
   util.assert_allclose(run(nse, work), want, F64)
   for caps in ((nse - 1, work), (nse, work - 1)):
     got = np.asarray(run(*caps))
+    if caps[0] == nse and js.config.lowering != "portable":
+      util.assert_allclose(got, want, F64)
+      continue
     assert np.isnan(got).any() and not np.isnan(got[want == 0]).any(), caps
   # vmap of jacfwd: the tangent of every element, against numpy.
   jac = jax.jit(jax.vmap(jax.jacfwd(lambda d, A: js.einsum(
