@@ -78,6 +78,7 @@ CASES = {
     "atb_csr": ("ij,ik->jk", [("csr", A45), ("csr", A46)], DENSE),
     "spgemm_dense_batched": ("bij,bjk->bik", [("csr", (2, 4, 5)), ("csr", (2, 5, 6))],
                              dict(out_format="dense", work=128)),
+    "outer_coo_coo": ("i,j->ij", [("coo", (4,)), ("coo", (5,))], DENSE),
     "chain_with_dense": ("ij,jk,kr->ir", [("csr", A45), ("csr", B56), ("dense", (6, 3))],
                          dict(work=64)),
     # conversions, then a join or a merge
@@ -86,6 +87,8 @@ CASES = {
     "inner_csr_dcsr": ("ij,ij->", [("csr", A45), ("dcsr", A45)], dict(work=64)),
     "rows_csr_ucoo": ("ij,ij->i", [("csr", A45), ("ucoo", A45)], DENSE),
     "trace_csr_csr": ("ij,ji->i", [("csr", A45), ("csr", (5, 4))], dict(work=64)),
+    "triangle": ("ij,jk,ki->", [("csr", A45), ("csr", B56), ("dcsr", (6, 4))],
+                 dict(work=512)),
     "mul_csr_coo": ("ij,ij->ij", [("csr", A45), ("coo", A45)], {}),
     "mul_coo_csr": ("ij,ij->ij", [("coo", A45), ("csr", A45)], {}),
     # batched products of other formats: the batched CSR product between conversions
