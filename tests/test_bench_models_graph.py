@@ -79,6 +79,21 @@ def test_a_wrong_contender_is_reported_not_timed():
   assert "liar           WRONG: relative error" in text and "(not timed)" in text
 
 
+def test_a_reference_that_cannot_fit_skips_the_workload(small_graph, capsys):
+  """GAT's float64 reference on a graph too large for this machine's memory: the workload
+  is printed with the reason and nothing runs (at 1M nodes it would need ~32 GiB)."""
+  class Huge:
+    nnz, shape = 10**12, (10**9, 10**9)
+  big = graphs.HostGraph("huge", Huge(), small_graph.x, small_graph.labels, small_graph.train,
+                         small_graph.num_classes)
+  assert models_graph._reference_too_large("gcn", big, 8) is None
+  assert models_graph._reference_too_large("gat", small_graph, 8) is None
+  (wl,) = models_graph.model_workloads("gat", big, True, 8)
+  runner._run_workload(wl, 1, print)
+  assert "every contender skipped: the float64 edge-list reference needs about" in \
+      capsys.readouterr().out
+
+
 def test_models_registry_selects_rows():
   assert len(models_graph.build_workloads(True, None)) == 3        # embedded graph, 3 models
   assert len(models_graph.build_workloads(True, {"GAT"})) == 1
