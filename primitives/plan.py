@@ -18,7 +18,11 @@ scheduling decision, writing it into the IR (:mod:`.loopnest`):
   a scalar kernel: loops over the free indices, a scalar sum of the summed ones;
 * **transposition**: a (dense, compressed) driver whose order conflicts with the
   output is re-sorted column-major in a prologue workspace (Scorch), when that
-  makes the units owners.
+  makes the units owners;
+* **joins** (:func:`join_loops`): sparse structures that are not co-iterated with the
+  driver are joined inside its loops, one after the other — levels whose index is
+  bound are located (``loopnest.Locate``), the others iterated (new indices) or
+  intersected with an earlier joined loop (``A[i,:] . B^T[k,:]`` over ``j``).
 
 How each level is iterated is the level's own business (``Level.iterate``).
 
