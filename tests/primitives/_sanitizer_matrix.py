@@ -39,6 +39,7 @@ CASES = [
     "batched_sddmm_csr", "batched_sum_coo", "block_spmm_csr", "block_contract_coo",
     "block_mul_csc", "reduce_cols_coo", "reduce_mode1_csf", "moe_csr", "intersect_csr_csr",
     "intersect_dcsr_dcsr", "intersect_coo_coo", "inner_coo_coo", "spgemm_csr_csr",
+    "spgemm_dense_out", "intersect_csr_coo", "inner_csr_dcsr", "spgemm_batched_coo",
 ]
 GRADS = ["spmm_csr", "sddmm_csr", "transposed_csr", "intersect_csr_csr", "spgemm_csr_csr",
          "block_spmm_csr"]
@@ -193,6 +194,23 @@ def power_law():
   C = (S @ T).tocsr()
   out, _ = run(lambda A, B: js.einsum("ij,jk->ik", A, B, nse=C.nnz + 2), A, B)
   np.testing.assert_allclose(paths.decode(out), C.toarray(), **tol)
+  # joins: B's rows located at A's columns (a dense result, parallel over rows); the
+  # derivative of the product, sampled products intersecting rows (no work)
+  work = int(np.asarray((S != 0).sum(0)).ravel() @ np.asarray((T != 0).sum(1)).ravel())
+  out, decisions = run(lambda A, B: js.einsum("ij,jk->ik", A, B, out_format="dense",
+                                              work=work), A, B)
+  assert decisions == ["kernel"], decisions
+  np.testing.assert_allclose(np.asarray(out), C.toarray(), **tol)
+  grads, decisions = run(jax.grad(lambda a, b: js.einsum(
+      "ij,jk->ik", A.with_data(a), B.with_data(b), nse=C.nnz + 2).data.sum(), (0, 1)),
+      A.data, B.data)
+  assert set(decisions) == {"kernel"}, decisions
+  # d sum(A @ B) / dA[i, j] = sum_k B[j, k]; / dB[j, k] = sum_i A[i, j]
+  np.testing.assert_allclose(np.asarray(grads[0])[:S.nnz],
+                             np.asarray(T.sum(1)).ravel()[S.indices], **tol)
+  np.testing.assert_allclose(np.asarray(grads[1])[:T.nnz],
+                             np.asarray(S.sum(0)).ravel()[np.repeat(np.arange(3000),
+                                                                    np.diff(T.indptr))], **tol)
 
 
 def structure_matrix():
