@@ -464,27 +464,31 @@ class _Converter(_Assembler):
       yield e, e + 1, [int(c) for c in rows[at:at + it.width]], True
 
   # -- statements in a walk -------------------------------------------------------------
-  def visit(self, s, lo: int, hi: int, row: list, ok: bool):
+  def counting_sort(self, s, e: int, row: list):
+    """:class:`~.loopnest.Tally`, :class:`~.loopnest.Scatter` or :class:`~.loopnest.Bucket`
+    of entry ``e`` (in range)."""
     buf = self.buf
     if isinstance(s, ir.Tally):
+      buf[s.hist][row[s.level] + 1] += 1
+      return
+    slot = int(buf[s.next][row[s.level]])
+    buf[s.next][row[s.level]] += 1
+    if isinstance(s, ir.Scatter):
+      if slot < s.cap:
+        buf[s.crd][slot] = row[s.crd_level]
+      if slot < s.nse:
+        buf[s.source][slot] = e
+    else:
+      if slot < s.n:
+        buf[s.entries][slot] = e
+        buf[s.rows][slot * s.width:(slot + 1) * s.width] = row
+      buf[s.count][0] = min(int(buf[s.next][s.buckets - 1]), s.n)
+
+  def visit(self, s, lo: int, hi: int, row: list, ok: bool):
+    buf = self.buf
+    if isinstance(s, (ir.Tally, ir.Scatter, ir.Bucket)):
       if ok:
-        buf[s.hist][row[s.level] + 1] += 1
-    elif isinstance(s, ir.Scatter):
-      if ok:
-        slot = int(buf[s.next][row[s.level]])
-        buf[s.next][row[s.level]] += 1
-        if slot < s.cap:
-          buf[s.crd][slot] = row[s.crd_level]
-        if slot < s.nse:
-          buf[s.source][slot] = lo
-    elif isinstance(s, ir.Bucket):
-      if ok:
-        slot = int(buf[s.next][row[s.level]])
-        buf[s.next][row[s.level]] += 1
-        if slot < s.n:
-          buf[s.entries][slot] = lo
-          buf[s.rows][slot * s.width:(slot + 1) * s.width] = row
-        buf[s.count][0] = min(int(buf[s.next][s.buckets - 1]), s.n)
+        self.counting_sort(s, lo, row)
     elif isinstance(s, ir.Gather):
       m = int(buf[s.count][0])
       if ok and m < s.n:

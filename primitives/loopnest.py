@@ -535,6 +535,8 @@ class Assembly:
       :class:`PrefixSum`, :class:`Finalize`.
     index_dtype / count_dtype / value_dtype: element types (``value_dtype`` None: none).
     notes: ``(key, text)`` lines for the printed header.
+    source_dtype / entry_dtype: a conversion's source index type (arrays ``"source"``)
+      and entry numbers' type (arrays ``"entry"``), else None.
   """
   inputs: tuple[Array, ...]
   outputs: tuple[Array, ...]
@@ -546,6 +548,8 @@ class Assembly:
   count_dtype: str
   value_dtype: str | None
   notes: tuple[tuple[str, str], ...] = ()
+  source_dtype: str | None = None
+  entry_dtype: str | None = None
 
   @property
   def name(self) -> str:

@@ -45,17 +45,18 @@ def _levels(lay: Layout, prefix: str, first: int, arg: bool):
   """The levels of ``lay`` and their buffers (``prefix`` ``""`` or ``"s"``), numbered from
   ``first`` in leaf order as arguments (``arg``) or results."""
   levels, arrays, i = [], [], first
+  dtype = "source" if arg else "index"
   for k, code in enumerate(level_codes(lay)):
     kind = _KINDS[code]
     pos = crd = None
     pcap, cap = lay.parent_capacity(k), lay.capacities[k]
     if kind == "compressed":
       pos = f"{prefix}pos{k}"
-      arrays.append(ir.Array(pos, "index", ir.Const(pcap + 1), **{"arg" if arg else "ret": i}))
+      arrays.append(ir.Array(pos, dtype, ir.Const(pcap + 1), **{"arg" if arg else "ret": i}))
       i += 1
     if kind != "dense":
       crd = f"{prefix}crd{k}"
-      arrays.append(ir.Array(crd, "index", ir.Const(cap), **{"arg" if arg else "ret": i}))
+      arrays.append(ir.Array(crd, dtype, ir.Const(cap), **{"arg" if arg else "ret": i}))
       i += 1
     levels.append(ir.Level(kind, pos, crd, lay.level_sizes[k], cap, pcap,
                            lay.format.levels[k].unique))
@@ -124,7 +125,7 @@ def _sorted(plan: StructurePlan, builder: ir.Builder):
   msd = plan.sort_levels[-1]
   count = ir.Array("m", "int64", ir.Const(1))
   rows = ir.Array("rows", "index", ir.Const(n * width))
-  order = ir.Array("order", "int64", ir.Const(n))
+  order = ir.Array("order", "entry", ir.Const(n))
   if 0 < sizes[msd] <= 4 * n + 1024:
     buckets = sizes[msd]
     sort = (ir.SortBuckets("rows", "order", "next", "m", buckets, plan.sort_levels[:-1], width),
@@ -182,4 +183,6 @@ def lower(plan: StructurePlan) -> ir.Assembly:
              ("to", f"{dst.format!r} {dst.shape} nse={dst.nse}"),
              ("sort", f"destination levels {plan.sort_levels} (least significant first)"),
              ("dups", "summed" if plan.sums else "kept"),
-             ("plan", how)))
+             ("plan", how)),
+      source_dtype=str(plan.src.index_dtype if plan.src else dst.index_dtype),
+      entry_dtype="int32" if plan.n < 2**31 - 1 else "int64")

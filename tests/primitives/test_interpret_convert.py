@@ -6,24 +6,31 @@ conversion, ``from_coo``, ``sum_duplicates``, ``sort_indices``) as a structure k
 (:func:`~jscorch.primitives.interpret.run_assembly`) runs that loop nest with no compiler,
 and every buffer it returns must equal the portable rule's (sorts and scatters in XLA)
 exactly: ``pos``, ``crd``, the slot map and the count -- padding, duplicates, batch and
-block dims, passthrough conversions and every sort strategy included.
+block dims, passthrough conversions and every sort strategy included. A golden file
+(``golden/conversion_csc_to_csr.c``) shows a printed conversion kernel.
 """
 from __future__ import annotations
 
+import os
+import pathlib
+import re
 import zlib
 
 import jax
 import numpy as np
 import pytest
+import util
+from test_structure_kernels import CASES, _case_id, _fmt, _inputs
 
 import jscorch as js
-import util
+from jscorch.primitives import c_runtime
 from jscorch.primitives import loopnest as ir
 from jscorch.primitives import structure as st
+from jscorch.primitives.backends.c import convert, convert_text
 from jscorch.primitives.interpret import run_assembly
+from jscorch.primitives.layout import Layout
 from jscorch.primitives.structure import convert_loops
 from jscorch.primitives.structure.portable import structure_portable
-from test_structure_kernels import CASES, _case_id, _fmt, _inputs
 
 
 def _plan_and_args(case, inp):
@@ -95,3 +102,25 @@ def test_conversions_with_padding(src, dst):
   A, _ = util.random_sparse(rng, (5, 7), src, padding=3)
   out = A.asformat(dst, nse=A.nse)
   _check(st.make_plan(out.layout, A.layout), [i[None] for i in A.indices])
+
+
+# -- golden C: the printed conversion kernel -----------------------------------------------------
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+
+
+def test_golden_printed_conversion_kernel():
+  """CSC -> CSR (a counting sort, serial or in chunks) as printed, the shared runtime and
+  the fixed helpers left out and the name masked. After an intended change to the printer
+  or the planner, regenerate with ``JSCORCH_REGEN_GOLDEN=1 python -m pytest -q
+  tests/primitives/test_interpret_convert.py -k golden`` and review the diff."""
+  kernel = convert_loops.lower(st.make_plan(Layout(js.CSR, (4, 5), 6), Layout(js.CSC, (4, 5), 6)))
+  src = convert.generate(kernel)
+  for name in ("RUNTIME", "SCRATCH", "BUILDER"):
+    text = c_runtime.RUNTIME if name == "RUNTIME" else getattr(convert_text, name)
+    assert text in src
+    src = src.replace(text, f"/* ({name}) */\n")
+  src = re.sub(r"jscorch_s_[0-9a-f]{16}", "jscorch_s_NAME", src)
+  path = GOLDEN / "conversion_csc_to_csr.c"
+  if os.environ.get("JSCORCH_REGEN_GOLDEN"):
+    path.write_text(src)
+  assert src == path.read_text(), f"{path} differs: regenerate it (see the test's docstring)"
