@@ -151,7 +151,7 @@ class _Printer:
       self.e(f"int64_t ohi = clamp64((int64_t){lvl.pos}[1], olo, {lvl.cap}LL);")
 
   # -- statements in a walk ---------------------------------------------------------------------
-  def visit(self, s, w) -> list[str]:
+  def visit(self, s) -> list[str]:
     if isinstance(s, ir.Tally):
       return [f"if (ok) {s.hist}[row[{s.level}] + 1]++;"]
     if isinstance(s, ir.Scatter):
@@ -221,7 +221,7 @@ class _Printer:
     e.open("static int structure_one(const structure_args* a, int64_t b) {")
     self.declare()
     for arr in k.scratch:
-      if arr.name in self.claimed:
+      if arr.name in self.per_chunk:      # (printed as per-chunk rows: pass_one)
         continue
       bytes_ = f"sizeof({_TYPES[arr.dtype]}) * {arr.per_batch.value}LL"
       self.scratch(arr.name, bytes_)
@@ -268,7 +268,7 @@ class _Printer:
       e.open("{")
       if gather:
         e("int64_t cnt = 0;")
-      lines = [line for t in s.body for line in self.visit(t, w)]
+      lines = [line for t in s.body for line in self.visit(t)]
       self.walk(w, "0", "INT64_MAX", lines)
       if gather:
         e(f"{gather.count}[0] = cnt;")
@@ -316,14 +316,14 @@ class _Printer:
     e("if (threads > 1) return transpose_parallel(a, b, threads < 8 ? threads : 8);")
     e.close()
     e.open("{")
-    self.walk(w, "0", "INT64_MAX", self.visit(tally, w))
+    self.walk(w, "0", "INT64_MAX", self.visit(tally))
     e("int64_t run = 0;")
     e.open(f"for (int64_t p = 0; p < {offsets.size}LL; ++p) {{")
     e(f"{offsets.next}[p] = run;")
     e(f"run += {offsets.counts}[p + {offsets.shift}];")
     e(f"{offsets.pos}[p + 1] = (idx_t)(run < {offsets.cap}LL ? run : {offsets.cap}LL);")
     e.close()
-    self.walk(w, "0", "INT64_MAX", self.visit(sc, w))
+    self.walk(w, "0", "INT64_MAX", self.visit(sc))
     e.close()
 
   def transpose_functions(self, count: ir.Loop, offsets: ir.Offsets, scatter: ir.Loop):
@@ -450,7 +450,7 @@ class _Printer:
     e(SCRATCH)
     self.constants()
     body = list(k.body)
-    self.claimed = set()
+    self.per_chunk = set()
     if any(isinstance(s, ir.Begin) for s in body):
       e(BUILDER)
     for i, s in enumerate(body):
@@ -459,7 +459,7 @@ class _Printer:
           self.transpose_functions(s, body[i + 1], body[i + 2])
         else:
           self.pass_functions(s, body[i + 1], body[i + 2])
-          self.claimed.add(s.body[0].hist)
+          self.per_chunk.add(s.body[0].hist)
         break
     sb = next((s for s in body if isinstance(s, ir.SortBuckets)), None)
     if sb:
