@@ -408,6 +408,243 @@ class _Assembler:
     return [self.arrays[a.name] for a in k.outputs]
 
 
+# -- conversion kernels (an Assembly with constant sizes: convert_loops) -------------------
+class _Converter(_Assembler):
+  """Runs a conversion kernel (:mod:`~.structure.convert_loops`) one batch element at a
+  time, entry by entry, as its IR says (the C kernel prints the same nodes)."""
+
+  def __init__(self, k: ir.Assembly, inputs: Sequence, outputs: Sequence):
+    self.k = k
+    self.arrays = {a.name: np.asarray(inputs[a.arg]) for a in k.inputs}
+    self.arrays.update({a.name: np.array(outputs[a.ret]) for a in k.outputs})
+    self.env = {}
+    first = k.outputs[0]
+    self.batch = self.arrays[first.name].size // max(self.ev(first.per_batch), 1)
+
+  # -- the walk over the source ---------------------------------------------------------
+  def walk(self, w: ir.Entries):
+    """Yields ``(lo, hi, row, ok)`` for each entry (``hi = lo + 1``) or run."""
+    if w.coords is not None:
+      co = self.buf[w.coords].reshape(w.n, len(w.rows))
+      for e in range(w.n):
+        row = [int(c) for c in co[e]]
+        yield e, e + 1, row, all(0 <= c < s for c, s in zip(row, w.sizes))
+      return
+    last = len(w.levels) - 1 if w.runs < 0 else w.runs
+
+    def level(j, p, cs, ok):
+      lvl = w.levels[j]
+      if lvl.kind == "dense":
+        lo, hi = p * lvl.size, (p + 1) * lvl.size
+      elif lvl.kind == "compressed":
+        pos = self.buf[lvl.pos]
+        lo = min(max(int(pos[p]), 0), lvl.cap)
+        hi = min(max(int(pos[p + 1]), lo), lvl.cap)
+      else:
+        lo, hi = min(p, lvl.cap), (p + 1 if p < lvl.cap else lvl.cap)
+      if j == w.runs:
+        row = [cs[w.rows[k]] if w.rows[k] < j else 0 for k in range(len(w.rows))]
+        yield lo, hi, row, ok
+        return
+      for q in range(lo, hi):
+        c = q - p * lvl.size if lvl.kind == "dense" else int(self.buf[lvl.crd][q])
+        ok_q = ok and 0 <= c < lvl.size
+        if j == last:
+          yield q, q + 1, [(cs + [c])[w.rows[k]] for k in range(len(w.rows))], ok_q
+        else:
+          yield from level(j + 1, q, cs + [c], ok_q)
+
+    yield from level(0, 0, [], True)
+
+  def sorted_rows(self, it: ir.SortedRows):
+    rows, order = self.buf[it.rows], self.buf[it.entries]
+    for i in range(int(self.buf[it.count][0])):
+      e = int(order[i])
+      at = (e if it.by_entry else i) * it.width
+      yield e, e + 1, [int(c) for c in rows[at:at + it.width]], True
+
+  # -- statements in a walk -------------------------------------------------------------
+  def counting_sort(self, s, e: int, row: list):
+    """:class:`~.loopnest.Tally`, :class:`~.loopnest.Scatter` or :class:`~.loopnest.Bucket`
+    of entry ``e`` (in range)."""
+    buf = self.buf
+    if isinstance(s, ir.Tally):
+      buf[s.hist][row[s.level] + 1] += 1
+      return
+    slot = int(buf[s.next][row[s.level]])
+    buf[s.next][row[s.level]] += 1
+    if isinstance(s, ir.Scatter):
+      if slot < s.cap:
+        buf[s.crd][slot] = row[s.crd_level]
+      if slot < s.nse:
+        buf[s.source][slot] = e
+    else:
+      if slot < s.n:
+        buf[s.entries][slot] = e
+        buf[s.rows][slot * s.width:(slot + 1) * s.width] = row
+      buf[s.count][0] = min(int(buf[s.next][s.buckets - 1]), s.n)
+
+  def visit(self, s, lo: int, hi: int, row: list, ok: bool):
+    buf = self.buf
+    if isinstance(s, (ir.Tally, ir.Scatter, ir.Bucket)):
+      if ok:
+        self.counting_sort(s, lo, row)
+    elif isinstance(s, ir.Gather):
+      m = int(buf[s.count][0])
+      if ok and m < s.n:
+        buf[s.rows][lo * s.width:(lo + 1) * s.width] = row
+        buf[s.entries][m] = lo
+        buf[s.count][0] = m + 1
+    elif isinstance(s, ir.Histogram):
+      node, inside = 0, True
+      for k in range(s.levels):
+        inside &= 0 <= row[k] < s.sizes[k]
+        node = node * s.sizes[k] + row[k]
+      if inside:
+        buf[s.hist][node] += hi - lo
+    elif isinstance(s, ir.Copy):
+      for q in range(lo, min(hi, s.nse)):
+        self.written[q] = True
+        for crd, k, size in s.outs:
+          buf[crd][q] = row[k] if 0 <= row[k] < size else size
+    elif isinstance(s, ir.Emit):
+      self.emit(s.builder, lo, row)
+    else:
+      raise TypeError(f"interpret: not a conversion statement; got {s!r}")
+
+  # -- the destination, entry by entry ----------------------------------------------------
+  def link(self, o: ir.Builder, e: int, slot: int):
+    if o.sums:
+      self.buf[o.map][e] = slot
+      self.linked[e] = True
+    elif slot < o.nse:
+      self.buf[o.map][slot] = e
+
+  def emit(self, o: ir.Builder, e: int, row: list):
+    st, buf = self.state, self.buf
+    if o.sums and st["prev"] == row:
+      self.link(o, e, st["slot"])
+      return
+    st["prev"], st["rows"] = list(row), st["rows"] + 1
+    node = 0
+    for k, lvl in enumerate(o.levels):
+      c = row[k]
+      if lvl.kind == "dense":
+        node = node * lvl.size + c
+      elif lvl.kind == "compressed":
+        cnt, last = st["cnt"], st["last"]
+        if not lvl.unique or cnt[k] == 0 or last[k][:2] != (c, node):
+          child = cnt[k]
+          cnt[k] += 1
+          if child < lvl.cap:
+            buf[lvl.crd][child] = c
+          if node < lvl.pcap:
+            buf[lvl.pos][node + 1] += 1
+          last[k] = (c, node, child)
+        node = last[k][2]
+      elif node < lvl.cap:
+        buf[lvl.crd][node] = c
+    st["slot"] = min(node, o.nse)
+    self.link(o, e, st["slot"])
+
+  def begin(self, o: ir.Builder):
+    buf = self.buf
+    for lvl in o.levels:
+      if lvl.pos:
+        buf[lvl.pos][:] = 0
+      if lvl.kind == "singleton":
+        buf[lvl.crd][:] = lvl.size
+    if not o.sums:
+      buf[o.map][:] = o.n
+    self.linked = np.zeros(o.n, bool)
+    self.state = {"prev": None, "rows": 0, "slot": o.nse, "cnt": [0] * len(o.levels),
+                  "last": [None] * len(o.levels)}
+
+  def seal(self, o: ir.Builder):
+    buf, count = self.buf, -1
+    for k, lvl in enumerate(o.levels):
+      if lvl.kind != "compressed":
+        continue
+      pos = buf[lvl.pos]
+      pos[1:] = np.minimum(np.cumsum(pos[1:].astype(np.int64)), lvl.cap)
+      buf[lvl.crd][self.state["cnt"][k]:] = lvl.size
+      count = self.state["cnt"][k]
+    if o.sums:
+      buf[o.map][~self.linked] = o.nse
+    buf[o.count][0] = self.state["rows"] if count < 0 else count
+
+  # -- statements of one batch element ------------------------------------------------------
+  def stmt(self, s):
+    buf = self.buf
+    if isinstance(s, ir.Loop):
+      rows = self.sorted_rows(s.over) if isinstance(s.over, ir.SortedRows) else \
+          self.walk(s.over)
+      for lo, hi, row, ok in rows:
+        for t in s.body:
+          self.visit(t, lo, hi, row, ok)
+    elif isinstance(s, ir.Begin):
+      self.begin(s.builder)
+    elif isinstance(s, ir.Seal):
+      self.seal(s.builder)
+    elif isinstance(s, ir.PrefixSum):
+      n = self.ev(s.size)
+      buf[s.buffer][0] = 0
+      buf[s.buffer][:n + 1] = np.cumsum(buf[s.buffer][:n + 1])
+    elif isinstance(s, ir.Offsets):
+      counts = buf[s.counts][s.shift:s.shift + s.size].astype(np.int64)
+      run = np.cumsum(counts)
+      if s.next:
+        buf[s.next][:s.size] = run - counts
+      buf[s.pos][0] = 0
+      buf[s.pos][1:s.size + 1] = np.minimum(run, s.cap)
+    elif isinstance(s, ir.Tail):
+      start = self.ev(s.start)
+      buf[s.crd][start:s.cap] = s.pad
+      buf[s.count][0] = start
+    elif isinstance(s, ir.SortBuckets):
+      self.sort_buckets(s)
+    elif isinstance(s, ir.RadixSort):
+      m = int(buf[s.count][0])
+      order = buf[s.entries][:m].astype(np.int64)
+      rows = buf[s.rows].reshape(-1, s.width)
+      for k in s.keys:                         # stable passes, least significant first
+        order = order[np.argsort(rows[order, k], kind="stable")]
+      buf[s.entries][:m] = order
+    elif isinstance(s, ir.Pad):
+      for crd, _, size in s.copy.outs:
+        buf[crd][:s.copy.nse][~self.written] = size
+    else:
+      raise TypeError(f"interpret: not a conversion statement; got {s!r}")
+
+  def sort_buckets(self, s: ir.SortBuckets):
+    buf, m = self.buf, int(self.buf[s.count][0])
+    rows, order, ends = buf[s.rows].reshape(-1, s.width), buf[s.entries], buf[s.next]
+    for v in range(s.buckets):
+      lo, hi = (int(ends[v - 1]) if v else 0), min(int(ends[v]), m)
+      if hi - lo > 1:
+        local = np.arange(lo, hi)
+        for k in s.keys:
+          local = local[np.argsort(rows[local, k], kind="stable")]
+        rows[lo:hi], order[lo:hi] = rows[local].copy(), order[local].copy()
+
+  def __call__(self) -> list[np.ndarray]:
+    k = self.k
+    flat = {name: a.reshape(-1) for name, a in self.arrays.items()}
+    for b in range(self.batch):
+      self.buf = {a.name: np.zeros(self.ev(a.per_batch), np.int64) for a in k.scratch}
+      self.written = np.zeros(self._nse(), bool)
+      for a in (*k.inputs, *k.outputs):
+        n = self.ev(a.per_batch)
+        self.buf[a.name] = flat[a.name][b * n:(b + 1) * n]
+      for s in k.body:
+        self.stmt(s)
+    return [self.arrays[a.name] for a in k.outputs]
+
+  def _nse(self) -> int:
+    pads = [s for s in self.k.body if isinstance(s, ir.Pad)]
+    return pads[0].copy.nse if pads else 0
+
+
 def run_assembly(kernel: ir.Assembly, inputs: Sequence, outputs: Sequence) -> list[np.ndarray]:
   """Runs structure kernel ``kernel``; returns its outputs (copies of ``outputs``, filled).
 
@@ -417,4 +654,5 @@ def run_assembly(kernel: ir.Assembly, inputs: Sequence, outputs: Sequence) -> li
     outputs: arrays of the results' shapes and dtypes (their contents are overwritten
       where the kernel writes; a C kernel leaves the rest unspecified).
   """
-  return _Assembler(kernel, inputs, outputs)()
+  run = _Assembler if kernel.sizes else _Converter      # (constant sizes: a conversion)
+  return run(kernel, inputs, outputs)()

@@ -535,6 +535,8 @@ class Assembly:
       :class:`PrefixSum`, :class:`Finalize`.
     index_dtype / count_dtype / value_dtype: element types (``value_dtype`` None: none).
     notes: ``(key, text)`` lines for the printed header.
+    source_dtype / entry_dtype: a conversion's source index type (arrays ``"source"``)
+      and entry numbers' type (arrays ``"entry"``), else None.
   """
   inputs: tuple[Array, ...]
   outputs: tuple[Array, ...]
@@ -546,9 +548,227 @@ class Assembly:
   count_dtype: str
   value_dtype: str | None
   notes: tuple[tuple[str, str], ...] = ()
+  source_dtype: str | None = None
+  entry_dtype: str | None = None
 
   @property
   def name(self) -> str:
     """The FFI target name, from the kernel's hash (every shape shares one build)."""
     digest = hashlib.sha256(repr(self).encode()).hexdigest()[:16]
     return f"jscorch_s_{digest}"
+
+
+# -- conversions: a source walked, sorted and assembled level by level ----------------------
+# A conversion kernel (an :class:`Assembly` with constant sizes: one build per plan) turns
+# one batch element's entries -- a coordinate list, or the leaves of a source structure --
+# into a destination structure: a walk over the source (:class:`Entries`) tallies,
+# scatters or gathers them; :class:`SortBuckets` / :class:`RadixSort` order the gathered
+# rows; :class:`Emit` appends each row to every destination level, merging duplicates.
+@_frozen
+class Level:
+  """One level of a conversion's source or destination: ``kind`` ``"dense"``,
+  ``"compressed"`` or ``"singleton"``, its buffers (None where it has none), coordinate
+  range ``size``, capacity ``cap``, parent capacity ``pcap`` and uniqueness."""
+  kind: str
+  pos: str | None
+  crd: str | None
+  size: int
+  cap: int
+  pcap: int
+  unique: bool = False
+
+
+@_frozen
+class Entries:
+  """The source's entries in its storage order, each binding ``e`` (the entry), ``row``
+  (its coordinates in destination level order: source level ``rows[k]``'s for level
+  ``k``) and ``ok`` (every coordinate in range).
+
+  A coordinate list ``coords`` `[n, len(rows)]` (``levels`` empty, ``sizes`` the ranges),
+  or a walk of the source ``levels``: a dense level's ``size`` positions per parent, a
+  compressed level's ``pos[p] .. pos[p + 1]`` clamped to ``[0, cap]``, a singleton's one
+  position per parent below ``cap``; a leaf no parent position reaches is padding and
+  never visited. With ``runs >= 0`` (a source level) the walk stops at that level and
+  binds runs ``[rlo, rhi)`` of entries sharing the coordinates above it (``row[k]`` of a
+  level at or below it reads 0). A ``Parallel.OUTER`` loop runs in chunks of the
+  outermost positions from ``split_at`` entries (on one batch element only).
+  """
+  coords: str | None
+  levels: tuple[Level, ...]
+  rows: tuple[int, ...]
+  sizes: tuple[int, ...]
+  n: int
+  runs: int = -1
+  split_at: int = 1 << 15
+
+
+@_frozen
+class SortedRows:
+  """The first ``count[0]`` gathered rows in sorted order: ``entries[i]`` is the entry,
+  its coordinates ``rows[i * L + k]`` (``by_entry``: ``rows[entries[i] * L + k]``)."""
+  rows: str
+  entries: str
+  count: str
+  width: int
+  by_entry: bool
+
+
+@_frozen
+class Tally:
+  """``hist[row[level] + 1] += 1`` for an entry in range (a counting sort's histogram)."""
+  hist: str
+  level: int
+
+
+@_frozen
+class Scatter:
+  """A counting sort's scatter by ``row[level]`` (entries in range): ``slot =
+  next[row[level]]++``; ``crd[slot] = row[crd_level]`` below ``cap``, ``source[slot] = e``
+  below ``nse``."""
+  next: str
+  level: int
+  crd: str
+  crd_level: int
+  cap: int
+  source: str
+  nse: int
+
+
+@_frozen
+class Bucket:
+  """Entries in range scattered into the buckets of ``row[level]``: ``slot =
+  next[row[level]]++``; below ``n``, ``entries[slot] = e`` and ``rows[slot * L + k] =
+  row[k]``; ``count[0]``: the entries placed (``next`` of the last bucket, at most n)."""
+  next: str
+  level: int
+  rows: str
+  entries: str
+  count: str
+  buckets: int
+  width: int
+  n: int
+
+
+@_frozen
+class Gather:
+  """Entries in range gathered in walk order: ``rows[e * L + k] = row[k]``,
+  ``entries[count[0]++] = e`` (below ``n``)."""
+  rows: str
+  entries: str
+  count: str
+  width: int
+  n: int
+
+
+@_frozen
+class SortBuckets:
+  """Each bucket ``next[v - 1] .. next[v]`` of :class:`Bucket`'s rows (clamped to
+  ``count[0]``) stably sorted by ``keys`` (destination levels, least significant first),
+  rows travelling with their entries. Printed as insertion sort for short buckets, else a
+  merge sort of local indices."""
+  rows: str
+  entries: str
+  next: str
+  count: str
+  buckets: int
+  keys: tuple[int, ...]
+  width: int
+
+
+@_frozen
+class RadixSort:
+  """``entries[:count[0]]`` stably sorted by ``rows[e * L + k]`` for each ``k`` of
+  ``keys`` in turn (least significant first; ``sizes``: each key's range). Printed as one
+  counting pass per key, or 16-bit radix digits where a key's range exceeds ``hist_cap``."""
+  rows: str
+  entries: str
+  count: str
+  keys: tuple[int, ...]
+  sizes: tuple[int, ...]
+  width: int
+  hist_cap: int
+
+
+@_frozen
+class Builder:
+  """The destination assembled entry by entry: ``levels`` (dense, compressed, singleton),
+  ``map`` (``sums``: ``dest [n]``, each entry's slot, ``nse`` for none; else ``source
+  [nse]``, each slot's entry, ``n`` for none) and ``count``."""
+  levels: tuple[Level, ...]
+  map: str
+  count: str
+  nse: int
+  n: int
+  sums: bool
+
+
+@_frozen
+class Begin:
+  """Clears ``builder``: ``pos`` zero, a singleton's ``crd`` its size, ``source`` ``n``."""
+  builder: Builder
+
+
+@_frozen
+class Emit:
+  """Appends the current entry (in destination order) to every level of ``builder``: a
+  compressed level starts a child where it is not unique or the coordinate or parent
+  changed, counting it in ``pos[parent + 1]`` (below ``pcap``) and writing ``crd``
+  (below ``cap``); with ``sums`` a row equal to the previous one only links its entry to
+  the previous slot."""
+  builder: Builder
+
+
+@_frozen
+class Seal:
+  """Finishes ``builder``: ``pos`` prefix-summed (clamped to ``cap``), ``crd`` past the
+  children padded with the level size, unlinked entries' ``dest`` ``nse``, and ``count``
+  the children of the last compressed level (else the rows emitted)."""
+  builder: Builder
+
+
+@_frozen
+class Offsets:
+  """``run = 0``; for ``v < size``: ``next[v] = run`` (when ``next``), ``run +=
+  counts[v + shift]``, ``pos[v + 1] = min(run, cap)``; ``pos[0] = 0``."""
+  counts: str
+  shift: int
+  pos: str
+  next: str | None
+  size: int
+  cap: int
+
+
+@_frozen
+class Tail:
+  """``crd[q] = pad`` for ``q`` from ``start`` to ``cap``; ``count[0] = start``."""
+  crd: str
+  start: Expr
+  cap: int
+  pad: int
+  count: str
+
+
+@_frozen
+class Histogram:
+  """Entries counted per parent of the destination's entry level: ``node`` = the
+  coordinates ``row[:levels]`` in mixed radix (``sizes``), ``hist[node] += 1`` (a run:
+  its length) when all are in range (``levels`` 0: every entry, into ``hist[0]``)."""
+  hist: str
+  levels: int
+  sizes: tuple[int, ...]
+
+
+@_frozen
+class Copy:
+  """Each visited entry ``e < nse`` (each run, clipped at ``nse``) writes ``crd[e] =
+  row[k]`` (``size`` where out of range) for every ``(crd, k, size)`` of ``outs``; the
+  entries no walk visits are padded by :class:`Pad`."""
+  outs: tuple[tuple[str, int, int], ...]
+  nse: int
+
+
+@_frozen
+class Pad:
+  """``crd[q] = size`` for every ``(crd, k, size)`` of ``copy.outs`` at each ``q < nse``
+  that ``copy`` did not write."""
+  copy: Copy
