@@ -434,9 +434,9 @@ class _Converter(_Assembler):
 
     def level(j, p, cs, ok):
       lvl = w.levels[j]
-      if lvl.kind == "dense":
+      if lvl.full:
         lo, hi = p * lvl.size, (p + 1) * lvl.size
-      elif lvl.kind == "compressed":
+      elif lvl.pos:
         pos = self.buf[lvl.pos]
         lo = min(max(int(pos[p]), 0), lvl.cap)
         hi = min(max(int(pos[p + 1]), lo), lvl.cap)
@@ -447,7 +447,7 @@ class _Converter(_Assembler):
         yield lo, hi, row, ok
         return
       for q in range(lo, hi):
-        c = q - p * lvl.size if lvl.kind == "dense" else int(self.buf[lvl.crd][q])
+        c = q - p * lvl.size if lvl.full else int(self.buf[lvl.crd][q])
         ok_q = ok and 0 <= c < lvl.size
         if j == last:
           yield q, q + 1, [(cs + [c])[w.rows[k]] for k in range(len(w.rows))], ok_q
@@ -529,9 +529,9 @@ class _Converter(_Assembler):
     node = 0
     for k, lvl in enumerate(o.levels):
       c = row[k]
-      if lvl.kind == "dense":
+      if lvl.full:
         node = node * lvl.size + c
-      elif lvl.kind == "compressed":
+      elif lvl.pos:
         cnt, last = st["cnt"], st["last"]
         if not lvl.unique or cnt[k] == 0 or last[k][:2] != (c, node):
           child = cnt[k]
@@ -552,7 +552,7 @@ class _Converter(_Assembler):
     for lvl in o.levels:
       if lvl.pos:
         buf[lvl.pos][:] = 0
-      if lvl.kind == "singleton":
+      if lvl.branchless:
         buf[lvl.crd][:] = lvl.size
     if not o.sums:
       buf[o.map][:] = o.n
@@ -563,7 +563,7 @@ class _Converter(_Assembler):
   def seal(self, o: ir.Builder):
     buf, count = self.buf, -1
     for k, lvl in enumerate(o.levels):
-      if lvl.kind != "compressed":
+      if not lvl.pos:
         continue
       pos = buf[lvl.pos]
       pos[1:] = np.minimum(np.cumsum(pos[1:].astype(np.int64)), lvl.cap)

@@ -566,16 +566,24 @@ class Assembly:
 # rows; :class:`Emit` appends each row to every destination level, merging duplicates.
 @_frozen
 class Level:
-  """One level of a conversion's source or destination: ``kind`` ``"dense"``,
-  ``"compressed"`` or ``"singleton"``, its buffers (None where it has none), coordinate
-  range ``size``, capacity ``cap``, parent capacity ``pcap`` and uniqueness."""
-  kind: str
+  """One level of a conversion's source or destination, told apart by its buffers (None
+  where it has none): ``pos`` and ``crd`` (segments of coordinates), ``crd`` alone (one
+  position per parent, :attr:`branchless`) or neither (every coordinate, :attr:`full`);
+  coordinate range ``size``, capacity ``cap``, parent capacity ``pcap`` and uniqueness."""
   pos: str | None
   crd: str | None
   size: int
   cap: int
   pcap: int
   unique: bool = False
+
+  @property
+  def full(self) -> bool:
+    return self.pos is None and self.crd is None
+
+  @property
+  def branchless(self) -> bool:
+    return self.pos is None and self.crd is not None
 
 
 @_frozen

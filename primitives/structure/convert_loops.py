@@ -38,28 +38,23 @@ from .plan import StructurePlan, entry_level, level_codes
 #: Entries (one batch element) from which a walk is split over threads.
 SPLIT_AT = 1 << 15
 
-_KINDS = ("dense", "compressed", "singleton")
-
-
 def _levels(lay: Layout, prefix: str, first: int, arg: bool):
   """The levels of ``lay`` and their buffers (``prefix`` ``""`` or ``"s"``), numbered from
   ``first`` in leaf order as arguments (``arg``) or results."""
   levels, arrays, i = [], [], first
   dtype = "source" if arg else "index"
-  for k, code in enumerate(level_codes(lay)):
-    kind = _KINDS[code]
+  for k, lvl in enumerate(lay.format.levels):
     pos = crd = None
     pcap, cap = lay.parent_capacity(k), lay.capacities[k]
-    if kind == "compressed":
+    if lvl.has_pos:
       pos = f"{prefix}pos{k}"
       arrays.append(ir.Array(pos, dtype, ir.Const(pcap + 1), **{"arg" if arg else "ret": i}))
       i += 1
-    if kind != "dense":
+    if lvl.has_crd:
       crd = f"{prefix}crd{k}"
       arrays.append(ir.Array(crd, dtype, ir.Const(cap), **{"arg" if arg else "ret": i}))
       i += 1
-    levels.append(ir.Level(kind, pos, crd, lay.level_sizes[k], cap, pcap,
-                           lay.format.levels[k].unique))
+    levels.append(ir.Level(pos, crd, lay.level_sizes[k], cap, pcap, lvl.unique))
   return tuple(levels), arrays
 
 

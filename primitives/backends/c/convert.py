@@ -36,7 +36,11 @@ from .convert_text import BATCH, BUCKET_SORT, BUILDER, PASS, PASS_ONE, RADIX, SC
 from .printer import I_TYPES, _Lines
 
 _TYPES = {"index": "idx_t", "source": "sidx_t", "entry": "ord_t", "int64": "int64_t"}
-_KIND = {"dense": 0, "compressed": 1, "singleton": 2}
+
+
+def _code(lvl) -> int:
+  """``DST_KIND`` of the builder's C text: 0 full, 1 segments (``pos``), 2 branchless."""
+  return 1 if lvl.pos else 2 if lvl.branchless else 0
 
 
 def _ints(values) -> str:
@@ -94,19 +98,19 @@ class _Printer:
         break
       p = f"q{j - 1}" if j else "0"
       okp = f"ok{j - 1} && " if j else ""
-      if lvl.kind == "dense" and j == 0:
+      if lvl.full and j == 0:
         start = "0" if clo == "0" else f"{clo} > 0 ? {clo} : 0"
         end = "" if chi == "INT64_MAX" else f" && q0 < {chi}"
         e.open(f"for (int64_t q0 = {start}; q0 < {lvl.size}LL{end}; ++q0) {{")
         e("int64_t c0 = q0;")
         opened += 1
-      elif lvl.kind == "dense":
+      elif lvl.full:
         e.open(f"for (int64_t q{j} = {p} * {lvl.size}LL; q{j} < ({p} + 1) * {lvl.size}LL; "
                f"++q{j}) {{")
         e(f"int64_t c{j} = q{j} - {p} * {lvl.size}LL;")
         opened += 1
       else:
-        if lvl.kind == "compressed":
+        if lvl.pos:
           e(f"int64_t lo{j} = clamp64((int64_t){lvl.pos}[{p}], 0, {lvl.cap}LL);")
           e(f"int64_t hi{j} = clamp64((int64_t){lvl.pos}[{p} + 1], lo{j}, {lvl.cap}LL);")
         else:
@@ -143,7 +147,7 @@ class _Printer:
     """``olo``, ``ohi``: the outermost positions of the walk."""
     if w.coords is not None:
       self.e(f"int64_t olo = 0, ohi = {w.n}LL;")
-    elif w.levels[0].kind == "dense":
+    elif w.levels[0].full:
       self.e(f"int64_t olo = 0, ohi = {w.levels[0].size}LL;")
     else:
       lvl = w.levels[0]
@@ -189,7 +193,7 @@ class _Printer:
         e(f"#define N_IN {o.n}LL")
         e(f"#define NSE {o.nse}LL")
         e(f"#define SUMS {int(o.sums)}")
-        e(f"static const int DST_KIND[L] = {_ints(_KIND[v.kind] for v in o.levels)};")
+        e(f"static const int DST_KIND[L] = {_ints(_code(v) for v in o.levels)};")
         e(f"static const int DST_UNIQUE[L] = {_ints(v.unique for v in o.levels)};")
         e(f"static const int64_t DST_SIZE[L] = {_ints(v.size for v in o.levels)};")
         e(f"static const int64_t DST_CAP[L] = {_ints(v.cap for v in o.levels)};")
