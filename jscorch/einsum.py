@@ -386,10 +386,10 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
   jvp/grad of them) the exact sizes are computed — by the generated counting kernel
   for CSR x CSR when one exists (a host computation giving the same numbers), else by
   the portable join — and a given capacity that is too small raises. Under ``jit``
-  they must be given; ``work`` is not needed by a CSR x CSR product
-  (``einsum_portable.is_spgemm``) nor by a 2-D product of other formats (batched
-  alike), which runs as one between conversions (``einsum_portable.csr_equivalent``):
-  decided from the spec alone, so the traced program is the same whichever backend lowers it.
+  they must be given; ``work`` is not needed by a 2-D product of two sparse operands
+  into a new pattern, at a given pattern or into a dense result, batched alike
+  (``einsum_portable.sized_without_work``): decided from the spec alone, so the traced
+  program is the same whichever backend lowers it.
   """
   expands = make_plan(spec).expands
   needs_nse = spec.out_kind == SPARSE_OUT
@@ -400,7 +400,7 @@ def _with_capacities(spec: EinsumSpec, flat, nse, work, func) -> EinsumSpec:
   index_buffers = [b for bufs in sparse_groups for b in bufs[1:]] + list(pattern)
   concrete = not any(isinstance(x, jax.core.Tracer) for x in index_buffers)
   dtype = next(bufs[0].dtype for bufs in groups)
-  no_work = einsum_portable.is_spgemm(spec) or einsum_portable.csr_equivalent(spec) is not None
+  no_work = einsum_portable.sized_without_work(spec)
   fast = einsum_kernel.spgemm_plan(spec, dtype) if einsum_kernel.kernels_enabled() else None
   if concrete:
     if fast is not None:

@@ -317,12 +317,11 @@ def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
     return mlir.lower_fun(functools.partial(_run_converted, spec, csr),
                           multiple_results=True)(ctx, *args)
   if spec.work == 0 and make_plan(spec).expands and not einsum_portable.is_empty(spec) and \
-      not einsum_portable.is_spgemm(spec) and einsum_portable.sampled_product_form(spec) is None:
+      not einsum_portable.sized_without_work(spec):
     raise ValueError(
         f"jscorch_einsum: the portable lowering of {spec} joins sparse operands that contract "
         "and needs work= (the number of matching entry pairs); got work=0, expected a "
-        "capacity (an einsum sized without it, a CSR x CSR product, whose derivative or "
-        "batched form needs it). Pass work= to js.einsum.")
+        "capacity. Pass work= to js.einsum.")
   fun = lambda *flat: einsum_portable.evaluate(spec, *flat)
   return mlir.lower_fun(fun, multiple_results=True)(ctx, *args)
 

@@ -200,8 +200,10 @@ def evaluate(spec: EinsumSpec, *flat):
   """Evaluates ``spec`` on flat inputs; returns the list of flat outputs."""
   if spec.work == 0 and is_spgemm(spec):      # (sized without work: see is_spgemm)
     return spgemm(spec, *flat)
-  if spec.work == 0 and sampled_product_form(spec) is not None:    # (its derivatives)
+  if spec.work == 0 and sampled_product_form(spec) is not None:
     return [sampled_product(spec, *flat)]
+  if spec.work == 0 and dense_product_form(spec) is not None:
+    return [dense_product(spec, *flat)]
   groups, pattern = spec.split_inputs(flat)
   if is_empty(spec):
     return _zeros(spec, groups[0][0].dtype)
@@ -546,6 +548,21 @@ def spgemm(spec: EinsumSpec, *flat) -> list:
 
 
 # -- a sampled product of two sparse operands without a work capacity -------------------------
+def _rows_over(spec: EinsumSpec, groups, k: int, first: int) -> tuple:
+  """Operand ``k`` (2-D sparse, batch dims apart) as CSR buffers ``(data, pos, crd)`` whose
+  rows run over index ``first`` (a linear-time conversion unless it is stored so)."""
+  op = spec.operands[k]
+  nb = op.layout.n_batch
+  order = (0, 1) if op.bound[nb] == first else (1, 0)
+  csr = Layout(_CSR.replace(n_batch=nb, n_dense=op.layout.n_dense, mode_ordering=order),
+               op.layout.shape, op.layout.nse)
+  bufs = groups[k]
+  if csr == op.layout:
+    return bufs[0], *bufs[1:]
+  data, indices = convert.convert(op.layout, csr, bufs[0], tuple(bufs[1:]), func="einsum")
+  return data, *indices
+
+
 def sampled_product_form(spec: EinsumSpec) -> tuple[int, int, int, int, int] | None:
   """``(a, b, x, y, z)`` when ``spec`` is ``out[x,z] = sum_y A[x,y] B[y,z]`` (any index
   order in the operands) of two 2-D sparse operands ``a``, ``b``, sampled at a 2-D
@@ -592,17 +609,6 @@ def sampled_product(spec: EinsumSpec, *flat) -> jax.Array:
   if is_empty(spec):
     return _zeros(spec, groups[0][0].dtype)[0]
 
-  def rows(k, first):      # operand k as CSR rows over index ``first``
-    op = spec.operands[k]
-    order = (0, 1) if op.bound[nb:] == (first, y) else (1, 0)
-    csr = Layout(_CSR.replace(n_batch=nb, n_dense=op.layout.n_dense, mode_ordering=order),
-                 op.layout.shape, op.layout.nse)
-    bufs = groups[k]
-    if csr == op.layout:
-      return bufs[0], *bufs[1:]
-    data, indices = convert.convert(op.layout, csr, bufs[0], tuple(bufs[1:]), func="einsum")
-    return data, *indices
-
   coords = convert.storage_to_logical(lay, convert.leaf_coordinates(lay, pattern))
   sx, sy, sz = spec.size(x), spec.size(y), spec.size(z)
   a_op, b_op = spec.operands[a], spec.operands[b]
@@ -632,4 +638,97 @@ def sampled_product(spec: EinsumSpec, *flat) -> jax.Array:
   fn = one
   for _ in range(nb):
     fn = jax.vmap(fn)
-  return fn(*rows(a, x), *rows(b, z), coords).reshape(lay.data_shape)
+  a_rows, b_rows = _rows_over(spec, groups, a, x), _rows_over(spec, groups, b, z)
+  return fn(*a_rows, *b_rows, coords).reshape(lay.data_shape)
+
+
+# -- a dense product of two sparse operands without a work capacity ---------------------------
+def dense_product_form(spec: EinsumSpec) -> tuple[int, int, int, int, int] | None:
+  """``(a, b, x, y, z)`` when ``spec`` is ``out[x, z] = sum_y A[x, y] B[y, z]`` (any index
+  order in the operands and the result) of two 2-D sparse operands without block dims
+  into a dense result (batch dims alike), which :func:`dense_product` evaluates without
+  ``work``; else None. Decided from the spec alone."""
+  if spec.out_kind != DENSE_OUT or len(spec.operands) != 2 or \
+      not all(op.sparse for op in spec.operands):
+    return None
+  a_op, b_op = spec.operands
+  nb = a_op.layout.n_batch
+  batch = a_op.indices[:nb]
+  if any(op.layout.n_batch != nb or op.indices[:nb] != batch or op.layout.n_sparse != 2 or
+         op.layout.n_dense or op.layout.batch_shape != a_op.layout.batch_shape
+         for op in spec.operands) or spec.out[:nb] != batch:
+    return None
+  a_ids, b_ids = set(a_op.bound[nb:]), set(b_op.bound[nb:])
+  y = a_ids & b_ids
+  if len(a_ids) != 2 or len(b_ids) != 2 or len(y) != 1:
+    return None
+  (y,) = y
+  (x,), (z,) = a_ids - {y}, b_ids - {y}
+  if len({*batch, x, y, z}) != nb + 3 or sorted(spec.out[nb:]) != sorted((x, z)):
+    return None
+  return 0, 1, x, y, z
+
+
+def dense_product(spec: EinsumSpec, *flat) -> jax.Array:
+  """The dense result of ``spec`` (:func:`dense_product_form`): ``A`` converted to rows
+  over ``x`` and ``B`` to rows over ``y`` (CSR, linear-time), then Gustavson's loop: each
+  stored ``A[x, y]`` adds ``A[x, y] * B[y, :]`` into row ``x`` of the result. Needs no
+  ``work``; padding coordinates (out of range) are skipped.
+
+  Example:
+    >>> from jscorch.primitives.layout import Layout
+    >>> from jscorch.primitives.einsum_spec import Operand
+    >>> spec = EinsumSpec((Operand((0, 1), Layout(_CSR, (2, 2), 2)),
+    ...                    Operand((1, 2), Layout(_CSR, (2, 2), 2))), out=(0, 2),
+    ...                   sizes=((0, 2), (1, 2), (2, 2)), out_kind="dense")
+    >>> one = jnp.ones(2); pos = jnp.array([0, 1, 2]); crd = jnp.array([1, 0])
+    >>> dense_product(spec, one, pos, crd, one, pos, crd).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+  """
+  a, b, x, y, z = dense_product_form(spec)
+  groups, _ = spec.split_inputs(flat)
+  nb = spec.operands[a].layout.n_batch
+  sx, sy, sz = spec.size(x), spec.size(y), spec.size(z)
+  dtype = jnp.result_type(groups[a][0], groups[b][0])
+  if is_empty(spec):
+    return _zeros(spec, dtype)[0]
+
+  def one(a_data, a_pos, a_crd, b_data, b_pos, b_crd):
+    nse_a, nse_b = a_crd.shape[0], b_crd.shape[0]
+    a_end = jnp.minimum(a_pos[sx], nse_a)
+    a_row = jnp.searchsorted(a_pos, jnp.arange(nse_a, dtype=a_pos.dtype), side="right") - 1
+
+    def entry(e, out):
+      j = a_crd[e]
+      live = (e < a_end) & (j >= 0) & (j < sy)
+      j = jnp.where(live, j, 0)
+      lo = jnp.where(live, b_pos[j], 0)
+      hi = jnp.where(live, jnp.minimum(b_pos[j + 1], nse_b), 0)
+
+      def step(state):
+        q, out = state
+        c = b_crd[q]
+        at = jnp.where((c >= 0) & (c < sz), c, sz)         # padding: dropped
+        return q + 1, out.at[a_row[e], at].add((a_data[e] * b_data[q]).astype(dtype),
+                                               mode="drop")
+
+      return jax.lax.while_loop(lambda s: s[0] < hi, step, (lo, out))[1]
+
+    return jax.lax.fori_loop(0, nse_a, entry, jnp.zeros((sx, sz), dtype))
+
+  fn = one
+  for _ in range(nb):
+    fn = jax.vmap(fn)
+  out = fn(*_rows_over(spec, groups, a, x), *_rows_over(spec, groups, b, y))
+  return out if spec.out[nb:] == (x, z) else jnp.swapaxes(out, -1, -2)
+
+
+def sized_without_work(spec: EinsumSpec) -> bool:
+  """Whether the portable lowering evaluates ``spec`` without a ``work`` capacity although
+  its plan joins sparse operands that contract: a 2-D product into a new pattern
+  (:func:`is_spgemm`, :func:`csr_equivalent`), at a given pattern
+  (:func:`sampled_product_form`) or into a dense result (:func:`dense_product_form`).
+  Decided from the spec alone, so a traced einsum needs the same capacities whichever
+  backend lowers it."""
+  return is_spgemm(spec) or csr_equivalent(spec) is not None or \
+      sampled_product_form(spec) is not None or dense_product_form(spec) is not None

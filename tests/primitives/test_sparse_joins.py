@@ -9,8 +9,9 @@
   COO with duplicates, other mode orderings (``ij,ji->i``), a joined level that cannot
   be located: the operands are converted first, then the kernel runs.
 * **Batched products** of non-CSR formats: the batched CSR product between conversions.
-* **Derivatives of an nse=-sized product** need no ``work=`` under ``jit``, in either
-  lowering (``einsum_portable.sampled_product``).
+* **Derivatives of an nse=-sized product**, and 2-D products into a dense result, need no
+  ``work=`` under ``jit``, in either lowering (``einsum_portable.sampled_product`` and
+  ``dense_product``).
 
 Each case runs under ``jit`` with the kernel lowering (the recorded decision is
 ``"kernel"``) and the portable one, against float64 numpy, every sparse operand stored
@@ -263,11 +264,43 @@ def test_vmap_grads_without_work(mode):
         np.testing.assert_allclose(over_patterns[n], grad(An.data, An), **TOL)
 
 
-def test_dense_result_contraction_still_needs_work_under_jit():
-  """The capacity rule comes from the spec alone: a contraction into a dense result joins
-  in the portable lowering, so ``work=`` is required under ``jit`` whatever the backend."""
+NO_WORK = {
+    "csr_coo": ("ij,jk->ik", [("csr", A45), ("coo", B56)]),
+    "atb_csr_dcsr": ("ij,ik->jk", [("csr", A45), ("dcsr", A46)]),
+    "swapped_out": ("ij,jk->ki", [("csc", A45), ("csr", B56)]),
+    "batched": ("bij,bjk->bik", [("csr", (2, 4, 5)), ("coo", (2, 5, 6))]),
+}
+
+
+@pytest.mark.parametrize("mode", ["auto", "portable"])
+@pytest.mark.parametrize("name", list(NO_WORK))
+def test_dense_result_product_sized_without_work(name, mode):
+  """A 2-D product of two sparse operands into a dense result needs no ``work=`` under
+  ``jit`` (``einsum_portable.dense_product`` in the portable lowering, the join kernel
+  otherwise), against float64 numpy, with padding; and its gradients (order 2, fwd and
+  rev) through the same rule."""
+  subscripts, specs = NO_WORK[name]
+  rng = np.random.default_rng(len(name))
+  with util.dtype_context(F64):
+    (A, a), (B, b) = [operand(s, rng) for s in specs]
+    f = jax.jit(lambda ad, bd: js.einsum(subscripts, A.with_data(ad), B.with_data(bd),
+                                         out_format="dense"))
+    with lowering(mode):
+      einsum_kernel.last_decisions.clear()
+      got = f(A.data, B.data)
+      assert {d for _, d in einsum_kernel.last_decisions} == \
+          ({"kernel"} if mode == "auto" else {"portable"})
+      np.testing.assert_allclose(np.asarray(got, F64), np.einsum(subscripts, a, b), **TOL)
+      if name == "csr_coo":
+        check_grads(f, (A.data, B.data), order=2, modes=("fwd", "rev"))
+
+
+def test_three_operand_contraction_still_needs_work_under_jit():
+  """The capacity rule comes from the spec alone: a chain of two sparse operands and a
+  dense one joins in the portable lowering, so ``work=`` is required under ``jit``
+  whatever the backend."""
   rng = np.random.default_rng(8)
   with util.dtype_context(F64):
-    (A, _), (B, _) = operand(("csr", A45), rng), operand(("csr", B56), rng)
+    (A, _), (B, _), (X, _) = [operand(s, rng) for s in CASES["chain_with_dense"][1]]
     with pytest.raises(js.CapacityRequiredError, match=r"under jit pass work="):
-      jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, out_format="dense"))(A, B)
+      jax.jit(lambda A, B, X: js.einsum("ij,jk,kr->ir", A, B, X))(A, B, X)
