@@ -1,4 +1,5 @@
-"""``MoE``: a mixture of experts whose top-k gate is a sparse array, dispatched by ``js.einsum``."""
+"""``MoE``: a mixture of experts whose top-k gate is a sparse array, dispatched by ``js.einsum``
+on CPU and by a grouped matmul (``jax.lax.ragged_dot``) on GPU and TPU."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +12,9 @@ from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
 from jscorch.nn import _util
 from jscorch.primitives.formats import CSR
+from jscorch.primitives.grouped import grouped_matmul
+
+DISPATCHES = ("auto", "einsum", "grouped")
 
 lecun_init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
 zeros_init = nnx.initializers.zeros_init()
@@ -43,6 +47,15 @@ class MoE(nnx.Module):
   experts for all tokens. Gradients reach the router through ``G``'s values (and
   the auxiliary loss), the experts through the einsum.
 
+  ``dispatch`` picks how the einsum runs: ``"einsum"`` (the sparse einsum's kernels),
+  ``"grouped"`` (the ``tokens * top_k`` pairs sorted by expert, one grouped matmul
+  ``jax.lax.ragged_dot`` over the expert groups, the weighted results summed back per
+  token: XLA's ragged dot on GPU and TPU, and so are its gradients of every order,
+  :mod:`jscorch.primitives.grouped`) or
+  ``"auto"`` (default: ``"einsum"`` on CPU, where ``ragged_dot`` would expand to a
+  dense product over all experts, ``"grouped"`` on every other platform, chosen when the
+  function is lowered).
+
   The call returns ``(y, aux_loss)`` where ``aux_loss`` is Switch Transformer's
   load-balancing loss ``num_experts * sum_e f_e * P_e`` (``f_e``: fraction of the
   ``tokens * top_k`` assignments that go to expert ``e``; ``P_e``: mean router
@@ -55,6 +68,7 @@ class MoE(nnx.Module):
     top_k: experts per token (``1 <= top_k <= num_experts``).
     renormalize: renormalise the kept gate weights to sum to 1 per token;
       default ``top_k > 1`` (see above).
+    dispatch: ``"auto"``, ``"einsum"`` or ``"grouped"`` (see above).
     use_bias: experts have a bias.
     param_dtype: parameter dtype.
     rngs: ``nnx.Rngs`` (required).
@@ -76,9 +90,14 @@ class MoE(nnx.Module):
 
   def __init__(self, num_experts: int, in_features: int, out_features: int, *, top_k: int = 2,
                renormalize: bool | None = None, use_bias: bool = True, kernel_init=lecun_init,
-               bias_init=zeros_init, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+               bias_init=zeros_init, param_dtype=jnp.float32, dispatch: str = "auto",
+               rngs: nnx.Rngs | None = None):
     name = "MoE"
     rngs = _util.require_rngs(rngs, name)
+    if dispatch not in DISPATCHES:
+      raise ValueError(f"{name}: unknown dispatch; got dispatch={dispatch!r}, expected one of "
+                       f"{DISPATCHES}.")
+    self.dispatch = dispatch
     self.num_experts = _util.check_positive(num_experts, "num_experts", name)
     self.in_features = _util.check_positive(in_features, "in_features", name)
     self.out_features = _util.check_positive(out_features, "out_features", name)
@@ -123,7 +142,8 @@ class MoE(nnx.Module):
     """``x`` `[..., in_features]` → ``(y, aux_loss)`` with ``y`` `[..., out_features]`."""
     self._check(x)
     y, aux = _moe(x.reshape(-1, self.in_features), self.gate.kernel[...], self.kernel[...],
-                  self.bias[...] if self.use_bias else None, self.top_k, self.renormalize)
+                  self.bias[...] if self.use_bias else None, self.top_k, self.renormalize,
+                  self.dispatch)
     return y.reshape(x.shape[:-1] + (self.out_features,)), aux
 
 
@@ -154,8 +174,34 @@ def _load_balancing_loss(gate, probs, top_k):
   return probs.shape[1] * jnp.sum(f * p)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _moe(tokens, gate_kernel, kernel, bias, top_k, renormalize):
+def _grouped(gate, tokens, kernel, top_k):
+  """``y[t] = sum_e G[t, e] tokens[t] @ kernel[e]`` as one grouped matmul: the
+  ``tokens * top_k`` (token, expert) pairs of ``gate`` (CSR, ``top_k`` per row) sorted by
+  expert, a grouped matmul (XLA's ragged dot) of their token rows `[pairs, in]` with ``kernel``
+  `[experts, in, out]` over the expert groups, then each result weighted by its gate value
+  and summed into its token's row."""
+  t, num_experts = gate.shape
+  experts = gate.indices[1]
+  order = jnp.argsort(experts, stable=True)
+  rows = order // top_k                           # pos = arange(t + 1) * top_k
+  sizes = jnp.zeros(num_experts, jnp.int32).at[experts].add(1)
+  products = grouped_matmul(tokens[rows], kernel, sizes)
+  weighted = products * gate.data[order][:, None]
+  return jax.ops.segment_sum(weighted, rows, num_segments=t)
+
+
+def _dispatch(gate, tokens, kernel, top_k, dispatch):
+  einsum_path = lambda: einsum("te,ti,eio->to", gate, tokens, kernel)
+  grouped_path = lambda: _grouped(gate, tokens, kernel, top_k)
+  if dispatch == "einsum":
+    return einsum_path()
+  if dispatch == "grouped":
+    return grouped_path()
+  return jax.lax.platform_dependent(cpu=einsum_path, default=grouped_path)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _moe(tokens, gate_kernel, kernel, bias, top_k, renormalize, dispatch):
   gate, probs = _gates(tokens, gate_kernel, top_k, renormalize)
   dtype = gate.dtype
   tokens = tokens.astype(dtype)
@@ -163,5 +209,5 @@ def _moe(tokens, gate_kernel, kernel, bias, top_k, renormalize):
   if bias is not None:         # fold the bias in: [x, 1] @ [kernel; bias]
     tokens = jnp.concatenate([tokens, jnp.ones((tokens.shape[0], 1), dtype)], axis=1)
     kernel = jnp.concatenate([kernel, bias.astype(dtype)[:, None, :]], axis=1)
-  y = einsum("te,ti,eio->to", gate, tokens, kernel)
+  y = _dispatch(gate, tokens, kernel, top_k, dispatch)
   return y, _load_balancing_loss(gate, probs, top_k)
