@@ -41,6 +41,10 @@ FALLBACKS = {
                      "TPU) a buffer read by rows also read one element at a time",
 }
 
+#: The kernel form the CPU interpreter runs: ``"gpu"`` (plain refs) or ``"tpu"`` (index
+#: buffers scalar-prefetched, SMEM and VMEM refs): tests run both without an accelerator.
+INTERPRET_FLAVOR = "gpu"
+
 #: Value dtypes per platform: Triton and the interpreter compute float64; a TPU does not.
 DTYPES = {"tpu": (np.dtype(np.float32),)}
 _DEFAULT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -62,7 +66,7 @@ class PallasBackend:
 
   def lower(self, ctx, plan: ir.Kernel, *args, platform: str):
     from . import launch           # (imports jax.experimental.pallas: only when used)
-    flavor = "tpu" if platform == "tpu" else "gpu"
+    flavor = "tpu" if platform == "tpu" else INTERPRET_FLAVOR if platform == "cpu" else "gpu"
     fun = functools.partial(launch.run, plan, ctx.avals_out[0].shape, flavor=flavor,
                             interpret=platform == "cpu")
     return mlir.lower_fun(lambda *flat: [fun(*flat)], multiple_results=True)(ctx, *args)
