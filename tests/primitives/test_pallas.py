@@ -11,8 +11,6 @@ that the Triton and Mosaic kernels are emitted.
 """
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np

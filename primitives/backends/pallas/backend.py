@@ -65,7 +65,7 @@ class PallasBackend:
     return printer.check(plan, scalar_loads=platform != "tpu")
 
   def lower(self, ctx, plan: ir.Kernel, *args, platform: str):
-    from . import launch           # (imports jax.experimental.pallas: only when used)
+    from . import launch  # (imports jax.experimental.pallas: only when used)
     flavor = "tpu" if platform == "tpu" else INTERPRET_FLAVOR if platform == "cpu" else "gpu"
     fun = functools.partial(launch.run, plan, ctx.avals_out[0].shape, flavor=flavor,
                             interpret=platform == "cpu")
