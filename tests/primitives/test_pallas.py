@@ -127,6 +127,29 @@ def test_kernel_matches_portable_and_numpy(data, name, dtype):
     np.testing.assert_allclose(util.reference(got), util.reference(port), **TOL[np.dtype(dtype)])
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float16], ids=["bfloat16", "float16"])
+def test_half_precision_accumulates_in_float32(data, dtype):
+  """bfloat16 / float16 values (GPUs and the interpreter; the C backend declines them):
+  products summed in float32, rounded once, so within one rounding of the float64
+  reference of the rounded inputs."""
+  d = data[np.dtype(F32)]
+  A = d["A"].with_data(d["A"].data.astype(dtype))
+  a = util.reference(A.todense())
+  x, y, z = (jnp.asarray(d[n], dtype) for n in ("x", "y", "z"))
+  for f, args, want in [(spmm, (A, x), a @ util.reference(x)),
+                        (sddmm, (A, y, z), (util.reference(y) @ util.reference(z).T * a)[a != 0])]:
+    assert decisions_of(f, *args) == ["kernel"]
+    got = np.asarray(jax.jit(f)(*args))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(util.reference(got)[:want.size].reshape(want.shape), want,
+                               rtol=2 ** -7 if dtype == jnp.bfloat16 else 2 ** -10, atol=1e-6)
+    with util.use_lowering("auto"):
+      assert decisions_of(f, *args) == ["dtype"]        # (the C backend: portable)
+      einsum_kernel.last_decisions.clear()
+      jax.jit(f).trace(*args).lower(lowering_platforms=("tpu",))
+      assert [r for _, r in einsum_kernel.last_decisions] == ["dtype"]
+
+
 def test_grid_has_several_programs_balanced_by_entries(data):
   """The test grid splits the rows among programs; the bounds give each about the same
   stored entries plus rows, on power-law rows."""

@@ -45,9 +45,10 @@ FALLBACKS = {
 #: buffers scalar-prefetched, SMEM and VMEM refs): tests run both without an accelerator.
 INTERPRET_FLAVOR = "gpu"
 
-#: Value dtypes per platform: Triton and the interpreter compute float64; a TPU does not.
+#: Value dtypes per platform: Triton and the interpreter take float64, bfloat16 and float16
+#: (accumulated in float32); a TPU's kernels read scalars from SMEM, 32-bit only.
 DTYPES = {"tpu": (np.dtype(np.float32),)}
-_DEFAULT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_DEFAULT_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, "bfloat16", np.float16))
 
 
 class PallasBackend:
