@@ -11,6 +11,8 @@ that the Triton and Mosaic kernels are emitted.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +21,9 @@ import util
 
 import jscorch as js
 from jscorch.primitives import backends, einsum_kernel
+from jscorch.primitives import loopnest as ir
 from jscorch.primitives.backends.pallas import backend as pallas_backend
-from jscorch.primitives.backends.pallas import launch
+from jscorch.primitives.backends.pallas import launch, printer
 
 F32, F64 = np.float32, np.float64
 TOL = {np.dtype(F32): dict(rtol=2e-5, atol=2e-5), np.dtype(F64): dict(rtol=1e-12, atol=1e-12)}
@@ -251,11 +254,39 @@ def test_unsupported_plans_give_their_reason_and_run_portable(data):
       (lambda A, B: js.einsum("ij,ij->i", A, B), (A, B), (a * b).sum(1), "pallas: loop"),
       (lambda A, B: js.einsum("ij,jk->ik", A, B, nse=14 * 14).todense(), (A, csr(b.T)),
        a @ b.T, "pallas: sparse output"),
+      (lambda A, x: js.einsum("ij,jk->k", A, x), (A, d["x"]), (a @ d["x"]).sum(0),
+       "pallas: serial"),     # (rows, or columns, are not owners of the output)
   ]
   for f, args, want, reason in cases:
     assert reason in pallas_backend.FALLBACKS
     assert decisions_of(f, *args)[0] == reason
     util.assert_allclose(jax.jit(f)(*args), util.reference(want).astype(F32), F32)
+
+
+def test_tpu_rows_are_never_read_one_element_at_a_time(data):
+  """A buffer viewed as rows in VMEM also read as a scalar: fine on a GPU, a TPU falls
+  back (it reads scalars from SMEM only)."""
+  d = data[np.dtype(F32)]
+  k, _ = einsum_kernel.kernel_plan(_spec(spmm, d["A"], d["x"]), range(4), F32)
+  assert printer.check(k, scalar_loads=False) is None and printer.views(k) == {"x1": 5, "out": 5}
+  acc = next(s for s in ir.walk(k.body) if isinstance(s, ir.Accumulate) and
+             isinstance(s.out, ir.Acc))
+  scalar = ir.Load("x1", ir.Affine(((ir.Coord("c1"), 1),)))
+  bigger = dataclasses.replace(acc, value=ir.Mul(acc.value.factors + (scalar,)))
+  k2 = _replace_stmt(k, acc, bigger)
+  assert printer.check(k2, scalar_loads=True) is None
+  assert printer.check(k2, scalar_loads=False) == "pallas: lanes"
+  assert "pallas: lanes" in pallas_backend.FALLBACKS
+
+
+def _replace_stmt(k, old, new):
+  def visit(s):
+    if s == old:
+      return new
+    if isinstance(s, ir.Loop):
+      return dataclasses.replace(s, body=tuple(visit(b) for b in s.body))
+    return s
+  return dataclasses.replace(k, body=visit(k.body))
 
 
 def test_auto_on_the_cpu_keeps_the_c_backend():
