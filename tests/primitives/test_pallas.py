@@ -277,6 +277,9 @@ def test_tpu_rows_are_never_read_one_element_at_a_time(data):
   assert printer.check(k2, scalar_loads=True) is None
   assert printer.check(k2, scalar_loads=False) == "pallas: lanes"
   assert "pallas: lanes" in pallas_backend.FALLBACKS
+  huge = dataclasses.replace(k, outputs=(dataclasses.replace(k.outputs[0], size=2 ** 31),))
+  assert printer.check(huge, scalar_loads=True) == "pallas: index size"
+  assert "pallas: index size" in pallas_backend.FALLBACKS
 
 
 def _replace_stmt(k, old, new):

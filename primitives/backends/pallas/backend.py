@@ -37,6 +37,8 @@ FALLBACKS = {
     "pallas: loop": "a loop other than dense levels, compressed segments and free indices: "
                     "co-iteration (``Intersect``, ``TupleIntersect``), singleton levels, "
                     "joins (``Locate``), repeated indices (``SkipUnless``)",
+    "pallas: index size": "an output, capacity or unit count of 2^31 or more (the kernels "
+                          "index with int32; a dense operand that large is not detected)",
     "pallas: lanes": "a buffer read by rows along two indices of different sizes, or (on a "
                      "TPU) a buffer read by rows also read one element at a time",
 }

@@ -103,6 +103,8 @@ def check(k, *, scalar_loads: bool) -> str | None:
     return "pallas: sparse output"
   if k.body.parallel is not ir.Parallel.OUTER:
     return "pallas: serial"
+  if max(k.outputs[0].size, k.balance.batch * k.balance.nse, k.balance.units) >= 2 ** 31:
+    return "pallas: index size"
   for s in ir.walk(k.body):
     if isinstance(s, (ir.Locate, ir.SkipUnless)):
       return "pallas: loop"
