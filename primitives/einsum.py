@@ -30,6 +30,7 @@ from jax.interpreters import ad, batching, mlir
 
 from . import backends, convert, einsum_kernel, einsum_portable, orient
 from .backends.c import backend as _c_backend  # noqa: F401  (registers the C backend)
+from .backends.pallas import backend as _pallas_backend  # noqa: F401  (registers Pallas)
 from .einsum_spec import (
   DENSE_OUT,
   PATTERN,
@@ -395,7 +396,7 @@ def _einsum_backend_lowering(platform: str):
       if reason is None:
         plan, reason = einsum_kernel.kernel_plan(spec, args, dtype)
         if plan is not None:
-          reason = backend.supports(plan, dtype) or "kernel"
+          reason = backend.supports(plan, dtype, platform) or "kernel"
       # (the backend is available: a plan was made) a kernel between conversions: a CSR
       # product, or sources converted to formats that co-iterate or join (the lowering of
       # the converted einsum records its own decision)
@@ -411,7 +412,7 @@ def _einsum_backend_lowering(platform: str):
           return mlir.lower_fun(functools.partial(_run_oriented, turned),
                                 multiple_results=True)(ctx, *args)
         einsum_kernel.last_decisions.append((spec, reason))
-        return backend.lower(ctx, plan, *args)
+        return backend.lower(ctx, plan, *args, platform=platform)
     einsum_kernel.last_decisions.append((spec, reason))
     return _einsum_portable_lowering(ctx, *args, spec=spec)
 

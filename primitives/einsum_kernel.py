@@ -30,7 +30,9 @@ from .settings import settings
 
 #: Plans without a generated kernel (they run the portable lowering), by reason.
 FALLBACKS = {
-    "dtype": "values other than float32 / float64 (integers, complex, bfloat16)",
+    "dtype": "values other than float32 / float64 (integers, complex; bfloat16 and float16 "
+             "are planned, and only the Pallas backend on GPUs takes them), or a backend "
+             "without the dtype (float64 on a TPU)",
     "sparse output": "a new sparse pattern that is not a matrix product ``ij,jk->ik`` (batch "
                      "dims alike) of two 2-D sparse operands (CSR x CSR -> CSR or CSC x CSC -> "
                      "CSC directly; other formats, COO, DCSR, mixed, the CSR kernel between "
@@ -47,6 +49,9 @@ FALLBACKS = {
                   "(``Level.iterate``), such as one registered by a user",
     "no compiler": "no C compiler on this machine",
 }
+
+#: Value dtypes a kernel is planned for (each backend says which of them it takes).
+PLANNED_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, "bfloat16", np.float16))
 
 #: The most recent decisions, (spec, "kernel" | fallback reason), newest last.
 last_decisions: collections.deque = collections.deque(maxlen=64)
@@ -76,7 +81,7 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
       buffers is ``spec.same_pattern``).
     dtype: the value dtype.
   """
-  if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+  if np.dtype(dtype) not in PLANNED_DTYPES:
     return None, "dtype"
   if spec.out_kind == SPARSE_OUT:
     plan = spgemm_plan(spec, dtype)

@@ -2,8 +2,9 @@
 
 Attributes:
   lowering: ``"auto"`` (the first backend that supports an einsum, else the portable
-    lowering), ``"portable"``, or a backend's name (``"c"``; ``"kernel"`` is an alias
-    of ``"c"``): only that backend, else portable. See
+    lowering), ``"portable"``, or a backend's name (``"c"``, ``"pallas"``; ``"kernel"``
+    is an alias of ``"c"``): only that backend, else portable (``"pallas"`` on the CPU
+    runs Pallas' interpreter). See
     :mod:`jscorch.primitives.backends`. Initialised from ``$JSCORCH_LOWERING``.
     Changing it clears JAX's compilation caches, so functions compiled before the
     change are lowered again with the new choice. The traced program (the jaxpr)

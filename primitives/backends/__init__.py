@@ -2,7 +2,8 @@
 
 A :class:`Backend` takes the engine's planned kernel (today the loop-nest IR of
 :func:`jscorch.primitives.einsum_kernel.kernel_plan`, or its SpGEMM plan) and either
-says why it cannot (a key of ``einsum_kernel.FALLBACKS``) or emits the MLIR for it.
+says why it cannot (a key of ``einsum_kernel.FALLBACKS`` or of the backend's own
+``FALLBACKS`` table) or emits the MLIR for it.
 The einsum primitive registers one lowering rule per platform; that rule asks the
 backends registered for the platform, in registration order, and otherwise runs the
 portable lowering, which stays the reference (it needs no backend at all).
@@ -11,15 +12,17 @@ portable lowering, which stays the reference (it needs no backend at all).
 kernel), ``"portable"``, or a backend's :attr:`Backend.name` (only that one;
 ``"kernel"`` is kept as an alias of ``"c"``).
 
-Nothing here assumes C: a backend is a name, the platforms it serves, whether it is
-usable on this machine, which kernels it supports and how it lowers one.
+Nothing here assumes C: a backend is a name, the platforms it serves (and, optionally,
+``explicit_platforms`` it serves only when chosen by name: the Pallas interpreter on the
+CPU), whether it is usable on this machine, which kernels it supports on a platform and
+how it lowers one.
 
 Example:
   >>> class Echo:
   ...   name, platforms = "echo", ("cpu",)
   ...   def available(self): return "no compiler"
-  ...   def supports(self, plan, dtype): return None
-  ...   def lower(self, ctx, plan, *args): raise NotImplementedError
+  ...   def supports(self, plan, dtype, platform): return None
+  ...   def lower(self, ctx, plan, *args, platform): raise NotImplementedError
   >>> isinstance(Echo(), Backend)
   True
 """
@@ -37,6 +40,8 @@ class Backend(Protocol):
   Attributes:
     name: the name ``jscorch.config.lowering`` selects it by (``"c"``, ``"pallas"``).
     platforms: the JAX platforms it lowers for (``("cpu",)``, ``("cuda", "rocm")``).
+    explicit_platforms: (optional) platforms it lowers for only when
+      ``config.lowering`` names it, never under ``"auto"``.
   """
   name: str
   platforms: tuple[str, ...]
@@ -44,11 +49,13 @@ class Backend(Protocol):
   def available(self) -> str | None:
     """None when usable on this machine, else a fallback reason (``"no compiler"``)."""
 
-  def supports(self, plan: Any, dtype) -> str | None:
-    """None when it can lower ``plan`` with values of ``dtype``, else a fallback reason."""
+  def supports(self, plan: Any, dtype, platform: str) -> str | None:
+    """None when it can lower ``plan`` with values of ``dtype`` for ``platform``, else a
+    fallback reason."""
 
-  def lower(self, ctx, plan: Any, *args):
-    """The MLIR results of ``plan`` applied to the flat inputs ``args`` (a lowering rule)."""
+  def lower(self, ctx, plan: Any, *args, platform: str):
+    """The MLIR results of ``plan`` applied to the flat inputs ``args`` for ``platform``
+    (a lowering rule; a multi-platform lowering calls it once per platform)."""
 
 
 _registry: dict[str, Backend] = {}
@@ -68,7 +75,7 @@ def register_backend(backend: Backend) -> Backend:
   if backend.name in ("auto", "portable") or backend.name in ALIASES:
     raise ValueError(f"register_backend: got name={backend.name!r}, expected a name other "
                      f"than 'auto', 'portable' and {sorted(ALIASES)}. Rename the backend.")
-  new = [p for p in backend.platforms if p not in platforms()]
+  new = [p for p in (*backend.platforms, *_explicit(backend)) if p not in platforms()]
   _registry[backend.name] = backend
   for hook in _on_register:
     hook(new)
@@ -92,14 +99,21 @@ def get(name: str) -> Backend:
 
 def for_platform(platform: str, choice: str = "auto") -> tuple[Backend, ...]:
   """The backends a lowering rule for ``platform`` asks under ``config.lowering = choice``:
-  all registered for the platform (``"auto"``), none (``"portable"``), or the one named."""
+  all registered for the platform (``"auto"``), none (``"portable"``), or the one named
+  (also for one of its ``explicit_platforms``)."""
   if choice == "portable":
     return ()
   choice = ALIASES.get(choice, choice)
   return tuple(b for b in _registry.values()
-               if platform in b.platforms and choice in ("auto", b.name))
+               if platform in b.platforms and choice in ("auto", b.name) or
+               platform in _explicit(b) and choice == b.name)
 
 
 def platforms() -> tuple[str, ...]:
-  """Every platform some registered backend lowers for."""
-  return tuple(dict.fromkeys(p for b in _registry.values() for p in b.platforms))
+  """Every platform some registered backend lowers for (when chosen by name included)."""
+  return tuple(dict.fromkeys(p for b in _registry.values() for p in (*b.platforms,
+                                                                     *_explicit(b))))
+
+
+def _explicit(backend: Backend) -> tuple[str, ...]:
+  return tuple(getattr(backend, "explicit_platforms", ()))

@@ -28,13 +28,13 @@ class Recording:
   def available(self):
     return None
 
-  def supports(self, plan, dtype):
+  def supports(self, plan, dtype, platform):
     self.asked.append(np.dtype(dtype))
     return self.reason
 
-  def lower(self, ctx, plan, *args):
+  def lower(self, ctx, plan, *args, platform):
     self.lowered.append(plan)
-    return backends.get("c").lower(ctx, plan, *args)
+    return backends.get("c").lower(ctx, plan, *args, platform=platform)
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_c_backend_is_registered_for_the_cpu():
   assert isinstance(c, CBackend) and isinstance(c, backends.Backend)
   assert backends.get("kernel") is c and "cpu" in backends.platforms()
   assert backends.for_platform("cpu") == (c,) and backends.for_platform("cpu", "portable") == ()
-  assert c.supports(None, np.int32) == "dtype" and c.supports(None, F32) is None
+  assert c.supports(None, np.int32, "cpu") == "dtype" and c.supports(None, F32, "cpu") is None
   assert c.available() == (None if kernel_build.compiler() else "no compiler")
 
 
@@ -72,8 +72,8 @@ def test_setting_accepts_backend_names_and_the_kernel_alias(lowering):
                         ("auto", "auto")):
     js.config.lowering = value
     assert js.config.lowering == stored
-  with pytest.raises(ValueError, match=r"lowering: got 'pallas', expected one of \("):
-    js.config.lowering = "pallas"
+  with pytest.raises(ValueError, match=r"lowering: got 'recording', expected one of \("):
+    js.config.lowering = "recording"
   backends.register_backend(Recording())
   js.config.lowering = "recording"
   assert js.config.lowering == "recording"

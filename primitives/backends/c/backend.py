@@ -32,10 +32,10 @@ class CBackend:
       return "no compiler"
     return None
 
-  def supports(self, plan: Any, dtype) -> str | None:
+  def supports(self, plan: Any, dtype, platform: str) -> str | None:
     return None if np.dtype(dtype) in DTYPES else "dtype"
 
-  def lower(self, ctx, plan: Any, *args):
+  def lower(self, ctx, plan: Any, *args, platform: str):
     # sizes the buffers do not carry travel as FFI attributes (SpGEMM's column count)
     attributes = plan.ffi_attributes() if hasattr(plan, "ffi_attributes") else {}
     name = einsum_kernel.ensure_registered(plan)
