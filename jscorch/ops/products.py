@@ -31,6 +31,7 @@ from jscorch.ops._operands import (
   letters,
   no_foreign,
 )
+from jscorch.ops import blocks
 from jscorch.ops.coalesce import coalesced
 from jscorch.ops.unary import valid_mask
 from jscorch.primitives._errors import CapacityRequiredError
@@ -219,6 +220,8 @@ def multiply(a, b):
   sa, sb = is_sparse(a), is_sparse(b)
   if not (sa or sb):
     return jnp.multiply(a, b)
+  if blocks.is_blocked(a) or blocks.is_blocked(b):
+    return blocks.multiply(a, b if is_sparse(b) else as_dense(b, func, "b"), func)
   if sa and sb:
     shape = broadcast_shapes(a, b, func)
     out = letters(len(shape))
