@@ -6,7 +6,8 @@ blocked operand takes part as its block view (outer indices sparse, inner ones i
 block dims), a dense operand's axis is reshaped to the pair, and an unblocked sparse
 operand sharing the index is converted to the blocked version of its format (block 1
 on its other dims). The result is reshaped back (dense), or read as blocked (a
-sampled output at a blocked pattern, a new blocked pattern): ``ij,jk->ik`` with
+sampled output at a blocked pattern; a new pattern, BSR by default for a 2-D product
+of sparse operands, as CSR for unblocked ones): ``ij,jk->ik`` with
 ``A`` BSR ``(bm, bk)`` runs ``IJab,Jbk->Iak`` on ``A``'s block view and ``X``
 reshaped to `[K/bk, bk, n]`. ``nse`` and ``work`` count blocks and block pairs.
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 
 from jscorch.array import SparseArray, is_sparse
 from jscorch.ops.blocks import from_view, is_blocked
-from jscorch.primitives.formats import Format, blocked, resolve_format
+from jscorch.primitives.formats import CSR, Format, blocked, resolve_format
 
 _LETTERS = string.ascii_letters
 
@@ -94,8 +95,12 @@ def block_einsum(einsum, ops, in_ids, out_ids, sizes, out_format, nse, work, fun
             else [n]
       terms.append("".join(outer[i] + inner.get(i, "") for i in ids))
       args.append(jnp.reshape(x, split))
-  fmt = _view_format(out_format, out_ids, block, func)
   n_sparse = sum(1 for x in ops if is_sparse(x))
+  if out_format is None and n_sparse >= 2 and len(out_ids) == 2 and all(
+      i in block for i in out_ids) and not any(
+      is_sparse(x) and sorted(ids) == sorted(out_ids) for x, ids in zip(ops, in_ids)):
+    out_format = blocked(CSR, tuple(block[i] for i in out_ids))    # BSR @ BSR: BSR
+  fmt = _view_format(out_format, out_ids, block, func)
   grid_first = fmt not in (None, "dense") or n_sparse >= 2 or any(
       is_sparse(x) and sorted(ids) == sorted(out_ids) for x, ids in zip(ops, in_ids))
   if grid_first:
