@@ -10,8 +10,9 @@ blocks). Everything here works on that view and reinterprets the result:
 * :func:`convert` — to and from every other format, through coordinates (a
   blocked source gives each block element an entry: explicit zeros are stored; an
   unblocked source's entries are gathered into the blocks that hold them);
-* :func:`transpose`, :func:`sum`, :func:`add` (two blocked arrays of the same
-  blocks), :func:`multiply` (with a dense array or another blocked array).
+* :func:`transpose`, :func:`add` (two blocked arrays of the same blocks),
+  :func:`multiply` (with a dense array or another blocked array); reductions and
+  products are einsums, which run on the block view (:mod:`jscorch._block_einsum`).
 
 Example:
   >>> import jax.numpy as jnp, jscorch as js
@@ -195,25 +196,6 @@ def transpose(A: SparseArray, axes) -> SparseArray:
   sparse = [a - nb for a in axes[nb:]]
   view_axes = axes[:nb] + tuple(nb + d for d in sparse) + tuple(nb + n + d for d in sparse)
   return from_view(A.block_view().transpose(view_axes))
-
-
-def sum(A: SparseArray, axis=None, dtype=None, keepdims: bool = False) -> jax.Array:  # noqa: A001
-  """``A.sum(axis)``: the block view summed over each axis's grid and block dims."""
-  from jscorch.array import _unblock  # noqa: PLC0415 (the dense inverse of the block view)
-  nd, nb, n = A.ndim, A.n_batch, A.n_sparse
-  axes = tuple(range(nd)) if axis is None else \
-      (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-  axes = tuple(sorted({int(a) + nd if int(a) < 0 else int(a) for a in axes}))
-  if any(not 0 <= a < nd for a in axes):
-    raise ValueError(f"sum: axis out of range; got axis={axis} for an array of rank {nd}.")
-  view_axes = tuple(a for a in axes if a < nb) + \
-      tuple(b for a in axes if a >= nb for b in (a, a + n))
-  out = A.block_view().sum(axis=view_axes, dtype=dtype)
-  kept = n - builtins.sum(1 for a in axes if a >= nb)
-  out = _unblock(out, kept) if kept else out
-  if keepdims:
-    out = out.reshape(tuple(1 if a in axes else s for a, s in enumerate(A.shape)))
-  return out
 
 
 def _same_blocks(a: SparseArray, b: SparseArray, func: str) -> None:
