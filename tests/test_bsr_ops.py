@@ -11,13 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import util
 from jax.test_util import check_grads
+from test_bsr import blocky
 
 import jscorch as js
 from jscorch.primitives import einsum_kernel
-
-import util
-from test_bsr import blocky
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 _KERNEL_CALL = re.compile(r"custom_call\s*@(jscorch_k_[0-9a-f]+|jscorch_spgemm_[0-9a-f]+)")

@@ -23,6 +23,7 @@ import numpy as np
 
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
+from jscorch.ops import blocks
 from jscorch.ops._operands import (
   as_dense,
   broadcast_shapes,
@@ -31,7 +32,6 @@ from jscorch.ops._operands import (
   letters,
   no_foreign,
 )
-from jscorch.ops import blocks
 from jscorch.ops.coalesce import coalesced
 from jscorch.ops.unary import valid_mask
 from jscorch.primitives._errors import CapacityRequiredError

@@ -14,8 +14,8 @@ from .dense import Dense as Dense
 from .dense import dense as dense
 from .exprs import Dim as Dim
 from .exprs import FloorDiv as FloorDiv
-from .exprs import Mod as Mod
 from .exprs import LevelExpr as LevelExpr
+from .exprs import Mod as Mod
 from .format import BSR as BSR
 from .format import COMPRESSED as COMPRESSED
 from .format import COO as COO

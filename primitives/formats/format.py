@@ -55,8 +55,10 @@ Example:
   >>> rows, rows.levels, rows.n_dense, rows.n_block_levels
   (Format(compressed, dense), (compressed,), 1, 1)
   >>> bsr = js.BSR((2, 3))
-  >>> bsr.dim_to_lvl, bsr.blocks, bsr.storage, bsr.ndim
-  ((Dim(0) // 2, Dim(1) // 3, Dim(0) % 2, Dim(1) % 3), (2, 3), Format(dense, compressed, n_dense=2), 2)
+  >>> bsr.dim_to_lvl, bsr.blocks, bsr.ndim
+  ((Dim(0) // 2, Dim(1) // 3, Dim(0) % 2, Dim(1) % 3), (2, 3), 2)
+  >>> bsr.storage
+  Format(dense, compressed, n_dense=2)
 """
 from __future__ import annotations
 

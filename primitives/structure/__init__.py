@@ -13,5 +13,5 @@ from .primitive import from_coordinates as from_coordinates
 from .primitive import structure as structure
 from .primitive import structure_p as structure_p
 
-__all__ = ["StructurePlan", "convert", "coordinate_slots", "from_coordinates", "make_plan", "structure",
-           "structure_p", "supports"]
+__all__ = ["StructurePlan", "convert", "coordinate_slots", "from_coordinates", "make_plan",
+           "structure", "structure_p", "supports"]
