@@ -231,3 +231,19 @@ def test_unsupported_ops_say_so():
   with pytest.raises(SparseFormatError, match=r"SparseArray.layout: .* has a blocked format; "
                      r"its buffers are those of its block view.*A.asformat\('csr'\)"):
     A[0]
+
+
+def test_unsupported_reductions_say_so():
+  A = js.from_dense(blocky(8), format=js.BSR((2, 4)))
+  with pytest.raises(SparseFormatError, match=r"blocked format BSR\(\(2, 4\)\)"):
+    A.max()
+
+
+def test_docs_blocks_examples_run():
+  import pathlib
+  import re
+  text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "blocks.md").read_text()
+  blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+  assert len(blocks) == 2
+  for k, src in enumerate(blocks):
+    exec(compile(src, f"docs/blocks.md python block {k}", "exec"), {})
