@@ -89,6 +89,7 @@ from jscorch.primitives._errors import (
   SparsifyError,
 )
 from jscorch.primitives.formats import (
+  BSR,
   COO,
   CSC,
   CSF,
@@ -97,6 +98,7 @@ from jscorch.primitives.formats import (
   FORMAT_NAMES,
   Format,
   Level,
+  blocked,
   compressed,
   dense,
   singleton,
@@ -106,10 +108,11 @@ from jscorch.sparsify import sparsify
 __version__ = "0.1.0"
 
 __all__ = [
-    "COO", "CSC", "CSF", "CSR", "CapacityRequiredError", "DCSR", "FORMAT_NAMES", "Format",
+    "BSR", "COO", "CSC", "CSF", "CSR", "CapacityRequiredError", "DCSR", "FORMAT_NAMES", "Format",
     "Level", "SparseArray", "SparseCapacityError", "SparseEfficiencyWarning",
     "SparseFormatError", "SparsifyError", "ZERO_PRESERVING", "abs", "absolute", "add", "arcsin",
-    "arcsinh", "arctan", "arctanh", "asin", "asinh", "atan", "atanh", "broadcast_to", "cbrt",
+    "arcsinh", "arctan", "arctanh", "asin", "asinh", "atan", "atanh", "blocked", "broadcast_to",
+    "cbrt",
     "ceil", "celu", "compressed", "concatenate", "config", "conj", "conjugate", "count_nonzero",
     "deg2rad", "degrees", "dense", "diag", "diagonal", "distributed", "divide", "dot",
     "dropout", "einsum", "eliminate_zeros", "elu", "enable_compilation_cache", "expand_dims",

@@ -11,6 +11,9 @@ from jscorch.primitives._errors import SparseFormatError
 
 def transpose(A: SparseArray, axes: Sequence[int] | None = None) -> SparseArray:
   """See :meth:`SparseArray.transpose`."""
+  if A.format.blocks:
+    from jscorch.ops import blocks  # noqa: PLC0415 (the ops layer imports this module)
+    return blocks.transpose(A, axes)
   func = "SparseArray.transpose"
   nd, nb, ns = A.ndim, A.n_batch, A.n_sparse
   axes = tuple(reversed(range(nd))) if axes is None else tuple(int(a) for a in axes)

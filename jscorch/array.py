@@ -29,7 +29,7 @@ import numpy as np
 from jscorch.primitives import checks, convert
 from jscorch.primitives._errors import SparseEfficiencyWarning, SparseFormatError
 from jscorch.primitives.formats import Format, FormatLike, resolve_format
-from jscorch.primitives.layout import Layout
+from jscorch.primitives.layout import Layout, block_view_shape
 
 # Compiled once per layout: eager calls would otherwise dispatch (and compile) op by op.
 _todense = jax.jit(convert.todense, static_argnums=0)
@@ -115,7 +115,7 @@ class SparseArray:
     data = jnp.asarray(data)
     fmt = resolve_format(format, len(shape), func=func)
     nse = data.shape[fmt.n_batch] if data.ndim > fmt.n_batch else -1
-    lay = Layout.make(fmt, shape, nse, func)
+    lay = Layout.make(fmt.storage, block_view_shape(fmt, shape, func, "shape"), nse, func)
     indices = tuple(jnp.asarray(i) for i in indices)
     lay.check_buffers(data, indices, func)
     indices = tuple(i.astype(lay.index_dtype) for i in indices)
@@ -145,7 +145,9 @@ class SparseArray:
 
   @property
   def n_dense(self) -> int:
-    return self._format.n_dense
+    """Trailing dims stored as dense blocks (a blocked format's blocks are not dims of its
+    logical shape: 0 for BSR)."""
+    return self._format.n_dense - len(self._format.blocks)
 
   @property
   def n_sparse(self) -> int:
@@ -166,7 +168,35 @@ class SparseArray:
 
   @property
   def layout(self) -> Layout:
+    """The static buffer layout (format, shape, capacity).
+
+    Raises:
+      SparseFormatError: for a blocked format (BSR), whose buffers are laid out as its
+        block view's: use ``A.block_view().layout``.
+    """
+    if self._format.blocks:
+      raise SparseFormatError(
+          f"SparseArray.layout: {self!r} has a blocked format; its buffers are those of its "
+          "block view, and this operation does not handle blocked formats. Convert first "
+          "(A.asformat('csr')), or work on the block view, A.block_view() (see docs/blocks.md "
+          "for what BSR arrays support).")
     return Layout(self.format, self.shape, self.nse)
+
+  def block_view(self) -> SparseArray:
+    """A blocked array's block view: the same buffers as an unblocked array of shape
+    `[*batch, *grid, *block]` (``self`` when unblocked; no data moves).
+
+    Example:
+      >>> import jax.numpy as jnp, jscorch as js
+      >>> A = js.from_dense(jnp.eye(4), format=js.BSR((2, 2)))
+      >>> A.block_view()
+      SparseArray(float32[2, 2, 2, 2], format=CSR, nse=2, n_dense=2)
+    """
+    fmt = self.format
+    if not fmt.blocks:
+      return self
+    return SparseArray._make(self.data, self.indices, fmt.storage,
+                             block_view_shape(fmt, self.shape, "SparseArray.block_view"))
 
   @property
   def dtype(self):
@@ -182,12 +212,13 @@ class SparseArray:
 
   @property
   def index_dtype(self):
-    return self.layout.index_dtype
+    return self.block_view().layout.index_dtype
 
   @property
   def nnz(self):
-    """Number of entries in use (without padding), per batch element."""
-    return _count_entries(self.layout, self.indices)
+    """Number of entries in use (without padding), per batch element; blocks for a
+    blocked format, as ``nse`` counts them."""
+    return _count_entries(self.block_view().layout, self.indices)
 
   def pos(self, level: int) -> jax.Array:
     """The ``pos`` buffer of a compressed level."""
@@ -198,7 +229,7 @@ class SparseArray:
     return self._buffer(level, "crd")
 
   def _buffer(self, level, role):
-    for (k, r, _), buf in zip(self.layout.index_shapes, self.indices):
+    for (k, r, _), buf in zip(self.block_view().layout.index_shapes, self.indices):
       if (k, r) == (level, role):
         return buf
     raise SparseFormatError(
@@ -228,6 +259,8 @@ class SparseArray:
       Array([[1., 0.],
              [0., 1.]], dtype=float32)
     """
+    if self._format.blocks:
+      return _unblock(self.block_view().todense(), len(self._format.blocks))
     return _todense(self.layout, self.data, self.indices)
 
   def astype(self, dtype) -> SparseArray:
@@ -409,6 +442,14 @@ def operand_or_raise(x) -> bool:
     raise TypeError(f"SparseArray: the other operand of an arithmetic operator is not a "
                     f"jscorch array; got {checks.describe(x)}.{hint}")
   return is_operand(x)
+
+
+def _unblock(x: jax.Array, n: int) -> jax.Array:
+  """`[*batch, *grid, *block]` (``n`` grid and block dims) to `[*batch, *sparse]`."""
+  nb = x.ndim - 2 * n
+  perm = tuple(range(nb)) + tuple(a for k in range(n) for a in (nb + k, nb + n + k))
+  shape = x.shape[:nb] + tuple(x.shape[nb + k] * x.shape[nb + n + k] for k in range(n))
+  return jnp.transpose(x, perm).reshape(shape)
 
 
 # -- array conventions (SparseArray dunders) ----------------------------------------------

@@ -21,7 +21,9 @@ def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
 
   Args:
     x: dense array `[*batch, *sparse, *block]`.
-    format: the storage format (a :class:`Format` or a name); default CSR.
+    format: the storage format (a :class:`Format` or a name); default CSR. A
+      blocked format (``js.BSR((bm, bn))``) keeps the blocks holding a nonzero
+      (``nse`` counts blocks); each sparse dim must be a multiple of its block.
     nse: capacity per batch element (static). Default: the largest number of
       nonzero entries of any batch element, which needs a concrete ``x``; under
       ``jit`` pass it. Extra capacity is padding.
@@ -46,6 +48,10 @@ def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
   func = "from_dense"
   x = jnp.asarray(x)
   fmt = resolve_format(format, x.ndim, n_batch=n_batch, n_dense=n_dense, func=func)
+  if fmt.blocks:       # blocked (BSR): the block view's blocks holding a nonzero
+    from jscorch.ops.blocks import block_dense  # noqa: PLC0415 (ops import this module)
+    view = from_dense(block_dense(x, fmt, func), fmt.storage, nse=nse)
+    return SparseArray._make(view.data, view.indices, fmt, x.shape)
   probe = Layout(fmt, x.shape, 0)
   if fmt.all_dense:
     nse = math.prod(probe.level_sizes)

@@ -90,6 +90,9 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
   ops = [_prepare_dense(x, ids, sizes) if not is_sparse(x) else x for x, ids in zip(ops, in_ids)]
   in_ids = [tuple(dict.fromkeys(ids)) if not is_sparse(x) and len(set(ids)) < len(ids) else ids
             for x, ids in zip(operands, in_ids)]
+  if any(is_sparse(x) and x.format.blocks for x in ops):     # BSR: on the block views
+    from jscorch._block_einsum import block_einsum  # noqa: PLC0415 (it calls this function)
+    return block_einsum(einsum, ops, in_ids, out_ids, sizes, out_format, nse, work, func)
   if _all_dense_levels(out_format) or not any(is_sparse(x) for x in ops):
     # Every coordinate stored (all-dense levels), or no sparse operand to take a pattern
     # from: the dense result, then stored in out_format.

@@ -7,8 +7,8 @@ import numpy as np
 from jscorch.array import SparseArray
 from jscorch.primitives import convert
 from jscorch.primitives._errors import SparseFormatError
-from jscorch.primitives.formats import COO, CSC, CSR, resolve_format
-from jscorch.primitives.layout import Layout
+from jscorch.primitives.formats import BSR, COO, CSC, CSR, resolve_format
+from jscorch.primitives.layout import Layout, block_view_shape
 
 
 def _scipy():
@@ -23,9 +23,10 @@ def _scipy():
 def from_scipy(m, *, nse: int | None = None) -> SparseArray:
   """A SparseArray from a ``scipy.sparse`` matrix or array.
 
-  CSR, CSC and COO inputs (``*_matrix`` and ``*_array``) keep their format; other
-  scipy formats are converted to CSR first. Duplicates are summed and indices
-  sorted (scipy allows neither order nor uniqueness to be guaranteed).
+  CSR, CSC and COO inputs (``*_matrix`` and ``*_array``) keep their format, BSR
+  becomes ``js.BSR(blocksize)`` (``nse`` counts blocks); other scipy formats are
+  converted to CSR first. Duplicates are summed and indices sorted (scipy allows
+  neither order nor uniqueness to be guaranteed).
 
   Args:
     m: a scipy sparse matrix or array, 2-D.
@@ -41,6 +42,8 @@ def from_scipy(m, *, nse: int | None = None) -> SparseArray:
     raise SparseFormatError(f"from_scipy: expected a scipy.sparse matrix or array; got "
                             f"{type(m).__name__}. Use js.from_dense for dense arrays.")
   fmt = m.format
+  if fmt == "bsr":
+    return _from_scipy_bsr(m, nse)
   if fmt not in ("csr", "csc", "coo"):
     m, fmt = m.tocsr(), "csr"
   if fmt == "coo":
@@ -68,9 +71,42 @@ def from_scipy(m, *, nse: int | None = None) -> SparseArray:
                                                jnp.asarray(crd)), target, shape)
 
 
+def _from_scipy_bsr(m, nse: int | None) -> SparseArray:
+  """``js.BSR(m.blocksize)`` from a scipy BSR matrix or array (block duplicates summed)."""
+  m = m.copy()
+  m.sum_duplicates()           # also sorts the block indices
+  fmt = BSR(tuple(int(b) for b in m.blocksize))
+  used = m.indices.shape[0]
+  nse = used if nse is None else int(nse)
+  if nse < used:
+    from jscorch.primitives._errors import SparseCapacityError
+    raise SparseCapacityError(f"from_scipy: the matrix has {used} blocks but nse={nse}. "
+                              f"Pass nse={used} (or larger).")
+  shape = tuple(m.shape)
+  lay = Layout.make(fmt.storage, block_view_shape(fmt, shape, "from_scipy", "m"), nse,
+                    "from_scipy")
+  idt = lay.index_dtype
+  crd = np.full(nse, shape[1] // fmt.blocks[1], idt)
+  crd[:used] = m.indices
+  data = np.zeros((nse,) + fmt.blocks, m.dtype)
+  data[:used] = m.data
+  return SparseArray._make(jnp.asarray(data), (jnp.asarray(m.indptr.astype(idt)),
+                                               jnp.asarray(crd)), fmt, shape)
+
+
 def to_scipy(A: SparseArray):
-  """A ``scipy.sparse`` array: csr_array for CSR, csc_array for CSC, else coo_array."""
+  """A ``scipy.sparse`` array: csr_array for CSR, csc_array for CSC, bsr_array for a
+  blocked format (its grid converted to CSR when needed), else coo_array."""
   sp = _scipy()
+  if A.format.blocks:
+    if A.ndim != 2 or A.n_batch:
+      raise SparseFormatError(
+          f"SparseArray.to_scipy: scipy holds 2-D matrices without batch dims; got {A!r}. "
+          "Index a batch element first.")
+    B = A if A.format.base == CSR else A.asformat(BSR(A.format.blocks))
+    used = int(B.pos(1)[-1])
+    parts = (np.asarray(B.data[:used]), np.asarray(B.crd(1)[:used]), np.asarray(B.pos(1)))
+    return sp.bsr_array(parts, shape=A.shape, blocksize=A.format.blocks)
   if A.ndim == 2 and not A.n_batch and A.format.n_block_levels == A.n_dense == 1:
     A = A.asformat("coo")              # rows of dense vectors: one entry per element
   if A.ndim != 2 or A.n_batch or A.n_dense:
@@ -114,8 +150,10 @@ def from_bcoo(b) -> SparseArray:
 
 
 def to_bcoo(A: SparseArray):
-  """A ``jax.experimental.sparse.BCOO`` of the same array (padding kept as padding)."""
+  """A ``jax.experimental.sparse.BCOO`` of the same array (padding kept as padding); a
+  blocked array gives its block view's BCOO (``n_dense`` = its block dims)."""
   from jax.experimental import sparse as jsparse
+  A = A.block_view()
   lay = A.layout
   coords = convert.storage_to_logical(lay, convert.leaf_coordinates(lay, A.indices))
   identity = lay.format.mode_ordering == tuple(range(lay.n_sparse))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from . import structure
+from ._errors import SparseFormatError
 from .capacity import enforce_capacity
 from .layout import Layout
 
@@ -208,6 +209,32 @@ def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: s
 
   out, indices, count = vmap_batch(one, lay.n_batch)(coords, data)
   return enforce_capacity(_largest(count), lay.nse, out, func, check=check), indices
+
+
+def coordinate_slots(lay: Layout, coords: jax.Array, *, func: str):
+  """The pattern of a coordinate list and the slot of each of its rows (no values).
+
+  Args:
+    lay: the output layout, of a unique format of built-in levels (its ``nse`` is
+      the capacity; the count says how much of it is needed).
+    coords: `[*batch, n, n_sparse]` coordinates in **storage order** of ``lay``; rows
+      with a coordinate out of range are padding.
+    func: public function name for errors.
+
+  Returns:
+    ``(indices, dest, count)``: the level buffers of the distinct coordinates
+    (sorted), `[*batch, n]` the slot of each row (``>= lay.nse`` for padding or past
+    the capacity: drop them), and `[*batch]` the number of distinct coordinates.
+    Values then move with a scatter-add at ``dest`` (duplicates summed).
+
+  Raises:
+    SparseFormatError: a format the structure primitive does not cover.
+  """
+  if not structure.supports(lay) or not lay.format.unique:
+    raise SparseFormatError(
+        f"{func}: the slots of a coordinate list need a unique format of built-in levels; "
+        f"got {lay.format!r}. Use a named format (csr, csc, coo, dcsr, csf).")
+  return structure.coordinate_slots(lay, coords)
 
 
 def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):

@@ -54,6 +54,35 @@ def index_dtype_for(max_value: int, func: str = "jscorch") -> np.dtype:
       "jax.config.update('jax_enable_x64', True), or split the array.")
 
 
+def block_view_shape(fmt: Format, shape: Sequence[int], func: str = "jscorch",
+                     operand: str = "the array") -> tuple[int, ...]:
+  """The block view's shape `[*batch, *grid, *block]` of a blocked format's array of
+  logical shape `[*batch, *sparse]` (``shape`` as is for an unblocked format).
+
+  Raises:
+    SparseFormatError: a sparse dimension that is not a multiple of its block size
+      (the message names ``func``, ``operand``, the shape, the block and the padded shape).
+
+  Example:
+    >>> from jscorch.primitives.formats import BSR
+    >>> block_view_shape(BSR((2, 3)), (4, 9))
+    (2, 3, 2, 3)
+  """
+  shape = tuple(int(s) for s in shape)
+  if not fmt.blocks:
+    return shape
+  nb, blocks = len(shape) - len(fmt.blocks), fmt.blocks
+  sparse = shape[nb:]
+  if nb < 0 or any(d % b for d, b in zip(sparse, blocks)):
+    padded = shape[:max(nb, 0)] + tuple(-(-d // b) * b for d, b in zip(sparse, blocks))
+    raise SparseFormatError(
+        f"{func}: {operand} has shape {shape}, whose sparse dimensions {sparse} are not "
+        f"multiples of the block {blocks} of format {fmt!r}; expected each to divide evenly. "
+        f"Pad {operand} with zeros to shape {padded} (e.g. jnp.pad), or choose a block that "
+        "divides the shape.")
+  return shape[:nb] + tuple(d // b for d, b in zip(sparse, blocks)) + blocks
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Static layout of a sparse tensor (hashable; safe as a primitive parameter).
@@ -71,6 +100,11 @@ class Layout:
   def make(fmt: Format, shape: Sequence[int], nse: int, func: str = "jscorch") -> Layout:
     """Validates ``shape`` and ``nse`` against ``fmt`` and builds the layout."""
     shape = tuple(int(s) for s in shape)
+    if fmt.blocks:
+      raise SparseFormatError(
+          f"{func}: a layout describes storage, and a blocked format {fmt!r} is stored as its "
+          f"block view; got shape {shape}. Use the block view's format, fmt.storage, with the "
+          "block view's shape [*batch, *grid, *block].")
     if len(shape) != fmt.ndim:
       raise SparseFormatError(
           f"{func}: shape {shape} has rank {len(shape)} but format {fmt!r} describes rank "

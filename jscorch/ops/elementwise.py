@@ -16,6 +16,7 @@ import numpy as np
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
+from jscorch.ops import blocks
 from jscorch.ops._operands import as_dense, broadcast_shapes, densify, no_foreign
 from jscorch.ops.coalesce import coalesced
 from jscorch.ops.unary import map_values, negative, valid_mask
@@ -66,6 +67,8 @@ def _add(a, b, nse, func: str, sign: int):
   sa, sb = is_sparse(a), is_sparse(b)
   if not (sa or sb):
     return jnp.add(a, b) if sign > 0 else jnp.subtract(a, b)
+  if sa and sb and (a.format.blocks or b.format.blocks):
+    return blocks.add(a, b if sign > 0 else negative(b), nse, func)
   if sa and sb:
     return _union(a, b if sign > 0 else negative(b), nse, func)
   if nse is not None:

@@ -99,6 +99,9 @@ def asformat(A: SparseArray, format: FormatLike, *, nse: int | None = None,
 
 
 def _to_format(A: SparseArray, fmt: Format, nse: int | None, func: str) -> SparseArray:
+  if A.format.blocks or fmt.blocks:
+    from jscorch.ops import blocks  # noqa: PLC0415 (blocks converts through this module)
+    return blocks.convert(A, fmt, nse, func)
   src = A.layout
   same_split = (fmt.n_batch, fmt.n_dense) == (src.n_batch, src.n_dense)
   if nse is None:

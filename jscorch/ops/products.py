@@ -23,6 +23,7 @@ import numpy as np
 
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
+from jscorch.ops import blocks
 from jscorch.ops._operands import (
   as_dense,
   broadcast_shapes,
@@ -219,6 +220,8 @@ def multiply(a, b):
   sa, sb = is_sparse(a), is_sparse(b)
   if not (sa or sb):
     return jnp.multiply(a, b)
+  if blocks.is_blocked(a) or blocks.is_blocked(b):
+    return blocks.multiply(a, b if is_sparse(b) else as_dense(b, func, "b"), func)
   if sa and sb:
     shape = broadcast_shapes(a, b, func)
     out = letters(len(shape))

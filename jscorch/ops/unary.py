@@ -90,8 +90,9 @@ JAX_NN_NAMES = _NN_NAMES
 
 def valid_mask(A: SparseArray) -> jax.Array:
   """`[*batch, nse, 1...]` bool, True at in-use leaves, broadcastable against ``A.data``."""
-  valid = segment.valid_leaves(A.layout, A.indices)
-  return valid.reshape(valid.shape + (1,) * A.n_dense)
+  V = A.block_view()          # a blocked format's block view: the same leaves
+  valid = segment.valid_leaves(V.layout, V.indices)
+  return valid.reshape(valid.shape + (1,) * V.n_dense)
 
 
 def map_values(A: SparseArray, fn: Callable, *args, singular_at_zero: bool = False,

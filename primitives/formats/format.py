@@ -18,12 +18,19 @@ Level types (TACO / MLIR ``sparse_tensor``; one class per type in
 * ``singleton``: a ``crd`` buffer only, one coordinate per parent position (COO).
 
 **The dimension-to-level map.** ``dim_to_lvl[k]`` is a level expression saying
-which coordinate level ``k`` stores, as MLIR's ``dimToLvl`` does. Today every
-expression is ``Dim(d)`` (level ``k`` stores sparse dimension ``d``), so the map is
-a permutation and ``mode_ordering[k] == dim_to_lvl[k].dim``; ``mode_ordering`` is
-the constructor argument and property everything uses. The map leaves room for
-``FloorDiv(d, b)`` / ``Mod(d, b)`` (a blocked level, as in BSR:
-``(i // bm, j // bn, i % bm, j % bn)``) without another rewrite.
+which coordinate level ``k`` stores, as MLIR's ``dimToLvl`` does. For an unblocked
+format every expression is ``Dim(d)`` (level ``k`` stores sparse dimension ``d``),
+so the map is a permutation and ``mode_ordering[k] == dim_to_lvl[k].dim``;
+``mode_ordering`` is the constructor argument and property everything uses.
+
+**Blocked formats** (BSR: ``(i // bm, j // bn, i % bm, j % bn)``; :func:`blocked`,
+:func:`BSR`, or ``dim_to_lvl`` of ``FloorDiv`` / ``Mod``) store the block grid with
+the base format's levels and every block densely, row-major: a blocked format of
+an ``[M, N]`` array is stored exactly as its *block view*, the base format of
+shape ``[M/bm, N/bn, bm, bn]`` with two block dimensions. So ``levels`` and
+``mode_ordering`` are the grid's, ``n_dense`` counts the block dimensions,
+``blocks`` holds ``(bm, bn)``, ``storage`` is the block view's (unblocked) format
+and ``base`` the format the grid is stored in; ``ndim`` is the logical rank.
 
 **Dense levels below the last sparse level** (Scorch's ``sd``, ``sdd``, ``ssdd``:
 sparse rows of dense vectors, as in embedding tables) are stored as a dense block
@@ -47,16 +54,23 @@ Example:
   >>> rows = js.Format(js.compressed, js.dense)
   >>> rows, rows.levels, rows.n_dense, rows.n_block_levels
   (Format(compressed, dense), (compressed,), 1, 1)
+  >>> bsr = js.BSR((2, 3))
+  >>> bsr.dim_to_lvl, bsr.blocks, bsr.ndim
+  ((Dim(0) // 2, Dim(1) // 3, Dim(0) % 2, Dim(1) % 3), (2, 3), 2)
+  >>> bsr.storage
+  Format(dense, compressed, n_dense=2)
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Sequence, Union
 
+import numpy as np
+
 from .._errors import SparseFormatError
 from .compressed import compressed
 from .dense import dense
-from .exprs import Dim, LevelExpr, mode_ordering_of
+from .exprs import Dim, FloorDiv, LevelExpr, Mod, blocked_map, mode_ordering_of
 from .level import Level
 from .singleton import singleton
 
@@ -85,18 +99,27 @@ class Format:
     n_dense: trailing dimensions stored densely under each entry, including the
       ``n_block_levels`` dense levels spelled below the last sparse level.
     n_block_levels: how many of the block dimensions were given as dense levels.
+    blocks: the block size of each sparse dimension of a blocked format, else ``()``.
+      Its ``n_dense`` then counts the ``len(blocks)`` block dimensions of the storage.
 
   Raises:
     SparseFormatError: when the levels do not form a valid format (a singleton
       level needs a non-unique parent, a dense level between sparse levels,
       ``mode_ordering`` is not a permutation, ...).
   """
-  __slots__ = ("levels", "mode_ordering", "n_batch", "n_dense", "n_block_levels")
+  __slots__ = ("levels", "mode_ordering", "n_batch", "n_dense", "n_block_levels", "blocks")
 
   def __init__(self, *levels: Level, mode_ordering: Sequence[int] | None = None,
                n_batch: int = 0, n_dense: int = 0,
                dim_to_lvl: Sequence[LevelExpr] | None = None):
     levels = tuple(levels)
+    if dim_to_lvl is not None and not all(isinstance(e, Dim) for e in dim_to_lvl) and \
+        any(isinstance(e, (FloorDiv, Mod)) for e in dim_to_lvl):
+      base = _blocked_base(levels, mode_ordering, dim_to_lvl, n_batch, n_dense)
+      order, blocks = blocked_map(dim_to_lvl)
+      self._set(base.levels, base.mode_ordering, base.n_batch, len(blocks), 0, blocks)
+      self._validate()
+      return
     order = mode_ordering_of(len(levels), mode_ordering, dim_to_lvl)
     self._set(levels, order, int(n_batch), int(n_dense), 0)
     _check_levels(levels, order)
@@ -115,18 +138,22 @@ class Format:
     self._validate()
 
   @classmethod
-  def _from_storage(cls, levels, mode_ordering, n_batch, n_dense, n_block_levels) -> Format:
+  def _from_storage(cls, levels, mode_ordering, n_batch, n_dense, n_block_levels,
+                    blocks=()) -> Format:
     """A format from its storage attributes (``n_block_levels`` of the blocks spelled as
-    dense levels); the spelling is dropped where it cannot apply."""
+    dense levels, ``blocks`` of a blocked format); the spelling is dropped where it
+    cannot apply."""
     self = object.__new__(cls)
     has_sparse = any(not lvl.full for lvl in levels)
-    n_below = min(int(n_block_levels), int(n_dense)) if has_sparse else 0
-    self._set(tuple(levels), tuple(mode_ordering), int(n_batch), int(n_dense), n_below)
+    n_below = min(int(n_block_levels), int(n_dense)) if has_sparse and not blocks else 0
+    self._set(tuple(levels), tuple(mode_ordering), int(n_batch), int(n_dense), n_below,
+              tuple(int(b) for b in blocks))
     self._validate()
     return self
 
-  def _set(self, levels, order, n_batch, n_dense, n_block_levels):
-    for name, value in zip(self.__slots__, (levels, order, n_batch, n_dense, n_block_levels)):
+  def _set(self, levels, order, n_batch, n_dense, n_block_levels, blocks=()):
+    values = (levels, order, n_batch, n_dense, n_block_levels, blocks)
+    for name, value in zip(self.__slots__, values):
       object.__setattr__(self, name, value)
 
   def __setattr__(self, name, value):
@@ -156,6 +183,13 @@ class Format:
             f"Format: level {k} follows a non-unique level and must be a singleton; got "
             f"{levels}.")
       seen_sparse |= not lvl.full
+    if self.blocks and (len(self.blocks) != len(levels) or self.n_dense != len(self.blocks) or
+                        self.n_block_levels or not all(b >= 1 for b in self.blocks)):
+      raise SparseFormatError(
+          f"Format: a blocked format needs one block size >= 1 per sparse level and no other "
+          f"block dimensions; got blocks={self.blocks} for {len(levels)} level(s), "
+          f"n_dense={self.n_dense - len(self.blocks)}. Use js.blocked(format, block) on a "
+          "format without n_dense.")
 
   # -- derived properties -----------------------------------------------------------
   @property
@@ -165,12 +199,31 @@ class Format:
 
   @property
   def ndim(self) -> int:
-    return self.n_batch + self.n_sparse + self.n_dense
+    """The rank of the tensors of this format (logical: a blocked format's block dims,
+    which only its storage has, are not counted)."""
+    return self.n_batch + self.n_sparse + self.n_dense - len(self.blocks)
+
+  @property
+  def storage(self) -> Format:
+    """The unblocked format the buffers are stored in: a blocked format's block view
+    (base format plus ``len(blocks)`` block dims); the format itself otherwise."""
+    if not self.blocks:
+      return self
+    return Format._from_storage(self.levels, self.mode_ordering, self.n_batch, self.n_dense, 0)
+
+  @property
+  def base(self) -> Format:
+    """The format of a blocked format's block grid (without the block dims); the
+    format itself when unblocked."""
+    if not self.blocks:
+      return self
+    return Format._from_storage(self.levels, self.mode_ordering, self.n_batch, 0, 0)
 
   @property
   def spelled_levels(self) -> tuple[Level, ...]:
-    """The levels as given: ``levels`` followed by the ``n_block_levels`` dense levels."""
-    return self.levels + (dense,) * self.n_block_levels
+    """The levels as given: ``levels`` followed by the ``n_block_levels`` dense levels
+    (a blocked format: by one dense level per block dimension)."""
+    return self.levels + (dense,) * (self.n_block_levels + len(self.blocks))
 
   @property
   def spelled_mode_ordering(self) -> tuple[int, ...]:
@@ -180,8 +233,11 @@ class Format:
 
   @property
   def dim_to_lvl(self) -> tuple[LevelExpr, ...]:
-    """The level expression of each level: ``Dim(mode_ordering[k])`` today (see the module
-    docstring)."""
+    """The level expression of each level: ``Dim(mode_ordering[k])``; for a blocked format
+    ``FloorDiv`` over the grid levels, then one ``Mod`` per dimension (module docstring)."""
+    if self.blocks:
+      return tuple(FloorDiv(d, self.blocks[d]) for d in self.mode_ordering) + \
+          tuple(Mod(d, b) for d, b in enumerate(self.blocks))
     return tuple(Dim(d) for d in self.mode_ordering)
 
   @property
@@ -223,8 +279,9 @@ class Format:
 
   @property
   def name(self) -> str | None:
-    """The canonical name (``"csr"``, ...) when this is a named format, else None."""
-    if self.n_block_levels:
+    """The canonical name (``"csr"``, ...) when this is a named format, else None (blocked
+    formats have no name: their ``repr`` is ``BSR((bm, bn))`` or ``blocked(base, block)``)."""
+    if self.n_block_levels or self.blocks:
       return None
     base = self.replace(n_batch=0, n_dense=0)
     for fmt_name, make in _NAMED.items():
@@ -237,20 +294,22 @@ class Format:
 
   def replace(self, **changes) -> Format:
     """A copy with some of ``levels``, ``mode_ordering``, ``n_batch``, ``n_dense``,
-    ``n_block_levels`` changed (storage attributes; the spelling of dense levels below
-    the last sparse level is kept where it still applies)."""
-    kw = dict(levels=self.levels, mode_ordering=self.mode_ordering,
-              n_batch=self.n_batch, n_dense=self.n_dense, n_block_levels=self.n_block_levels)
+    ``n_block_levels``, ``blocks`` changed (storage attributes; the spelling of dense
+    levels below the last sparse level is kept where it still applies)."""
+    kw = dict(levels=self.levels, mode_ordering=self.mode_ordering, n_batch=self.n_batch,
+              n_dense=self.n_dense, n_block_levels=self.n_block_levels, blocks=self.blocks)
     kw.update(changes)
     n_block_levels = kw.pop("n_block_levels")
+    blocks = kw.pop("blocks")
     levels = kw.pop("levels")
     base = Format(*levels, **kw)
     return Format._from_storage(base.levels, base.mode_ordering, base.n_batch, base.n_dense,
-                                base.n_block_levels + n_block_levels)
+                                base.n_block_levels + n_block_levels, blocks)
 
   # -- value semantics ----------------------------------------------------------------
   def _key(self):
-    return (self.levels, self.mode_ordering, self.n_batch, self.n_dense, self.n_block_levels)
+    return (self.levels, self.mode_ordering, self.n_batch, self.n_dense, self.n_block_levels,
+            self.blocks)
 
   def __eq__(self, other):
     return isinstance(other, Format) and self._key() == other._key()
@@ -259,6 +318,12 @@ class Format:
     return hash(self._key())
 
   def __repr__(self):
+    if self.blocks:
+      base = self.base
+      if base == CSR:
+        return f"BSR({self.blocks})"
+      named = base.name and not base.n_batch
+      return f"blocked({base.name.upper() if named else repr(base)}, {self.blocks})"
     parts = [repr(lvl) for lvl in self.spelled_levels]
     order = self.spelled_mode_ordering
     if order != tuple(range(len(order))):
@@ -284,8 +349,28 @@ def _check_levels(levels, order):
         f"got mode_ordering={order}.")
 
 
-def _rebuild_format(levels, mode_ordering, n_batch, n_dense, n_block_levels=0):
-  return Format._from_storage(levels, mode_ordering, n_batch, n_dense, n_block_levels)
+def _rebuild_format(levels, mode_ordering, n_batch, n_dense, n_block_levels=0, blocks=()):
+  return Format._from_storage(levels, mode_ordering, n_batch, n_dense, n_block_levels, blocks)
+
+
+def _blocked_base(levels, mode_ordering, dim_to_lvl, n_batch, n_dense) -> Format:
+  """The unblocked grid format of ``Format(*levels, dim_to_lvl=<blocked map>)``."""
+  order, blocks = blocked_map(dim_to_lvl)
+  n = len(blocks)
+  if len(levels) != 2 * n or not all(lvl.full for lvl in levels[n:]) or n_dense or \
+      mode_ordering is not None:
+    raise SparseFormatError(
+        f"Format: a blocked dim_to_lvl needs {2 * n} levels, the last {n} dense (the "
+        f"in-block offsets), and neither mode_ordering= nor n_dense=; got levels {levels}, "
+        f"mode_ordering={mode_ordering}, n_dense={n_dense}. Use e.g. Format(dense, "
+        "compressed, dense, dense, dim_to_lvl=(Dim(0) // 2, Dim(1) // 3, Dim(0) % 2, "
+        "Dim(1) % 3)).")
+  base = Format(*levels[:n], mode_ordering=order, n_batch=n_batch)
+  if base.n_block_levels:
+    raise SparseFormatError(
+        f"Format: the block grid of a blocked format cannot end with dense levels below its "
+        f"last sparse level; got grid levels {levels[:n]}. Use a compressed level there.")
+  return base
 
 
 # -- named formats -------------------------------------------------------------------
@@ -335,6 +420,70 @@ CSR = _csr(2)
 CSC = _csc(2)
 DCSR = _dcsr(2)
 CSF = _csf(3)
+
+
+# -- blocked formats -------------------------------------------------------------------
+def blocked(base: FormatLike, block: Sequence[int]) -> Format:
+  """The blocked version of ``base``: its block grid stored in ``base``, each block dense.
+
+  An array of logical shape `[*batch, d_0, ..., d_n-1]` in ``blocked(base, (b_0, ...))``
+  is stored as its block view, ``base`` with shape `[*batch, d_0/b_0, ...,
+  d_n-1/b_n-1, b_0, ..., b_n-1]` and the ``n`` block dims (values `[*batch, nse,
+  b_0, ..., b_n-1]`, ``nse`` counting blocks); blocks are row-major in every case.
+  Each ``d_k`` must be a multiple of ``b_k``.
+
+  Args:
+    base: the grid's format, a :class:`Format` or a name (``"csr"`` gives BSR,
+      ``"csc"`` the blocked CSC, ``"coo"``, ``"dcsr"``, ...); no ``n_dense``.
+    block: one block size (int >= 1) per sparse dimension of ``base`` (static).
+
+  Raises:
+    SparseFormatError: a block that does not fit ``base``.
+
+  Example:
+    >>> import jscorch as js
+    >>> js.blocked(js.CSC, (2, 3)), js.blocked("csr", (2, 3)) == js.BSR((2, 3))
+    (blocked(CSC, (2, 3)), True)
+    >>> js.blocked(js.COO, (2, 2)).dim_to_lvl
+    (Dim(0) // 2, Dim(1) // 2, Dim(0) % 2, Dim(1) % 2)
+  """
+  block = tuple(block) if isinstance(block, (tuple, list)) else block
+  ok = isinstance(block, tuple) and all(isinstance(b, (int, np.integer)) and not
+                                        isinstance(b, bool) and b >= 1 for b in block)
+  if not ok or not block:
+    raise SparseFormatError(
+        f"blocked: block must be a tuple of ints >= 1, one per sparse dimension; got "
+        f"block={block!r}. Pass e.g. (16, 16).")
+  block = tuple(int(b) for b in block)
+  fmt = resolve_format(base, len(block), func="blocked") if isinstance(base, str) else base
+  if not isinstance(fmt, Format) or fmt.blocks or fmt.n_dense or \
+      fmt.n_sparse != len(block):
+    raise SparseFormatError(
+        f"blocked: the base must be an unblocked format with {len(block)} sparse levels "
+        f"(one per block size) and no n_dense; got base={base!r}, block={block}. Pass "
+        "e.g. js.blocked(js.CSR, (2, 3)).")
+  return Format._from_storage(fmt.levels, fmt.mode_ordering, fmt.n_batch, len(block), 0, block)
+
+
+def BSR(block: Sequence[int]) -> Format:  # noqa: N802 (a format constructor, named as CSR)
+  """Block sparse row: ``blocked(CSR, block)``, level map ``(i // bm, j // bn, i % bm,
+  j % bn)``; an ``[M, N]`` array stores its ``[M/bm, N/bn]`` block grid in CSR and
+  values `[nse, bm, bn]` (see :func:`blocked`).
+
+  Example:
+    >>> import jscorch as js
+    >>> js.BSR((2, 3)).storage == js.CSR.replace(n_dense=2)
+    True
+  """
+  if not isinstance(block, (tuple, list)):
+    raise SparseFormatError(
+        f"BSR: block must be a (bm, bn) tuple of ints >= 1; got block={block!r}. Pass e.g. "
+        "js.BSR((16, 16)).")
+  if len(block) != 2:
+    raise SparseFormatError(
+        f"BSR: block must be a (bm, bn) tuple of ints >= 1; got block={tuple(block)!r}. Pass "
+        "e.g. js.BSR((16, 16)), or js.blocked(format, block) for other ranks.")
+  return blocked(CSR, block)
 
 FormatLike = Union[Format, str]
 
@@ -390,6 +539,8 @@ def resolve_format(fmt: FormatLike, ndim: int, *, n_batch: int | None = None,
     raise SparseFormatError(
         f"{func}: format must be a js.Format or a name in {FORMAT_NAMES}; got "
         f"{type(fmt).__name__} {fmt!r}.")
+  if fmt.blocks:
+    return _resolve_blocked(fmt, ndim, n_batch, n_dense, func)
   nb = fmt.n_batch if n_batch is None else n_batch
   t = fmt.n_block_levels
   own_nd = fmt.n_dense - t          # block dims not spelled as dense levels
@@ -412,3 +563,19 @@ def resolve_format(fmt: FormatLike, ndim: int, *, n_batch: int | None = None,
         f"{n_sparse} sparse dimensions (rank {ndim}, n_batch={nb}, n_dense={nd}). Pass a "
         "format with one level per sparse dimension, or adjust n_batch=/n_dense=.")
   return fmt.replace(n_batch=nb, n_dense=nd + t)
+
+
+def _resolve_blocked(fmt: Format, ndim: int, n_batch, n_dense, func: str) -> Format:
+  """:func:`resolve_format` of a blocked format (batch dims only; no block dims of its own)."""
+  nb = fmt.n_batch if n_batch is None else n_batch
+  if n_batch is not None and fmt.n_batch and n_batch != fmt.n_batch:
+    raise SparseFormatError(
+        f"{func}: n_batch={n_batch} conflicts with the format's own n_batch={fmt.n_batch}; "
+        f"got format={fmt!r}. Pass one or the other.")
+  if n_dense or ndim - nb != fmt.n_sparse:
+    raise SparseFormatError(
+        f"{func}: the blocked format {fmt!r} stores {fmt.n_sparse} blocked sparse dimensions "
+        f"and no other dims; got an array of rank {ndim} with n_batch={nb}, "
+        f"n_dense={n_dense or 0}. Pass an array of rank {nb + fmt.n_sparse} (n_batch= for "
+        "leading batch dims), or an unblocked format.")
+  return fmt.replace(n_batch=nb)

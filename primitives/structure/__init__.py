@@ -8,9 +8,10 @@ from .plan import StructurePlan as StructurePlan
 from .plan import make_plan as make_plan
 from .plan import supports as supports
 from .primitive import convert as convert
+from .primitive import coordinate_slots as coordinate_slots
 from .primitive import from_coordinates as from_coordinates
 from .primitive import structure as structure
 from .primitive import structure_p as structure_p
 
-__all__ = ["StructurePlan", "convert", "from_coordinates", "make_plan", "structure",
-           "structure_p", "supports"]
+__all__ = ["StructurePlan", "convert", "coordinate_slots", "from_coordinates", "make_plan",
+           "structure", "structure_p", "supports"]

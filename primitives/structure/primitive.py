@@ -137,6 +137,22 @@ def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: s
   return _finish(lay, plan, outs, data, func, check)
 
 
+def coordinate_slots(lay: Layout, coords: jax.Array):
+  """:func:`jscorch.primitives.convert.coordinate_slots` through ``jscorch_structure``."""
+  nb, batch = lay.n_batch, lay.batch_shape
+  n = coords.shape[nb]
+  plan = make_plan(lay, n=n, is_sorted=False, is_unique=False)
+  assert plan.sums, "coordinate_slots needs a unique destination format"
+  idt = np.dtype(lay.index_dtype)
+  if np.dtype(coords.dtype) != idt:
+    sizes = jnp.asarray(plan.dst.level_sizes, coords.dtype)
+    bad = jnp.any((coords < 0) | (coords >= sizes), axis=-1, keepdims=True)
+    coords = jnp.where(bad, sizes, coords).astype(idt)
+  *indices, dest, count = structure(plan, _flat_batch(coords, nb))
+  indices = tuple(i.reshape(batch + i.shape[1:]) for i in indices)
+  return indices, dest.reshape(batch + (n,)), count.reshape(batch)
+
+
 def convert(src: Layout, dst: Layout, data: jax.Array, indices, *, func: str = "asformat",
             check: bool = True):
   """:func:`jscorch.primitives.convert.convert` through ``jscorch_structure``."""
