@@ -1,4 +1,5 @@
-"""``SparseLinear``: a linear layer whose weight is stored sparse with a fixed pattern."""
+"""``SparseLinear``: a linear layer whose weight is stored sparse (element- or block-wise) with
+a fixed pattern."""
 from __future__ import annotations
 
 import jax
@@ -10,7 +11,7 @@ from jscorch import graph
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
 from jscorch.nn import _util
-from jscorch.primitives.formats import CSR
+from jscorch.primitives.formats import BSR, CSR
 
 default_kernel_init = nnx.initializers.lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
@@ -25,21 +26,26 @@ class SparsePattern(nnx.Variable):
 
 
 class SparseLinear(nnx.Module):
-  """``y = x @ W + b`` with ``W`` `[in_features, out_features]` stored sparse (CSR).
+  """``y = x @ W + b`` with ``W`` `[in_features, out_features]` stored sparse (CSR), or
+  block-sparse (``block=(bm, bn)``: BSR, only the stored ``bm x bn`` blocks).
 
   The pattern of ``W`` is fixed at construction: a random one with a given
   ``density``, or an explicit ``pattern``. Its stored values are the trainable
-  ``kernel`` (an ``nnx.Param`` `[nse]`, aligned with the CSR pattern); the index
-  buffers are a :class:`SparsePattern` variable (not trained). The forward is a
-  sparse einsum and never forms the dense weight; gradients w.r.t. ``kernel``
-  are `[nse]` too.
+  ``kernel`` (an ``nnx.Param`` `[nse]`, aligned with the CSR pattern; `[nse, bm, bn]`
+  with blocks, ``nse`` counting blocks); the index buffers are a :class:`SparsePattern`
+  variable (not trained). The forward is a sparse einsum and never forms the dense
+  weight; gradients w.r.t. ``kernel`` have its shape too. Blocks suit accelerators (each
+  stored block is one small dense matmul); on CPU elements and blocks both run generated
+  kernels.
 
   Args:
     in_features, out_features: the weight shape.
-    density: fraction of stored weights in ``(0, 1]``; the positions are drawn
-      uniformly without replacement from ``rngs.params()``.
+    density: fraction of stored weights (with ``block``: of stored blocks) in ``(0, 1]``;
+      the positions are drawn uniformly without replacement from ``rngs.params()``.
     pattern: instead of ``density``: a `[in, out]` SparseArray (its stored
-      entries) or a dense boolean / numeric array (its nonzeros). Concrete.
+      entries) or a dense boolean / numeric array (its nonzeros). Concrete. With
+      ``block``, every block holding one of them is stored.
+    block: ``(bm, bn)`` dividing ``(in_features, out_features)``: store ``W`` as BSR.
     use_bias: add a dense ``bias`` `[out_features]`.
     kernel_init: initialiser called with the dense shape ``(in, out)``; the values
       at the pattern's positions are kept.
@@ -49,7 +55,7 @@ class SparseLinear(nnx.Module):
 
   Raises:
     ValueError: neither or both of ``density`` and ``pattern``, a density outside
-      ``(0, 1]``, a pattern of the wrong shape.
+      ``(0, 1]``, a pattern of the wrong shape, a block that does not divide the shape.
     TypeError: missing ``rngs``.
 
   Example:
@@ -63,47 +69,58 @@ class SparseLinear(nnx.Module):
     SparseArray(float32[8, 4], format=CSR, nse=8)
     >>> layer(jnp.ones((2, 8))).shape
     (2, 4)
+    >>> blocks = nn.SparseLinear(8, 4, density=0.5, block=(2, 2), rngs=nnx.Rngs(0))
+    >>> blocks.kernel.shape, blocks.sparse_kernel
+    ((4, 2, 2), SparseArray(float32[8, 4], format=BSR((2, 2)), nse=4))
   """
 
   def __init__(self, in_features: int, out_features: int, *, density: float | None = None,
-               pattern=None, use_bias: bool = True, kernel_init=default_kernel_init,
-               bias_init=default_bias_init, param_dtype=jnp.float32,
-               rngs: nnx.Rngs | None = None):
+               pattern=None, block: tuple[int, int] | None = None, use_bias: bool = True,
+               kernel_init=default_kernel_init, bias_init=default_bias_init,
+               param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
     name = "SparseLinear"
     rngs = _util.require_rngs(rngs, name)
     self.in_features = _util.check_positive(in_features, "in_features", name)
     self.out_features = _util.check_positive(out_features, "out_features", name)
     self.use_bias = use_bias
     shape = (in_features, out_features)
+    self.block = _check_block(block, shape, name)
+    bm, bn = self.block or (1, 1)
+    grid = (in_features // bm, out_features // bn)
     if (density is None) == (pattern is None):
       raise ValueError(f"{name}: give exactly one of density= and pattern=; got "
                        f"density={density!r}, pattern={'given' if pattern is not None else None}.")
     if pattern is None:
       if not 0 < float(density) <= 1:
         raise ValueError(f"{name}: density must be in (0, 1]; got density={density}.")
-      size = in_features * out_features
+      size = grid[0] * grid[1]
       nse = max(1, int(round(float(density) * size)))
       flat = np.sort(np.asarray(jax.random.choice(rngs.params(), size, (nse,), replace=False)))
-      rows, cols = np.divmod(flat, out_features)
+      rows, cols = np.divmod(flat, grid[1])
     else:
       rows, cols = _pattern_coordinates(pattern, shape, name)
-    skeleton = graph._host_csr(rows, cols, 1.0, shape)      # sorted row-major, like rows/cols
+      if self.block:            # the blocks holding an entry, row-major
+        rows, cols = np.divmod(np.unique(rows // bm * grid[1] + cols // bn), grid[1])
+    skeleton = graph._host_csr(rows, cols, 1.0, grid)       # sorted row-major, like rows/cols
     dense = np.asarray(kernel_init(rngs.params(), shape, param_dtype))
-    self.kernel = nnx.Param(jnp.asarray(dense[rows, cols], param_dtype))
+    values = _blocks_of(dense, self.block)[rows, cols] if self.block else dense[rows, cols]
+    self.kernel = nnx.Param(jnp.asarray(values, param_dtype))
     self.kernel_pattern = SparsePattern(tuple(skeleton.indices))
     self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) \
         if use_bias else nnx.data(None)
 
   @property
   def nse(self) -> int:
-    """The number of stored weights."""
+    """The number of stored weights (of stored blocks with ``block``)."""
     return int(self.kernel.shape[0])
 
   @property
   def sparse_kernel(self) -> SparseArray:
-    """The weight as a `[in_features, out_features]` CSR SparseArray (values = ``kernel``)."""
+    """The weight as a `[in_features, out_features]` SparseArray, CSR or BSR (values =
+    ``kernel``)."""
+    fmt = BSR(self.block) if self.block else CSR
     return SparseArray.from_buffers(self.kernel[...], self.kernel_pattern.get_value(),
-                                    shape=(self.in_features, self.out_features), format=CSR,
+                                    shape=(self.in_features, self.out_features), format=fmt,
                                     check=False)
 
   def __call__(self, x) -> jax.Array:
@@ -126,12 +143,16 @@ class SparseLinear(nnx.Module):
     return _sparse_linear(x, self.sparse_kernel, self.bias[...] if self.use_bias else None)
 
   @classmethod
-  def from_dense(cls, linear: nnx.Linear, *, density: float) -> SparseLinear:
-    """Magnitude pruning: keeps the ``round(density * in * out)`` largest ``|kernel|`` entries.
+  def from_dense(cls, linear: nnx.Linear, *, density: float,
+                 block: tuple[int, int] | None = None) -> SparseLinear:
+    """Magnitude pruning: keeps the ``round(density * in * out)`` largest ``|kernel|``
+    entries, or with ``block=(bm, bn)`` the ``round(density * blocks)`` blocks of largest
+    Frobenius norm (stored as BSR).
 
     Args:
       linear: an ``nnx.Linear`` with a `[in, out]` kernel (its bias is copied).
-      density: fraction of weights to keep, in ``(0, 1]``.
+      density: fraction of weights (or blocks) to keep, in ``(0, 1]``.
+      block: ``(bm, bn)`` dividing the kernel's shape: prune and store by blocks.
 
     Example:
       >>> import jax.numpy as jnp
@@ -141,6 +162,9 @@ class SparseLinear(nnx.Module):
       >>> pruned.nse, bool(jnp.abs(pruned.kernel[...]).min()
       ...                   >= jnp.sort(jnp.abs(dense.kernel[...]).ravel())[5])
       (6, True)
+      >>> SparseLinear.from_dense(nnx.Linear(4, 6, rngs=nnx.Rngs(0)), density=0.5,
+      ...                         block=(2, 3)).sparse_kernel
+      SparseArray(float32[4, 6], format=BSR((2, 3)), nse=2)
     """
     name = "SparseLinear.from_dense"
     if not isinstance(linear, nnx.Linear):
@@ -150,18 +174,41 @@ class SparseLinear(nnx.Module):
       raise ValueError(f"{name}: the kernel must be 2-D [in, out]; got shape {kernel.shape}.")
     if not 0 < float(density) <= 1:
       raise ValueError(f"{name}: density must be in (0, 1]; got density={density}.")
-    n_in, n_out = kernel.shape
-    keep = max(1, int(round(float(density) * kernel.size)))
-    flat = np.sort(np.argsort(-np.abs(kernel).ravel(), kind="stable")[:keep])
-    rows, cols = np.divmod(flat, n_out)
+    block = _check_block(block, kernel.shape, name)
+    blocks = _blocks_of(kernel, block or (1, 1))        # [in/bm, out/bn, bm, bn]
+    norms = np.sqrt((blocks.astype(np.float64) ** 2).sum(axis=(2, 3))).ravel()
+    keep = max(1, int(round(float(density) * norms.size)))
+    flat = np.sort(np.argsort(-norms, kind="stable")[:keep])
+    rows, cols = np.divmod(flat, blocks.shape[1])
+    bm, bn = block or (1, 1)
     mask = np.zeros(kernel.shape, bool)
-    mask[rows, cols] = True
-    layer = cls(n_in, n_out, pattern=mask, use_bias=linear.bias is not None,
+    mask.reshape(blocks.shape[0], bm, blocks.shape[1], bn)[rows, :, cols, :] = True
+    n_in, n_out = kernel.shape
+    layer = cls(n_in, n_out, pattern=mask, block=block, use_bias=linear.bias is not None,
                 param_dtype=kernel.dtype, rngs=nnx.Rngs(0))
-    layer.kernel[...] = jnp.asarray(kernel[rows, cols])
+    layer.kernel[...] = jnp.asarray(blocks[rows, cols] if block else kernel[rows, cols])
     if linear.bias is not None:
       layer.bias[...] = jnp.asarray(linear.bias[...])
     return layer
+
+
+def _check_block(block, shape, name) -> tuple[int, int] | None:
+  """``block`` as a pair of ints dividing ``shape``, or None."""
+  if block is None:
+    return None
+  bm, bn = (int(b) for b in block)
+  if bm <= 0 or bn <= 0 or shape[0] % bm or shape[1] % bn:
+    padded = tuple(-(-s // max(b, 1)) * max(b, 1) for s, b in zip(shape, (bm, bn)))
+    raise ValueError(f"{name}: block {tuple(block)} must be positive and divide the weight "
+                     f"shape [in_features, out_features] = {tuple(shape)}; got a remainder. "
+                     f"Pick a block that divides it, or use features {padded}.")
+  return bm, bn
+
+
+def _blocks_of(w, block):
+  """`[in/bm, out/bn, bm, bn]`: the ``(bm, bn)`` blocks of ``w`` `[in, out]`."""
+  (n_in, n_out), (bm, bn) = w.shape, block
+  return w.reshape(n_in // bm, bm, n_out // bn, bn).transpose(0, 2, 1, 3)
 
 
 @jax.jit
