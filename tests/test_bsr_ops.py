@@ -210,3 +210,36 @@ def test_transpose_and_sum():
   Ab = js.from_dense(xs, format=js.BSR((2, 4)), n_batch=1)
   np.testing.assert_allclose(Ab.sum(2), f64(xs).sum(2), **TOL)
   np.testing.assert_array_equal(Ab.transpose((0, 2, 1)).todense(), xs.transpose(0, 2, 1))
+
+
+def _masked_softmax(x, stored, axis):
+  """Float64 softmax of ``x`` along ``axis`` over the ``stored`` elements (others absent)."""
+  z = np.where(stored, x, -np.inf)
+  z = z - np.max(np.where(stored.any(axis, keepdims=True), z, 0), axis=axis, keepdims=True)
+  e = np.where(stored, np.exp(z), 0)
+  total = e.sum(axis, keepdims=True)
+  return e / np.where(total == 0, 1, total)
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+def test_softmax_over_stored_blocks(axis):
+  """``js.softmax`` of a BSR array (padding blocks present, an empty block row) along
+  either axis: over every element of the stored blocks of each logical row / column,
+  against float64 numpy; its gradients (order 2, fwd and rev), ``jit`` and ``vmap``."""
+  with util.dtype_context(np.float64):
+    A, x = bsr(7)
+    A = A.with_data(jnp.asarray(A.data, jnp.float64))
+    stored = np.repeat(np.repeat(np.abs(x.reshape(3, 2, 2, 4)).sum(axis=(1, 3)) != 0, 2, 0),
+                       4, 1)
+    assert 0 < stored.sum() < stored.size
+    want = _masked_softmax(f64(A.todense()), stored, axis)
+    got = jax.jit(lambda A: js.softmax(A, axis=axis))(A)
+    assert got.format == A.format
+    np.testing.assert_allclose(f64(got.todense()), want, rtol=1e-12, atol=1e-12)
+    w = jnp.asarray(dense(8, A.data.shape), jnp.float64)
+    check_grads(lambda d: (js.softmax(A.with_data(d), axis=axis).data * w).sum(), (A.data,),
+                order=2, modes=("fwd", "rev"))
+    twice = jax.vmap(lambda d: js.softmax(A.with_data(d), axis=axis).data)(
+        jnp.stack([A.data, 2 * A.data]))
+    np.testing.assert_allclose(twice[1], js.softmax(A.with_data(2 * A.data), axis=axis).data,
+                               rtol=1e-12)

@@ -247,3 +247,41 @@ def multiply(a, b, func: str):
     return A.with_data(A.data * x.reshape(()))
   x = x.reshape(tuple(x.shape[d] for d in keep))
   return einsum(f"{ids},{''.join(ids[d] for d in keep)}->{ids}", A, x)
+
+
+def softmax(A: SparseArray, axis: int) -> SparseArray:
+  """Softmax along sparse dimension ``axis`` (of ``A``'s dims, batch dims excluded) over
+  the elements of the stored blocks of each slice: for BSR and the last axis, over every
+  element of the blocks stored in one block row, separately for each element row.
+
+  The block view's segments along the grid's ``axis`` (:func:`segment_ids`) are reduced
+  over the stored blocks *and* the block's own ``axis``; padding blocks keep 0.
+
+  Example:
+    >>> import jax.numpy as jnp, jscorch as js
+    >>> A = js.from_dense(jnp.array([[1., 1., 0., 0.], [0., 0., 0., 0.]]), format=js.BSR((1, 2)))
+    >>> softmax(A, 1).todense()
+    Array([[0.5, 0.5, 0. , 0. ],
+           [0. , 0. , 0. , 0. ]], dtype=float32)
+  """
+  from jscorch.primitives.segment import segment_ids, segment_max, segment_sum
+  V = A.block_view()
+  nb = V.n_batch
+  one = Layout(V.format.replace(n_batch=0), V.shape[nb:], V.nse)
+  within = 1 + axis                       # the block axis of ``axis`` in one element's data
+
+  def normalise(data, indices):
+    ids, n = segment_ids(one, indices, axis)
+    valid = (ids < n).reshape((-1,) + (1,) * (data.ndim - 1))
+    low = jnp.array(-jnp.inf, data.dtype)
+    peak = segment_max(jnp.where(valid, data, low).max(axis=within, keepdims=True), ids, n)
+    peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0))
+    shift = peak.at[ids].get(mode="fill", fill_value=0)
+    e = jnp.where(valid, jnp.exp(jnp.where(valid, data - shift, 0)), 0)
+    total = segment_sum(e.sum(axis=within, keepdims=True), ids, n)
+    return e / jnp.where(valid, total.at[ids].get(mode="fill", fill_value=1), 1)
+
+  fn = normalise
+  for _ in range(nb):
+    fn = jax.vmap(fn)
+  return A.with_data(fn(V.data, V.indices))

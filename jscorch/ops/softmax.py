@@ -6,6 +6,8 @@ import jax.numpy as jnp
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
+from jscorch.ops import blocks
+from jscorch.ops.blocks import is_blocked
 from jscorch.ops.unary import valid_mask
 from jscorch.primitives import segment
 from jscorch.primitives._errors import SparseFormatError
@@ -25,7 +27,8 @@ def softmax(x, axis: int = -1):
 
   Args:
     x: a SparseArray (any format, batch and block dims), or a dense array (then
-      this is ``jax.nn.softmax(x, axis)``).
+      this is ``jax.nn.softmax(x, axis)``). In a blocked format (BSR) the slice is every
+      element of the stored blocks along ``axis`` (:func:`jscorch.ops.blocks.softmax`).
     axis: a sparse dimension of ``x`` (negative counts from the end), or a block
       dimension (softmax within each stored block). Static.
 
@@ -57,6 +60,8 @@ def softmax(x, axis: int = -1):
     raise SparseFormatError(f"{func}: axis out of range; got axis={axis}, expected "
                             f"-{nd} <= axis < {nd} for {A!r}.")
   ax %= nd
+  if is_blocked(A) and nb <= ax < nb + ns:
+    return blocks.softmax(A, ax - nb)
   if ax < nb:
     raise SparseFormatError(
         f"{func}: axis {ax} is a batch dimension of {A!r}; got axis={axis}, expected a sparse "
