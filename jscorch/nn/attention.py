@@ -11,7 +11,9 @@ an `[n, n]` dense array:
 
 The mask helpers build the patterns of sparse transformers as CSR SparseArrays
 (static, built with numpy): :func:`local_window_mask`, :func:`strided_mask`,
-:func:`bigbird_mask`.
+:func:`bigbird_mask`; with ``block=b`` the same patterns at block granularity, as BSR
+``(b, b)`` masks (every element of a stored block attends: one small dense product per
+block on accelerators).
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from jscorch.einsum import einsum
 from jscorch.nn import _util
 from jscorch.nn.aggregation import aggregation
 from jscorch.nn.aggregation import dropout_values as _dropout
+from jscorch.ops.blocks import is_blocked
+from jscorch.primitives.formats import BSR
 
 glorot_init = nnx.initializers.glorot_uniform()
 zeros_init = nnx.initializers.zeros_init()
@@ -189,7 +193,9 @@ class SparseAttention(nnx.Module):
   (SDDMM), softmax over each row's stored entries, attention dropout, SpMM with
   ``v``, then the output projection ``out`` (`[qkv_features, out_features]`).
   Equal to dense attention with the non-stored entries masked to ``-inf``; rows
-  without stored entries give 0 (before the output bias).
+  without stored entries give 0 (before the output bias). A blocked mask (BSR, e.g.
+  ``bigbird_mask(L, block=64)``) attends to every element of its stored blocks (the
+  mask's values are not read) and runs each head's products on the blocks.
 
   Args:
     num_heads: number of heads; must divide ``qkv_features``.
@@ -252,7 +258,8 @@ class SparseAttention(nnx.Module):
                        f"{x.shape[-2]}; build the mask for the sequence length.")
 
   def attention_weights(self, x, mask) -> SparseArray:
-    """The attention weights `[length, length, heads]` (pattern of ``mask``) for one `[L, F]` x."""
+    """The attention weights `[length, length, heads]` (pattern of ``mask``) for one `[L, F]`
+    x; for a blocked mask a BSR `[heads, length, length]` (one batch element per head)."""
     self._check(x, mask)
     if x.ndim != 2:
       raise ValueError(f"SparseAttention.attention_weights: x must be [length, features]; got "
@@ -296,12 +303,32 @@ def _sparse_attention(x, mask, params, key, num_heads, rate):
   length = x.shape[0]
   q, k, v = (_linear(x, params[name]).reshape(length, num_heads, -1)
              for name in ("query", "key", "value"))
+  q = q / math.sqrt(q.shape[-1])
+  if is_blocked(mask):
+    o, weights = _blocked_heads(mask, q, k, v, key, rate)
+    return _linear(o.reshape(length, -1), params["out"]), weights
   pattern = _pattern(mask, num_heads, dtype)
-  scores = einsum("ijh,ihd,jhd->ijh", pattern, q / math.sqrt(q.shape[-1]), k)
+  scores = einsum("ijh,ihd,jhd->ijh", pattern, q, k)
   weights = _row_softmax(scores)
   dropped = weights if key is None else weights.with_data(_dropout(weights.data, rate, key))
   o = einsum("ijh,jhd->ihd", dropped, v).reshape(length, -1)
   return _linear(o, params["out"]), weights
+
+
+def _blocked_heads(mask, q, k, v, key, rate):
+  """The three sparse steps on a blocked ``mask``, one head at a time (``vmap``): ``q``,
+  ``k``, ``v`` `[L, heads, d]` → `[L, heads, d]` and the weights, a BSR `[heads, L, L]`
+  (a batch dimension per head) with every element of the mask's stored blocks."""
+  pattern = mask.with_data(jnp.ones(mask.data.shape, q.dtype))
+  keys = jax.random.split(key, q.shape[1]) if key is not None else None
+
+  def head(qh, kh, vh, kk):
+    weights = _row_softmax(einsum("ij,id,jd->ij", pattern, qh, kh))
+    dropped = weights if kk is None else weights.with_data(_dropout(weights.data, rate, kk))
+    return einsum("ij,jd->id", dropped, vh), weights
+
+  return jax.vmap(head, in_axes=(1, 1, 1, None if keys is None else 0), out_axes=(1, 0))(
+      q, k, v, keys)
 
 
 _sparse_attention_jit = jax.jit(_sparse_attention, static_argnums=(4, 5))
@@ -317,30 +344,53 @@ def _batched_sparse_attention(xs, mask, params, key, num_heads, rate):
 
 
 # -- mask helpers ----------------------------------------------------------------------------
-def _mask_from_pairs(seq_len: int, rows, cols, dtype) -> SparseArray:
-  """A CSR pattern of ones (duplicates merged), built on the host: nothing to compile."""
-  mask = graph._host_csr(rows, cols, 1.0, (seq_len, seq_len), np.dtype(dtype))
-  return mask.with_data(jnp.ones_like(mask.data))
+def _mask_from_pairs(seq_len: int, rows, cols, dtype, block: int | None = None) -> SparseArray:
+  """A CSR pattern of ones (duplicates merged), built on the host: nothing to compile. With
+  ``block``, ``rows`` / ``cols`` are block coordinates and the mask is BSR ``(block, block)``
+  with every element of its blocks set."""
+  b = block or 1
+  grid = graph._host_csr(rows, cols, 1.0, (seq_len // b,) * 2, np.dtype(dtype))
+  if block is None:
+    return grid.with_data(jnp.ones_like(grid.data))
+  return SparseArray.from_buffers(jnp.ones((grid.nse, b, b), dtype), grid.indices,
+                                  shape=(seq_len, seq_len), format=BSR((b, b)), check=False)
 
 
-def _check_len(seq_len, name):
+def _check_len(seq_len, name, block=None, causal=False):
+  """``seq_len`` (and ``block``, which must divide it) checked; the number of positions, or
+  of blocks with ``block``."""
   if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
     raise ValueError(f"{name}: seq_len must be a positive int; got {seq_len!r}.")
-  return int(seq_len)
+  if block is None:
+    return int(seq_len)
+  if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1 or \
+      seq_len % block:
+    padded = -(-int(seq_len) // max(int(block), 1)) * max(int(block), 1) \
+        if isinstance(block, (int, np.integer)) else None
+    raise ValueError(f"{name}: block must be a positive int dividing seq_len; got "
+                     f"block={block!r}, seq_len={seq_len}. Pad the sequence to {padded} "
+                     "positions, or pick a block that divides it.")
+  if causal:
+    raise ValueError(f"{name}: causal=True with block={block}: a block on the diagonal "
+                     "would let positions attend to later ones in the same block. Use "
+                     "block=None for a causal mask.")
+  return int(seq_len) // int(block)
 
 
 def local_window_mask(seq_len: int, window: int, *, causal: bool = False,
-                      dtype=jnp.float32) -> SparseArray:
+                      block: int | None = None, dtype=jnp.float32) -> SparseArray:
   """Each position attends to the positions within ``window`` of it (``|i - j| <= window``).
 
   Args:
     seq_len: sequence length.
-    window: half width (0: only itself).
-    causal: keep only ``j <= i``.
+    window: half width (0: only itself); in blocks with ``block``.
+    causal: keep only ``j <= i`` (not with ``block``).
+    block: build the pattern over blocks of ``block`` positions (dividing ``seq_len``):
+      block ``I`` attends to blocks ``|I - J| <= window``.
     dtype: value dtype (values are 1).
 
   Returns:
-    A `[seq_len, seq_len]` CSR SparseArray.
+    A `[seq_len, seq_len]` CSR SparseArray (BSR ``(block, block)`` with ``block``).
 
   Example:
     >>> local_window_mask(4, 1).todense()
@@ -349,19 +399,20 @@ def local_window_mask(seq_len: int, window: int, *, causal: bool = False,
            [0., 1., 1., 1.],
            [0., 0., 1., 1.]], dtype=float32)
   """
-  n = _check_len(seq_len, "local_window_mask")
+  n = _check_len(seq_len, "local_window_mask", block, causal)
   if window < 0:
     raise ValueError(f"local_window_mask: window must be >= 0; got {window}.")
   i = np.repeat(np.arange(n), 2 * window + 1)
   j = i + np.tile(np.arange(-window, window + 1), n)
   keep = (j >= 0) & (j < n) & ((j <= i) if causal else True)
-  return _mask_from_pairs(n, i[keep], j[keep], dtype)
+  return _mask_from_pairs(seq_len, i[keep], j[keep], dtype, block)
 
 
-def strided_mask(seq_len: int, stride: int, *, causal: bool = False,
+def strided_mask(seq_len: int, stride: int, *, causal: bool = False, block: int | None = None,
                  dtype=jnp.float32) -> SparseArray:
   """The strided pattern of Sparse Transformers (Child et al.): ``|i - j| < stride`` (local) or
-  ``(i - j) % stride == 0`` (every ``stride``-th position).
+  ``(i - j) % stride == 0`` (every ``stride``-th position). With ``block`` (dividing
+  ``seq_len``; not with ``causal``) the same rule over block coordinates, as BSR.
 
   Example:
     >>> strided_mask(5, 2, causal=True).todense()
@@ -371,30 +422,34 @@ def strided_mask(seq_len: int, stride: int, *, causal: bool = False,
            [0., 1., 1., 1., 0.],
            [1., 0., 1., 1., 1.]], dtype=float32)
   """
-  n = _check_len(seq_len, "strided_mask")
+  n = _check_len(seq_len, "strided_mask", block, causal)
   if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
     raise ValueError(f"strided_mask: stride must be a positive int; got {stride!r}.")
   i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
   keep = (np.abs(i - j) < stride) | ((i - j) % stride == 0)
   if causal:
     keep &= j <= i
-  return _mask_from_pairs(n, i[keep], j[keep], dtype)
+  return _mask_from_pairs(seq_len, i[keep], j[keep], dtype, block)
 
 
 def bigbird_mask(seq_len: int, *, window: int = 3, num_global: int = 2, num_random: int = 3,
-                 seed: int = 0, dtype=jnp.float32) -> SparseArray:
+                 seed: int = 0, block: int | None = None, dtype=jnp.float32) -> SparseArray:
   """BigBird's pattern (Zaheer et al.): local window, global tokens and random links.
 
   Position ``i`` attends to ``|i - j| <= window``, to the first ``num_global``
   positions (which in turn attend to every position), and to ``num_random``
-  positions drawn uniformly (``numpy`` generator seeded with ``seed``).
+  positions drawn uniformly (``numpy`` generator seeded with ``seed``). With ``block``
+  (dividing ``seq_len``) every count is in blocks, as BigBird itself builds it: a BSR
+  ``(block, block)`` mask.
 
   Example:
     >>> m = bigbird_mask(64, window=2, num_global=1, num_random=2)
     >>> m.shape, bool((m.todense()[0] == 1).all()), bool((m.todense()[:, 0] == 1).all())
     ((64, 64), True, True)
+    >>> bigbird_mask(64, window=1, num_global=1, num_random=1, block=8)
+    SparseArray(float32[64, 64], format=BSR((8, 8)), nse=37)
   """
-  n = _check_len(seq_len, "bigbird_mask")
+  n = _check_len(seq_len, "bigbird_mask", block)
   if min(window, num_global, num_random) < 0:
     raise ValueError(f"bigbird_mask: window, num_global and num_random must be >= 0; got "
                      f"{window=}, {num_global=}, {num_random=}.")
@@ -413,4 +468,4 @@ def bigbird_mask(seq_len: int, *, window: int = 3, num_global: int = 2, num_rand
     rand = np.stack([rng.choice(n, r, replace=False) for _ in range(n)])
     rows.append(np.repeat(all_pos, r))
     cols.append(rand.ravel())
-  return _mask_from_pairs(n, np.concatenate(rows), np.concatenate(cols), dtype)
+  return _mask_from_pairs(seq_len, np.concatenate(rows), np.concatenate(cols), dtype, block)

@@ -269,3 +269,54 @@ def test_mask_helpers_match_their_definitions():
   with pytest.raises(ValueError, match="strided_mask: stride must be a positive int"):
     nn.strided_mask(8, 0)
 
+
+
+# -- block masks (BSR) ---------------------------------------------------------------------------
+def _block_expected(grid_keep, b):
+  return np.kron(grid_keep, np.ones((b, b))).astype(np.float32)
+
+
+def test_block_mask_helpers_match_their_definitions():
+  """With ``block=3`` each helper applies its rule to block coordinates (BSR ``(3, 3)``,
+  every element of a stored block set); bad blocks and causal block masks raise."""
+  nb, b = L // 3, 3
+  gi, gj = np.meshgrid(np.arange(nb), np.arange(nb), indexing="ij")
+  cases = [(nn.local_window_mask(L, 1, block=b), np.abs(gi - gj) <= 1),
+           (nn.strided_mask(L, 2, block=b), (np.abs(gi - gj) < 2) | ((gi - gj) % 2 == 0))]
+  for mask, keep in cases:
+    assert mask.format == js.BSR((b, b)) and mask.nse == int(keep.sum())
+    np.testing.assert_array_equal(np.asarray(mask.todense()), _block_expected(keep, b))
+  bb = np.asarray(nn.bigbird_mask(L, window=0, num_global=1, num_random=1, block=b).todense())
+  assert np.all(bb[:b] == 1) and np.all(bb[:, :b] == 1) and np.all(np.diag(bb) == 1)
+  with pytest.raises(ValueError, match=r"local_window_mask: block must be a positive int "
+                                       r"dividing seq_len; got block=5, seq_len=12\. Pad the "
+                                       r"sequence to 15"):
+    nn.local_window_mask(L, 1, block=5)
+  with pytest.raises(ValueError, match=r"strided_mask: causal=True with block=3"):
+    nn.strided_mask(L, 2, causal=True, block=3)
+
+
+def test_sparse_attention_with_a_block_mask():
+  """A BSR mask: outputs and weights against the dense float64 reference (every element
+  of the stored blocks attends), gradients (order 2, fwd and rev), batches and dropout."""
+  with jax.enable_x64(True):
+    mask = nn.bigbird_mask(L, window=0, num_global=1, num_random=1, seed=2, block=3,
+                           dtype=jnp.float64)
+    attn = nn.SparseAttention(2, F, out_features=5, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    _randomize_biases(attn)
+    x = util.random_values(1, (L, F), F64)
+    expected, w_ref = attention_ref(x, np.asarray(mask.todense()), lu.params_of(attn), 2)
+    util.assert_allclose(attn(jnp.asarray(x), mask), expected, dtype=np.float64)
+    w = attn.attention_weights(jnp.asarray(x), mask)
+    assert w.format == js.BSR((3, 3)).replace(n_batch=1) and w.shape == (2, L, L)
+    util.assert_allclose(np.moveaxis(np.asarray(w.todense()), 0, -1), w_ref, dtype=np.float64)
+    f, params = lu.pure(attn, lambda m, x: m(x, mask))
+    util.check_grads_both(jax.jit(f), (params, jnp.asarray(x[:, :])), atol=1e-5, rtol=1e-5)
+  mask = nn.local_window_mask(L, 1, block=4)
+  attn = nn.SparseAttention(2, F, dropout_rate=0.3, rngs=nnx.Rngs(0))
+  xs = jnp.asarray(util.random_values(2, (3, L, F), np.float32))
+  attn.eval()
+  out = attn(xs, mask)
+  util.assert_allclose(out[2], attn(xs[2], mask))
+  attn.train()
+  assert not np.allclose(np.asarray(attn(xs, mask, rngs=jax.random.key(0))), np.asarray(out))
