@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from jscorch.bench import (
+  accelerator,
   build,
   data,
   first_result,
@@ -170,6 +171,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="whole models instead of kernels: GCN, GAT and GraphSAGE on Cora "
                       "and synthetic graphs, a weight-sparse autoencoder, a sparse-attention "
                       "block, an MoE layer, and the first result of a GCN")
+  parser.add_argument("--platform", choices=("gpu", "tpu", "cpu"), default=None,
+                      help="the accelerator workloads (" + " ".join(accelerator.ROWS) + ") on "
+                      "this platform's first device, against BCOO, BCSR (cuSPARSE), dense, the "
+                      "portable lowering and torch CUDA; exits 2 without such a device. 'cpu' "
+                      "with --quick checks the harness in under a minute")
   parser.add_argument("--cora", metavar="PATH.npz", default=os.environ.get("JSCORCH_CORA"),
                       help="Cora in jscorch's .npz schema (docs/data.md) for --models "
                       "(default $JSCORCH_CORA; without it the quick size uses the embedded "
@@ -181,11 +187,28 @@ def main(args: argparse.Namespace) -> int:
   workload, before anything runs."""
   known = MODEL_WORKLOADS if args.models else WORKLOADS
   unknown = sorted(set(args.only or ()) - set(known))
-  if unknown:
+  if unknown and not args.platform:
     print(f"bench: unknown workload(s) {', '.join(unknown)}"
           f"{' with --models' if args.models else ''}; expected names among "
           f"{' '.join(known)}.", file=sys.stderr)
     return 2
+  if args.platform:
+    unknown = sorted(set(args.only or ()) - set(accelerator.ROWS))
+    device, reason = accelerator.device_or_reason(args.platform)
+    if unknown or device is None:
+      why = (f"unknown workload(s) {', '.join(unknown)}; expected names among "
+             f"{' '.join(accelerator.ROWS)}" if unknown else
+             f"{reason}; run it on a machine with that device (for a GPU, jax[cuda12])")
+      print(f"bench: --platform {args.platform}: {why}.", file=sys.stderr)
+      return 2
+    started = time.perf_counter()
+    rows = accelerator.run(args.platform, args.quick, set(args.only) if args.only else None,
+                           _run_workload)
+    print(f"\ntotal {time.perf_counter() - started:.1f} s")
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(dict(platform=args.platform, quick=args.quick, rows=rows), f, indent=2)
+    return 0
   if args.cora and not os.path.isfile(args.cora):
     print(f"bench: --cora {args.cora}: no such file; pass the path of Cora in jscorch's "
           ".npz schema (docs/data.md).", file=sys.stderr)
