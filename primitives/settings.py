@@ -19,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ._errors import SparseFormatError
@@ -58,6 +59,24 @@ class Settings:
       for hook in _on_change:
         hook()
     self._lowering = value
+
+  @contextlib.contextmanager
+  def using(self, lowering: str):
+    """Sets ``lowering`` inside a ``with`` block; always restored (each change clears JAX's
+    caches: compile ahead of time inside the block what should keep its lowering).
+
+    Example:
+      >>> import jscorch as js
+      >>> with js.config.using("portable"):
+      ...   js.config.lowering
+      'portable'
+    """
+    before = self.lowering
+    self.lowering = lowering
+    try:
+      yield self
+    finally:
+      self.lowering = before
 
   def __repr__(self):
     return f"Settings(lowering={self.lowering!r}, checkify_capacity={self.checkify_capacity})"

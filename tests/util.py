@@ -85,16 +85,10 @@ def check_grads_both(f, args: Sequence[Any], **tol) -> None:
   check_grads(f, tuple(args), order=2, modes=("fwd", "rev"), **tol)
 
 
-@contextlib.contextmanager
 def use_lowering(mode: str):
   """Sets ``jscorch.config.lowering`` to ``mode`` inside the block; always restored."""
   import jscorch as js
-  before = js.config.lowering
-  js.config.lowering = mode
-  try:
-    yield
-  finally:
-    js.config.lowering = before
+  return js.config.using(mode)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,6 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import jax
@@ -63,22 +62,12 @@ def device_or_reason(platform: str):
                   f"({str(e).splitlines()[0][:160]})")
 
 
-@contextlib.contextmanager
-def _lowering(mode: str):
-  before = js.config.lowering
-  js.config.lowering = mode
-  try:
-    yield
-  finally:
-    js.config.lowering = before
-
-
 def _jscorch(make, to_numpy=None) -> list:
   """The contenders ``jscorch`` and ``jscorch-portable`` of ``make() -> (jitted function,
   arguments)``: the second built and compiled ahead of time with ``lowering="portable"``
   (changing the setting clears JAX's caches, so it is not switched per call)."""
   f, args = make()
-  with _lowering("portable"):
+  with js.config.using("portable"):
     g, g_args = make()
     compiled = g.lower(*g_args).compile()
   extra = {} if to_numpy is None else dict(to_numpy=to_numpy)
