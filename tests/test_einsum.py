@@ -938,8 +938,8 @@ def test_errors_are_raised_at_trace_time():
 
 def test_spgemm_under_jit_without_capacities():
   """A product of any 2-D formats (batched alike) needs nse= only (it runs as the CSR
-  product between conversions); a contraction into a dense result needs work= (the
-  portable join's capacity)."""
+  product between conversions), and into a dense result nothing; a longer chain of sparse
+  operands needs work= (the portable join's capacity)."""
   A, a, B, b = _spgemm_operands(44, "coo", "csc")
   with pytest.raises(ValueError, match=r"under jit pass nse= \(capacity of the sparse result\) "
                      r"as static ints"):
@@ -954,8 +954,10 @@ def test_spgemm_under_jit_without_capacities():
     jax.jit(lambda A, B: js.einsum("bij,bjk->bik", A, B))(Ab, Bb)
   C = jax.jit(lambda A, B: js.einsum("bij,bjk->bik", A, B, nse=24))(Ab, Bb)
   util.assert_allclose(C.todense(), np.einsum("bij,bjk->bik", ab, bb), F64)
+  D = jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, out_format="dense"))(A, B)
+  util.assert_allclose(D, a @ b, F64)
   with pytest.raises(ValueError, match=r"under jit pass work= \(capacity of the join"):
-    jax.jit(lambda A, B: js.einsum("ij,jk->ik", A, B, out_format="dense"))(A, B)
+    jax.jit(lambda A, B: js.einsum("ij,jk,kl->il", A, B, B.T, out_format="dense"))(A, B)
 
 
 def test_traced_capacity_is_a_type_error():
