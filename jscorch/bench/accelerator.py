@@ -86,6 +86,13 @@ def _torch_cuda():
   return torch
 
 
+def _torch_csr(torch, m: data.Csr):
+  """``m`` as a torch CSR tensor on the GPU."""
+  return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
+                                 torch.from_numpy(m.indices.astype(np.int64)),
+                                 torch.from_numpy(m.data), size=m.shape).cuda()
+
+
 _NO_TORCH_CUDA = "torch with CUDA not available (pip install torch with a CUDA build)"
 
 
@@ -117,9 +124,7 @@ def spmm(m: data.Csr, width: int) -> Workload:
   if torch is None:
     skipped["torch"] = _NO_TORCH_CUDA
   else:
-    tA = torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                 torch.from_numpy(m.indices.astype(np.int64)),
-                                 torch.from_numpy(m.data), size=m.shape).cuda()
+    tA = _torch_csr(torch, m)
     tx = torch.from_numpy(x).cuda()
     out.append(Contender("torch", lambda: _synced(torch, tA @ tx),
                          lambda r: (r.cpu().numpy(),)))
@@ -155,9 +160,7 @@ def sddmm(m: data.Csr, width: int) -> Workload:
   if torch is None:
     skipped["torch"] = _NO_TORCH_CUDA
   else:
-    pattern = torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                      torch.from_numpy(m.indices.astype(np.int64)),
-                                      torch.from_numpy(m.data), size=m.shape).cuda()
+    pattern = _torch_csr(torch, m)
     tu, tvt = torch.from_numpy(u).cuda(), torch.from_numpy(np.ascontiguousarray(v.T)).cuda()
     out.append(Contender(
         "torch", lambda: _synced(torch, torch.sparse.sampled_addmm(pattern, tu, tvt, beta=0.0)),
