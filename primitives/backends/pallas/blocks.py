@@ -130,8 +130,9 @@ def _leaf(let, nse):
   return None
 
 
-def form(k) -> Form | None:
-  """The blocked form of kernel ``k``, or None (then the element-wise printer runs)."""
+def _nest(k):
+  """``(unit loop, segment loop, leaf kind)`` of a kernel over block rows and their stored
+  blocks (units over one structure's first level, a transposed one's at most), or None."""
   if not isinstance(k, ir.Kernel) or k.body.parallel is not ir.Parallel.OUTER:
     return None
   if k.balance.batch != 1 or k.body.over.batch or k.vector is not None:
@@ -147,13 +148,17 @@ def form(k) -> Form | None:
           and seg.over.level == 1 and seg.over.src == 0 and seg.body
           and isinstance(seg.body[0], ir.Let) and seg.body[0].name == "leaf"):
     return None
-  it = seg.over
-  leaf = _leaf(seg.body[0], it.cap)
+  leaf = _leaf(seg.body[0], seg.over.cap)
   if leaf is None or (leaf == "perm") != bool(k.prologue):
     return None
-  sizes = {outer.over.coord.name: outer.over.size, it.coord.name: it.size, "leaf": it.cap}
+  return outer, seg, leaf
+
+
+def _product(body, sizes):
+  """The one ``Accumulate`` of a product of loads in ``body`` (free ``Range`` loops,
+  accumulators) and the output it reaches, or None; records the loops' sizes."""
   products, stores = [], []
-  stack = list(seg.body[1:])
+  stack = list(body)
   while stack:
     s = stack.pop()
     if isinstance(s, ir.Loop):
@@ -172,6 +177,21 @@ def form(k) -> Form | None:
   if not isinstance(out, ir.Access) or (stores and not (
       isinstance(p.out, ir.Acc) and stores[0].value == p.out)):
     return None
+  return p, out
+
+
+def form(k) -> Form | None:
+  """The blocked form of kernel ``k``, or None (then the element-wise printer runs)."""
+  nest = _nest(k)
+  if nest is None:
+    return None
+  outer, seg, leaf = nest
+  it = seg.over
+  sizes = {outer.over.coord.name: outer.over.size, it.coord.name: it.size, "leaf": it.cap}
+  found = _product(seg.body[1:], sizes)
+  if found is None:
+    return None
+  p, out = found
   loads = p.value.factors
   if len(loads) != 2 or not all(isinstance(x, ir.Load) and not x.lanes for x in loads):
     return None
@@ -254,15 +274,10 @@ def _pow2(n, least=16):
   return max(least, 1 << (max(n, 1) - 1).bit_length())
 
 
-# -- the kernel -----------------------------------------------------------------------------
-def run(k: ir.Kernel, f: Form, out_shape, *flat, flavor: str, interpret: bool):
-  """The einsum's output computed by the blocked kernel of ``f`` (``form(k)``)."""
-  from jax.experimental import pallas as pl
-
+def _scalars(k, f: Form, flat, programs: int) -> dict:
+  """``bounds`` (block rows per program, balanced by stored blocks), ``pos``, ``crd``
+  (a transposed driver's column-major copy) and ``perm``, as int32."""
   from . import launch
-  dtype = jnp.dtype(k.dtype)
-  acc_dtype = jnp.promote_types(dtype, jnp.float32)
-  tpu = flavor == "tpu"
   index = {b.name: flat[b.arg].reshape(-1).astype(jnp.int32)
            for b in k.inputs if b.role is not ir.Role.VALUES}
   scalars = {"pos": index[f.pos], "crd": index[f.crd]}
@@ -271,9 +286,13 @@ def run(k: ir.Kernel, f: Form, out_shape, *flat, flavor: str, interpret: bool):
     scalars["pos"], scalars["crd"], scalars["perm"] = launch.transposed(
         t, index[t.pos], index[t.crd])
   index = {f.pos: scalars["pos"], f.crd: scalars["crd"]}
-  programs = max(1, min(f.units, -(-(f.units + f.nse) // BLOCKS_PER_PROGRAM)))
-  scalars = {"bounds": launch.balanced_bounds(launch.work_before(k.balance, index), programs),
-             **scalars}
+  bounds = launch.balanced_bounds(launch.work_before(k.balance, index), programs)
+  return {"bounds": bounds, **scalars}
+
+
+def _tiles(f: Form, tpu: bool):
+  """``(rows, inner, k tile, k)`` padded: multiples of (8, 128) on a TPU, powers of two
+  of at least 16 on a GPU (a sampled product's ``k`` is one tile)."""
   R, C, K = f.rows, f.inner, f.free
   if tpu:
     Rp, Cp = _up(R, 8), _up(C, 128)
@@ -281,7 +300,21 @@ def run(k: ir.Kernel, f: Form, out_shape, *flat, flavor: str, interpret: bool):
   else:
     Rp, Cp = _pow2(R), _pow2(C)
     kt = min(_pow2(K), GPU_K_TILE) if f.kind == "product" else _pow2(K)
-  Kp = _up(K, kt)
+  return Rp, Cp, kt, _up(K, kt)
+
+
+# -- the kernel -----------------------------------------------------------------------------
+def run(k: ir.Kernel, f: Form, out_shape, *flat, flavor: str, interpret: bool):
+  """The einsum's output computed by the blocked kernel of ``f`` (``form(k)``)."""
+  from jax.experimental import pallas as pl
+
+  dtype = jnp.dtype(k.dtype)
+  acc_dtype = jnp.promote_types(dtype, jnp.float32)
+  tpu = flavor == "tpu"
+  programs = max(1, min(f.units, -(-(f.units + f.nse) // BLOCKS_PER_PROGRAM)))
+  scalars = _scalars(k, f, flat, programs)
+  R, C, K = f.rows, f.inner, f.free
+  Rp, Cp, kt, Kp = _tiles(f, tpu)
 
   unit = None if f.kind == "product" else \
       _pad(to_blocks(flat[f.unit.arg].astype(dtype), f.unit), (f.units, Rp, Kp))
@@ -328,8 +361,8 @@ def run(k: ir.Kernel, f: Form, out_shape, *flat, flavor: str, interpret: bool):
     operands = {**scalars, "a": a, "x": seg}
     out_struct = jax.ShapeDtypeStruct((f.units, Rp, Kp), dtype)
     aliases = {}
+    specs = out_spec = semantics = None
     if tpu:
-      from jax.experimental.pallas import tpu as pltpu
       specs = [pl.BlockSpec((f.nse, Rp, Cp), lambda j, g, *_: (0, 0, 0)),
                pl.BlockSpec((f.size, Cp, kt), lambda j, g, *_: (0, 0, j))]
       out_spec = pl.BlockSpec((f.units, Rp, kt), lambda j, g, *_: (0, 0, j))
@@ -356,32 +389,41 @@ def run(k: ir.Kernel, f: Form, out_shape, *flat, flavor: str, interpret: bool):
                 "out_init": jnp.zeros((f.nse, Rp, Cp), dtype)}
     out_struct = jax.ShapeDtypeStruct((f.nse, Rp, Cp), dtype)
     aliases = {len(operands) - 1: 0}
+    specs = out_spec = semantics = None
     if tpu:
-      from jax.experimental.pallas import tpu as pltpu
       full = [pl.BlockSpec(x.shape, lambda g, *_, n=x.ndim: (0,) * n)
               for x in (unit, seg, operands["out_init"])]
       specs, out_spec = full, full[-1]
       semantics = ("arbitrary",)
 
-  if tpu:
-    grid_spec = pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=len(scalars), grid=grid, in_specs=specs, out_specs=out_spec)
-    call = pl.pallas_call(kernel, grid_spec=grid_spec, out_shape=out_struct,
-                          input_output_aliases=aliases, interpret=interpret,
-                          compiler_params=pltpu.CompilerParams(dimension_semantics=semantics))
-  else:
-    params = {}
-    if not interpret:
-      from jax.experimental.pallas import triton as pltriton
-      params = dict(compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=2))
-    call = pl.pallas_call(kernel, grid=grid, out_shape=out_struct,
-                          input_output_aliases=aliases, interpret=interpret, **params)
+  call = _pallas_call(kernel, grid, out_struct, aliases, len(scalars),
+                      (specs, out_spec, semantics) if tpu else None, interpret)
   result = call(*operands.values())
   if f.kind == "product":
     out = from_blocks(result[:, :R, :K], f.unit)
   else:
     out = from_blocks(result[:, :R, :C], f.sparse)
   return out.reshape(out_shape)
+
+
+def _pallas_call(kernel, grid, out_struct, aliases, n_scalars, tpu_specs, interpret):
+  """The ``pallas_call``: on a TPU with ``tpu_specs = (in_specs, out_spec, semantics)``
+  and the first ``n_scalars`` operands scalar-prefetched, else Triton's (whole refs)."""
+  from jax.experimental import pallas as pl
+  if tpu_specs is not None:
+    from jax.experimental.pallas import tpu as pltpu
+    specs, out_spec, semantics = tpu_specs
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=n_scalars, grid=grid, in_specs=specs, out_specs=out_spec)
+    return pl.pallas_call(kernel, grid_spec=grid_spec, out_shape=out_struct,
+                          input_output_aliases=aliases, interpret=interpret,
+                          compiler_params=pltpu.CompilerParams(dimension_semantics=semantics))
+  params = {}
+  if not interpret:
+    from jax.experimental.pallas import triton as pltriton
+    params = dict(compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=2))
+  return pl.pallas_call(kernel, grid=grid, out_shape=out_struct,
+                        input_output_aliases=aliases, interpret=interpret, **params)
 
 
 def dtypes_ok(dtype, platform: str) -> bool:
