@@ -7,7 +7,9 @@ is the outer parallel loop, balanced by stored entries. On ``"cuda"`` / ``"rocm"
 a Triton kernel, on ``"tpu"`` a Mosaic kernel with the index buffers scalar-prefetched.
 On the CPU it runs in Pallas' interpreter, only when chosen by name
 (``jscorch.config.lowering = "pallas"``; under ``"auto"`` the C backend serves the CPU):
-that is how it is tested without an accelerator.
+that is how it is tested without an accelerator. A product over a block-sparse operand's
+blocks (BSR: SpMM, ``Aᵀ G``, the SDDMM at its blocks) runs as tile matmuls instead
+(:mod:`.blocks`; :data:`last_forms` records which form each lowering took).
 
 Kernels with no Pallas form fall back to the portable lowering with a reason from
 :data:`FALLBACKS` (or ``"dtype"``, a key of ``einsum_kernel.FALLBACKS``).
