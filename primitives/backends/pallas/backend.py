@@ -7,7 +7,9 @@ is the outer parallel loop, balanced by stored entries. On ``"cuda"`` / ``"rocm"
 a Triton kernel, on ``"tpu"`` a Mosaic kernel with the index buffers scalar-prefetched.
 On the CPU it runs in Pallas' interpreter, only when chosen by name
 (``jscorch.config.lowering = "pallas"``; under ``"auto"`` the C backend serves the CPU):
-that is how it is tested without an accelerator.
+that is how it is tested without an accelerator. A product over a block-sparse operand's
+blocks (BSR: SpMM, ``Aᵀ G``, the SDDMM at its blocks) runs as tile matmuls instead
+(:mod:`.blocks`; :data:`last_forms` records which form each lowering took).
 
 Kernels with no Pallas form fall back to the portable lowering with a reason from
 :data:`FALLBACKS` (or ``"dtype"``, a key of ``einsum_kernel.FALLBACKS``).
@@ -20,6 +22,7 @@ Example:
 """
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any
 
@@ -27,7 +30,7 @@ import numpy as np
 from jax.interpreters import mlir
 
 from ... import loopnest as ir
-from . import printer
+from . import blocks, printer
 
 #: Plans the Pallas backend leaves to the portable lowering, by reason (besides "dtype").
 FALLBACKS = {
@@ -47,6 +50,11 @@ FALLBACKS = {
 #: buffers scalar-prefetched, SMEM and VMEM refs): tests run both without an accelerator.
 INTERPRET_FLAVOR = "gpu"
 
+#: The kernel form of each recent Pallas lowering, ``(einsum, "blocked" | "elements")``,
+#: newest last: ``"blocked"`` is :mod:`.blocks` (tile matmuls over a block-sparse
+#: operand's blocks), ``"elements"`` the printed loop nest.
+last_forms: collections.deque = collections.deque(maxlen=64)
+
 #: Value dtypes per platform: Triton and the interpreter take float64, bfloat16 and float16
 #: (accumulated in float32); a TPU's kernels read scalars from SMEM, 32-bit only.
 DTYPES = {"tpu": (np.dtype(np.float32),)}
@@ -65,13 +73,29 @@ class PallasBackend:
   def supports(self, plan: Any, dtype, platform: str) -> str | None:
     if np.dtype(dtype) not in DTYPES.get(platform, _DEFAULT_DTYPES):
       return "dtype"
-    return printer.check(plan, scalar_loads=platform != "tpu")
+    reason = printer.check(plan, scalar_loads=platform != "tpu")
+    if reason not in (None, "pallas: index size") and self.blocked(plan, dtype, platform):
+      return None
+    return reason
+
+  @staticmethod
+  def blocked(plan: Any, dtype, platform: str) -> blocks.Form | None:
+    """The blocked form of ``plan`` (:func:`blocks.form`) where it runs on ``platform``."""
+    return blocks.form(plan) if blocks.dtypes_ok(dtype, platform) else None
 
   def lower(self, ctx, plan: ir.Kernel, *args, platform: str):
     from . import launch  # (imports jax.experimental.pallas: only when used)
     flavor = "tpu" if platform == "tpu" else INTERPRET_FLAVOR if platform == "cpu" else "gpu"
-    fun = functools.partial(launch.run, plan, ctx.avals_out[0].shape, flavor=flavor,
-                            interpret=platform == "cpu")
+    shape = ctx.avals_out[0].shape
+    f = self.blocked(plan, ctx.avals_out[0].dtype, platform)
+    einsum = dict(plan.notes).get("einsum")
+    last_forms.append((einsum, "blocked" if f is not None else "elements"))
+    if f is not None:
+      fun = functools.partial(blocks.run, plan, f, shape, flavor=flavor,
+                              interpret=platform == "cpu")
+    else:
+      fun = functools.partial(launch.run, plan, shape, flavor=flavor,
+                              interpret=platform == "cpu")
     return mlir.lower_fun(lambda *flat: [fun(*flat)], multiple_results=True)(ctx, *args)
 
   def __repr__(self):
