@@ -213,11 +213,11 @@ def test_form_is_recognised_from_the_plan():
   d = _case(np.random.default_rng(5), (16, 8), F32)
   k = _plan(_spec(spmm, d["A"], d["x"]))
   f = blocks.form(k)
-  assert (f.kind, f.rows, f.inner, f.free, f.transposed) == ("product", 16, 8, 40, False)
+  assert (f.sampled, f.rows, f.inner, f.free, f.transposed) == (False, 16, 8, 40, False)
   k_t = _plan(_spec(spmm_t, d["A"], d["g"]))
   assert blocks.form(k_t).transposed
   k_s = _plan(_spec(sddmm, d["A"], d["y"], d["z"]))
-  assert (blocks.form(k_s).kind, blocks.form(k_s).free) == ("sampled", 6)
+  assert (blocks.form(k_s).sampled, blocks.form(k_s).free) == (True, 6)
   a = d["a"]
   C = js.from_dense(a, "csr")
   k_csr = _plan(_spec(spmm, C, d["x"]))

@@ -28,14 +28,13 @@ Example:
   >>> from jscorch.primitives.layout import Layout
   >>> from jscorch.primitives.formats import Format, dense, compressed
   >>> from jscorch.primitives.einsum_spec import EinsumSpec, Operand
-  >>> from jscorch.primitives.plan import KernelPlan, lower
+  >>> from jscorch.primitives.einsum_kernel import kernel_plan
   >>> lay = Layout(Format(dense, compressed, n_dense=2), (2, 3, 16, 16), 5)
   >>> spec = EinsumSpec((Operand((0, 1, 2, 3), lay), Operand((1, 3, 4))), out=(0, 2, 4),
   ...                   sizes=((0, 2), (1, 3), (2, 16), (3, 16), (4, 8)))
-  >>> bare = Layout(Format(dense, compressed), (2, 3), 5)
-  >>> f = form(lower(KernelPlan(spec, bare, (0, 1), 1, np.dtype(np.float32))))
-  >>> f.kind, f.rows, f.inner, f.free
-  ('product', 16, 16, 8)
+  >>> f = form(kernel_plan(spec, range(spec.n_inputs), np.dtype(np.float32))[0])
+  >>> f.sampled, f.rows, f.inner, f.free
+  (False, 16, 16, 8)
 """
 from __future__ import annotations
 
@@ -77,7 +76,7 @@ class Form:
   block's column; ``sparse``: the block values (a product) or the sampled output, with
   ``swap`` when its stored blocks are ``[inner, rows]`` (read or written transposed).
   """
-  kind: str
+  sampled: bool
   unit: View
   seg: View
   sparse: View
@@ -224,8 +223,8 @@ def form(k) -> Form | None:
   if free != names(segv) - {c1, b} or (names(unit) & {c1, "leaf"}) or \
       (names(segv) & {c0, "leaf"}):
     return None
-  kind = "sampled" if sparse is views[2] else "product"
-  if kind == "product" and unit is not views[2]:
+  sampled = sparse is views[2]
+  if not sampled and unit is not views[2]:
     return None
   stride = dict((n, c) for n, _, c in unit[2])
   free = tuple(sorted(free, key=lambda n: -stride[n]))
@@ -233,7 +232,7 @@ def form(k) -> Form | None:
 
   def view(v, blk_name, row):
     return View(v[0], v[1], v[2], blk_name, row, free)
-  return Form(kind=kind, unit=view(unit, c0, a), seg=view(segv, c1, b),
+  return Form(sampled=sampled, unit=view(unit, c0, a), seg=view(segv, c1, b),
               sparse=View(sparse[0], sparse[1], sparse[2], "leaf", a, (b,)),
               swap=sstride[a] < sstride[b], units=outer.over.size, size=it.size, nse=it.cap,
               rows=sizes[a], inner=sizes[b], free=math.prod(sizes[n] for n in free),
@@ -299,7 +298,7 @@ def _tiles(f: Form, tpu: bool):
     kt = min(_up(K, 128), TPU_K_TILE)
   else:
     Rp, Cp = _pow2(R), _pow2(C)
-    kt = min(_pow2(K), GPU_K_TILE) if f.kind == "product" else _pow2(K)
+    kt = _pow2(K) if f.sampled else min(_pow2(K), GPU_K_TILE)
   return Rp, Cp, kt, _up(K, kt)
 
 
@@ -316,10 +315,10 @@ def run(k: ir.Kernel, f: Form, out_shape, *flat, flavor: str, interpret: bool):
   R, C, K = f.rows, f.inner, f.free
   Rp, Cp, kt, Kp = _tiles(f, tpu)
 
-  unit = None if f.kind == "product" else \
-      _pad(to_blocks(flat[f.unit.arg].astype(dtype), f.unit), (f.units, Rp, Kp))
+  unit = _pad(to_blocks(flat[f.unit.arg].astype(dtype), f.unit), (f.units, Rp, Kp)) \
+      if f.sampled else None
   seg = _pad(to_blocks(flat[f.seg.arg].astype(dtype), f.seg), (f.size, Cp, Kp))
-  if f.kind == "product":
+  if not f.sampled:
     a = _pad(to_blocks(flat[f.sparse.arg].astype(dtype), f.sparse), (f.nse, Rp, Cp))
   transposed, nse, size = f.transposed, f.nse, f.size
 
@@ -337,7 +336,7 @@ def run(k: ir.Kernel, f: Form, out_shape, *flat, flavor: str, interpret: bool):
 
   nt = (((1,), (0,)), ((), ()))
   tn = (((1,), (1,)), ((), ()))
-  if f.kind == "product":
+  if not f.sampled:
     names = [*scalars, "a", "x", "out"]
     grid = (Kp // kt, programs) if tpu else (programs, Kp // kt)
 
@@ -399,7 +398,7 @@ def run(k: ir.Kernel, f: Form, out_shape, *flat, flavor: str, interpret: bool):
   call = _pallas_call(kernel, grid, out_struct, aliases, len(scalars),
                       (specs, out_spec, semantics) if tpu else None, interpret)
   result = call(*operands.values())
-  if f.kind == "product":
+  if not f.sampled:
     out = from_blocks(result[:, :R, :K], f.unit)
   else:
     out = from_blocks(result[:, :R, :C], f.sparse)
