@@ -3,8 +3,9 @@
 The primitive computes only index buffers: the destination's level buffers, the
 output slot of every source entry (``dest``) and the number of entries the
 destination needs (for capacity checks). Values then move in XLA
-(``scatter-add(data, dest)``), so they stay differentiable (gather / scatter have
-jvp and transpose rules) and ``vmap`` of values needs nothing from this module.
+(``scatter-add(data, dest)``, or :func:`~jscorch.primitives.take.take` of the slot
+map), so they stay differentiable (each has jvp and transpose rules) and ``vmap`` of
+values needs nothing from this module.
 
 :func:`from_coordinates` and :func:`convert` are the entry points used by
 :mod:`jscorch.primitives.convert`; they accept the same arguments as its functions
@@ -22,6 +23,7 @@ from jax.interpreters import ad, batching, mlir
 
 from ..capacity import enforce_capacity
 from ..layout import Layout
+from ..take import take
 from . import kernel
 from .plan import StructurePlan, make_plan
 from .portable import structure_portable
@@ -100,9 +102,11 @@ def _finish(lay: Layout, plan: StructurePlan, outs, data, func, check):
   indices = tuple(i.reshape(batch + i.shape[1:]) for i in indices)
   flat = _flat_batch(data, nb)
   if not plan.sums:                 # one entry per slot: a gather
-    zero = False if flat.dtype == jnp.bool_ else 0
-    move = lambda d, s: d.at[s].get(mode="fill", fill_value=zero)  # noqa: E731
-  elif flat.dtype == jnp.bool_:
+    values = take(flat, dest) if flat.shape[0] else \
+        jnp.zeros((0, lay.nse) + flat.shape[2:], flat.dtype)
+    return _checked(lay, plan, values.reshape(batch + values.shape[1:]), count, func,
+                    check), indices
+  if flat.dtype == jnp.bool_:
     move = lambda d, s: jnp.zeros((lay.nse,) + d.shape[1:], d.dtype).at[s].max(  # noqa: E731
         d, mode="drop")
   else:
@@ -114,11 +118,16 @@ def _finish(lay: Layout, plan: StructurePlan, outs, data, func, check):
     values = jax.vmap(move)(flat, dest)
   else:
     values = jnp.zeros((0, lay.nse) + flat.shape[2:], flat.dtype)
-  values = values.reshape(batch + values.shape[1:])
+  return _checked(lay, plan, values.reshape(batch + values.shape[1:]), count, func,
+                  check), indices
+
+
+def _checked(lay: Layout, plan: StructurePlan, values, count, func, check):
+  """``values``, with the capacity enforced where the destination could overflow."""
   if plan.n <= lay.nse:              # count <= n: the capacity cannot overflow
-    return values, indices
+    return values
   needed = count if count.size else jnp.zeros((), count.dtype)
-  return enforce_capacity(needed, lay.nse, values, func, check=check), indices
+  return enforce_capacity(needed, lay.nse, values, func, check=check)
 
 
 def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: str,
