@@ -235,8 +235,9 @@ class _Printer:
     i = 0
     while i < len(body):
       s = body[i]
-      if isinstance(s, ir.Loop) and s.parallel is ir.Parallel.OUTER and \
-          isinstance(s.body[0], ir.Tally):
+      if isinstance(s, ir.Begin) and i + 1 < len(body) and _is_transpose(body[i + 1]):
+        self.transpose_dispatch(body[i + 1])   # (it writes every output: no builder_init)
+      if _is_transpose(s):
         self.transpose(s, body[i + 1], body[i + 2])
         i += 3
         continue
@@ -315,10 +316,6 @@ class _Printer:
     """Serial, or in chunks (per-chunk histograms; see the module docstring)."""
     e, w = self.e, count.over
     (tally,), (sc,) = count.body, scatter.body
-    e.open(f"if (a->batch == 1 && {w.n}LL >= {w.split_at}LL) {{")
-    e("int64_t threads = jscorch_num_threads(a->cf);")
-    e("if (threads > 1) return transpose_parallel(a, b, threads < 8 ? threads : 8);")
-    e.close()
     e.open("{")
     self.walk(w, "0", "INT64_MAX", self.visit(tally))
     e("int64_t run = 0;")
@@ -328,6 +325,14 @@ class _Printer:
     e(f"{offsets.pos}[p + 1] = (idx_t)(run < {offsets.cap}LL ? run : {offsets.cap}LL);")
     e.close()
     self.walk(w, "0", "INT64_MAX", self.visit(sc))
+    e.close()
+
+  def transpose_dispatch(self, count: ir.Loop):
+    """A large single batch element sorts in chunks (``transpose_parallel``)."""
+    e, w = self.e, count.over
+    e.open(f"if (a->batch == 1 && {w.n}LL >= {w.split_at}LL) {{")
+    e("int64_t threads = jscorch_num_threads(a->cf);")
+    e("if (threads > 1) return transpose_parallel(a, b, threads < 8 ? threads : 8);")
     e.close()
 
   def transpose_functions(self, count: ir.Loop, offsets: ir.Offsets, scatter: ir.Loop):
@@ -356,7 +361,8 @@ class _Printer:
     ret = {a.name: str(a.ret) for a in self.k.outputs}
     e(TRANSPOSE.replace("ROWS", f"{rows}LL").replace("CAP", f"{sc.cap}LL")
       .replace("PAD", f"{w.sizes[1]}LL").replace("POS_RET", ret[offsets.pos])
-      .replace("CRD_RET", ret[sc.crd]).replace("COUNT_RET", ret[self.k.outputs[-1].name])
+      .replace("CRD_RET", ret[sc.crd]).replace("MAP_RET", ret[sc.source])
+      .replace("COUNT_RET", ret[self.k.outputs[-1].name])
       .replace("SLOT", str(self.extra)))
 
   def extent_function(self, w: ir.Entries):
@@ -481,3 +487,9 @@ class _Printer:
 def generate(kernel: ir.Assembly) -> str:
   """The C source of conversion ``kernel``: one FFI handler named ``kernel.name``."""
   return _Printer(kernel).source()
+
+
+def _is_transpose(s) -> bool:
+  """Whether ``s`` is the count loop of a counting-sort transpose."""
+  return isinstance(s, ir.Loop) and s.parallel is ir.Parallel.OUTER and \
+      isinstance(s.body[0], ir.Tally)

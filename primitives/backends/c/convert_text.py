@@ -141,7 +141,8 @@ static void builder_finish(builder* o) {
 TRANSPOSE = r"""
 /* The counting sort on several threads: each chunk counts its entries per row, a serial
    prefix sum turns the counts into each chunk's write offsets (chunks in order, so the
-   sort stays stable), then every chunk scatters its own entries. */
+   sort stays stable), then every chunk scatters its own entries. It writes every output
+   (the builder is not initialised before it). */
 static void outer_extent(const structure_args* a, int64_t b, int64_t* lo, int64_t* hi);
 
 static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks) {
@@ -159,6 +160,7 @@ static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks
   chunk_args t = {a, b, offset, bounds, NULL};
   jscorch_parallel_for(a->cf, transpose_count, &t, units, chunks);
   idx_t* pos = (idx_t*)a->out[POS_RET] + b * (ROWS + 1);
+  pos[0] = 0;
   int64_t run = 0;
   for (int64_t v = 0; v < ROWS; ++v) {
     for (int64_t c = 0; c < chunks; ++c) {
@@ -171,6 +173,8 @@ static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks
   jscorch_parallel_for(a->cf, transpose_scatter, &t, units, chunks);
   idx_t* crd = (idx_t*)a->out[CRD_RET] + b * CAP;
   for (int64_t q = run; q < CAP; ++q) crd[q] = (idx_t)PAD;
+  idx_t* source = (idx_t*)a->out[MAP_RET] + b * NSE;
+  for (int64_t q = run; q < NSE; ++q) source[q] = (idx_t)N_IN;
   *((idx_t*)a->out[COUNT_RET] + b) = (idx_t)run;
   return 0;
 }

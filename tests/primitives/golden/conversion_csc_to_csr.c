@@ -107,7 +107,8 @@ static void outer_extent(const structure_args* a, int64_t b, int64_t* lo, int64_
 
 /* The counting sort on several threads: each chunk counts its entries per row, a serial
    prefix sum turns the counts into each chunk's write offsets (chunks in order, so the
-   sort stays stable), then every chunk scatters its own entries. */
+   sort stays stable), then every chunk scatters its own entries. It writes every output
+   (the builder is not initialised before it). */
 static void outer_extent(const structure_args* a, int64_t b, int64_t* lo, int64_t* hi);
 
 static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks) {
@@ -125,6 +126,7 @@ static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks
   chunk_args t = {a, b, offset, bounds, NULL};
   jscorch_parallel_for(a->cf, transpose_count, &t, units, chunks);
   idx_t* pos = (idx_t*)a->out[0] + b * (4LL + 1);
+  pos[0] = 0;
   int64_t run = 0;
   for (int64_t v = 0; v < 4LL; ++v) {
     for (int64_t c = 0; c < chunks; ++c) {
@@ -137,6 +139,8 @@ static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks
   jscorch_parallel_for(a->cf, transpose_scatter, &t, units, chunks);
   idx_t* crd = (idx_t*)a->out[1] + b * 6LL;
   for (int64_t q = run; q < 6LL; ++q) crd[q] = (idx_t)5LL;
+  idx_t* source = (idx_t*)a->out[2] + b * NSE;
+  for (int64_t q = run; q < NSE; ++q) source[q] = (idx_t)N_IN;
   *((idx_t*)a->out[3] + b) = (idx_t)run;
   return 0;
 }
@@ -150,15 +154,15 @@ static int structure_one(const structure_args* a, int64_t b) {
   idx_t* count = (idx_t*)a->out[3] + b * 1LL; (void)count;
   int64_t* next = (int64_t*)scratch(0, sizeof(int64_t) * 5LL);
   if (!next) return -1;
+  if (a->batch == 1 && 6LL >= 32768LL) {
+    int64_t threads = jscorch_num_threads(a->cf);
+    if (threads > 1) return transpose_parallel(a, b, threads < 8 ? threads : 8);
+  }
   builder o;
   o.pos[0] = NULL; o.crd[0] = NULL;
   o.pos[1] = pos1; o.crd[1] = crd1;
   o.map = source; o.count = count;
   builder_init(&o);
-  if (a->batch == 1 && 6LL >= 32768LL) {
-    int64_t threads = jscorch_num_threads(a->cf);
-    if (threads > 1) return transpose_parallel(a, b, threads < 8 ? threads : 8);
-  }
   {
     {
       for (int64_t q0 = 0; q0 < 5LL; ++q0) {
