@@ -198,8 +198,10 @@ def test_sampled_product_ir_and_interpreter():
     assert want.nse == got.shape[0]
 
 
-@pytest.mark.parametrize("fa,fb", [("csr", "csr"), ("dcsr", "coo")], ids=["csr_csr", "dcsr_coo"])
-@pytest.mark.parametrize("mode", ["auto", pytest.param("portable", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("fa,fb,mode", [
+    ("csr", "csr", "auto"), ("dcsr", "coo", "auto"),
+    pytest.param("csr", "csr", "portable", marks=pytest.mark.slow)],
+    ids=["auto-csr_csr", "auto-dcsr_coo", "portable-csr_csr"])
 def test_grads_of_a_product_sized_without_work(fa, fb, mode):
   """``jit(grad)`` and ``check_grads`` (order 2, fwd and rev) through an ``nse=``-sized
   sparse product, no ``work=``: its tangent and cotangents (sampled products) run kernels
