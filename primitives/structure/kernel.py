@@ -18,7 +18,8 @@ printed by ``backends/c/convert.py``. Per batch element it
 
 It computes integer structure only -- with duplicates summed, ``dest[i]``, the output
 slot of entry ``i`` (``nse`` for padding or overflow); otherwise ``source[s]``, the
-entry of slot ``s`` (``n`` for none) -- and XLA moves the values. Batch elements run in
+entry of slot ``s`` (``n`` for none) -- and the values move outside it (a scatter-add, or
+:func:`~jscorch.primitives.take.take`). Batch elements run in
 parallel on XLA's thread pool.
 """
 from __future__ import annotations
