@@ -404,9 +404,5 @@ def ensure_registered(kp) -> str:
   Also the explicit registration hook for executables restored from a serialized
   form, which skip the lowering rule that normally registers.
   """
-  name = kp.name
-  if not kernel_build.is_registered(name):
-    lib = kernel_build.build(_source(kp))
-    kernel_build.register(name, lib, name)
-  return name
+  return kernel_build.ensure_registered(kp.name, lambda: _source(kp))
 

@@ -187,3 +187,12 @@ def register(name: str, lib: ctypes.CDLL, symbol: str) -> None:
 
 def is_registered(name: str) -> bool:
   return name in _registered
+
+
+def ensure_registered(name: str, source) -> str:
+  """Builds (or loads from the cache) and registers the kernel exported as ``name`` unless
+  it is registered already; returns ``name``. ``source``: its C text, or a function
+  returning it (called only when the kernel is not registered yet)."""
+  if not is_registered(name):
+    register(name, build(source() if callable(source) else source), name)
+  return name

@@ -243,9 +243,7 @@ def _cpu_lowering(ctx, pos, values, *, op):
     kernel_build.warn_no_compiler()
   if not kernel_applies(pos_aval.dtype, val_aval.dtype) or val_aval.size == 0:
     return _portable_lowering(ctx, pos, values, op=op)
-  name, source = kernel_source(op, pos_aval.dtype, val_aval.dtype)
-  if not kernel_build.is_registered(name):
-    kernel_build.register(name, kernel_build.build(source), name)
+  name = kernel_build.ensure_registered(*kernel_source(op, pos_aval.dtype, val_aval.dtype))
   return jax.ffi.ffi_lowering(name)(ctx, pos, values)
 
 

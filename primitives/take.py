@@ -194,9 +194,7 @@ def _cpu_lowering(ctx, values, slots):
   if settings.lowering == "portable" or kernel_build.compiler() is None or \
       ctx.avals_out[0].size == 0 or val_aval.shape[1] == 0:
     return _portable_lowering(ctx, values, slots)
-  name, source = kernel_source(slot_aval.dtype, val_aval.dtype)
-  if not kernel_build.is_registered(name):
-    kernel_build.register(name, kernel_build.build(source), name)
+  name = kernel_build.ensure_registered(*kernel_source(slot_aval.dtype, val_aval.dtype))
   return jax.ffi.ffi_lowering(name)(ctx, values, slots)
 
 

@@ -61,11 +61,7 @@ def generate(plan: StructurePlan) -> str:
 
 def ensure_registered(plan: StructurePlan) -> str:
   """Builds (or loads from cache) and registers ``plan``'s kernel; returns its target name."""
-  name = kernel_name(plan)
-  if not kernel_build.is_registered(name):
-    lib = kernel_build.build(generate(plan))
-    kernel_build.register(name, lib, name)
-  return name
+  return kernel_build.ensure_registered(kernel_name(plan), lambda: generate(plan))
 
 
 def _empty(plan: StructurePlan, batch: int) -> bool:

@@ -241,10 +241,7 @@ def generate(plan: UnionPlan, count_dtype, val_dtype=None) -> tuple[str, str]:
 
 def ensure_registered(plan: UnionPlan, count_dtype, val_dtype=None) -> str:
   """Builds (or loads from cache) and registers the kernel; returns its target name."""
-  name, source = generate(plan, count_dtype, val_dtype)
-  if not kernel_build.is_registered(name):
-    kernel_build.register(name, kernel_build.build(source), name)
-  return name
+  return kernel_build.ensure_registered(*generate(plan, count_dtype, val_dtype))
 
 
 def _union_pattern_cpu_lowering(ctx, *args, plan: UnionPlan):
