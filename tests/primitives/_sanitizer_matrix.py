@@ -233,6 +233,10 @@ def structure_matrix():
   A, x = util.random_sparse(rng, (300, 400), "csr", density=0.4, padding=9)   # (threads)
   out = jax.block_until_ready(jax.jit(lambda A: A.asformat("csc"))(A))
   np.testing.assert_allclose(np.asarray(out.todense()), x, err_msg="parallel csr->csc")
+  for shape, fmt, density in [((6000, 200), "csr", 0.03), ((40, 40, 40), "csf", 0.6)]:
+    A, x = util.random_sparse(rng, shape, fmt, density=density, padding=9)  # (threads, blocks)
+    out = jax.block_until_ready(jax.jit(lambda A: A.asformat("coo"))(A))
+    np.testing.assert_allclose(np.asarray(out.todense()), x, err_msg=f"parallel {fmt}->coo")
   for shape, n in [((50, 60), 400), ((3, 500), 400), ((1 << 20, 3), 64), ((7,), 30)]:
     # (long rows: merge-sorted buckets; a level of 2^20: radix passes)
     idx = rng.integers(-2, max(shape) + 2, (n, len(shape))).astype(np.int32)

@@ -375,6 +375,22 @@ class _Printer:
     e.close()
     e()
 
+  def first_run_function(self, w: ir.Entries):
+    """``first_run(a, b, lo, hi)``: the first entry of the first non-empty run whose
+    outermost position is in ``[lo, hi)`` (``PASS_NSE`` if none, or without runs)."""
+    e = self.e
+    e.open("static int64_t first_run(const structure_args* a, int64_t b, int64_t clo, "
+           "int64_t chi) {")
+    if w.runs >= 0:
+      self.declare({a.name for a in self.k.inputs})
+      self.walk(w, "clo", "chi", ["(void)ok; (void)row;",
+                                  "if (rlo < rhi) return rlo < PASS_NSE ? rlo : PASS_NSE;"])
+    else:
+      e("(void)a; (void)b; (void)clo; (void)chi;")
+    e("return PASS_NSE;")
+    e.close()
+    e()
+
   # -- the order-preserving walk ------------------------------------------------------------------
   def pass_functions(self, loop: ir.Loop, pad: ir.Pad, offsets: ir.Offsets):
     e, w = self.e, loop.over
@@ -401,6 +417,7 @@ class _Printer:
     e("int64_t* h = t->counts + c * PASS_STRIDE;")
     e("int64_t here = 0;                 /* (PASS_E == 0: one parent, counted in a register) */")
     e("int64_t first = -1, cursor = 0;   /* every entry in [first, cursor) is written */")
+    e("const int64_t stop = t->stops[c]; (void)stop;")
     node = ["(void)ok;", "int64_t node = 0;", "int in = 1;",
             "for (int k = 0; k < PASS_E; ++k) {",
             "  in &= row[k] >= 0 && row[k] < PASS_SIZE[k];",
@@ -415,8 +432,7 @@ class _Printer:
           "  for (int i = 0; i < PASS_N; ++i) {",
           "    int64_t v = row[PASS_LEVEL[i]], size = PASS_PAD[i];",
           "    const idx_t x = (idx_t)(v >= 0 && v < size ? v : size);",
-          "    idx_t* o = out_crd[i];",
-          "    for (int64_t q = rlo; q < rhi; ++q) o[q] = x;",
+          "    fill_run(out_crd[i], rlo, rhi, x, stop);",
           "  }",
           "  if (rhi > cursor) cursor = rhi;", "}"]
     else:
@@ -437,6 +453,7 @@ class _Printer:
     e.close()
     e.close()
     e()
+    self.first_run_function(w)
     self.extent_function(w)
     e(PASS_ONE.replace("SPLIT", f"{w.split_at}LL").replace("N_ENTRIES", f"{w.n}LL")
       .replace("SLOT", str(self.extra)).replace("POS_RET", str(self.arrays[offsets.pos].ret)))

@@ -42,6 +42,7 @@ typedef struct {
   int64_t* counts;                /* [chunk][...] counts, then write offsets */
   const int64_t* bounds;          /* outermost positions of each chunk */
   int64_t* cover;                 /* [chunk][2]: the entries each chunk wrote, [lo, hi) */
+  const int64_t* stops;           /* [chunk]: where the next chunk's first run begins */
 } chunk_args;
 """
 
@@ -157,7 +158,7 @@ static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks
     units[c] = c;
   }
   memset(offset, 0, sizeof(int64_t) * chunks * ROWS);
-  chunk_args t = {a, b, offset, bounds, NULL};
+  chunk_args t = {a, b, offset, bounds, NULL, NULL};
   jscorch_parallel_for(a->cf, transpose_count, &t, units, chunks);
   idx_t* pos = (idx_t*)a->out[POS_RET] + b * (ROWS + 1);
   pos[0] = 0;
@@ -183,6 +184,18 @@ static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks
 PASS = r"""
 /* per-chunk histogram rows, a cache line apart (no false sharing) */
 #define PASS_STRIDE ((PASS_PCAP + 15) / 8 * 8)
+/* A run this short is written as one fixed-width block (constant trip count, vector
+   stores, no mispredicted loop exit); the entries past its end belong to the runs after
+   it in the same chunk, which overwrite them. */
+#define RUN_W (128 / (int)sizeof(idx_t))
+
+static inline void fill_run(idx_t* o, int64_t rlo, int64_t rhi, idx_t x, int64_t stop) {
+  if (rhi - rlo <= RUN_W && rlo + RUN_W <= stop) {
+    for (int k = 0; k < RUN_W; ++k) o[rlo + k] = x;
+  } else {
+    for (int64_t q = rlo; q < rhi; ++q) o[q] = x;
+  }
+}
 
 static inline void pass_pad(idx_t* const* out_crd, int64_t lo, int64_t hi) {
   for (int i = 0; i < PASS_N; ++i) {
@@ -200,18 +213,23 @@ static int pass_one(const structure_args* a, int64_t b) {
     chunks = threads < 1 ? 1 : threads < 8 ? threads : 8;
   }
   int64_t* counts = (int64_t*)scratch(SLOT, sizeof(int64_t) * chunks * PASS_STRIDE);
-  int64_t* bounds = (int64_t*)scratch(SLOT + 1, sizeof(int64_t) * (4 * chunks + 2));
+  int64_t* bounds = (int64_t*)scratch(SLOT + 1, sizeof(int64_t) * (5 * chunks + 2));
   if (!counts || !bounds) return -1;
   int64_t* units = bounds + chunks + 1;
   int64_t* cover = units + chunks + 1;
+  int64_t* stops = cover + 2 * chunks;
   int64_t olo, ohi;
   outer_extent(a, b, &olo, &ohi);
   for (int64_t c = 0; c <= chunks; ++c) {
     bounds[c] = olo + (ohi - olo) * c / chunks;
     units[c] = c;
   }
+  /* a chunk's block writes stay below the next non-empty chunk's first entry (padding
+     after the last one is written after the walk) */
+  for (int64_t c = 0; c < chunks; ++c)
+    stops[c] = c + 1 < chunks ? first_run(a, b, bounds[c + 1], ohi) : PASS_NSE;
   memset(counts, 0, sizeof(int64_t) * chunks * PASS_STRIDE);
-  chunk_args t = {a, b, counts, bounds, cover};
+  chunk_args t = {a, b, counts, bounds, cover, stops};
   if (chunks > 1) jscorch_parallel_for(a->cf, pass_walk, &t, units, chunks);
   else pass_walk(&t, 0, 1);
   if (PASS_N) {

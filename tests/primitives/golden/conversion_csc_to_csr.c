@@ -123,7 +123,7 @@ static int transpose_parallel(const structure_args* a, int64_t b, int64_t chunks
     units[c] = c;
   }
   memset(offset, 0, sizeof(int64_t) * chunks * 4LL);
-  chunk_args t = {a, b, offset, bounds, NULL};
+  chunk_args t = {a, b, offset, bounds, NULL, NULL};
   jscorch_parallel_for(a->cf, transpose_count, &t, units, chunks);
   idx_t* pos = (idx_t*)a->out[0] + b * (4LL + 1);
   pos[0] = 0;
