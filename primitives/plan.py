@@ -11,8 +11,9 @@ scheduling decision, writing it into the IR (:mod:`.loopnest`):
   entries before each unit; power-law rows);
 * **race strategy**: ``Race.STORE`` when each output row is written once by its
   owner, else ``Race.ACCUMULATE`` into a zeroed output;
-* the **vector index** (at most one free index, the output's contiguous last
-  axis), with products **hoisted** to the level where their indices are bound
+* the **vector index** (the output's contiguous last axis, when free; other free
+  indices, summed or further output axes, are looped around the leaf), with products
+  **hoisted** to the level where their indices are bound
   (``out[i,:] = Σ_j A_ij X[j,:]`` keeps ``Σ_j`` in registers; MTTKRP sums over
   ``k`` before multiplying by ``J[j,:]``) and gathered rows prefetched; otherwise
   a scalar kernel: loops over the free indices, a scalar sum of the summed ones;
@@ -206,21 +207,19 @@ class _Planner:
     bound_out = [i for i in self.spec.out if i in self.coord_var]
     expected = list(self.kp.driver_ids[:self.nb]) + [self.kp.driver_ids[self.nb]]
     return sorted(bound_out) == sorted(expected) and len(set(expected)) == len(expected) \
-        and self.out_level() == 0 and self.vector_mode() \
-        and not (self.summed() and self.D == 1)     # a store inside the summed loops
+        and self.out_level() == 0 and self.vector_mode() and not self.looped_out() \
+        and not (self.leaf_loops() and self.D == 1)    # a store inside the leaf's loops
 
   def vector_mode(self) -> bool:
-    """At most one free output index, the output's contiguous last axis and every
-    operand's; other free indices are summed (looped at the leaf, see :meth:`summed`)."""
-    out_free = self.out_free_ids()
-    if self.spec.out_kind != DENSE_OUT or len(out_free) > 1:
+    """The output's contiguous last axis is free and every operand's last (the vector
+    index); the other free indices, summed or further output axes, are looped at the leaf
+    (:meth:`leaf_loops`)."""
+    if self.spec.out_kind != DENSE_OUT:
       return False
     if not self.free:
       return True
     r = self.vector_index()
     if r is None:                   # nothing to vectorise: summed indices stay scalar
-      return False
-    if out_free != [r] or self.spec.out[-1] != r:
       return False
     for op in self.spec.operands:
       ids = op.block if op.sparse else op.indices
@@ -231,13 +230,25 @@ class _Planner:
     return True
 
   def vector_index(self):
-    """The free index of the output (the vector index in vector mode), or None."""
+    """The output's last axis when it is free (the vector index in vector mode), or None;
+    a sampled output's one free (block) index."""
     out_free = self.out_free_ids()
-    return out_free[0] if len(out_free) == 1 and out_free[0] in self.free else None
+    if self.spec.out_kind != DENSE_OUT:
+      return out_free[0] if len(out_free) == 1 and out_free[0] in self.free else None
+    r = self.spec.out[-1] if self.spec.out else None
+    return r if r in out_free and r in self.free else None
 
-  def summed(self) -> list:
-    """Free indices that are not in the output: summed in loops around the leaf's product
-    (``y[t, :] += g * x[t, i] * W[e, i, :]`` for the MoE einsum ``te,ti,eio->to``)."""
+  def looped_out(self) -> list:
+    """The free output axes other than the vector index: looped at the leaf, which then
+    accumulates into the output itself (``dW[e, i, :] += g * x[t, i] * G[t, :]`` for the
+    MoE gradient ``te,ti,to->eio``)."""
+    r = self.vector_index()
+    return [i for i in self.out_free_ids() if i != r]
+
+  def leaf_loops(self) -> list:
+    """Free indices other than the vector index, looped around the leaf's product: summed
+    ones (``y[t, :] += g * x[t, i] * W[e, i, :]`` for the MoE einsum ``te,ti,eio->to``)
+    and :meth:`looped_out`."""
     r = self.vector_index()
     return [i for i in self.free if i != r]
 
@@ -385,10 +396,11 @@ class _Planner:
   def vector_body(self, l) -> list[ir.Stmt]:
     """Level l's statements (l = -1: the unit), with products hoisted to where their
     indices are bound and one accumulator per level below the output's."""
-    out_level = self.out_level()
-    summed = self.summed()
+    # further output axes: the leaf writes the output (no accumulator above it)
+    out_level = self.D - 1 if self.looped_out() else self.out_level()
+    summed = self.leaf_loops()
     factors_at: dict[int, list] = {}
-    for k, op in enumerate(self.spec.operands):   # summed indices: every factor at the leaf
+    for k, op in enumerate(self.spec.operands):   # leaf loops: every factor at the leaf
       at = self.D - 1 if summed else max(self.factor_level(op), out_level)
       factors_at.setdefault(at, []).append((k, op))
     r = self.vector_index()
@@ -440,7 +452,7 @@ class _Planner:
         not isinstance(leaf, ir.Segment):
       return []
     ident = self.kp.driver_ids[self.nb + l]
-    summed = set(self.summed())
+    summed = set(self.leaf_loops())
     targets = tuple((f"x{k}", self.dense_offset(op, {ident: "ahead"}))
                     for k, op in factors
                     if not op.sparse and ident in op.indices and not summed & set(op.indices))

@@ -231,6 +231,25 @@ def test_moe_vector_mode_sums_the_dense_index_at_the_leaf():
   assert find(k, ir.Prefetch) == []             # W's row depends on the summed d
 
 
+def test_moe_weight_gradient_loops_a_second_output_axis_at_the_leaf():
+  """``bn,bd,bh->ndh`` (MoE's weight gradient: the gate, x, the output's cotangent) has two
+  free output axes: h (the output's last) is the vector index, d is looped around the
+  leaf, which accumulates into the output itself (no per-row accumulator, no store). The
+  CSR gate is transposed in the prologue so each expert's unit owns ``dW[n]``."""
+  lay = csr(4, 5, 12)
+  k = plan(make_spec("bn,bd,bh->ndh", (lay, None, None), dict(b=4, d=3, n=5, h=16)))
+  assert mode(k) == (VECTOR, OUTER, ACC)
+  assert k.vector == ir.Vector(ir.Coord(f"f{ids('h')[0]}"), 16, 8)
+  assert isinstance(k.prologue[0], ir.Transpose)
+  (looped,) = [it for it in find(k, ir.Range) if not it.srcs]
+  assert looped == ir.Range(ir.Coord(f"f{ids('d')[0]}"), 3)
+  (write,) = find(k, ir.Accumulate)
+  assert isinstance(write.out, ir.Access) and write.race is ACC
+  assert ir.Coord(f"f{ids('d')[0]}") in [c for c, _ in write.out.offset.terms]
+  assert {x.buffer: x.lanes for x in loads(write.value)} == {"x0": False, "x1": False,
+                                                            "x2": True}
+
+
 # -- race strategy, parallel / serial ------------------------------------------------------------
 @pytest.mark.parametrize("fmt,expected", [
     ("csr", (VECTOR, OUTER, STORE)),        # each row written once by its owner

@@ -271,6 +271,11 @@ CASES: dict[str, Case] = {
     # mixture of experts: gates sparse over (token, expert)
     "moe_csr": Case("bd,bn,ndh->bh", (Dn((4, 3)), Sp(A45, "csr"), Dn((5, 3, 2))), "kernel",
                     grads=True),
+    # two free output axes: the last vectorised, the other looped at the leaf (MoE's dW)
+    "moe_weight_grad_csr": Case("bn,bd,bh->ndh", (Sp(A45, "csr"), Dn((4, 3)), Dn((4, 9))),
+                                "kernel", grads=True),
+    "outer_rows_csr": Case("ij,jk,jl->ikl", (Sp(A45, "csr"), Dn((5, 3)), Dn((5, 2))), "kernel",
+                           dtypes=(F64,)),
     # sparse ⊙ sparse: same format -> merged (co-iterated) kernel; other formats are
     # converted to the driver's first
     "intersect_csr_csr": Case("ij,ij->ij", (Sp(A45, "csr", density=0.6),
