@@ -3,8 +3,8 @@
 One copy each of: the coordinates of a matrix's stored entries, the missing-self-loop
 weights, a zero-safe ``d ** -0.5``, and the registry through which an adjacency type
 provides the aggregation the graph layers call (see :mod:`jscorch.nn.aggregation`).
-This module imports only ``jax`` and :mod:`jscorch.primitives`, so every package can
-use it without importing another (``jscorch.distributed`` registers its sharded
+This module imports only ``jax``, :mod:`jscorch.primitives` and :mod:`jscorch.einsum`, so
+every package can use it without importing another (``jscorch.distributed`` registers its sharded
 aggregation here without importing ``jscorch.nn``, and ``jscorch.nn`` looks it up
 without importing ``jscorch.distributed``).
 """
@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from jscorch.einsum import einsum
 from jscorch.primitives import convert
 
 
@@ -29,13 +30,16 @@ def rows_cols(adj) -> tuple[jax.Array, jax.Array]:
 
 
 def missing_loops(adj, fill_value) -> jax.Array:
-  """`[n]`: ``fill_value`` for the nodes without a stored self loop, 0 for the others."""
+  """`[n]`: ``fill_value`` for the nodes without a stored self loop, 0 for the others.
+
+  The stored diagonal entries are counted by the einsum ``ii->i`` of ones over ``adj``'s
+  pattern (one pass over the entries, a kernel on CPU; a stored zero weight still counts),
+  not a scatter of every entry's coordinates.
+  """
   n = adj.shape[0]
-  rows, cols = rows_cols(adj)
-  on_diag = (rows == cols) & (rows < n)
-  has_loop = jnp.zeros(n, bool).at[jnp.where(on_diag, rows, n)].set(True, mode="drop")
+  loops = einsum("ii->i", adj.with_data(jnp.ones_like(adj.data)))
   fill = jnp.broadcast_to(jnp.asarray(fill_value, adj.dtype), (n,))
-  return jnp.where(has_loop, jnp.zeros((), adj.dtype), fill)
+  return jnp.where(loops > 0, jnp.zeros((), adj.dtype), fill)
 
 
 def inv_sqrt(d):

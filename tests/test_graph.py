@@ -80,6 +80,21 @@ def test_self_loops_match_numpy(fmt):
   np.testing.assert_allclose(lu.todense(rem), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("fmt", ["csr", "coo"])
+def test_missing_loops_counts_stored_diagonal_entries(fmt):
+  """A node has a loop when a diagonal entry is stored, whatever its weight (0 included);
+  padding entries are no loops. Eager and jit."""
+  from jscorch._graph_util import missing_loops
+  rows = np.array([0, 1, 1, 3, 3, 4, 5], np.int32)
+  cols = np.array([0, 2, 1, 3, 3, 0, 5], np.int32)
+  vals = np.array([2.0, 1.0, 0.0, 1.5, -1.5, 3.0, 4.0], np.float32)    # loop at 1 stores 0
+  # (3, 3) twice, summed to a stored 0; three padding entries
+  adj = js.from_coo(np.stack([rows, cols], 1), vals, (N, N), format=fmt, nse=len(rows) + 3)
+  want = np.array([0, 0, 7, 0, 7, 0], np.float32)                # nodes 2 and 4: no loop
+  np.testing.assert_array_equal(missing_loops(adj, 7.0), want)
+  np.testing.assert_array_equal(jax.jit(lambda a: missing_loops(a, 7.0))(adj), want)
+
+
 def test_degree_matches_numpy():
   adj, a = _adjacency(2, "csc", positive=False)
   np.testing.assert_array_equal(graph.degree(adj), (a != 0).sum(1))
