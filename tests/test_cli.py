@@ -257,6 +257,21 @@ def test_bench_sparse_linear_contenders_are_checked():
   assert np.asarray(d_w).shape == wl.reference[1].shape
 
 
+def test_bench_measure_repeats_short_calls_and_keeps_the_result():
+  """A call of microseconds is timed many times (a median of three would be noise); a
+  call whose repeats fill the time budget is timed ``repeats`` times, after two untimed
+  ones (compile, peak memory)."""
+  import time
+
+  from jscorch.bench import timing
+  calls = []
+  m = timing.measure(lambda: calls.append(1) or len(calls), 3)
+  assert timing.MAX_REPEATS + 2 >= len(calls) > 100 and m.result == len(calls)
+  calls.clear()
+  m = timing.measure(lambda: time.sleep(0.08) or calls.append(1) or len(calls), 3)
+  assert len(calls) == 5 and m.result == 5 and 70 < m.median_ms < 200
+
+
 def test_bench_refuses_unknown_workloads(capsys):
   from jscorch import cli
   assert cli.main(["bench", "--only", "SpMV", "Nope"]) == 2

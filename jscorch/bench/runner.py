@@ -70,6 +70,8 @@ def build_workloads(size: dict, only: set | None):
               ("SDDMM", lambda m=m: workloads.sddmm(m, size["width"])),
               ("GCN", lambda m=m: workloads.gcn(m, size["width"], False)),
               ("GCN-A", lambda m=m: workloads.gcn(m, size["width"], True))]
+  # a Cora-sized call (2,708 nodes, 10,556 edges, width 16): what dispatch costs
+  specs += [("SpMM-small", lambda: workloads.spmm(data.uniform(2708, 10_556, seed=4), 16))]
   u_scale, u_edges = size["spgemm_uniform"]
   r_scale, r_edges = size["spgemm_rmat"]
   specs += [("SpGEMM", lambda: workloads.spgemm(data.uniform(1 << u_scale, u_edges, seed=2))),
@@ -156,8 +158,8 @@ def _print_table(wl, results, out):
 
 
 #: Every name ``--only`` accepts, and with ``--models``.
-WORKLOADS = ("SpMV", "SpMM", "SDDMM", "GCN", "GCN-A", "SpGEMM", "MTTKRP", "SparseLinear",
-             "build", *structure.ROWS, *(key for key, _ in structure.UNION_ROWS))
+WORKLOADS = ("SpMV", "SpMM", "SpMM-small", "SDDMM", "GCN", "GCN-A", "SpGEMM", "MTTKRP",
+             "SparseLinear", "build", *structure.ROWS, *(key for key, _ in structure.UNION_ROWS))
 MODEL_WORKLOADS = (*models_graph.ROWS, *models_layers.ROWS, "first-result")
 
 

@@ -54,23 +54,36 @@ def _ready(x):
   return x
 
 
+#: Short calls repeat until this much time is spent (at least ``repeats`` times), so the
+#: median of a call of tens of microseconds is not the median of three.
+MIN_TIMED_S = 0.2
+MAX_REPEATS = 2000
+
+
 def measure(fn, repeats: int) -> Measurement:
   """Times ``fn()``: the first call (compile + run: ``first_s``, and ``compile_s`` its
-  excess over a repeated call) and the median of ``repeats`` more.
+  excess over a repeated call) and the median of ``repeats`` or more calls (as many as
+  fit in :data:`MIN_TIMED_S`, up to :data:`MAX_REPEATS`).
 
-  ``peak_mb`` is the largest resident-set growth while a call runs, with the previous
-  call's result already released; ``result`` is the last call's.
+  ``peak_mb`` is the largest resident-set growth while the first call or a second one
+  (the first's result released) runs. The sampling thread stops before the timed calls:
+  it wakes every half millisecond, which on two cores delays multi-threaded contenders
+  (torch's OpenMP team waits for its preempted thread). ``result`` is the last call's.
   """
   with _PeakRss() as rss:
     start = time.perf_counter()
     result = _ready(fn())
     first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-      result = None             # one result alive at a time: the peak is one call's
-      start = time.perf_counter()
-      result = _ready(fn())
-      times.append(time.perf_counter() - start)
+    result = None               # one result alive at a time: the peak is one call's
+    result = _ready(fn())
+  times = []
+  spent = 0.0
+  while len(times) < repeats or (spent < MIN_TIMED_S and len(times) < MAX_REPEATS):
+    result = None
+    start = time.perf_counter()
+    result = _ready(fn())
+    times.append(time.perf_counter() - start)
+    spent += times[-1]
   median = float(np.median(times)) * 1e3
   return Measurement(median, max(first - median / 1e3, 0.0), first,
                      (rss.peak - rss.base) / 2**20, result)
