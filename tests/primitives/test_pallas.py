@@ -130,6 +130,21 @@ def test_kernel_matches_portable_and_numpy(data, name, dtype):
     np.testing.assert_allclose(util.reference(got), util.reference(port), **TOL[np.dtype(dtype)])
 
 
+def test_a_second_output_axis_looped_at_the_leaf():
+  """MoE's weight gradient ``te,ti,to->eio`` (a CSR gate): o is the vector index, i a loop
+  around the leaf that accumulates into the output, as in the C kernel."""
+  rng = np.random.default_rng(3)
+  g = np.zeros((12, 5), np.float32)
+  for t in range(12):
+    g[t, rng.choice(5, 2, replace=False)] = rng.standard_normal(2)
+  x, dy = util.random_values(rng, (12, 3), F32), util.random_values(rng, (12, 16), F32)
+  f = lambda G, x, dy: js.einsum("te,ti,to->eio", G, x, dy)      # noqa: E731
+  G = js.from_dense(g, format="csr", nse=26)
+  assert decisions_of(f, G, x, dy) == ["kernel"]
+  np.testing.assert_allclose(jax.jit(f)(G, x, dy), np.einsum("te,ti,to->eio", g, x, dy),
+                             **TOL[np.dtype(F32)])
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float16], ids=["bfloat16", "float16"])
 def test_half_precision_accumulates_in_float32(data, dtype):
   """bfloat16 / float16 values (GPUs and the interpreter; the C backend declines them):
