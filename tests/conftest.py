@@ -80,13 +80,7 @@ def _sampled_out(item) -> bool:
           and zlib.crc32(item.nodeid.encode()) % 6 != 0)
 
 
-# Modules of long single tests (child processes, notebooks, 8-device runs) go first, so
-# that pytest-xdist does not hand them out last, to one worker, while the other idles.
-LONG_FIRST = ("test_sanitizer.py", "test_notebooks.py", "test_multiprocess.py")
-
-
 def pytest_collection_modifyitems(config, items):
-  items.sort(key=lambda item: os.path.basename(str(item.fspath)) not in LONG_FIRST)
   if os.environ.get("JSCORCH_FULL_PORTABLE") == "1":
     return
   dropped = [item for item in items if _sampled_out(item)]
