@@ -154,7 +154,7 @@ def capacities(problem: Problem, ops) -> dict:
 
 
 @pytest.mark.slow
-@hypothesis.settings(max_examples=12)
+@hypothesis.settings(max_examples=10)
 @hypothesis.given(problem=problems(), seed=st.integers(0, 2 ** 16))
 def test_einsum_matches_numpy_with_grad_and_vmap(problem, seed):
   """Everything for one example is computed by one jitted function (one compilation)."""
