@@ -1,6 +1,8 @@
 """Helpers shared by the :mod:`jscorch.nn` layers: argument checks and sparse-aware products."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -83,3 +85,42 @@ def safe_divide(num, den):
   """``num / den`` where ``den > 0``, else 0 (and zero, not NaN, gradients there)."""
   ok = den > 0
   return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def dual_product(spec: str, value_on_copy: bool, a: SparseArray, a_copy: SparseArray, h):
+  """``einsum(spec, a, h)`` for a sparse ``a`` kept in both orientations (``a_copy``).
+
+  ``a_copy`` holds ``a``'s values in the other mode order (CSC for a CSR ``a``), built
+  once and cached by the caller. The value runs over ``a_copy`` when ``value_on_copy``,
+  else over ``a``; the tangent w.r.t. ``h`` runs over the other one. So whichever
+  product the value needs in storage order, the transpose that reverse mode takes of
+  the tangent, the backward product, gets the other storage order: neither pass
+  re-sorts the pattern per call (forward mode pays that sort). Values are
+  differentiated through ``a`` only: ``a_copy``'s tangent is not read, so it must hold
+  ``a``'s values.
+
+  Args:
+    spec: a two-operand einsum, ``a``'s subscripts first (e.g. ``"ij,jf->if"``).
+    value_on_copy: compute the value over ``a_copy``.
+    a: the sparse operand whose values are differentiated.
+    a_copy: ``a`` in the other orientation.
+    h: the dense operand.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import jscorch as js
+    >>> a = js.from_dense(jnp.array([[0., 2.], [3., 0.]]), format=js.CSR)
+    >>> dual_product("ij,jf->if", False, a, a.asformat("csc"), jnp.ones((2, 1))).ravel()
+    Array([2., 3.], dtype=float32)
+  """
+  return einsum(spec, a_copy if value_on_copy else a, h)
+
+
+@dual_product.defjvp
+def _dual_product_jvp(spec, value_on_copy, primals, tangents):
+  a, a_copy, h = primals
+  da, _, dh = tangents
+  out = einsum(spec, a_copy if value_on_copy else a, h)
+  along_h = einsum(spec, a if value_on_copy else a_copy, dh)
+  return out, einsum(spec, a.with_data(da.data), h) + along_h

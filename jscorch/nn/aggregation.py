@@ -168,7 +168,7 @@ class GCNAdjacency(SparseAggregation):
   For a CSR adjacency the normalised matrix is also kept column-major
   (``normalized_csc``, the same values permuted), so the backward pass of each layer's
   product, ``normalized^T g``, runs row by row over it instead of re-sorting the
-  pattern on every call (:func:`_normalized_product`); this doubles the adjacency's
+  pattern on every call (:func:`jscorch.nn._util.dual_product`); this doubles the adjacency's
   memory.
 
   Attributes:
@@ -207,7 +207,7 @@ class GCNAdjacency(SparseAggregation):
     if self.normalized_csc is None:
       product = einsum("ij,jf->if", self.normalized, h)
     else:
-      product = _normalized_product(self.normalized, self.normalized_csc, h)
+      product = _util.dual_product("ij,jf->if", False, self.normalized, self.normalized_csc, h)
     return product + self.self_weight[:, None] * h
 
   def __repr__(self):
@@ -247,27 +247,6 @@ def _gcn_adjacency(adj, add_self_loops: bool) -> GCNAdjacency:
   normalized = einsum("ij,i,j->ij", adj, dinv, dinv)
   csc = normalized.asformat("csc") if adj.format == js.CSR else None
   return GCNAdjacency(adj, normalized, loops * dinv * dinv, csc, add_self_loops)
-
-
-@jax.custom_jvp
-def _normalized_product(a, a_csc, h):
-  """`[n, f]`: ``a @ h`` for a CSR ``a`` `[n, n]` whose copy ``a_csc`` is column-major.
-
-  The value is the CSR product. Its tangent w.r.t. ``h`` is written over ``a_csc``,
-  so the transpose that reverse mode takes of it, ``a^T g``, iterates ``a_csc`` in
-  storage order (a row-wise kernel) instead of re-sorting ``a``'s pattern; forward
-  mode pays that sort instead. ``a_csc``'s own tangent is not read: the value does
-  not depend on it (it must hold ``a``'s values, as :func:`_gcn_adjacency` builds it).
-  """
-  return einsum("ij,jf->if", a, h)
-
-
-@_normalized_product.defjvp
-def _normalized_product_jvp(primals, tangents):
-  a, a_csc, h = primals
-  da, _, dh = tangents
-  out = einsum("ij,jf->if", a, h)
-  return out, einsum("ij,jf->if", a.with_data(da.data), h) + einsum("ij,jf->if", a_csc, dh)
 
 
 @jax.tree_util.register_pytree_node_class

@@ -11,7 +11,7 @@ from jscorch import graph
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
 from jscorch.nn import _util
-from jscorch.primitives.formats import BSR, CSR
+from jscorch.primitives.formats import BSR, CSC, CSR
 
 default_kernel_init = nnx.initializers.lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
@@ -106,6 +106,9 @@ class SparseLinear(nnx.Module):
     values = _blocks_of(dense, self.block)[rows, cols] if self.block else dense[rows, cols]
     self.kernel = nnx.Param(jnp.asarray(values, param_dtype))
     self.kernel_pattern = SparsePattern(tuple(skeleton.indices))
+    # the same pattern column-major, for the forward product (see _sparse_linear)
+    self.column_pattern = nnx.data(None) if self.block else \
+        SparsePattern(_column_major(rows, cols, out_features))
     self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) \
         if use_bias else nnx.data(None)
 
@@ -140,7 +143,9 @@ class SparseLinear(nnx.Module):
       raise ValueError(f"{name}: wrong feature width: x.shape={x.shape} but the layer was "
                        f"built with in_features={self.in_features}; expected x.shape[-1] == "
                        f"{self.in_features}.")
-    return _sparse_linear(x, self.sparse_kernel, self.bias[...] if self.use_bias else None)
+    column = None if self.block else self.column_pattern.get_value()
+    return _sparse_linear(x, self.sparse_kernel, column,
+                          self.bias[...] if self.use_bias else None)
 
   @classmethod
   def from_dense(cls, linear: nnx.Linear, *, density: float,
@@ -211,14 +216,35 @@ def _blocks_of(w, block):
   return w.reshape(n_in // bm, bm, n_out // bn, bn).transpose(0, 2, 1, 3)
 
 
+def _column_major(rows, cols, n_out: int) -> tuple:
+  """``(pos, crd, perm)`` int32: the row-major sorted entries ``(rows, cols)`` in CSC order;
+  column ``j`` holds entries ``perm[pos[j]:pos[j + 1]]``, in rows ``crd[pos[j]:pos[j + 1]]``."""
+  perm = np.lexsort((rows, cols))
+  pos = np.zeros(n_out + 1, np.int64)
+  np.cumsum(np.bincount(cols, minlength=n_out), out=pos[1:])
+  return tuple(jnp.asarray(b, np.int32) for b in (pos, np.asarray(rows)[perm], perm))
+
+
 @jax.jit
-def _sparse_linear(x, kernel: SparseArray, bias):
+def _sparse_linear(x, kernel: SparseArray, column, bias):
   """``x @ kernel + bias`` with a sparse kernel (one jitted function; see graph_conv.py).
   Leading dims of ``x`` are flattened into one, so the product has a single free index
-  (the planner then orients it: a vectorised kernel, whatever the batch shape)."""
+  (the planner then orients it: a vectorised kernel, whatever the batch shape).
+
+  With ``column`` (:func:`_column_major` of a CSR kernel's pattern) the forward product
+  runs over the kernel column-major and its backward over the CSR kernel, both in
+  storage order: no kernel sorts the pattern on any call."""
   dtype = _util.compute_dtype(x, kernel)
   rows = x.reshape(-1, x.shape[-1]).astype(dtype)
-  y = einsum("ni,io->no", rows, kernel.astype(dtype)).reshape(x.shape[:-1] + (-1,))
+  kernel = kernel.astype(dtype)
+  if column is None:
+    y = einsum("ni,io->no", rows, kernel)
+  else:
+    pos, crd, perm = column
+    copy = SparseArray.from_buffers(kernel.data[perm], (pos, crd), shape=kernel.shape,
+                                    format=CSC, check=False)
+    y = _util.dual_product("io,ni->no", True, kernel, copy, rows)
+  y = y.reshape(x.shape[:-1] + (-1,))
   return y if bias is None else y + bias.astype(dtype)
 
 

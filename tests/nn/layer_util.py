@@ -10,6 +10,7 @@ from __future__ import annotations
 
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -91,3 +92,19 @@ def masked_softmax(scores, mask, axis=1):
   e = np.where(mask, np.exp(s - top), 0)
   total = e.sum(axis=axis, keepdims=True)
   return np.where(total > 0, e / np.where(total > 0, total, 1), 0)
+
+
+def kernel_transposes(jaxpr) -> int:
+  """How many generated kernels of ``jaxpr``'s sparse einsums (sub-jaxprs included) re-sort
+  a sparse operand's pattern in their prologue; every einsum must have a kernel."""
+  from jscorch.primitives import einsum_kernel, loopnest
+  count = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "jscorch_einsum":
+      kernel, reason = einsum_kernel.kernel_plan(eqn.params["spec"], [None] * len(eqn.invars),
+                                                 eqn.invars[0].aval.dtype)
+      assert reason == "kernel", reason
+      count += sum(isinstance(s, loopnest.Transpose) for s in getattr(kernel, "prologue", ()))
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      count += kernel_transposes(sub)
+  return count

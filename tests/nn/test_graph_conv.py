@@ -8,7 +8,6 @@ gradients, zero-degree rows and padding included.
 from __future__ import annotations
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import layer_util as lu
 import numpy as np
@@ -174,23 +173,11 @@ def test_cached_gcn_adjacency(fmt, add_loops):
     util.assert_allclose(g_cached, g_plain, dtype=np.float64)
 
 
-def _einsum_specs(jaxpr):
-  """The specs of every ``jscorch_einsum`` in ``jaxpr``, sub-jaxprs included."""
-  specs = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "jscorch_einsum":
-      specs.append((eqn.params["spec"], len(eqn.invars), eqn.invars[0].aval.dtype))
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      specs += _einsum_specs(sub)
-  return specs
-
-
 def test_cached_gcn_adjacency_backward_needs_no_transpose():
   """With a CSR adjacency, no product of a GCN layer's gradient (w.r.t. the features and
   the weights) re-sorts the pattern in its kernel: ``A^T g`` runs over the cached
   column-major copy. The plain adjacency's gradient does need that re-sort (so the
   check can fail)."""
-  from jscorch.primitives import einsum_kernel, loopnest
   adj, _ = lu.random_adjacency(30, N)
   x, _ = lu.random_features(31, N, F_IN)
   model = nn.GCNConv(F_IN, F_OUT, rngs=nnx.Rngs(0))
@@ -198,12 +185,7 @@ def test_cached_gcn_adjacency_backward_needs_no_transpose():
 
   def transposes(graph):
     grad = jax.grad(lambda p, x: jnp.sum(f(p, graph, x) ** 2), argnums=(0, 1))
-    count = 0
-    for spec, n_in, dtype in _einsum_specs(jax.make_jaxpr(grad)(params, x).jaxpr):
-      kernel, reason = einsum_kernel.kernel_plan(spec, [None] * n_in, dtype)
-      assert reason == "kernel", reason
-      count += sum(isinstance(s, loopnest.Transpose) for s in getattr(kernel, "prologue", ()))
-    return count
+    return lu.kernel_transposes(jax.make_jaxpr(grad)(params, x).jaxpr)
 
   cached = nn.gcn_adjacency(adj)
   assert cached.normalized_csc is not None

@@ -191,3 +191,23 @@ def test_block_errors():
   with pytest.raises(ValueError, match=r"SparseLinear.from_dense: block \(2, 3\)"):
     nn.SparseLinear.from_dense(nnx.Linear(F_IN, F_OUT, rngs=nnx.Rngs(0)), density=0.5,
                                block=(2, 3))
+
+
+def test_forward_and_backward_kernels_run_in_storage_order():
+  """The layer keeps its pattern column-major too (``column_pattern``, the CSC of the CSR
+  pattern), so neither the forward product nor the backward products (w.r.t. ``x`` and the
+  values) re-sort the pattern in their kernel. The plain einsum ``x @ W`` over the CSR
+  kernel does re-sort it (so the check can fail)."""
+  layer = nn.SparseLinear(40, 24, density=0.2, rngs=nnx.Rngs(2))
+  pos, crd, perm = (np.asarray(b) for b in layer.column_pattern.get_value())
+  csc = layer.sparse_kernel.to_scipy().tocsc()
+  np.testing.assert_array_equal(pos, csc.indptr)
+  np.testing.assert_array_equal(crd, csc.indices)
+  np.testing.assert_array_equal(np.asarray(layer.kernel[...])[perm], csc.data)
+  x = jnp.asarray(util.random_values(5, (7, 40), np.float32))
+  f, params = lu.pure(layer, lambda m, x: m(x))
+  grad = jax.grad(lambda p, x: jnp.sum(f(p, x) ** 2), argnums=(0, 1))
+  assert lu.kernel_transposes(jax.make_jaxpr(grad)(params, x).jaxpr) == 0
+  plain = jax.grad(lambda x: jnp.sum(js.einsum("ni,io->no", x, layer.sparse_kernel) ** 2))
+  assert lu.kernel_transposes(jax.make_jaxpr(plain)(x).jaxpr) > 0
+  util.assert_allclose(layer(x), np.asarray(x) @ csc.toarray())
