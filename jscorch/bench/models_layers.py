@@ -217,25 +217,29 @@ def _torch_csr_transpose(torch, p: _Pruned):
 
 
 def _torch_autoencoder(torch, enc: _Pruned, dec: _Pruned, x, train) -> Contender:
-  """CSR weights and ``torch.sparse.mm`` on transposed activations (``h^T = W^T x^T``)."""
+  """CSR weights and ``torch.sparse.mm`` on transposed activations (``h^T = W^T x^T``).
+
+  Like every contender it takes ``x`` `[batch, in]` and gives ``y`` `[batch, in]`: the
+  transposes are strided views (torch copies where its kernels need it, inside the timed
+  call)."""
   (w1, o1), (w2, o2) = _torch_csr_transpose(torch, enc), _torch_csr_transpose(torch, dec)
   b1, b2 = (torch.from_numpy(p.bias[:, None].copy()).requires_grad_() for p in (enc, dec))
-  xt = torch.from_numpy(np.ascontiguousarray(x.T))
+  xs = torch.from_numpy(np.asarray(x))
 
   def forward():
-    ht = torch.relu(torch.sparse.mm(w1, xt) + b1)
-    return torch.sparse.mm(w2, ht) + b2
+    ht = torch.relu(torch.sparse.mm(w1, xs.T) + b1)
+    return (torch.sparse.mm(w2, ht) + b2).T
 
   if not train:
     def infer():
       with torch.no_grad():
         return forward()
-    return Contender("torch.sparse", infer, lambda r: (r.numpy().T,))
+    return Contender("torch.sparse", infer, lambda r: (r.numpy(),))
 
   def step():
     for t in (w1, b1, w2, b2):
       t.grad = None
-    value = (forward() - xt).pow(2).mean()
+    value = (forward() - xs).pow(2).mean()
     value.backward()
     return (value.detach().numpy(), w1.grad.values().numpy(), b1.grad.numpy()[:, 0],
             w2.grad.values().numpy(), b2.grad.numpy()[:, 0])
