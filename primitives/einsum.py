@@ -29,6 +29,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from . import backends, convert, einsum_kernel, einsum_portable, orient
+from . import plan as kernel_planner
 from .backends.c import backend as _c_backend  # noqa: F401  (registers the C backend)
 from .backends.pallas import backend as _pallas_backend  # noqa: F401  (registers Pallas)
 from .einsum_spec import (
@@ -347,6 +348,22 @@ def _better_orientation(spec: EinsumSpec, plan, args, dtype) -> orient.Orientati
   return turned if _vectorised(other) or spec.out_kind == SAMPLED_OUT else None
 
 
+def _staged_kernel(spec: EinsumSpec, turned: orient.Orientation, args, dtype, backend,
+                   platform: str):
+  """The kernel running ``turned`` tile by tile on ``spec``'s own operands (no transposes
+  around it; :func:`orient.tiling`) and the spec it records, or None where the tiling does
+  not pay, the body of a dense output would not vectorise, or ``backend`` cannot print it."""
+  itemsize = np.dtype(dtype).itemsize
+  t = orient.tiling(spec, turned, itemsize, kernel_planner.VECTOR_BYTES // itemsize)
+  if t is None:
+    return None
+  body, _ = einsum_kernel.kernel_plan(t.spec, args, dtype)
+  if body is None or not (_vectorised(body) or spec.out_kind == SAMPLED_OUT):
+    return None
+  kernel = kernel_planner.staged(body, t.extent, t.tile, t.operands, t.out)
+  return (kernel, t.spec) if backend.supports(kernel, dtype, platform) is None else None
+
+
 def _run_oriented(turned: orient.Orientation, *flat):
   """The einsum of ``turned.spec`` on the flat inputs, dense operands transposed to its
   axis order and the output transposed back."""
@@ -407,6 +424,10 @@ def _einsum_backend_lowering(platform: str):
                               multiple_results=True)(ctx, *args)
       if reason == "kernel":
         turned = _better_orientation(spec, plan, args, dtype)
+        staged = turned and _staged_kernel(spec, turned, args, dtype, backend, platform)
+        if staged:                 # the oriented kernel tile by tile, transposing in cache
+          einsum_kernel.last_decisions.append((staged[1], reason))
+          return backend.lower(ctx, staged[0], *args, platform=platform)
         if turned is not None:     # transposes around the oriented spec's kernel (whose
           # lowering finds nothing left to orient, and records its own decision)
           return mlir.lower_fun(functools.partial(_run_oriented, turned),

@@ -9,7 +9,9 @@ backend only prints it (``backends/c/printer.py``): it decides nothing.
 Nodes, outermost first:
 
 * :class:`Kernel` — buffers, prologue (workspaces), the unit loop, vector index,
-  work balance; its :attr:`Kernel.name` (the FFI target) derives from its hash;
+  work balance, and optionally a :class:`Stage` (the body run tile by tile over dense
+  arrays copied so that the vector index is contiguous); its :attr:`Kernel.name` (the
+  FFI target) derives from its hash;
 * :class:`Loop` over an iterator — :class:`Units` (batch elements x first-level
   coordinates: the outer loop), :class:`Range` (a dense level, or a free index when
   ``src`` is None), :class:`Segment` (``pos[p] .. pos[p+1]`` of a compressed level),
@@ -330,6 +332,32 @@ class Balance:
 
 
 @_frozen
+class Staged:
+  """One dense array whose vector index is not its contiguous axis, viewed `[outer, extent,
+  inner]` (the vector index in the middle): a tile of ``tile`` vector positions is copied
+  to (or, for the output, from) a contiguous scratch `[outer, inner, tile]`."""
+  buffer: str
+  outer: int
+  inner: int
+
+
+@_frozen
+class Stage:
+  """Tiles of the vector index staged through scratch (the kernel body is planned with
+  the vector index's size set to ``tile``): for each tile of ``extent``, in parallel
+  across tiles, the ``inputs`` are copied in with the vector index last, the body runs
+  over all units, and ``output`` is copied out; an output without the vector index
+  (``output`` None) is summed over the tiles instead (per chunk of tiles, then across
+  chunks). The transposes
+  of an oriented einsum (:mod:`..orient`), done tile by tile in cache inside one kernel."""
+  extent: int
+  tile: int
+  inputs: tuple[Staged, ...]
+  output: Staged | None
+  split: bool
+
+
+@_frozen
 class Kernel:
   """One planned kernel (static, hashable): a printer's whole input.
 
@@ -341,6 +369,7 @@ class Kernel:
     balance: how the outer loop is chunked.
     dtype / index_dtype: ``"float32"``/``"float64"`` and ``"int32"``/``"int64"``.
     notes: ``(key, text)`` lines for the printed header (the expression, formats).
+    stage: the body runs tile by tile over staged dense arrays (:class:`Stage`), or None.
   """
   inputs: tuple[Buffer, ...]
   outputs: tuple[Buffer, ...]
@@ -351,6 +380,7 @@ class Kernel:
   dtype: str
   index_dtype: str
   notes: tuple[tuple[str, str], ...] = ()
+  stage: Stage | None = None
 
   @property
   def name(self) -> str:

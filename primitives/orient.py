@@ -11,6 +11,13 @@ in the dense operands and the output, and the permutations that make it so; the
 lowering transposes the dense arrays (memory-bound XLA transposes) around the
 kernel of the oriented spec. Sparse operands are never permuted.
 
+Where the sparse operands are small next to the dense arrays (a pruned weight times a
+batch of activations), :func:`tiling` stages instead: one kernel runs the oriented
+spec tile by tile over the free index, copying each tile of the dense arrays into a
+contiguous scratch in cache and the output tile back (``loopnest.Stage``), so the
+transposes cost no extra passes over memory nor extra XLA operations. The price is one
+pass over the sparse structure per tile, which bounds when it pays (:data:`RESTAGE`).
+
 Example:
   >>> from jscorch.primitives.layout import Layout
   >>> from jscorch.primitives.formats import CSR
@@ -25,8 +32,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from .einsum_spec import DENSE_OUT, SAMPLED_OUT, EinsumSpec
+
+TILE_VECTORS = 8   # vector registers per tile of a staged kernel (its accumulators)
+RESTAGE = 1        # staging pays while the repeated passes over the sparse structure
+                   # (from cache) read at most this many times the dense arrays' bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +47,80 @@ class Orientation:
 
   Attributes:
     spec: the einsum with permuted dense operands and output.
+    index: the free index moved last.
     operand_perms: per operand, the ``jnp.transpose`` permutation of its array (None:
       unchanged; sparse operands are always None).
     out_perm: the permutation taking the oriented (dense) output back to ``spec``'s
       order, or None when the output keeps its order.
   """
   spec: EinsumSpec
+  index: int
   operand_perms: tuple[tuple[int, ...] | None, ...]
   out_perm: tuple[int, ...] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+  """An oriented spec run tile by tile (:func:`tiling`).
+
+  Attributes:
+    spec: the oriented spec with the free index's size set to ``tile``: the kernel body.
+    extent: the free index's size.
+    tile: positions of the free index per tile.
+    operands: per operand, the ``(outer, inner)`` sizes around the free index of a
+      staged dense array (viewed `[outer, extent, inner]`), or None (not staged).
+    out: the same view of a dense output; None for an output without the free index
+      (summed over the tiles).
+  """
+  spec: EinsumSpec
+  extent: int
+  tile: int
+  operands: tuple[tuple[int, int] | None, ...]
+  out: tuple[int, int] | None
+
+
+def _around(ids: tuple[int, ...], r: int, spec: EinsumSpec) -> tuple[int, int]:
+  """The sizes of the axes before and after ``r`` in an array of index ids ``ids``."""
+  at = ids.index(r)
+  return (math.prod(spec.size(i) for i in ids[:at]),
+          math.prod(spec.size(i) for i in ids[at + 1:]))
+
+
+def tiling(spec: EinsumSpec, turned: Orientation, itemsize: int, lanes: int) -> Tiling | None:
+  """How to run ``turned`` (an orientation of ``spec``) as one staged kernel, or None when
+  the transposes should stay XLA's: sparse operands so large that a pass over them per
+  tile costs more than :data:`RESTAGE` times the dense arrays' bytes, or stored values
+  along the free index. An output without the free index (it is summed: a weight's
+  gradient sampled at its pattern) is summed over the tiles.
+
+  Example:
+    >>> from jscorch.primitives.layout import Layout
+    >>> from jscorch.primitives.formats import CSR
+    >>> from jscorch.primitives.einsum_spec import EinsumSpec, Operand
+    >>> # x @ W: x [256, 784] dense, W [784, 512] CSR with 4,014 entries
+    >>> spec = EinsumSpec((Operand((0, 1)), Operand((1, 2), Layout(CSR, (784, 512), 4014))),
+    ...                   out=(0, 2), sizes=((0, 256), (1, 784), (2, 512)))
+    >>> t = tiling(spec, orient(spec), itemsize=4, lanes=8)
+    >>> t.tile, t.spec.size(0), t.operands, t.out
+    (64, 64, ((1, 784), None), (1, 512))
+  """
+  r = turned.index
+  if any(op.sparse and r in op.block for op in spec.operands) or (
+      spec.out_kind == SAMPLED_OUT and r in spec.out_operand.block):
+    return None                 # (stored values along the free index: no tile of them)
+  extent, tile = spec.size(r), TILE_VECTORS * lanes
+  dense = [_around(op.indices, r, spec) if not op.sparse and r in op.indices else None
+           for op in spec.operands]
+  out = _around(spec.out, r, spec) if spec.out_kind == DENSE_OUT and r in spec.out else None
+  dense_bytes = itemsize * extent * sum(a * b for a, b in filter(None, [*dense, out]))
+  sampled = [spec.out_layout] if spec.out_kind == SAMPLED_OUT else []
+  structure_bytes = sum(itemsize * math.prod(lay.data_shape) + 4 * len(lay.format.levels) *
+                        math.prod(lay.batch_shape) * lay.nse
+                        for lay in [op.layout for op in spec.operands if op.sparse] + sampled)
+  if (-(-extent // tile) - 1) * structure_bytes > RESTAGE * dense_bytes:
+    return None
+  sizes = tuple((i, tile if i == r else n) for i, n in spec.sizes)
+  return Tiling(turned.spec.replace(sizes=sizes), extent, tile, tuple(dense), out)
 
 
 def free_indices(spec: EinsumSpec) -> list[int]:
@@ -90,4 +168,4 @@ def orient(spec: EinsumSpec) -> Orientation | None:
   if out_perm is None and all(p is None for p in perms):
     return None
   back = None if out_perm is None else tuple(out_perm.index(k) for k in range(len(out_perm)))
-  return Orientation(spec.replace(operands=tuple(operands), out=out), tuple(perms), back)
+  return Orientation(spec.replace(operands=tuple(operands), out=out), r, tuple(perms), back)

@@ -54,6 +54,7 @@ from .layout import Layout
 VECTOR_BYTES = 32          # AVX2; GCC splits wider-than-native vectors by itself
 SERIAL_WORK = 1 << 15      # entries x free size below which one chunk runs serially
 PREFETCH_DISTANCE = 16
+CACHED_BYTES = 1 << 18     # a dense operand this small stays in cache: not prefetched
 _CACHE_LINE = 64
 
 
@@ -443,8 +444,12 @@ class _Planner:
 
     return level(l)
 
+  def dense_bytes(self, op: Operand) -> int:
+    return self.itemsize * math.prod(self.size(i) for i in op.indices)
+
   def prefetch(self, l, factors, r) -> list[ir.Stmt]:
-    """Prefetch the dense rows gathered PREFETCH_DISTANCE entries ahead at leaf level l."""
+    """Prefetch the dense rows gathered PREFETCH_DISTANCE entries ahead at leaf level l
+    (of operands larger than CACHED_BYTES: a smaller one stays in cache)."""
     if l >= self.L:
       return []
     leaf = self.struct_iter(l, 0)
@@ -455,7 +460,8 @@ class _Planner:
     summed = set(self.leaf_loops())
     targets = tuple((f"x{k}", self.dense_offset(op, {ident: "ahead"}))
                     for k, op in factors
-                    if not op.sparse and ident in op.indices and not summed & set(op.indices))
+                    if not op.sparse and ident in op.indices and not summed & set(op.indices)
+                    and self.dense_bytes(op) > CACHED_BYTES)
     if not targets:
       return []
     return [ir.Prefetch(leaf, PREFETCH_DISTANCE, targets)]
@@ -531,6 +537,18 @@ def join_loops(joins, depth_of: dict, first: int) -> tuple[list, dict] | None:
     if not started:
       return None
   return loops, depth_of
+
+
+def staged(kernel: ir.Kernel, extent: int, tile: int, operands, out) -> ir.Kernel:
+  """``kernel`` (planned with its vector index of size ``tile``) run tile by tile over a
+  vector index of size ``extent`` (``loopnest.Stage``): ``operands`` holds, per einsum
+  operand, the ``(outer, inner)`` view of a staged dense array or None, ``out`` the
+  output's (None: an output summed over the tiles; :func:`orient.tiling`). Tiles run
+  in parallel unless the work is small."""
+  inputs = tuple(ir.Staged(f"x{k}", *v) for k, v in enumerate(operands) if v is not None)
+  split = kernel.balance.batch * kernel.balance.nse * extent >= SERIAL_WORK and extent > tile
+  output = ir.Staged("out", *out) if out is not None else None
+  return dataclasses.replace(kernel, stage=ir.Stage(extent, tile, inputs, output, split))
 
 
 def owner(kp: KernelPlan) -> bool:

@@ -6,7 +6,7 @@ representative subset of the cases of ``test_kernel_paths.py`` (every format,
 batch and block dims, padding, SDDMM, transposed products, intersections, SpGEMM),
 their gradients, adversarial inputs (all-padding operands, large padding, a
 SpGEMM whose capacity is too small) and power-law matrices large enough for the
-parallel paths, checking each result against numpy. Any out-of-bounds access
+parallel paths (staged tiles included), checking each result against numpy. Any out-of-bounds access
 aborts the process with an AddressSanitizer report.
 
 Prints ``MATRIX OK <number of kernel lowerings>`` at the end.
@@ -211,6 +211,18 @@ def power_law():
   np.testing.assert_allclose(np.asarray(grads[1])[:T.nnz],
                              np.asarray(S.sum(0)).ravel()[np.repeat(np.arange(3000),
                                                                     np.diff(T.indptr))], **tol)
+  # staged tiles (orient.tiling): x @ A and x @ A.T over 3 full tiles and a partial one,
+  # in parallel; a free index between two summed ones (accumulated tiles)
+  x = util.random_values(rng, (103, 800), np.float32)
+  out, decisions = run(lambda x, A: x @ A, x, A)
+  np.testing.assert_allclose(np.asarray(out), x @ S, **tol)
+  y = util.random_values(rng, (103, 3000), np.float32)
+  out, _ = run(lambda y, A: y @ A.T, y, A)
+  np.testing.assert_allclose(np.asarray(out), y @ S.T, **tol)
+  z = util.random_values(rng, (800, 37, 3), np.float32)
+  D, Sd = cg.power_law_csr(7, 800, 3, 1500)
+  out, _ = run(lambda z, D: js.einsum("ajb,ab->j", z, D), z, D)
+  np.testing.assert_allclose(np.asarray(out), np.einsum("ajb,ab->j", z, Sd.toarray()), **tol)
 
 
 def structure_matrix():

@@ -8,7 +8,7 @@ loop is ``Parallel.OUTER``, the race strategy, the vector index, where products
 are hoisted, the transposed workspace — not on the C text.
 
 The printer is tested by **golden files** (``tests/primitives/golden/*.c``: SpMM,
-SDDMM, a co-iteration, a transposed product, MTTKRP). After an intended change to
+SDDMM, a co-iteration, a transposed product, MTTKRP, staged tiles). After an intended change to
 the printer or the planner, regenerate them with::
 
     JSCORCH_REGEN_GOLDEN=1 python -m pytest -q -p no:xdist tests/primitives/test_codegen.py -k golden
@@ -35,7 +35,7 @@ import pytest
 import scipy.sparse as sps
 
 import jscorch as js
-from jscorch.primitives import c_runtime, einsum_kernel, kernel_build
+from jscorch.primitives import c_runtime, einsum_kernel, kernel_build, orient
 from jscorch.primitives import loopnest as ir
 from jscorch.primitives import plan as kernel_planner
 from jscorch.primitives.backends.c import printer
@@ -152,7 +152,8 @@ def test_loop_nest_follows_the_planner_loop_order():
 # -- vector mode --------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype,K", [(F32, 64), (F32, 19), (F64, 19), (F64, 4), (F32, 8)])
 def test_spmm_vector_index_lanes_and_prefetch(dtype, K):
-  k = plan(spmm_spec(csr(6, 7, 20), K), dtype)
+  n = 4096                                     # X [n, K]: past the cache (CACHED_BYTES)
+  k = plan(spmm_spec(csr(6, n, 20), K, n=n), dtype)
   lanes = 32 // np.dtype(dtype).itemsize
   assert k.dtype == np.dtype(dtype).name
   assert k.vector == ir.Vector(ir.Coord(f"f{ids('k')[0]}"), K, lanes)
@@ -169,6 +170,8 @@ def test_spmm_vector_index_lanes_and_prefetch(dtype, K):
     assert p.targets == (("x1", ir.Affine(((ir.Coord("ahead"), K), (ir.Coord("f10"), 1)))),)
   else:
     assert prefetch == []                      # a row shorter than a cache line
+  small = plan(spmm_spec(csr(6, 7, 20), K), dtype)
+  assert find(small, ir.Prefetch) == []        # X stays in cache
 
 
 def test_mttkrp_hoists_the_inner_sum_before_the_outer_factor():
@@ -306,7 +309,15 @@ GOLDEN_CASES = {
     "mttkrp_csf": lambda: make_spec("ijk,jr,kr->ir", (Layout.make(js.CSF, (5, 6, 7), 30),
                                                       None, None),
                                     dict(i=5, j=6, k=7, r=16)),
+    "staged_x_at_w": lambda: staged(make_spec("ni,io->no", (None, csr(9, 7, 20)),
+                                              dict(n=45, i=9, o=7))),
 }
+
+
+def staged(spec: EinsumSpec) -> ir.Kernel:
+  """``spec``'s oriented kernel run over staged tiles (:func:`orient.tiling`)."""
+  t = orient.tiling(spec, orient.orient(spec), 4, 8)
+  return kernel_planner.staged(plan(t.spec), t.extent, t.tile, t.operands, t.out)
 
 
 def masked(src: str) -> str:
@@ -318,7 +329,8 @@ def masked(src: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
 def test_golden_printed_c(name):
-  src = masked(printer.generate(plan(GOLDEN_CASES[name]())))
+  case = GOLDEN_CASES[name]()
+  src = masked(printer.generate(case if isinstance(case, ir.Kernel) else plan(case)))
   path = GOLDEN / f"{name}.c"
   if os.environ.get("JSCORCH_REGEN_GOLDEN"):
     GOLDEN.mkdir(exist_ok=True)

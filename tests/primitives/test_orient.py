@@ -21,7 +21,7 @@ from jscorch.primitives import loopnest as ir
 from jscorch.primitives.einsum_spec import DENSE_OUT, SAMPLED_OUT, EinsumSpec, Operand
 from jscorch.primitives.formats import CSR
 from jscorch.primitives.layout import Layout
-from jscorch.primitives.orient import free_indices, orient
+from jscorch.primitives.orient import RESTAGE, TILE_VECTORS, free_indices, orient, tiling
 
 pytestmark = pytest.mark.skipif(kernel_build.compiler() is None, reason="no C compiler")
 
@@ -105,6 +105,76 @@ def test_orient_specs():
   diagonal = EinsumSpec((Operand((0, 1), lay), Operand((2, 2))), out=(0, 2),
                         sizes=((0, 5), (1, 6), (2, 6)))
   assert orient(diagonal) is None                     # a repeated free index
+
+
+# Staged tiles: products whose free index spans several tiles (the last one partial) and
+# sits first or in the middle of its dense operands, with stored (owned rows) and
+# accumulated (a summed sparse row index) outputs, and their gradients (a sampled dW,
+# summed over the tiles); values and gradients vs float64.
+STAGED = {
+    "x@W": ("ni,io->no", (45, 9), (9, 7)),
+    "g@W.T": ("no,io->ni", (70, 7), (9, 7)),
+    "middle": ("ajb,ab->j", (5, 40, 6), (5, 6)),
+    "middle_out": ("ajb,ab->ja", (5, 33, 6), (5, 6)),
+}
+
+
+def _custom_calls(text: str) -> int:
+  return text.count("stablehlo.custom_call")
+
+
+@pytest.mark.parametrize("fmt", ["csr", "coo"])
+@pytest.mark.parametrize("name", sorted(STAGED))
+def test_staged_tiles_match_float64(name, fmt):
+  subscripts, x_shape, w_shape = STAGED[name]
+  rng = np.random.default_rng(len(name) + len(fmt))
+  w = util.random_dense(rng, w_shape, density=0.5)
+  W = js.from_dense(jnp.asarray(w), format=fmt, nse=util.stored_count(w, 0, 0) + 3)
+  dtype = np.float64 if fmt == "coo" else np.float32
+  with util.dtype_context(dtype):
+    x = jnp.asarray(util.random_values(rng, x_shape, dtype))
+    W = W.astype(dtype)
+    product = lambda d, x: js.einsum(subscripts, x, W.with_data(d))     # noqa: E731
+    einsum_kernel.last_decisions.clear()
+    lowered = jax.jit(product).lower(W.data, x)
+    text = lowered.as_text()
+    # one kernel on the operands as they are: no transposes around it
+    assert _custom_calls(text) == 1 and "stablehlo.transpose" not in text, text
+    ((spec, reason),) = einsum_kernel.last_decisions
+    assert reason == "kernel" and _contiguous_free(spec)
+    want = np.einsum(subscripts, util.reference(x), util.reference(w))
+    util.assert_allclose(lowered.compile()(W.data, x), want, dtype=dtype)
+    # the gradients too: dx a staged dense output, dW a sampled one summed over the tiles
+    grads = jax.jit(jax.grad(lambda d, x: jnp.sum(product(d, x) ** 2), (0, 1)))
+    assert "stablehlo.transpose" not in grads.lower(W.data, x).as_text()
+  with util.dtype_context(np.float64):   # (finite differences want float64)
+    W, x = W.astype(np.float64), jnp.asarray(util.reference(x))
+    product = lambda d, x: js.einsum(subscripts, x, W.with_data(d))     # noqa: E731
+    util.check_grads_both(product, (W.data, x))
+
+
+def test_tiling_is_declined_where_the_structure_dominates():
+  """A staged kernel passes over the sparse structure once per tile: past RESTAGE times
+  the dense bytes the transposes stay XLA's."""
+  def spec(n, nse):
+    lay = Layout(CSR, (64, 64), nse)
+    return EinsumSpec((Operand((0, 1)), Operand((1, 2), lay)), out=(0, 2),
+                      sizes=((0, n), (1, 64), (2, 64)))
+  small = spec(512, 256)
+  t = tiling(small, orient(small), 4, 8)
+  tile = TILE_VECTORS * 8
+  assert t.tile == tile and t.extent == 512 and t.spec.size(0) == tile
+  assert t.operands == ((1, 64), None) and t.out == (1, 64)
+  # the passes after the first: (512 / tile - 1) x nse x (4 + 2 x 4) bytes, against
+  # RESTAGE x 512 x (64 + 64) x 4 bytes
+  nse = RESTAGE * 512 * 128 * 4 // ((512 // tile - 1) * 12) + 1
+  assert tiling(spec(512, nse), orient(spec(512, nse)), 4, 8) is None
+  assert tiling(spec(tile, nse), orient(spec(tile, nse)), 4, 8) is not None   # one tile
+  sddmm = EinsumSpec((Operand((2, 0)), Operand((2, 1))), out=(0, 1),
+                     sizes=((0, 64), (1, 64), (2, 512)), out_kind=SAMPLED_OUT,
+                     out_layout=Layout(CSR, (64, 64), 256))
+  t = tiling(sddmm, orient(sddmm), 4, 8)            # summed over tiles: no output view
+  assert t.operands == ((1, 64), (1, 64)) and t.out is None
 
 
 def test_portable_lowering_is_not_oriented():

@@ -40,6 +40,7 @@ from ...c_runtime import RUNTIME
 from ...plan import VECTOR_BYTES
 
 C_TYPES = {"float32": "float", "float64": "double"}
+ITEMSIZES = {"float32": 4, "float64": 8}
 I_TYPES = {"int32": "int32_t", "int64": "int64_t"}
 
 
@@ -329,6 +330,8 @@ class _Printer:
     self.args()
     self.work_before()
     self.body()
+    if k.stage:
+      self.tiles()
     self.handler()
     return e.text() + "\n"
 
@@ -382,6 +385,131 @@ class _Printer:
     e.close()
     e()
 
+  def slot(self) -> tuple[list[int], int]:
+    """The scratch of one chunk of tiles: the staged inputs' tiles, the output's tile (an
+    output summed over the tiles: all of it), and for a summed output the chunk's sums;
+    returns the sizes of the parts before the sums, and the slot's size."""
+    st, t = self.k.stage, self.k.stage.tile
+    out = self.k.outputs[0].size
+    sizes = [s.outer * s.inner * t for s in st.inputs]
+    sizes.append(st.output.outer * st.output.inner * t if st.output else out)
+    return sizes, sum(sizes) + (0 if st.output else out)
+
+  def tiles(self):
+    """The staged driver (:class:`loopnest.Stage`): per tile, the staged inputs copied to
+    scratch `[outer, inner, tile]`, the body over all units, the output copied back (an
+    output summed over the tiles: added to the chunk's sums). The copies transpose
+    ``VL x VL`` blocks in registers (:meth:`copy`)."""
+    e, st = self.e, self.k.stage
+    n, t = st.extent, st.tile
+    sizes, slot = self.slot()
+    self.transpose_lanes()
+    e.open("typedef struct {")
+    e("const args_t* a;")
+    e("T* scratch;")
+    e("int64_t per;")
+    e.close("} tiles_t;")
+    e()
+    e.open("static void tiles(const void* s_, int64_t lo, int64_t hi) {")
+    e("const tiles_t* s = (const tiles_t*)s_;")
+    e("const args_t* a = s->a;")
+    e("args_t b = *a;")
+    e(f"T* scratch = s->scratch + (lo / s->per) * (int64_t){slot};")
+    at = 0
+    for k, (arr, size) in enumerate(zip((*st.inputs, st.output), sizes)):
+      e(f"T* s{k} = scratch + {at};")
+      e(f"b.{arr.buffer if arr else 'out'} = s{k};")
+      at += size
+    so = f"s{len(st.inputs)}"
+    if not st.output:
+      e(f"T* sums = scratch + {at};")
+      e(f"memset(sums, 0, sizeof(T) * {sizes[-1]});")
+    e.open("for (int64_t t = lo; t < hi; ++t) {")
+    e(f"const int64_t n0 = t * {t}, w = {n} - n0 < {t} ? {n} - n0 : {t};")
+    for k, arr in enumerate(st.inputs):
+      self.copy(f"s{k}", f"a->{arr.buffer}", arr, into_scratch=True)
+    if self.k.race is ir.Race.ACCUMULATE or not st.output:
+      e(f"memset({so}, 0, sizeof(T) * {sizes[-1]});")
+    e(f"body(&b, 0, {self.k.balance.units});")
+    if st.output:
+      self.copy(so, "a->out", st.output, into_scratch=False)
+    else:
+      e(f"for (int64_t p = 0; p < {sizes[-1]}; ++p) sums[p] += {so}[p];")
+    e.close()
+    e.close()
+    e()
+
+  def copy(self, scratch: str, array: str, arr: ir.Staged, into_scratch: bool):
+    """Tile ``n0 .. n0 + w`` of ``array`` `[outer, extent, inner]` to or from ``scratch``
+    `[outer, inner, tile]`: ``VL x VL`` blocks transposed in registers, the remainders
+    element by element; copied in, the lanes past ``w`` are zeroed."""
+    e, st = self.e, self.k.stage
+    n, t, inner = st.extent, st.tile, arr.inner
+    full = inner - inner % self.vl
+    e.open(f"for (int64_t o = 0; o < {arr.outer}; ++o) {{")
+    e(f"{'const ' if into_scratch else ''}T* rows = {array} + (o * {n} + n0) * {inner};")
+    e(f"{'' if into_scratch else 'const '}T* cols = {scratch} + o * {inner * t};")
+    e("const int64_t wv = w - w % VL;")
+    e.open(f"for (int64_t c = 0; c < {full}; c += VL)")
+    e.open("for (int64_t j = 0; j < wv; j += VL) {")
+    e("vT r[VL];")
+    if into_scratch:
+      e(f"for (int k = 0; k < VL; ++k) r[k] = *(const vT*)(rows + (j + k) * {inner} + c);")
+      e("transpose_lanes(r);")
+      e(f"for (int k = 0; k < VL; ++k) *(vT*)(cols + (c + k) * {t} + j) = r[k];")
+    else:
+      e(f"for (int k = 0; k < VL; ++k) r[k] = *(const vT*)(cols + (c + k) * {t} + j);")
+      e("transpose_lanes(r);")
+      e(f"for (int k = 0; k < VL; ++k) *(vT*)(rows + (j + k) * {inner} + c) = r[k];")
+    e.close()
+    e.depth -= 1
+    if into_scratch:
+      e(f"for (int64_t j = 0; j < {t}; ++j)")
+      e(f"  for (int64_t c = j < wv ? {full} : 0; c < {inner}; ++c)")
+      e(f"    cols[c * {t} + j] = j < w ? rows[j * {inner} + c] : 0;")
+    else:
+      e("for (int64_t j = 0; j < w; ++j)")
+      e(f"  for (int64_t c = j < wv ? {full} : 0; c < {inner}; ++c)")
+      e(f"    rows[j * {inner} + c] = cols[c * {t} + j];")
+    e.close()
+
+  @property
+  def vl(self) -> int:
+    """Lanes per vector (``VL`` in the C text)."""
+    return VECTOR_BYTES // ITEMSIZES[self.k.dtype]
+
+  def transpose_lanes(self):
+    """``transpose_lanes(r)``: ``VL`` vectors ``r`` (the rows of a ``VL x VL`` block)
+    replaced by its columns, in log2(VL) rounds of two-vector shuffles."""
+    e, lanes = self.e, self.vl
+    if lanes == 8:
+      e("typedef int32_t vI __attribute__((vector_size(32)));")
+      rounds = (((0, 8, 2, 10, 4, 12, 6, 14), (1, 9, 3, 11, 5, 13, 7, 15)),
+                ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)),
+                ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)))
+    else:
+      assert lanes == 4, lanes
+      e("typedef int64_t vI __attribute__((vector_size(32)));")
+      rounds = (((0, 4, 2, 6), (1, 5, 3, 7)), ((0, 1, 4, 5), (2, 3, 6, 7)))
+    e.open("static inline void transpose_lanes(vT* r) {")
+    e("vT t[VL];")
+    # round s pairs vectors 2^s apart: (lo, hi) of the pair land at the pair's two places
+    for s, (lo, hi) in enumerate(rounds):
+      e(f"const vI lo{s} = {{{', '.join(map(str, lo))}}}, hi{s} = {{{', '.join(map(str, hi))}}};")
+    src, dst = "r", "t"
+    for s in range(len(rounds)):
+      gap = 1 << s
+      for k in range(lanes):
+        if k & gap:
+          continue
+        e(f"{dst}[{k}] = __builtin_shuffle({src}[{k}], {src}[{k + gap}], lo{s}); "
+          f"{dst}[{k + gap}] = __builtin_shuffle({src}[{k}], {src}[{k + gap}], hi{s});")
+      src, dst = dst, src
+    if src != "r":
+      e("for (int k = 0; k < VL; ++k) r[k] = t[k];")
+    e.close()
+    e()
+
   def transpose(self, t: ir.Transpose):
     """Counting sort of a (dense, compressed) structure into column-major scratch."""
     e, n0, n1, nse = self.e, t.rows, t.cols, t.nse
@@ -424,11 +552,13 @@ class _Printer:
       e(f"a.{buf.name} = (T*)jscorch_ret(cf, {n});")
     for t in k.prologue:
       self.transpose(t)
-    if k.race is ir.Race.ACCUMULATE:
+    if k.race is ir.Race.ACCUMULATE and not k.stage:     # (a staged output is copied whole)
       for buf in k.outputs:
         e(f"memset(a.{buf.name}, 0, sizeof(T) * (size_t){buf.size});")
     units = k.balance.units
-    if k.body.parallel is ir.Parallel.OUTER and k.balance.split:
+    if k.stage:
+      self.staged_call()
+    elif k.body.parallel is ir.Parallel.OUTER and k.balance.split:
       e("int64_t n_chunks = 4 * jscorch_num_threads(cf);")
       e("if (n_chunks > 256) n_chunks = 256;")
       e("int64_t bounds[257];")
@@ -441,6 +571,33 @@ class _Printer:
     e("return NULL;")
     e.depth -= 1
     e("}")
+
+  def staged_call(self):
+    """Tiles in equal chunks, each with its own scratch :meth:`slot`."""
+    e, st = self.e, self.k.stage
+    tiles = -(-st.extent // st.tile)
+    sizes, slot = self.slot()
+    # (an output summed over the tiles: one chunk per thread, each with its own sums)
+    per_thread = "jscorch_num_threads(cf)" if st.output is None else "4 * jscorch_num_threads(cf)"
+    e(f"int64_t n_chunks = {per_thread if st.split else 1};")
+    e(f"if (n_chunks > {min(tiles, 256)}) n_chunks = {min(tiles, 256)};")
+    e(f"const int64_t per = ({tiles} + n_chunks - 1) / n_chunks;")
+    e(f"n_chunks = ({tiles} + per - 1) / per;")
+    e("int64_t bounds[257];")
+    e(f"for (int64_t c = 0; c <= n_chunks; ++c) bounds[c] = c * per < {tiles} ? c * per : {tiles};")
+    e(f"T* scratch = (T*)malloc(sizeof(T) * {slot} * (size_t)n_chunks);")
+    free = " free(tpos); free(tcrd); free(tperm);" if self.k.prologue else ""
+    e(f"if (!scratch) {{{free} return jscorch_error(cf, \"jscorch kernel: out of memory for "
+      "the staged tiles\"); }")
+    e("tiles_t s = {&a, scratch, per};")
+    e("jscorch_parallel_for(cf, tiles, &s, bounds, n_chunks);")
+    if not st.output:                     # the chunks' sums, added in chunk order
+      e.open(f"for (int64_t p = 0; p < {sizes[-1]}; ++p) {{")
+      e("T v = 0;")
+      e(f"for (int64_t c = 0; c < n_chunks; ++c) v += scratch[c * {slot} + {sum(sizes)} + p];")
+      e("a.out[p] = v;")
+      e.close()
+    e("free(scratch);")
 
 
 def generate(kernel: ir.Kernel) -> str:

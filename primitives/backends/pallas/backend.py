@@ -73,6 +73,8 @@ class PallasBackend:
   def supports(self, plan: Any, dtype, platform: str) -> str | None:
     if np.dtype(dtype) not in DTYPES.get(platform, _DEFAULT_DTYPES):
       return "dtype"
+    if getattr(plan, "stage", None) is not None:    # (its grid transposes, in XLA)
+      return "pallas: staged tiles"
     reason = printer.check(plan, scalar_loads=platform != "tpu")
     if reason not in (None, "pallas: index size") and self.blocked(plan, dtype, platform):
       return None

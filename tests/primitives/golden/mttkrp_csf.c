@@ -53,10 +53,6 @@ static void body(const void* a_, int64_t lo, int64_t hi) {
           const int64_t c2 = a->crd2[b * 30 + p2];
           if ((uint64_t)c2 >= 7) continue;
           const int64_t leaf = b * 30 + p2;
-          if (p2 + 16 < hi2) {
-            const int64_t ahead = a->crd2[b * 30 + p2 + 16];
-            __builtin_prefetch(a->x2 + ahead * 16);
-          }
           acc2_v0 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16);
           acc2_v1 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16 + 8);
         }

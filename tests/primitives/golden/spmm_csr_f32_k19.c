@@ -43,10 +43,6 @@ static void body(const void* a_, int64_t lo, int64_t hi) {
         const int64_t c1 = a->crd1[b * 20 + p1];
         if ((uint64_t)c1 >= 7) continue;
         const int64_t leaf = b * 20 + p1;
-        if (p1 + 16 < hi1) {
-          const int64_t ahead = a->crd1[b * 20 + p1 + 16];
-          __builtin_prefetch(a->x1 + ahead * 19);
-        }
         acc1_v0 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 19);
         acc1_v1 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 19 + 8);
         acc1_s0 += a->x0[leaf] * (a->x1 + c1 * 19 + 16)[0];
