@@ -348,8 +348,8 @@ class Stage:
   across tiles, the ``inputs`` are copied in with the vector index last, the body runs
   over all units, and ``output`` is copied out; an output without the vector index
   (``output`` None) is summed over the tiles instead (per chunk of tiles, then across
-  chunks). The transposes
-  of an oriented einsum (:mod:`..orient`), done tile by tile in cache inside one kernel."""
+  chunks). The transposes of an oriented einsum (:mod:`..orient`), done tile by tile in
+  cache inside one kernel."""
   extent: int
   tile: int
   inputs: tuple[Staged, ...]
