@@ -220,10 +220,10 @@ def power_law():
                                                                     np.diff(T.indptr))], **tol)
   # staged tiles (orient.tiling): x @ A and x @ A.T over 3 full tiles and a partial one,
   # in parallel; a free index between two summed ones (accumulated tiles)
-  x = util.random_values(rng, (103, 800), np.float32)
+  x = util.random_values(rng, (200, 800), np.float32)
   out, decisions = run(lambda x, A: x @ A, x, A)
   np.testing.assert_allclose(np.asarray(out), x @ S, **tol)
-  y = util.random_values(rng, (103, 3000), np.float32)
+  y = util.random_values(rng, (200, 3000), np.float32)
   out, _ = run(lambda y, A: y @ A.T, y, A)
   np.testing.assert_allclose(np.asarray(out), y @ S.T, **tol)
   z = util.random_values(rng, (800, 37, 3), np.float32)

@@ -112,10 +112,10 @@ def test_orient_specs():
 # accumulated (a summed sparse row index) outputs, and their gradients (a sampled dW,
 # summed over the tiles); values and gradients vs float64.
 STAGED = {
-    "x@W": ("ni,io->no", (45, 9), (9, 7)),
-    "g@W.T": ("no,io->ni", (70, 7), (9, 7)),
-    "middle": ("ajb,ab->j", (5, 40, 6), (5, 6)),
-    "middle_out": ("ajb,ab->ja", (5, 33, 6), (5, 6)),
+    "x@W": ("ni,io->no", (150, 9), (9, 7)),
+    "g@W.T": ("no,io->ni", (140, 7), (9, 7)),
+    "middle": ("ajb,ab->j", (5, 100, 6), (5, 6)),
+    "middle_out": ("ajb,ab->ja", (5, 70, 6), (5, 6)),
 }
 
 
@@ -142,6 +142,9 @@ def test_staged_tiles_match_float64(name, fmt):
     assert _custom_calls(text) == 1 and "stablehlo.transpose" not in text, text
     ((spec, reason),) = einsum_kernel.last_decisions
     assert reason == "kernel" and _contiguous_free(spec)
+    x_ids, w_ids = subscripts.split("->")[0].split(",")
+    extent = x_shape[x_ids.index(next(c for c in x_ids if c not in w_ids))]
+    assert extent > spec.size(free_indices(spec)[0])   # several tiles, the last partial
     want = np.einsum(subscripts, util.reference(x), util.reference(w))
     util.assert_allclose(lowered.compile()(W.data, x), want, dtype=dtype)
     # the gradients too: dx a staged dense output, dW a sampled one summed over the tiles
