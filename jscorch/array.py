@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jscorch._device import to_device
 from jscorch.primitives import checks, convert
 from jscorch.primitives._errors import SparseEfficiencyWarning, SparseFormatError
 from jscorch.primitives.formats import Format, FormatLike, resolve_format
@@ -112,11 +113,11 @@ class SparseArray:
     """
     func = "SparseArray.from_buffers"
     shape = tuple(int(s) for s in shape)
-    data = jnp.asarray(data)
+    data = to_device(data)
     fmt = resolve_format(format, len(shape), func=func)
     nse = data.shape[fmt.n_batch] if data.ndim > fmt.n_batch else -1
     lay = Layout.make(fmt.storage, block_view_shape(fmt, shape, func, "shape"), nse, func)
-    indices = tuple(jnp.asarray(i) for i in indices)
+    indices = tuple(to_device(i) for i in indices)
     lay.check_buffers(data, indices, func)
     indices = tuple(i.astype(lay.index_dtype) for i in indices)
     if check and checks.is_concrete(*indices):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch import _static
+from jscorch._device import to_device
 from jscorch.array import SparseArray
 from jscorch.primitives import checks, convert
 from jscorch.primitives._errors import SparseFormatError
@@ -46,7 +47,7 @@ def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
     (3, Array([0, 1, 2], dtype=int32), Array([0, 1, 2], dtype=int32))
   """
   func = "from_dense"
-  x = jnp.asarray(x)
+  x = to_device(x)
   fmt = resolve_format(format, x.ndim, n_batch=n_batch, n_dense=n_dense, func=func)
   if fmt.blocks:       # blocked (BSR): the block view's blocks holding a nonzero
     from jscorch.ops.blocks import block_dense  # noqa: PLC0415 (ops import this module)
@@ -118,7 +119,7 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
     indices = host if np.issubdtype(host.dtype, np.integer) else jnp.asarray(host)
   else:
     indices = jnp.asarray(indices)
-  values = jnp.asarray(values)
+  values = to_device(values)
   shape = _static.static_shape(shape, func)
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise TypeError(f"{func}: indices must be integers; got dtype {indices.dtype}. Cast them "

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch import _static
+from jscorch._device import to_device
 from jscorch._graph_util import inv_sqrt as _inv_sqrt
 from jscorch._graph_util import missing_loops as _missing_loops
 from jscorch._graph_util import rows_cols as _rows_cols
@@ -132,8 +133,8 @@ def _host_csr(rows, cols, values, shape, dtype=np.float32) -> SparseArray:
     rows, cols = rows[starts], cols[starts]
   pos = np.zeros(n + 1, np.int64)
   np.cumsum(np.bincount(rows, minlength=n), out=pos[1:])
-  return SparseArray.from_buffers(jnp.asarray(values, dtype),
-                                  [jnp.asarray(pos, np.int32), jnp.asarray(cols, np.int32)],
+  return SparseArray.from_buffers(to_device(values, dtype),
+                                  [to_device(pos, np.int32), to_device(cols, np.int32)],
                                   shape=(n, m), format="csr", check=False)
 
 
@@ -494,9 +495,9 @@ def load_npz(path: str | os.PathLike) -> Graph:
     idx = np.asarray(d[key]).astype(np.int32).reshape(-1)
     if len(idx) and (idx.min() < 0 or idx.max() >= n):
       raise SparseFormatError(f"load_npz: {path}: {key} has node ids outside [0, {n}).")
-    split.append(jnp.asarray(idx))
+    split.append(to_device(idx))
   name = str(d["name"]) if "name" in d else os.path.splitext(os.path.basename(path))[0]
-  return Graph(adj, feats, jnp.asarray(labels), *split,
+  return Graph(adj, feats, to_device(labels), *split,
                num_classes=int(labels.max()) + 1 if n else 0, name=name)
 
 
@@ -605,9 +606,9 @@ def synthetic_sbm(num_nodes: int = 2000, num_classes: int = 5, num_features: int
   num_test = n // 4 if num_test is None else num_test
   num_val = min(num_val, len(rest) // 2)
   val, test = rest[:num_val], rest[num_val:num_val + num_test]
-  return Graph(adj, feat, jnp.asarray(labels, jnp.int32),
-               jnp.asarray(np.sort(train), jnp.int32), jnp.asarray(np.sort(val), jnp.int32),
-               jnp.asarray(np.sort(test), jnp.int32), num_classes=c,
+  return Graph(adj, feat, to_device(labels, jnp.int32),
+               to_device(np.sort(train), jnp.int32), to_device(np.sort(val), jnp.int32),
+               to_device(np.sort(test), jnp.int32), num_classes=c,
                name=f"sbm(n={n}, classes={c}, seed={seed})")
 
 

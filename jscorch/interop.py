@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jscorch._device import to_device
 from jscorch.array import SparseArray
 from jscorch.primitives import convert
 from jscorch.primitives._errors import SparseFormatError
@@ -67,8 +68,8 @@ def from_scipy(m, *, nse: int | None = None) -> SparseArray:
   crd[:used] = m.indices
   data = np.zeros(nse, m.dtype)
   data[:used] = m.data
-  return SparseArray._make(jnp.asarray(data), (jnp.asarray(m.indptr.astype(idt)),
-                                               jnp.asarray(crd)), target, shape)
+  return SparseArray._make(to_device(data), (to_device(m.indptr.astype(idt)), to_device(crd)),
+                           target, shape)
 
 
 def _from_scipy_bsr(m, nse: int | None) -> SparseArray:
@@ -90,8 +91,8 @@ def _from_scipy_bsr(m, nse: int | None) -> SparseArray:
   crd[:used] = m.indices
   data = np.zeros((nse,) + fmt.blocks, m.dtype)
   data[:used] = m.data
-  return SparseArray._make(jnp.asarray(data), (jnp.asarray(m.indptr.astype(idt)),
-                                               jnp.asarray(crd)), fmt, shape)
+  return SparseArray._make(to_device(data), (to_device(m.indptr.astype(idt)), to_device(crd)),
+                           fmt, shape)
 
 
 def to_scipy(A: SparseArray):

@@ -115,12 +115,15 @@ class GATConv(nnx.Module):
     self.add_self_loops = add_self_loops
     self.use_bias = use_bias
     h, f = num_heads, out_features
-    self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, h * f), param_dtype))
-    self.att_src = nnx.Param(kernel_init(rngs.params(), (h, f), param_dtype))
-    self.att_dst = nnx.Param(kernel_init(rngs.params(), (h, f), param_dtype))
     width = h * f if concat else f
-    self.bias = nnx.Param(bias_init(rngs.params(), (width,), param_dtype)) \
-        if use_bias else nnx.data(None)
+    kernel, att_src, att_dst, bias = _util.draw(
+        rngs, (kernel_init, (in_features, h * f), param_dtype),
+        (kernel_init, (h, f), param_dtype), (kernel_init, (h, f), param_dtype),
+        (bias_init, (width,), param_dtype) if use_bias else None)
+    self.kernel = nnx.Param(kernel)
+    self.att_src = nnx.Param(att_src)
+    self.att_dst = nnx.Param(att_dst)
+    self.bias = nnx.Param(bias) if use_bias else nnx.data(None)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
   def attention(self, adj, x, *, deterministic: bool | None = None, rngs=None):

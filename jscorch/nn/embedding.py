@@ -67,8 +67,8 @@ class EmbeddingBag(nnx.Module):
     if mode not in MODES:
       raise ValueError(f"{name}: mode must be one of {MODES}; got mode={mode!r}.")
     self.mode = mode
-    self.embedding = nnx.Param(embedding_init(rngs.params(), (num_embeddings, features),
-                                              param_dtype))
+    self.embedding = nnx.Param(_util.draw(rngs, (embedding_init, (num_embeddings, features),
+                                                 param_dtype))[0])
 
   def __call__(self, bags) -> jax.Array:
     """``bags`` `[batch, num_embeddings]` (SparseArray or dense) → `[batch, features]`."""

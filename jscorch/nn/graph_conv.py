@@ -94,10 +94,10 @@ class GCNConv(nnx.Module):
     self.add_self_loops = add_self_loops
     self.normalize = normalize
     self.use_bias = use_bias
-    self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features),
-                                        param_dtype))
-    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) \
-        if use_bias else nnx.data(None)
+    kernel, bias = _util.draw(rngs, (kernel_init, (in_features, out_features), param_dtype),
+                              (bias_init, (out_features,), param_dtype) if use_bias else None)
+    self.kernel = nnx.Param(kernel)
+    self.bias = nnx.Param(bias) if use_bias else nnx.data(None)
 
   def propagation_matrix(self, adj):
     """The matrix the layer multiplies with, as a SparseArray (for inspection).
@@ -171,11 +171,13 @@ class SAGEConv(nnx.Module):
     self.use_bias = use_bias
     self.normalize = normalize
     shape = (in_features, out_features)
-    self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
-    self.root_kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype)) \
-        if root_weight else nnx.data(None)
-    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) \
-        if use_bias else nnx.data(None)
+    kernel, root, bias = _util.draw(
+        rngs, (kernel_init, shape, param_dtype),
+        (kernel_init, shape, param_dtype) if root_weight else None,
+        (bias_init, (out_features,), param_dtype) if use_bias else None)
+    self.kernel = nnx.Param(kernel)
+    self.root_kernel = nnx.Param(root) if root_weight else nnx.data(None)
+    self.bias = nnx.Param(bias) if use_bias else nnx.data(None)
 
   def __call__(self, adj, x) -> jax.Array:
     """``adj`` `[n, n]` SparseArray, ``x`` `[n, in_features]` → `[n, out_features]`.

@@ -110,10 +110,11 @@ class MoE(nnx.Module):
     self.use_bias = use_bias
     self.gate = nnx.Linear(in_features, num_experts, use_bias=False, param_dtype=param_dtype,
                            rngs=rngs)
-    self.kernel = nnx.Param(kernel_init(rngs.params(), (num_experts, in_features,
-                                                        out_features), param_dtype))
-    self.bias = nnx.Param(bias_init(rngs.params(), (num_experts, out_features), param_dtype)) \
-        if use_bias else nnx.data(None)
+    kernel, bias = _util.draw(
+        rngs, (kernel_init, (num_experts, in_features, out_features), param_dtype),
+        (bias_init, (num_experts, out_features), param_dtype) if use_bias else None)
+    self.kernel = nnx.Param(kernel)
+    self.bias = nnx.Param(bias) if use_bias else nnx.data(None)
 
   def _check(self, x):
     name = "MoE"
