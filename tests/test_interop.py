@@ -43,6 +43,19 @@ def test_from_scipy_exact_buffers():
   util.assert_buffers_equal(A, [[0, 1, 2, 3, 4], [2, 0, 2, 0, 3]], [3., 1., 4., 2., 0.])
 
 
+@pytest.mark.parametrize("make", [sp.csr_array, sp.csc_array, sp.bsr_array])
+def test_from_scipy_runs_no_xla_program(make):
+  """The buffers are copied to the device, not staged through a compiled program (one per
+  shape in a fresh process: the largest cost of a first result on a big graph)."""
+  dense = util.random_dense(7, (37, 41), density=0.2)       # a shape no other test uses
+  m = make(dense, blocksize=(1, 1)) if make is sp.bsr_array else make(dense)
+  with util.count_lowerings() as lowered:
+    A = js.from_scipy(m)
+    jax.block_until_ready(A)
+  assert lowered[0] == 0
+  np.testing.assert_array_equal(A.todense(), dense)
+
+
 @pytest.mark.parametrize("kind", ["csr", "csc"])
 def test_from_scipy_unsorted_indices_and_duplicates(kind):
   # Row (column) 0 lists minor indices 3, 1, 3: unsorted, with a duplicate.

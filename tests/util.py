@@ -92,6 +92,23 @@ def use_lowering(mode: str):
 
 
 @contextlib.contextmanager
+def count_lowerings():
+  """Counts the XLA programs JAX lowers inside the block (each jitted function or eager
+  operation met for the first time in the process): ``with count_lowerings() as n: ...``,
+  then ``n[0]``. Use shapes no other test uses, or in-process caches hide lowerings."""
+  count = [0]
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+      count[0] += 1
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield count
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@contextlib.contextmanager
 def dtype_context(dtype):
   """Enables ``jax_enable_x64`` inside the block when ``dtype`` is a 64-bit type.
 
