@@ -45,17 +45,17 @@ def draw(rngs: nnx.Rngs, *specs) -> tuple:
   try:
     hash(used)
   except TypeError:
-    values = iter(_draw_eagerly(used, keys))
+    values = iter(_draw_in_turn(used, keys))
   else:
-    values = iter(_draw(used, keys))
+    values = iter(_draw_in_turn_jitted(used, keys))
   return tuple(None if spec is None else next(values) for spec in specs)
 
 
-def _draw_eagerly(specs, keys):
+def _draw_in_turn(specs, keys):
   return tuple(init(key, shape, dtype) for (init, shape, dtype), key in zip(specs, keys))
 
 
-_draw = jax.jit(_draw_eagerly, static_argnums=0)
+_draw_in_turn_jitted = jax.jit(_draw_in_turn, static_argnums=0)
 
 
 def check_positive(value, name: str, layer: str) -> int:
