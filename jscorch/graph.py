@@ -169,7 +169,7 @@ def from_edge_index(edge_index, num_nodes: int | None = None, edge_weight=None, 
            [0., 1.]], dtype=float32)
   """
   func = "from_edge_index"
-  ei = jnp.asarray(edge_index)
+  ei = to_device(edge_index)
   if ei.ndim != 2 or ei.shape[0] != 2:
     raise SparseFormatError(f"{func}: edge_index must have shape [2, num_edges]; got "
                             f"{ei.shape}. Transpose an [num_edges, 2] array with .T.")
@@ -180,7 +180,7 @@ def from_edge_index(edge_index, num_nodes: int | None = None, edge_weight=None, 
                       "num_nodes= as a static int.")
     num_nodes = int(ei.max()) + 1 if ei.size else 0
   n = _static.static_int(num_nodes, "num_nodes", func)
-  w = jnp.ones(ei.shape[1], dtype) if edge_weight is None else jnp.asarray(edge_weight)
+  w = jnp.ones(ei.shape[1], dtype) if edge_weight is None else to_device(edge_weight)
   if w.shape != (ei.shape[1],):
     raise SparseFormatError(f"{func}: edge_weight must have shape [num_edges] = "
                             f"({ei.shape[1]},); got {w.shape}.")
