@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch._device import to_device
 from jscorch.primitives import checks, convert
 from jscorch.primitives._errors import SparseEfficiencyWarning, SparseFormatError
 from jscorch.primitives.formats import Format, FormatLike, resolve_format
 from jscorch.primitives.layout import Layout, block_view_shape
+from jscorch.primitives.transfer import to_device
 
 # Compiled once per layout: eager calls would otherwise dispatch (and compile) op by op.
 _todense = jax.jit(convert.todense, static_argnums=0)

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch import _static
-from jscorch._device import to_device
 from jscorch.array import SparseArray
 from jscorch.primitives import checks, convert
 from jscorch.primitives._errors import SparseFormatError
 from jscorch.primitives.formats import FormatLike, resolve_format
 from jscorch.primitives.layout import Layout
+from jscorch.primitives.transfer import to_device
 
 
 def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,

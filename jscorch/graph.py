@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch import _static
-from jscorch._device import to_device
 from jscorch._graph_util import inv_sqrt as _inv_sqrt
 from jscorch._graph_util import missing_loops as _missing_loops
 from jscorch._graph_util import rows_cols as _rows_cols
@@ -46,6 +45,7 @@ from jscorch.einsum import einsum
 from jscorch.primitives import convert
 from jscorch.primitives._errors import SparseFormatError
 from jscorch.primitives.formats import CSR, FormatLike, resolve_format
+from jscorch.primitives.transfer import to_device
 
 __all__ = [
     "Graph", "add_remaining_self_loops", "add_self_loops", "check_adjacency", "degree",

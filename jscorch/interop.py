@@ -4,12 +4,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jscorch._device import to_device
 from jscorch.array import SparseArray
 from jscorch.primitives import convert
 from jscorch.primitives._errors import SparseFormatError
 from jscorch.primitives.formats import BSR, COO, CSC, CSR, resolve_format
 from jscorch.primitives.layout import Layout, block_view_shape
+from jscorch.primitives.transfer import to_device
 
 
 def _scipy():

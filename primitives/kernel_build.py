@@ -6,7 +6,8 @@
   with a single :class:`SparseEfficiencyWarning`.
 * Binaries are cached under ``$JSCORCH_CACHE_DIR`` (default
   ``~/.cache/jscorch/kernels``), keyed by sha256 of the source, the flags, the
-  compiler command and version, the resolved ``-march=native`` target and the jax version.
+  compiler command and version, the CPU ``-march=native`` builds for (its /proc/cpuinfo
+  identity and flags, else the compiler's resolved target) and the jax version.
   A cached file is published with write-to-temp + ``os.replace`` (safe between
   processes) and rebuilt when it cannot be loaded.
 * XLA keeps only function pointers, so every loaded library stays referenced for
@@ -90,8 +91,30 @@ def warn_no_compiler() -> None:
                   SparseEfficiencyWarning, stacklevel=3)
 
 
+#: The lines of /proc/cpuinfo that fix what ``-march=native`` resolves to (x86 and Arm).
+_CPU_KEYS = ("vendor_id", "cpu family", "model", "model name", "flags", "CPU implementer",
+             "CPU architecture", "CPU variant", "CPU part", "Features")
+
+
+def _cpu_identity(path: str = "/proc/cpuinfo") -> str:
+  """The first processor's identity and feature flags in ``path``, or "" without it."""
+  try:
+    with open(path) as f:
+      block = f.read().split("\n\n", 1)[0]
+  except OSError:
+    return ""
+  return "\n".join(line for line in block.splitlines()
+                   if line.split(":", 1)[0].strip() in _CPU_KEYS)
+
+
 @functools.lru_cache(maxsize=None)
 def _native_target(cc: str) -> str:
+  """What ``-march=native`` depends on besides the compiler (whose version is in the key
+  too): the CPU's identity and features from /proc/cpuinfo, or where there is none the
+  compiler's resolved target options (a subprocess: about 10 ms per process)."""
+  cpu = _cpu_identity()
+  if cpu:
+    return cpu
   try:
     out = subprocess.run([*compiler_argv(cc), "-march=native", "-Q", "--help=target"],
                          capture_output=True, text=True, timeout=30)

@@ -111,10 +111,13 @@ def test_models_command_line_refuses_bad_requests(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_first_result_is_measured_in_fresh_processes():
-  """Four fresh processes (cold, warm kernels, filling and using the XLA cache) report
-  their setup, first-call and repeated-call times."""
+  """Fresh processes (cold, filling the caches, warm kernels, warm kernels and XLA cache;
+  the three conditions twice) report their setup, first-call and repeated-call times;
+  each condition's row is a run of median total."""
   from jscorch.bench import first_result
-  t = first_result.measure(9, 3000)
+  t = first_result.measure(9, 3000, runs=2)
   assert set(t) == {"cold", "warm kernels", "warm kernels + XLA cache"}
   for r in t.values():
     assert 0 < r["setup_s"] and 0 < r["first_call_s"] <= r["total_s"] and r["hot_ms"] > 0
+    assert len(r["runs"]) == 2 and r["runs"] == sorted(r["runs"])
+    assert r["total_s"] == r["runs"][1]

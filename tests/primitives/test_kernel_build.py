@@ -411,3 +411,26 @@ def test_unusable_cache_directory_does_not_break_einsum(tmp_path, monkeypatch):
   with pytest.warns(js.SparseEfficiencyWarning, match="cannot create the kernel cache"):
     got = jax.jit(lambda A, X: js.einsum("ij,jk->ik", A, X))(A, X)
   np.testing.assert_allclose(np.asarray(got), x @ X, rtol=1e-6)
+
+
+def test_native_target_reads_the_cpu_without_running_the_compiler(monkeypatch, tmp_path):
+  """On Linux the CPU part of the key comes from /proc/cpuinfo (no subprocess per
+  process); other CPU features give another key, and without the file the compiler
+  is asked."""
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\nvendor_id\t: V\nmodel\t\t: 1\nflags\t\t: fpu avx2\n"
+                  "bogomips\t: 1.0\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+  assert kernel_build._cpu_identity(str(info)) == "vendor_id\t: V\nmodel\t\t: 1\nflags\t\t: fpu avx2"
+  assert kernel_build._cpu_identity(str(tmp_path / "missing")) == ""
+
+  def no_subprocess(*args, **kwargs):
+    raise AssertionError("the compiler was run")
+  if kernel_build._cpu_identity():
+    monkeypatch.setattr(kernel_build.subprocess, "run", no_subprocess)
+    assert "flags" in kernel_build._native_target.__wrapped__("cc") or \
+        "Features" in kernel_build._native_target.__wrapped__("cc")
+    monkeypatch.undo()
+  monkeypatch.setattr(kernel_build, "_cpu_identity", lambda: "")
+  cc = kernel_build.compiler()
+  if cc is not None:
+    assert "-march=" in kernel_build._native_target.__wrapped__(cc[0])
