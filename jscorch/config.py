@@ -19,8 +19,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *,
   stored under ``path``, so a new process that runs the same function on the same shapes
   loads the program instead of compiling it. jscorch's generated kernels are cached on
   disk anyway; with this, a fresh process also skips XLA's compilation of the program
-  around them (a 2-layer GCN's first result on a 131k-node graph: about 1.0 s without,
-  0.4 s with, on 2 CPU cores). JAX caches only programs that took at least 1 s to
+  around them (a 2-layer GCN's first result on a 131k-node graph: about 1.2 s without,
+  0.5 s with, on 2 CPU cores). JAX caches only programs that took at least 1 s to
   compile by default; sparse models are many smaller programs, so the threshold is
   lowered to ``min_compile_time_s``. Call it once, early (later calls move the cache).
 
