@@ -3,7 +3,8 @@
 The planner (:mod:`.plan`) writes *all* of its decisions into a :class:`Kernel`:
 which loop runs in parallel and how its work is balanced, whether the output is
 stored or accumulated (the race strategy), which index is vectorised, where each
-partial product is hoisted, and whether a transposed workspace is built first. A
+partial product is hoisted, how many accumulator sets a short reduction interleaves,
+and whether a transposed workspace is built first. A
 backend only prints it (``backends/c/printer.py``): it decides nothing.
 
 Nodes, outermost first:
@@ -224,9 +225,18 @@ Iterator = _Either[Units, Range, Segment, Single, Intersect, TupleIntersect, Uni
 # -- statements ----------------------------------------------------------------------------
 @_frozen
 class Loop:
+  """``body`` for each coordinate of ``over``.
+
+  ``interleave`` > 1 (a reduction over a :class:`Segment` into accumulators only):
+  consecutive entries alternate between that many sets of the accumulators, summed
+  after the loop, so that the adds of a short row form independent chains instead of
+  one that waits on each add's latency. It fixes the order of the sum (so results stay
+  deterministic); a backend whose loops do not run one entry at a time ignores it.
+  """
   over: Iterator
   parallel: Parallel
   body: tuple["Stmt", ...]
+  interleave: int = 1
 
 
 @_frozen

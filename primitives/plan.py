@@ -55,6 +55,8 @@ VECTOR_BYTES = 32          # AVX2; GCC splits wider-than-native vectors by itsel
 SERIAL_WORK = 1 << 15      # entries x free size below which one chunk runs serially
 PREFETCH_DISTANCE = 16
 CACHED_BYTES = 1 << 18     # a dense operand this small stays in cache: not prefetched
+INTERLEAVE = 2             # accumulator sets of a reduction over a compressed level ...
+INTERLEAVE_CHAINS = 4      # ... of at most this many registers (vectors + scalar lanes)
 _CACHE_LINE = 64
 
 
@@ -316,7 +318,30 @@ class _Planner:
     ident = self.kp.driver_ids[self.nb + l]
     if self.S == 1 and self.coord_var[ident] != f"c{l}":
       checks.append(ir.SkipUnless(ir.Coord(f"c{l}"), ir.Coord(self.coord_var[ident])))
-    return ir.Loop(self.level_iter(l), ir.Parallel.NONE, tuple(checks) + tuple(body))
+    over = self.level_iter(l)
+    body = tuple(checks) + tuple(body)
+    return ir.Loop(over, ir.Parallel.NONE, body, self.interleave(over, body))
+
+  def interleave(self, over, body) -> int:
+    """:data:`INTERLEAVE` for the innermost loop of a compressed level that only sums
+    into a few registers (an SpMM row of width <= 32 floats, an SpMV row), else 1.
+
+    Each entry's add waits for the previous one's (4 cycles for an FMA): on rows of a
+    few dozen entries and few lanes that latency, not memory, bounds the loop. Wider
+    rows already have as many independent chains as the FMA units take."""
+    if not isinstance(over, ir.Segment) or over.unit:
+      return 1
+    if any(isinstance(s, (ir.Loop, ir.Prefetch)) for s in body):
+      return 1
+    sums = [s for s in body if isinstance(s, ir.Accumulate)]
+    if not sums or any(not isinstance(s.out, ir.Acc) or _reads_acc(s.value) for s in sums):
+      return 1
+    if not self.vector_mode():
+      return 1
+    r = self.vector_index()
+    width = self.size(r) if r is not None else 1
+    chains = width // self.lanes + width % self.lanes
+    return INTERLEAVE if chains <= INTERLEAVE_CHAINS else 1
 
   def joined_loop(self, l, body) -> list[ir.Stmt]:
     """Loop l over joined structures' levels (an intersection when several), their
@@ -484,6 +509,12 @@ class _Planner:
     for l in reversed(range(self.D)):
       body = self.wrap(l, body)
     return body
+
+
+def _reads_acc(x) -> bool:
+  if isinstance(x, ir.Acc):
+    return True
+  return any(_reads_acc(y) for y in getattr(x, "factors", getattr(x, "terms", ())))
 
 
 def join_loops(joins, depth_of: dict, first: int) -> tuple[list, dict] | None:

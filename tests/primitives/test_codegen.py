@@ -345,6 +345,46 @@ def test_golden_kernel_compiles():
   assert hasattr(lib, k.name)
 
 
+# -- interleaved reductions ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,K,n,ways", [
+    (F32, 16, 7, 2), (F32, 32, 7, 2), (F64, 4, 7, 2),      # up to 4 registers: interleaved
+    (F32, 33, 7, 1), (F32, 7, 7, 1), (F32, 64, 7, 1),      # 5, 7 and 8 chains already
+    (F32, 16, 8192, 1)])                                   # a prefetched (memory-bound) row
+def test_short_row_reductions_interleave_accumulators(dtype, K, n, ways):
+  k = plan(spmm_spec(csr(6, n, 20), K, n=n), dtype)
+  (row,) = [l for l in ir.loops(k.body) if isinstance(l.over, ir.Segment)]
+  assert row.interleave == ways
+  src = printer.generate(k)
+  assert ("acc1_w1_v0" in src) == (ways == 2) and ("} while (0);" in src) == (ways == 2)
+  spmv = plan(make_spec("ij,j->i", (csr(6, 7, 20), None), dict(i=6, j=7)))
+  assert [l.interleave for l in ir.loops(spmv.body) if isinstance(l.over, ir.Segment)] == [2]
+
+
+@pytest.mark.parametrize("K", [16, 1])
+def test_interleaved_rows_of_every_parity_skip_padding_coordinates(K):
+  """Rows of 0..7 entries, some ending in a padding coordinate (>= the column count),
+  which the interleaved loop must skip in whichever accumulator set it falls."""
+  rng = np.random.default_rng(11)
+  n_rows, n_cols = 16, 9
+  rows, cols = [], []
+  for i in range(n_rows):
+    length = i % 8
+    pad = i % 3 == 0 and length > 0
+    cs = np.sort(rng.choice(n_cols, length - pad, replace=False)).tolist() + [n_cols] * pad
+    rows += [i] * length
+    cols += cs
+  vals = util.random_values(rng, len(rows), F32)
+  indptr = np.searchsorted(rows, np.arange(n_rows + 1)).astype(np.int32)
+  A = js.SparseArray.from_buffers(vals, [indptr, np.asarray(cols, np.int32)],
+                                  shape=(n_rows, n_cols), format="csr", check=False)
+  kept = np.asarray(cols) < n_cols
+  dense = np.zeros((n_rows, n_cols))
+  dense[np.asarray(rows)[kept], np.asarray(cols)[kept]] = vals[kept]
+  X = util.random_values(rng, (n_cols, K), F32)
+  got = jax.jit(lambda A, X: js.einsum("ij,jk->ik", A, X))(A, jnp.asarray(X))
+  np.testing.assert_allclose(np.asarray(got), dense @ X.astype(F64), rtol=1e-5, atol=1e-6)
+
+
 # -- balanced chunking ----------------------------------------------------------------------------
 SPLIT_HARNESS = c_runtime.RUNTIME + """
 static int64_t prefix_work(const void* args, int64_t u) { return ((const int64_t*)args)[u]; }

@@ -15,7 +15,10 @@ The printer decides nothing; it visits the IR the planner (:mod:`jscorch.primiti
   :class:`Load` prints once per lane group: GCC vector extensions (``vT``,
   unaligned loads) for full vectors, scalars for the tail;
 * :class:`Race` ``STORE`` writes ``=`` into an unzeroed output, ``ACCUMULATE``
-  ``+=`` after a ``memset``.
+  ``+=`` after a ``memset``;
+* a segment's loop with ``interleave`` > 1 runs two (or more) entries per iteration,
+  each into its own copy of the accumulators (``acc1_w1_v0``...), added up after the
+  loop; each entry's body sits in a ``do { } while (0)`` that ``continue`` leaves.
 
 The kernel is one FFI handler named :attr:`Kernel.name`, with a readable header
 comment giving the expression, formats and mode.
@@ -96,6 +99,7 @@ class _Printer:
           [(f"s{t}", nv * vec.width + t, False) for t in range(tail)]
     else:
       self.lanes = []
+    self.acc_names = {}        # accumulators renamed in one copy of an interleaved loop
 
   # -- expressions --------------------------------------------------------------------------
   def expr(self, x, lane=None) -> str:
@@ -108,7 +112,8 @@ class _Printer:
     if isinstance(x, ir.Pos):
       return _pos(x.src, x.level)
     if isinstance(x, ir.Acc):
-      return f"{x.name}_{lane[0]}" if lane else x.name
+      name = self.acc_names.get(x.name, x.name)
+      return f"{name}_{lane[0]}" if lane else name
     if isinstance(x, ir.Affine):     # simplified once: no 0 terms, no unit factors
       terms = [(self.expr(e), c) for e, c in x.terms]
       terms = [t if c == 1 else f"{t} * {c}" for t, c in terms if t != "0" and c != 0]
@@ -129,7 +134,9 @@ class _Printer:
   # -- statements ---------------------------------------------------------------------------
   def stmt(self, s):
     e = self.e
-    if isinstance(s, ir.Loop):
+    if isinstance(s, ir.Loop) and s.interleave > 1:
+      self.interleaved(s)
+    elif isinstance(s, ir.Loop):
       self.open(s.over)
       for b in s.body:
         self.stmt(b)
@@ -139,10 +146,7 @@ class _Printer:
     elif isinstance(s, ir.Locate):
       e(f"const int64_t {_pos(s.src, s.level)} = {self.expr(s.value)};")
     elif isinstance(s, ir.Zero):
-      if not self.k.vector:
-        e(f"T {s.name} = 0;")
-      for name, _, vector in self.lanes:
-        e(f"vT {s.name}_{name} = {{0}};" if vector else f"T {s.name}_{name} = 0;")
+      self.zero(s.name)
     elif isinstance(s, ir.Accumulate):
       self.accumulate(s)
     elif isinstance(s, ir.SkipUnless):
@@ -162,7 +166,7 @@ class _Printer:
     e = self.e
     op = "=" if s.race is ir.Race.STORE else "+="
     if not self.k.vector:
-      target = s.out.name if isinstance(s.out, ir.Acc) else \
+      target = self.expr(s.out) if isinstance(s.out, ir.Acc) else \
           f"{s.out.buffer}[{self.expr(s.out.offset)}]"
       e(f"{target} {op} {self.expr(s.value)};")
       return
@@ -170,11 +174,59 @@ class _Printer:
       name, at, vector = lane
       value = self.expr(s.value, lane)
       if isinstance(s.out, ir.Acc):
-        e(f"{s.out.name}_{name} {op} {value};")
+        e(f"{self.acc_names.get(s.out.name, s.out.name)}_{name} {op} {value};")
       elif vector:
         e(f"*(vT*)({s.out.buffer} + {_plus(self.expr(s.out.offset), at)}) {op} {value};")
       else:
         e(f"{s.out.buffer}[{_plus(self.expr(s.out.offset), at)}] {op} {value};")
+
+  def zero(self, name: str):
+    e = self.e
+    if not self.k.vector:
+      e(f"T {name} = 0;")
+    for lane, _, vector in self.lanes:
+      e(f"vT {name}_{lane} = {{0}};" if vector else f"T {name}_{lane} = 0;")
+
+  def interleaved(self, loop: ir.Loop):
+    """A segment's loop whose consecutive entries go to ``loop.interleave`` sets of
+    accumulators (``acc``, ``acc_w1``, ...), each entry's body in a ``do { } while (0)``
+    that ``continue`` leaves; the sets are added to the first after the loop."""
+    e, it, ways = self.e, loop.over, loop.interleave
+    accs = sorted({s.out.name for s in loop.body if isinstance(s, ir.Accumulate)})
+    for w in range(1, ways):
+      for name in accs:
+        self.zero(f"{name}_w{w}")
+    l, x = it.level, _sfx(it.src)
+    at = f"b * {it.parent_cap + 1} + {_pos(it.src, l - 1)}"
+    hi, u = f"hi{l}{x}", f"u{l}{x}"
+    e(f"int64_t {hi} = a->{it.pos}[{at} + 1]; if ({hi} > {it.cap}) {hi} = {it.cap};")
+    e(f"int64_t {u} = a->{it.pos}[{at}];")
+    e.open(f"for (; {u} + {ways - 1} < {hi}; {u} += {ways}) {{")
+    for w in range(ways):
+      self.acc_names = {name: f"{name}_w{w}" for name in accs} if w else {}
+      self.segment_entry(loop, f"{u} + {w}" if w else u)
+    self.acc_names = {}
+    e.close()
+    e.open(f"for (; {u} < {hi}; ++{u}) {{")
+    self.segment_entry(loop, u)
+    e.close()
+    for w in range(1, ways):
+      for name in accs:
+        if not self.k.vector:
+          e(f"{name} += {name}_w{w};")
+        for lane, _, _ in self.lanes:
+          e(f"{name}_{lane} += {name}_w{w}_{lane};")
+
+  def segment_entry(self, loop: ir.Loop, position: str):
+    """The body of ``loop`` (over a segment) for its entry at ``position``."""
+    e, it = self.e, loop.over
+    c, p = it.coord.name, _pos(it.src, it.level)
+    e.open("do {")
+    e(f"const int64_t {p} = {position}, {c} = a->{it.crd}[b * {it.cap} + {p}];")
+    e(f"if ((uint64_t){c} >= {it.size}) continue;")
+    for s in loop.body:
+      self.stmt(s)
+    e.close("} while (0);")
 
   # -- iterators ----------------------------------------------------------------------------
   def open(self, it):

@@ -35,14 +35,37 @@ static void body(const void* a_, int64_t lo, int64_t hi) {
       const int64_t p0 = q, c0 = q;
       vT acc1_v0 = {0};
       vT acc1_v1 = {0};
+      vT acc1_w1_v0 = {0};
+      vT acc1_w1_v1 = {0};
       int64_t hi1 = a->pos1[b * 8 + p0 + 1]; if (hi1 > 20) hi1 = 20;
-      for (int64_t p1 = a->pos1[b * 8 + p0]; p1 < hi1; ++p1) {
-        const int64_t c1 = a->crd1[b * 20 + p1];
-        if ((uint64_t)c1 >= 6) continue;
-        const int64_t leaf = a->perm[p1];
-        acc1_v0 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 16);
-        acc1_v1 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 16 + 8);
+      int64_t u1 = a->pos1[b * 8 + p0];
+      for (; u1 + 1 < hi1; u1 += 2) {
+        do {
+          const int64_t p1 = u1, c1 = a->crd1[b * 20 + p1];
+          if ((uint64_t)c1 >= 6) continue;
+          const int64_t leaf = a->perm[p1];
+          acc1_v0 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 16);
+          acc1_v1 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 16 + 8);
+        } while (0);
+        do {
+          const int64_t p1 = u1 + 1, c1 = a->crd1[b * 20 + p1];
+          if ((uint64_t)c1 >= 6) continue;
+          const int64_t leaf = a->perm[p1];
+          acc1_w1_v0 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 16);
+          acc1_w1_v1 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 16 + 8);
+        } while (0);
       }
+      for (; u1 < hi1; ++u1) {
+        do {
+          const int64_t p1 = u1, c1 = a->crd1[b * 20 + p1];
+          if ((uint64_t)c1 >= 6) continue;
+          const int64_t leaf = a->perm[p1];
+          acc1_v0 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 16);
+          acc1_v1 += a->x0[leaf] * *(const vT*)(a->x1 + c1 * 16 + 8);
+        } while (0);
+      }
+      acc1_v0 += acc1_w1_v0;
+      acc1_v1 += acc1_w1_v1;
       *(vT*)(out + c0 * 16) = acc1_v0;
       *(vT*)(out + c0 * 16 + 8) = acc1_v1;
     }

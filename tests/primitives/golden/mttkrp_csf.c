@@ -48,14 +48,37 @@ static void body(const void* a_, int64_t lo, int64_t hi) {
         if ((uint64_t)c1 >= 6) continue;
         vT acc2_v0 = {0};
         vT acc2_v1 = {0};
+        vT acc2_w1_v0 = {0};
+        vT acc2_w1_v1 = {0};
         int64_t hi2 = a->pos2[b * 31 + p1 + 1]; if (hi2 > 30) hi2 = 30;
-        for (int64_t p2 = a->pos2[b * 31 + p1]; p2 < hi2; ++p2) {
-          const int64_t c2 = a->crd2[b * 30 + p2];
-          if ((uint64_t)c2 >= 7) continue;
-          const int64_t leaf = b * 30 + p2;
-          acc2_v0 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16);
-          acc2_v1 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16 + 8);
+        int64_t u2 = a->pos2[b * 31 + p1];
+        for (; u2 + 1 < hi2; u2 += 2) {
+          do {
+            const int64_t p2 = u2, c2 = a->crd2[b * 30 + p2];
+            if ((uint64_t)c2 >= 7) continue;
+            const int64_t leaf = b * 30 + p2;
+            acc2_v0 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16);
+            acc2_v1 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16 + 8);
+          } while (0);
+          do {
+            const int64_t p2 = u2 + 1, c2 = a->crd2[b * 30 + p2];
+            if ((uint64_t)c2 >= 7) continue;
+            const int64_t leaf = b * 30 + p2;
+            acc2_w1_v0 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16);
+            acc2_w1_v1 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16 + 8);
+          } while (0);
         }
+        for (; u2 < hi2; ++u2) {
+          do {
+            const int64_t p2 = u2, c2 = a->crd2[b * 30 + p2];
+            if ((uint64_t)c2 >= 7) continue;
+            const int64_t leaf = b * 30 + p2;
+            acc2_v0 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16);
+            acc2_v1 += a->x0[leaf] * *(const vT*)(a->x2 + c2 * 16 + 8);
+          } while (0);
+        }
+        acc2_v0 += acc2_w1_v0;
+        acc2_v1 += acc2_w1_v1;
         acc1_v0 += *(const vT*)(a->x1 + c1 * 16) * acc2_v0;
         acc1_v1 += *(const vT*)(a->x1 + c1 * 16 + 8) * acc2_v1;
       }
