@@ -328,7 +328,8 @@ class _Planner:
 
     Each entry's add waits for the previous one's (4 cycles for an FMA): on rows of a
     few dozen entries and few lanes that latency, not memory, bounds the loop. Wider
-    rows already have as many independent chains as the FMA units take."""
+    rows already have as many independent chains as the FMA units take, and a
+    prefetched row (its gathered operand is past the cache) waits on memory instead."""
     if not isinstance(over, ir.Segment) or over.unit:
       return 1
     if any(isinstance(s, (ir.Loop, ir.Prefetch)) for s in body):
@@ -512,9 +513,12 @@ class _Planner:
 
 
 def _reads_acc(x) -> bool:
-  if isinstance(x, ir.Acc):
-    return True
-  return any(_reads_acc(y) for y in getattr(x, "factors", getattr(x, "terms", ())))
+  """Whether expression ``x`` reads an accumulator."""
+  if isinstance(x, ir.Mul):
+    return any(_reads_acc(f) for f in x.factors)
+  if isinstance(x, ir.Add):
+    return any(_reads_acc(t) for t in x.terms)
+  return isinstance(x, ir.Acc)
 
 
 def join_loops(joins, depth_of: dict, first: int) -> tuple[list, dict] | None:
