@@ -243,6 +243,16 @@ def test_bench_checks_spgemm_as_sparse_difference_and_gcn_torch_runs():
   assert runner.relative_error(torch_step.to_numpy(torch_step.run()), gcn.reference) < 1e-5
 
 
+def test_bench_rectangular_spmm_contenders_are_checked():
+  """``bench --only SpMM-small``'s features-times-weight row: a rectangular matrix, every
+  contender right."""
+  from jscorch.bench import data, runner, workloads
+  wl = workloads.spmm(data.uniform(30, 200, seed=5, cols=17), 16)
+  assert wl.reference[0].shape == (30, 16)
+  for c in wl.contenders:
+    assert runner.relative_error(c.to_numpy(c.run()), wl.reference) < 1e-5, c.name
+
+
 def test_bench_sparse_linear_contenders_are_checked():
   """``bench --only SparseLinear``: every contender's loss and gradients (W's values, x)
   match the float64 reference, and a wrong gradient is caught."""

@@ -57,11 +57,18 @@ def rmat(scale: int, edges: int, seed: int = 0, probs=(0.57, 0.19, 0.19, 0.05)) 
   return _csr_from_coo(f"rmat{n}", rows, cols, (n, n), rng)
 
 
-def uniform(n: int, nnz: int, seed: int = 0) -> Csr:
-  """An ``n x n`` matrix with about ``nnz`` uniformly placed entries."""
+def uniform(n: int, nnz: int, seed: int = 0, cols: int | None = None) -> Csr:
+  """An ``n x cols`` matrix (square by default) with about ``nnz`` uniformly placed entries.
+
+  Example:
+    >>> m = uniform(6, 12, cols=4)
+    >>> m.name, m.shape, int(m.indices.max()) < 4
+    ('uniform6x4', (6, 4), True)
+  """
   rng = np.random.default_rng(seed)
-  return _csr_from_coo(f"uniform{n}", rng.integers(0, n, nnz), rng.integers(0, n, nnz),
-                       (n, n), rng)
+  m = n if cols is None else cols
+  return _csr_from_coo(f"uniform{n}" if cols is None else f"uniform{n}x{m}",
+                       rng.integers(0, n, nnz), rng.integers(0, m, nnz), (n, m), rng)
 
 
 def tensor3(n: int, nnz: int, seed: int = 0):

@@ -70,8 +70,11 @@ def build_workloads(size: dict, only: set | None):
               ("SDDMM", lambda m=m: workloads.sddmm(m, size["width"])),
               ("GCN", lambda m=m: workloads.gcn(m, size["width"], False)),
               ("GCN-A", lambda m=m: workloads.gcn(m, size["width"], True))]
-  # a Cora-sized call (2,708 nodes, 10,556 edges, width 16): what dispatch costs
-  specs += [("SpMM-small", lambda: workloads.spmm(data.uniform(2708, 10_556, seed=4), 16))]
+  # Cora-sized calls, width 16: the adjacency (2,708 nodes, 10,556 edges: what dispatch
+  # costs) and the bag-of-words features times a weight (1,433 words, 18 per row)
+  specs += [("SpMM-small", lambda: workloads.spmm(data.uniform(2708, 10_556, seed=4), 16)),
+            ("SpMM-small", lambda: workloads.spmm(data.uniform(2708, 49_216, seed=5,
+                                                                cols=1433), 16))]
   u_scale, u_edges = size["spgemm_uniform"]
   r_scale, r_edges = size["spgemm_rmat"]
   specs += [("SpGEMM", lambda: workloads.spgemm(data.uniform(1 << u_scale, u_edges, seed=2))),
