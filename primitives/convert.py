@@ -14,6 +14,7 @@ Conventions (DESIGN §3):
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -241,8 +242,16 @@ def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):
   """Level buffers of ``x`` (shape ``lay.shape``) keeping its nonzeros.
 
   An entry (block) is stored when any of its elements is nonzero. Entries beyond
-  ``lay.nse`` raise (eager) or poison the values (jit).
+  ``lay.nse`` raise (eager) or poison the values (jit). Eagerly it runs as one jitted
+  program per layout (its dozens of operations would each be an XLA program).
   """
+  out, indices, count = _dense_levels(lay, x)
+  return enforce_capacity(_largest(count), lay.nse, out, func), indices
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _dense_levels(lay: Layout, x: jax.Array):
+  """``(values, level buffers, nonzero count per batch element)`` of ``x``."""
   el = _element(lay)
   n_sp = el.n_sparse
   block_axes = tuple(range(n_sp, n_sp + el.n_dense))
@@ -265,8 +274,7 @@ def from_dense(lay: Layout, x: jax.Array, *, func: str = "from_dense"):
     out, indices, _ = _build_levels_1(el, coords, valid, values)
     return out, indices, mask.sum()
 
-  out, indices, count = vmap_batch(one, lay.n_batch)(x)
-  return enforce_capacity(_largest(count), lay.nse, out, func), indices
+  return vmap_batch(one, lay.n_batch)(x)
 
 
 def convert(src: Layout, dst: Layout, data: jax.Array, indices: Indices,
