@@ -674,3 +674,14 @@ def test_property_asformat_twice_is_identity(data, pair):
     for a, b in zip(A.indices, B.indices):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(np.asarray(A.data), np.asarray(B.data))
+
+
+def test_eager_from_dense_is_one_program():
+  # a shape no other test uses: eagerly, each of from_dense's operations was an XLA program
+  x = np.zeros((13, 29), np.float32)
+  x[[0, 3, 12], [5, 28, 0]] = [1.0, -2.0, 3.0]
+  with util.count_lowerings() as lowered:
+    A = js.from_dense(x, format="csr")
+  # the conversion; at most the default nse's nonzero mask and the capacity check besides
+  assert lowered[0] <= 3, lowered[0]
+  np.testing.assert_array_equal(np.asarray(A.todense()), x)
