@@ -196,11 +196,9 @@ class _Printer:
     for w in range(1, ways):
       for name in accs:
         self.zero(f"{name}_w{w}")
-    l, x = it.level, _sfx(it.src)
-    at = f"b * {it.parent_cap + 1} + {_pos(it.src, l - 1)}"
-    hi, u = f"hi{l}{x}", f"u{l}{x}"
-    e(f"int64_t {hi} = a->{it.pos}[{at} + 1]; if ({hi} > {it.cap}) {hi} = {it.cap};")
-    e(f"int64_t {u} = a->{it.pos}[{at}];")
+    lo, hi = self.segment_bounds(it)
+    u = f"u{it.level}{_sfx(it.src)}"
+    e(f"int64_t {u} = {lo};")
     e.open(f"for (; {u} + {ways - 1} < {hi}; {u} += {ways}) {{")
     for w in range(ways):
       self.acc_names = {name: f"{name}_w{w}" for name in accs} if w else {}
@@ -216,6 +214,15 @@ class _Printer:
           e(f"{name} += {name}_w{w};")
         for lane, _, _ in self.lanes:
           e(f"{name}_{lane} += {name}_w{w}_{lane};")
+
+  def segment_bounds(self, it: ir.Segment) -> tuple[str, str]:
+    """Declares the segment's end ``hi`` (clamped to the capacity); returns the C
+    expressions of its first position and of ``hi``."""
+    l = it.level
+    at = f"b * {it.parent_cap + 1} + {_pos(it.src, l - 1)}"
+    hi = f"hi{l}{_sfx(it.src)}"
+    self.e(f"int64_t {hi} = a->{it.pos}[{at} + 1]; if ({hi} > {it.cap}) {hi} = {it.cap};")
+    return f"a->{it.pos}[{at}]", hi
 
   def segment_entry(self, loop: ir.Loop, position: str):
     """The body of ``loop`` (over a segment) for its entry at ``position``."""
@@ -248,15 +255,13 @@ class _Printer:
         for s in it.srcs:
           e(f"const int64_t {_pos(s, l)} = {_pos(s, l - 1)} * {n} + {c};")
     elif isinstance(it, ir.Segment):
-      c, l, p, x = it.coord.name, it.level, _pos(it.src, it.level), _sfx(it.src)
+      c, p = it.coord.name, _pos(it.src, it.level)
       if it.unit:
         e.open(f"if (q < (int64_t)a->{it.pos}[b * {it.parent_cap + 1} + 1]) {{")
         e(f"const int64_t {p} = q, {c} = a->{it.crd}[b * {it.cap} + {p}];")
       else:
-        at = f"b * {it.parent_cap + 1} + {_pos(it.src, l - 1)}"
-        hi = f"hi{l}{x}"
-        e(f"int64_t {hi} = a->{it.pos}[{at} + 1]; if ({hi} > {it.cap}) {hi} = {it.cap};")
-        e.open(f"for (int64_t {p} = a->{it.pos}[{at}]; {p} < {hi}; ++{p}) {{")
+        lo, hi = self.segment_bounds(it)
+        e.open(f"for (int64_t {p} = {lo}; {p} < {hi}; ++{p}) {{")
         e(f"const int64_t {c} = a->{it.crd}[b * {it.cap} + {p}];")
       e(f"if ((uint64_t){c} >= {it.size}) continue;")
     elif isinstance(it, ir.Single):
