@@ -334,7 +334,8 @@ def _vectorised(plan) -> bool:
   return vector is not None and vector.coord is not None
 
 
-def _better_orientation(spec: EinsumSpec, plan, args, dtype) -> orient.Orientation | None:
+def _better_orientation(spec: EinsumSpec, plan, args, dtype,
+                        always_transpose: bool) -> orient.Orientation | None:
   """The orientation of ``spec`` to run instead (:mod:`.orient`), or None: when the kernel of
   a dense output does not vectorise and the oriented one does, and always for a sampled
   output (its dense operands' summed index becomes contiguous: dot products in place of
@@ -342,7 +343,8 @@ def _better_orientation(spec: EinsumSpec, plan, args, dtype) -> orient.Orientati
   turned = orient.orient(spec)
   if turned is None or _vectorised(plan):
     return None
-  other, _ = einsum_kernel.kernel_plan(turned.spec, args, dtype)
+  other, _ = einsum_kernel.kernel_plan(turned.spec, args, dtype,
+                                       always_transpose=always_transpose)
   if other is None:
     return None
   return turned if _vectorised(other) or spec.out_kind == SAMPLED_OUT else None
@@ -357,7 +359,8 @@ def _staged_kernel(spec: EinsumSpec, turned: orient.Orientation, args, dtype, ba
   t = orient.tiling(spec, turned, itemsize, kernel_planner.VECTOR_BYTES // itemsize)
   if t is None:
     return None
-  body, _ = einsum_kernel.kernel_plan(t.spec, args, dtype)
+  # (every tile runs the body over the one re-sorted driver: always worth it)
+  body, _ = einsum_kernel.kernel_plan(t.spec, args, dtype, always_transpose=True)
   if body is None or not (_vectorised(body) or spec.out_kind == SAMPLED_OUT):
     return None
   kernel = kernel_planner.staged(body, t.extent, t.tile, t.operands, t.out)
@@ -399,6 +402,11 @@ def _run_converted(spec: EinsumSpec, new: EinsumSpec, *flat):
   return [data, *indices]
 
 
+def _parallel_only(backend) -> bool:
+  """Whether ``backend``'s outer loop must have owners (``Backend.parallel_only``)."""
+  return getattr(backend, "parallel_only", False)
+
+
 def _einsum_backend_lowering(platform: str):
   """The lowering rule for ``platform``: the first backend registered for it (of those
   ``config.lowering`` names) that supports the planned kernel, else the portable rule.
@@ -411,7 +419,8 @@ def _einsum_backend_lowering(platform: str):
     for backend in backends.for_platform(platform, choice):
       reason = backend.available()
       if reason is None:
-        plan, reason = einsum_kernel.kernel_plan(spec, args, dtype)
+        plan, reason = einsum_kernel.kernel_plan(spec, args, dtype,
+                                                 always_transpose=_parallel_only(backend))
         if plan is not None:
           reason = backend.supports(plan, dtype, platform) or "kernel"
       # (the backend is available: a plan was made) a kernel between conversions: a CSR
@@ -423,7 +432,7 @@ def _einsum_backend_lowering(platform: str):
         return mlir.lower_fun(functools.partial(_run_converted, spec, new),
                               multiple_results=True)(ctx, *args)
       if reason == "kernel":
-        turned = _better_orientation(spec, plan, args, dtype)
+        turned = _better_orientation(spec, plan, args, dtype, _parallel_only(backend))
         staged = turned and _staged_kernel(spec, turned, args, dtype, backend, platform)
         if staged:                 # the oriented kernel tile by tile, transposing in cache
           einsum_kernel.last_decisions.append((staged[1], reason))

@@ -70,7 +70,7 @@ def _storage_structure(op) -> tuple:
           lay.nse, op.bound[:lay.n_batch] + tuple(sparse_ids[d] for d in order))
 
 
-def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
+def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype, *, always_transpose: bool = False
                 ) -> tuple[loopnest.Kernel | codegen_spgemm.SpgemmPlan | None, str]:
   """The planned kernel for ``spec`` (its loop-nest IR, or the SpGEMM plan) or
   ``(None, reason)`` (a key of :data:`FALLBACKS`).
@@ -80,6 +80,8 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
     flat: the flat inputs (only their number is used; which sources share index
       buffers is ``spec.same_pattern``).
     dtype: the value dtype.
+    always_transpose: re-sort a driver whenever that makes its units owners
+      (:func:`plan.lower`).
   """
   if np.dtype(dtype) not in PLANNED_DTYPES:
     return None, "dtype"
@@ -138,7 +140,7 @@ def kernel_plan(spec: EinsumSpec, flat: Sequence, dtype
   kp = kernel_planner.KernelPlan(spec, bare(lay), ids, index_input(driver), np.dtype(dtype),
                                  partners=partners, structure_of=structure_of,
                                  pattern_structure=structure.get(PATTERN, 0), joins=joins)
-  return kernel_planner.lower(kp), "kernel"
+  return kernel_planner.lower(kp, always_transpose=always_transpose), "kernel"
 
 
 def spgemm_plan(spec: EinsumSpec, dtype) -> codegen_spgemm.SpgemmPlan | None:

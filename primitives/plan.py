@@ -19,7 +19,8 @@ scheduling decision, writing it into the IR (:mod:`.loopnest`):
   a scalar kernel: loops over the free indices, a scalar sum of the summed ones;
 * **transposition**: a (dense, compressed) driver whose order conflicts with the
   output is re-sorted column-major in a prologue workspace (Scorch), when that
-  makes the units owners;
+  makes the units owners and the parallel split pays for the re-sort (wide output
+  rows, :func:`transpose_pays`); else it accumulates serially into the output;
 * **joins** (:func:`join_loops`): sparse structures that are not co-iterated with the
   driver are joined inside its loops, one after the other — levels whose index is
   bound are located (``loopnest.Locate``), the others iterated (new indices) or
@@ -57,6 +58,7 @@ VECTOR_BYTES = 32          # AVX2; GCC splits wider-than-native vectors by itsel
 # take on one core: a Cora-sized SpMM (10k entries x 16) runs in 10 us serially, 21-47 us
 # split, and a 2-layer Cora GCN inference goes 0.24 -> 0.19 ms (it was 2**15).
 SERIAL_WORK = 1 << 19
+TRANSPOSE_ROW_BYTES = 128  # output rows wider than this may re-sort the driver (transpose_pays)
 PREFETCH_DISTANCE = 16
 CACHED_BYTES = 1 << 18     # a dense operand this small stays in cache: not prefetched
 INTERLEAVE = 2             # accumulator sets of a reduction over a compressed level ...
@@ -595,9 +597,29 @@ def owner(kp: KernelPlan) -> bool:
   return _Planner(kp).owner()
 
 
-def lower(kp: KernelPlan) -> ir.Kernel:
+def transpose_pays(kp: KernelPlan) -> bool:
+  """Whether re-sorting ``kp``'s driver in the prologue (so that its units own their
+  outputs and run in parallel) beats the serial loop that accumulates into the output.
+
+  The re-sort is a serial counting sort, then values gathered through its permutation:
+  per entry, about what summing a 64-float row costs. It buys the parallel split only,
+  so it pays for work that splits (:data:`SERIAL_WORK`) over output rows wider than
+  :data:`TRANSPOSE_ROW_BYTES`. ``Aᵀ G`` on R-MAT 131k² (2.1M entries, 2 cores):
+  accumulating 2.6 / 6.2 / 10.5 / 51 ms at widths 8 / 16 / 32 / 64 float32, against
+  12.4 / 13.4 / 16.4 / 37 ms transposed.
+  """
+  p = _Planner(kp)
+  row = math.prod(p.size(i) for i in p.free)
+  return row * p.itemsize > TRANSPOSE_ROW_BYTES and p.B * p.NSE * row >= SERIAL_WORK
+
+
+def lower(kp: KernelPlan, *, always_transpose: bool = False) -> ir.Kernel:
   """The loop nest of ``kp``, transposing the driver in a prologue when that makes the
-  outer loop's units owners of their outputs (Scorch's rule)."""
-  if kp.transposable() and not owner(kp) and owner(kp.transposed()):
+  outer loop's units owners of their outputs (Scorch's rule) and that pays
+  (:func:`transpose_pays`), or always with ``always_transpose`` (for a backend whose
+  outer loop must have owners, and for the body of staged tiles, which share one
+  re-sort)."""
+  if kp.transposable() and not owner(kp) and owner(kp.transposed()) and \
+      (always_transpose or transpose_pays(kp)):
     kp = kp.transposed()
   return _Planner(kp).kernel()

@@ -42,6 +42,10 @@ class Backend(Protocol):
     platforms: the JAX platforms it lowers for (``("cpu",)``, ``("cuda", "rocm")``).
     explicit_platforms: (optional) platforms it lowers for only when
       ``config.lowering`` names it, never under ``"auto"``.
+    parallel_only: (optional, default False) whether every kernel's outer loop must
+      have owners: the planner then re-sorts a driver whenever that makes them
+      owners, where otherwise it may keep a serial loop that accumulates into the
+      output (``plan.transpose_pays``).
   """
   name: str
   platforms: tuple[str, ...]

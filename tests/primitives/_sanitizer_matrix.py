@@ -191,8 +191,9 @@ def power_law():
   tol = dict(rtol=1e-4, atol=1e-3)
   out, _ = run(lambda A, X: js.einsum("ij,jk->ik", A, X), A, X)
   np.testing.assert_allclose(np.asarray(out), S @ X, **tol)
-  out, _ = run(lambda A, G: js.einsum("ij,ik->jk", A, G), A, G)
-  np.testing.assert_allclose(np.asarray(out), S.T @ G, **tol)
+  for g in (G, util.random_values(rng, (800, 64), np.float32)):    # accumulated; re-sorted
+    out, _ = run(lambda A, G: js.einsum("ij,ik->jk", A, G), A, g)
+    np.testing.assert_allclose(np.asarray(out), S.T @ g, **tol)
   out, _ = run(lambda A, G, X: js.einsum("ij,ik,jk->ij", A, G, X), A, G, X)
   coo = S.tocoo()
   np.testing.assert_allclose(np.asarray(out.data)[:S.nnz],

@@ -76,8 +76,9 @@ def make_spec(expr: str, layouts, sizes: dict[str, int], sampled_by: int | None 
                     same_pattern=((PATTERN, sampled_by),) if same else ())
 
 
-def plan(spec: EinsumSpec, dtype=F32) -> ir.Kernel:
-  kp, reason = einsum_kernel.kernel_plan(spec, [object() for _ in range(spec.n_inputs)], dtype)
+def plan(spec: EinsumSpec, dtype=F32, **kw) -> ir.Kernel:
+  kp, reason = einsum_kernel.kernel_plan(spec, [object() for _ in range(spec.n_inputs)], dtype,
+                                         **kw)
   assert reason == "kernel", reason
   return kp
 
@@ -238,14 +239,15 @@ def test_moe_weight_gradient_loops_a_second_output_axis_at_the_leaf():
   """``bn,bd,bh->ndh`` (MoE's weight gradient: the gate, x, the output's cotangent) has two
   free output axes: h (the output's last) is the vector index, d is looped around the
   leaf, which accumulates into the output itself (no per-row accumulator, no store). The
-  CSR gate is transposed in the prologue so each expert's unit owns ``dW[n]``."""
-  lay = csr(4, 5, 12)
-  k = plan(make_spec("bn,bd,bh->ndh", (lay, None, None), dict(b=4, d=3, n=5, h=16)))
+  CSR gate (8192 routed tokens, 512-byte rows of ``dW``) is transposed in the prologue so
+  each expert's unit owns ``dW[n]``."""
+  lay = csr(4096, 16, 8192)
+  k = plan(make_spec("bn,bd,bh->ndh", (lay, None, None), dict(b=4096, d=8, n=16, h=16)))
   assert mode(k) == (VECTOR, OUTER, ACC)
   assert k.vector == ir.Vector(ir.Coord(f"f{ids('h')[0]}"), 16, 8)
   assert isinstance(k.prologue[0], ir.Transpose)
   (looped,) = [it for it in find(k, ir.Range) if not it.srcs]
-  assert looped == ir.Range(ir.Coord(f"f{ids('d')[0]}"), 3)
+  assert looped == ir.Range(ir.Coord(f"f{ids('d')[0]}"), 8)
   (write,) = find(k, ir.Accumulate)
   assert isinstance(write.out, ir.Access) and write.race is ACC
   assert ir.Coord(f"f{ids('d')[0]}") in [c for c, _ in write.out.offset.terms]
@@ -270,9 +272,10 @@ def test_store_vs_accumulate(fmt, expected):
 
 def test_transposed_product_parallel_via_in_kernel_transpose():
   """``ji,jk->ik`` (Aᵀ G): a CSR driver is transposed in-kernel (counting sort) so the
-  output rows have owners and run in parallel; COO cannot be, and runs serially."""
+  output rows have owners and run in parallel (here forced: at this size it does not pay,
+  below); COO cannot be, and runs serially."""
   spec = make_spec("ji,jk->ik", (csr(6, 7, 20), None), dict(i=7, j=6, k=16))
-  k = plan(spec)
+  k = plan(spec, always_transpose=True)
   assert k.prologue == (ir.Transpose(0, 6, 7, 20, "pos1", "crd1"),)
   assert mode(k) == (VECTOR, OUTER, STORE)
   assert ir.Let("leaf", ir.Load("perm", ir.Pos(0, 1))) in find(k, ir.Let)
@@ -285,6 +288,27 @@ def test_transposed_product_parallel_via_in_kernel_transpose():
   coo = plan(make_spec("ji,jk->ik", (Layout.make(js.COO, (6, 7), 20), None),
                        dict(i=7, j=6, k=16)))
   assert coo.prologue == () and mode(coo)[1:] == (SERIAL, ACC)
+
+
+@pytest.mark.parametrize("nse,width,dtype,transposed", [
+    (40_000, 64, F32, True),       # 256-byte output rows, 2.6M products: re-sorted
+    (40_000, 32, F32, False),      # 128-byte rows: accumulated serially, in storage order
+    (40_000, 32, F64, True),       # 256-byte rows
+    (40_000, 1, F32, False),       # Aᵀ v
+    (4_000, 64, F32, False),       # 256k products: serial either way, so no re-sort
+])
+def test_transposed_only_where_the_parallel_split_pays(nse, width, dtype, transposed):
+  """``Aᵀ G``: the re-sort costs about what a 64-float row of products does per entry, so
+  narrow rows and small work keep the driver's order and accumulate serially into the
+  output; a backend that needs owners (``always_transpose``: Pallas) always re-sorts."""
+  spec = make_spec("ji,jk->ik", (csr(6000, 7000, nse), None), dict(i=7000, j=6000, k=width))
+  k = plan(spec, dtype)
+  assert bool(k.prologue) is transposed
+  assert mode(k)[1:] == ((OUTER, STORE) if transposed else (SERIAL, ACC))
+  assert kernel_planner.transpose_pays(kernel_planner.KernelPlan(
+      spec, spec.operands[0].layout, ids("ji"), 1, np.dtype(dtype))) is transposed
+  forced = plan(spec, dtype, always_transpose=True)
+  assert isinstance(forced.prologue[0], ir.Transpose) and mode(forced)[1] is OUTER
 
 
 def test_serial_path_for_small_problems_parallel_split_for_large():
@@ -304,8 +328,8 @@ GOLDEN_CASES = {
                                    dict(i=6, j=7, k=16), sampled_by=0),
     "sddmm_coiterate": lambda: make_spec("ij,ik,jk->ij", (csr(6, 7, 20), None, None),
                                          dict(i=6, j=7, k=16), sampled_by=0, same=False),
-    "atg_transposed": lambda: make_spec("ji,jk->ik", (csr(6, 7, 20), None),
-                                        dict(i=7, j=6, k=16)),
+    "atg_transposed": lambda: plan(make_spec("ji,jk->ik", (csr(6, 7, 20), None),
+                                             dict(i=7, j=6, k=16)), always_transpose=True),
     "mttkrp_csf": lambda: make_spec("ijk,jr,kr->ir", (Layout.make(js.CSF, (5, 6, 7), 30),
                                                       None, None),
                                     dict(i=5, j=6, k=7, r=16)),
@@ -317,7 +341,8 @@ GOLDEN_CASES = {
 def staged(spec: EinsumSpec) -> ir.Kernel:
   """``spec``'s oriented kernel run over staged tiles (:func:`orient.tiling`)."""
   t = orient.tiling(spec, orient.orient(spec), 4, 8)
-  return kernel_planner.staged(plan(t.spec), t.extent, t.tile, t.operands, t.out)
+  body = plan(t.spec, always_transpose=True)        # (as the lowering plans a staged body)
+  return kernel_planner.staged(body, t.extent, t.tile, t.operands, t.out)
 
 
 def masked(src: str) -> str:
@@ -461,6 +486,7 @@ def test_power_law_products_match_reference(monkeypatch):
   assert S.getnnz(axis=1).max() >= 15000                 # heavy rows really are heavy
   X = util.random_values(rng, (20000, 16), F32)
   G = util.random_values(rng, (3000, 16), F32)
+  G64 = util.random_values(rng, (3000, 64), F32)
   U = util.random_values(rng, (3000, 16), F32)
   v = util.random_values(rng, (20000,), F32)
   tol = dict(rtol=1e-4, atol=1e-3)                       # float32 sums of up to 15k terms
@@ -473,10 +499,14 @@ def test_power_law_products_match_reference(monkeypatch):
   assert runs_in_parallel_chunks(kernel_of_last_decision())
   np.testing.assert_allclose(np.asarray(spmv), S @ v.astype(F64), **tol)
 
-  atg = jax.jit(lambda A, G: js.einsum("ij,ik->jk", A, G))(A, G)
+  atg = jax.jit(lambda A, G: js.einsum("ij,ik->jk", A, G))
+  wide = atg(A, G64)            # 256-byte rows: re-sorted, parallel
   k = kernel_of_last_decision()
   assert k.prologue and isinstance(k.prologue[0], ir.Transpose) and runs_in_parallel_chunks(k)
-  np.testing.assert_allclose(np.asarray(atg), S.T @ G.astype(F64), **tol)
+  np.testing.assert_allclose(np.asarray(wide), S.T @ G64.astype(F64), **tol)
+  narrow = atg(A, G)            # 64-byte rows: accumulated serially in storage order
+  assert not kernel_of_last_decision().prologue
+  np.testing.assert_allclose(np.asarray(narrow), S.T @ G.astype(F64), **tol)
 
   sddmm = jax.jit(lambda A, U, X: js.einsum("ij,ik,jk->ij", A, U, X))(A, U, X)
   assert einsum_kernel.last_decisions[-1][1] == "kernel"
@@ -536,7 +566,7 @@ def test_kernels_are_reentrant_across_threads():
   A, S = power_law_csr(7, 2000, 8000, 30000)
   rng = np.random.default_rng(8)
   Xs = [jnp.asarray(util.random_values(rng, (8000, 16), F32)) for _ in range(3)]
-  G = jnp.asarray(util.random_values(rng, (2000, 16), F32))
+  G = jnp.asarray(util.random_values(rng, (2000, 64), F32))     # wide: a re-sorted driver
   spmm = jax.jit(lambda A, X: js.einsum("ij,jk->ik", A, X))
   atg = jax.jit(lambda A, G: js.einsum("ij,ik->jk", A, G))
   want = [S @ np.asarray(X, F64) for X in Xs]

@@ -66,6 +66,7 @@ class PallasBackend:
   name = "pallas"
   platforms = ("cuda", "rocm", "tpu")
   explicit_platforms = ("cpu",)       # the interpreter: only when chosen by name
+  parallel_only = True                # the grid's programs must own their outputs
 
   def available(self) -> str | None:
     return None
