@@ -15,6 +15,7 @@ from jscorch.autodiff import grad, value_and_grad
 from jscorch.config import config, enable_compilation_cache
 from jscorch.construct import eye, from_coo, from_dense, random
 from jscorch.einsum import einsum
+from jscorch.host_memory import release_host_memory, retain_host_memory
 from jscorch.interop import from_bcoo, from_scipy
 from jscorch.ops.coalesce import eliminate_zeros, sort_indices, sum_duplicates
 from jscorch.ops.dropout import dropout
@@ -120,7 +121,8 @@ __all__ = [
     "from_bcoo", "from_coo", "from_dense", "from_scipy", "gelu", "grad", "graph", "hard_tanh",
     "imag", "is_sparse", "leaky_relu", "log1p", "matmul", "max", "maximum", "mean", "min",
     "minimum", "multiply", "negative", "nn", "positive", "power", "rad2deg", "radians",
-    "random", "real", "relu", "relu6", "reshape", "rint", "round", "segment_max", "segment_min",
+    "random", "real", "release_host_memory", "relu", "relu6", "reshape",
+    "retain_host_memory", "rint", "round", "segment_max", "segment_min",
     "selu", "sign", "silu", "sin", "singleton", "sinh", "soft_sign", "softmax", "sort_indices",
     "sparsify", "sqrt", "square", "squeeze", "stack", "subtract", "sum", "sum_duplicates",
     "tan", "tanh", "todense", "transpose", "tril", "triu", "trunc", "update_layout",

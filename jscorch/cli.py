@@ -29,6 +29,8 @@ import subprocess
 import sys
 from typing import Callable, Sequence
 
+from jscorch import host_memory
+
 DEFAULT_COMMAND = "demo"
 
 
@@ -57,6 +59,8 @@ def environment() -> list[tuple[str, str]]:
   cc = kernel_build.compiler()
   rows.append(("C compiler", f"{cc[0]}: {cc[1]}" if cc else "none"))
   rows.append(("config", repr(jscorch.config)))
+  rows.append(("host memory", "freed buffers kept for reuse (js.retain_host_memory)"
+               if host_memory.host_memory_retained() else "the C library's default"))
   return rows
 
 
@@ -185,6 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
   if args.epochs < 1:
     print(f"error: --epochs must be at least 1; got {args.epochs}", file=sys.stderr)
     return 2
+  host_memory.retain_host_memory()
   from jscorch import graph, train
 
   _section("environment")
@@ -253,6 +258,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from jscorch.bench.distributed import run_devices
     run_devices(args.devices, args.quick)
     return 0
+  host_memory.retain_host_memory()     # for every contender: they share the process
   from jscorch.bench import runner
   return runner.main(args)
 

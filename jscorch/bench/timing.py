@@ -9,6 +9,8 @@ import time
 import jax
 import numpy as np
 
+from jscorch import host_memory
+
 
 @dataclasses.dataclass
 class Measurement:
@@ -69,8 +71,11 @@ def measure(fn, repeats: int) -> Measurement:
   ``peak_mb`` is the largest resident-set growth while the first call or a second one
   (the first's result released) runs. The sampling thread stops before the timed calls:
   it wakes every half millisecond, which on two cores delays multi-threaded contenders
-  (torch's OpenMP team waits for its preempted thread). ``result`` is the last call's.
+  (torch's OpenMP team waits for its preempted thread). The heap's free memory goes back
+  to the system first (:func:`jscorch.release_host_memory`), so the growth is this
+  contender's even when freed buffers are retained. ``result`` is the last call's.
   """
+  host_memory.release_host_memory()
   with _PeakRss() as rss:
     start = time.perf_counter()
     result = _ready(fn())
