@@ -55,8 +55,8 @@ def test_retained_memory_spares_the_page_faults_of_every_call():
   assert any("before the first JAX computation" in w for w in default["late_warning"])
 
 
-def test_retain_bytes_must_fit_a_c_int():
-  with pytest.raises(ValueError, match=r"retain_host_memory: retain_bytes must be in"):
+def test_limit_bytes_must_fit_a_c_int():
+  with pytest.raises(ValueError, match=r"retain_host_memory: limit_bytes must be None or in"):
     js.retain_host_memory(2**31)
   with pytest.raises(ValueError, match=r"got -1"):
     js.retain_host_memory(-1)
