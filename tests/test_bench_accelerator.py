@@ -39,6 +39,7 @@ def test_block_matrix_keeps_the_asked_blocks():
   assert int(blocks.sum()) == 4
 
 
+@pytest.mark.filterwarnings("ignore:retain_host_memory:UserWarning")   # JAX ran here before
 def test_platform_without_a_device_exits_2(capsys):
   assert cli.main(["bench", "--platform", "tpu", "--quick"]) == 2
   err = capsys.readouterr().err

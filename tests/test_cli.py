@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN_COMMAND = "pip install -e . && python -m jscorch demo"
 TEST_COMMAND = 'pip install -e ".[test]" && python -m pytest -n 2 tests'
 QUICK_COMMAND = 'python -m pytest -n 2 -m "not slow" tests'
+# demo and bench turn on js.retain_host_memory, which warns when JAX has already run in the
+# process: true of any in-process call here (tests/test_host_memory.py tests the warning)
+pytestmark = pytest.mark.filterwarnings("ignore:retain_host_memory:UserWarning")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
