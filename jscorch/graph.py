@@ -42,6 +42,7 @@ from jscorch._graph_util import rows_cols as _rows_cols
 from jscorch.array import SparseArray, is_sparse
 from jscorch.construct import from_coo
 from jscorch.einsum import einsum
+from jscorch.ops.coalesce import coalesced
 from jscorch.primitives import convert
 from jscorch.primitives._errors import SparseFormatError
 from jscorch.primitives.formats import CSR, FormatLike, resolve_format
@@ -344,10 +345,12 @@ def to_undirected(adj: SparseArray, *, reduce: str = "sum") -> SparseArray:
     reduce: how the two weights of an edge stored in both directions combine:
       ``"sum"`` (``A + A.T``, PyG's default) or ``"max"`` (``max(A, A.T)`` over the
       stored entries; an edge stored in one direction only keeps its weight, so a
-      binary graph stays binary).
+      binary graph stays binary). Repeated entries of a non-unique format count as
+      their sum, the value the array holds.
 
   Returns:
-    A SparseArray with ``adj``'s format and capacity ``2 * adj.nse``.
+    A SparseArray of capacity ``2 * adj.nse`` with ``adj``'s format; with ``"max"``,
+    a non-unique format (COO) becomes its sorted unique form, each edge stored once.
 
   Example:
     >>> import jax.numpy as jnp
@@ -365,6 +368,8 @@ def to_undirected(adj: SparseArray, *, reduce: str = "sum") -> SparseArray:
 
 @functools.partial(jax.jit, static_argnames=("reduce",))
 def _to_undirected(adj, reduce):
+  if reduce == "max":               # one stored weight per edge, so the maximum is per edge
+    adj = coalesced(adj)
   rows, cols = _rows_cols(adj)
   coords = jnp.concatenate([jnp.stack([rows, cols], -1), jnp.stack([cols, rows], -1)])
   values = jnp.concatenate([adj.data, adj.data])

@@ -63,6 +63,8 @@ def _in_range(slots, n):
 
 
 def _portable(values, slots):
+  if values.shape[1] == 0:          # no entries to read (XLA cannot gather from an empty axis)
+    return jnp.zeros(slots.shape + values.shape[2:], values.dtype)
   zero = np.zeros((), values.dtype)
   slots = _in_range(slots, values.shape[1])
   return jax.vmap(lambda v, s: v.at[s].get(mode="fill", fill_value=zero))(values, slots)

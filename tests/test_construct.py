@@ -375,6 +375,17 @@ def test_from_coo_nonunique_format_default_nse():
                        np.float32)
 
 
+@pytest.mark.parametrize("fmt", [f for _, f in util.FORMATS_2D] + [
+    js.Format(js.dense, js.compressed(unique=False))], ids=str)
+def test_from_coo_no_coordinates_with_spare_capacity(fmt):
+  """An empty edge list into a capacity with room to spare is all padding (a non-unique
+  CSR once failed here: its values are moved by a gather from an empty buffer)."""
+  A = js.from_coo(np.zeros((0, 2), np.int32), np.zeros(0, np.float32), (3, 2), format=fmt,
+                  nse=2)
+  assert A.nse == 2 and int(A.nnz) == 0
+  util.assert_allclose(A.todense(), np.zeros((3, 2)), np.float32)
+
+
 @pytest.mark.parametrize("args, exc, match", [
     ((np.array([[0., 1.]]), np.array([1.]), (2, 2)), TypeError,
      r"from_coo: indices must be integers; got dtype float32\. Cast them"),

@@ -149,6 +149,26 @@ def test_to_undirected_matches_numpy():
     graph.to_undirected(adj, reduce="mean")
 
 
+def test_to_undirected_max_over_repeated_entries():
+  """A non-unique format holds the sum of an edge's repeated entries; ``max`` compares
+  those sums (each edge once in the result), and ``sum`` keeps the format."""
+  rng = np.random.default_rng(7)
+  coords = rng.integers(0, N, (30, 2))          # about 30 entries on 36 coordinates: repeats
+  values = rng.normal(size=30).astype(np.float32)
+  a = np.zeros((N, N))
+  np.add.at(a, tuple(coords.T), values)
+  stored = np.zeros((N, N), bool)
+  stored[tuple(coords.T)] = True
+  adj = js.from_coo(coords, values, (N, N), format=util.UNORDERED_COO, nse=33)
+  expected = np.where(stored & stored.T, np.maximum(a, a.T), a + a.T)
+  und = graph.to_undirected(adj, reduce="max")
+  assert und.format.unique and und.nse == 66
+  np.testing.assert_allclose(lu.todense(und), expected, rtol=1e-5, atol=1e-6)
+  summed = graph.to_undirected(adj)
+  assert summed.format == adj.format
+  np.testing.assert_allclose(lu.todense(summed), a + a.T, rtol=1e-5, atol=1e-6)
+
+
 def test_utilities_under_vmap_over_graphs():
   dense = np.stack([_adjacency(10 + s)[1] for s in range(3)])
   adjs = lu.from_dense(dense, "csr", n_batch=1, nse=util.stored_count(dense, 1) + 1)

@@ -71,6 +71,19 @@ def test_vmap_eval_shape_and_large_parallel_call(lowering):
   assert ("jscorch_take_i32_u32x1" in text) == (lowering == "kernel")
 
 
+@pytest.mark.parametrize("lowering", LOWERINGS)
+def test_no_entries_gives_empty_slots(lowering):
+  """Slots into a buffer of no entries (e.g. a conversion of an array with capacity 0 to
+  one with room to spare) are all empty, in both lowerings and their gradient."""
+  values = np.zeros((2, 0, 3), np.float32)
+  slots = np.array([[0, 1], [-1, 5]], np.int32)
+  out = _run(lowering, take, values, slots)
+  np.testing.assert_array_equal(out, np.zeros((2, 2, 3), np.float32))
+  with js.config.using("portable" if lowering == "portable" else "auto"):
+    grad = jax.grad(lambda v: jnp.sum(take(v, slots) ** 2))(values)
+  assert grad.shape == values.shape
+
+
 def test_missing_compiler_warns_once_and_gathers(monkeypatch):
   values, slots = _case(np.random.default_rng(3), np.float32, (2,))
   monkeypatch.setattr(kernel_build, "compiler", lambda: None)
