@@ -236,6 +236,30 @@ def test_all_dense_operand_drives_the_kernel(fmt):
   util.check_grads_both(sddmm, (A.data, u))
 
 
+@pytest.mark.parametrize("subscripts, partner", [
+    ("ij,ij->", "csr"), ("ij,ij->ij", "coo"), ("ij,ji->i", "csc"), ("f,f->", "compressed"),
+    ("f,f->f", "compressed")])
+def test_all_dense_driver_with_a_sparse_partner(subscripts, partner, lowering):
+  """A sparse partner of an all-dense-format driver is converted to the driver's dense
+  levels: every coordinate stored, not its own capacity. (The converted partner once kept
+  its capacity: the kernel read the shorter buffer by coordinate, past its end.)"""
+  a_term, b_term = subscripts.split("->")[0].split(",")
+  shape = (4, 5) if len(a_term) == 2 else (7,)
+  A = js.from_dense(dn(0, *shape), js.Format(*[js.dense] * len(shape)))
+  b_shape = tuple(shape[a_term.index(c)] for c in b_term)
+  b_fmt = js.Format(js.compressed) if partner == "compressed" else partner
+  B, b = sp(1, b_shape, b_fmt, density=0.3, padding=1)
+  assert B.nse < np.prod(b_shape)
+
+  def value(da, db):
+    out = js.einsum(subscripts, A.with_data(da), B.with_data(db))
+    return out.todense() if js.is_sparse(out) else out
+
+  util.assert_allclose(jax.jit(value)(A.data, B.data),
+                       np.einsum(subscripts, np.asarray(A.todense()), b), F64)
+  util.check_grads_both(value, (A.data, B.data))
+
+
 # -- 3. out_format with dense operands only -------------------------------------------------
 def test_out_format_of_dense_operands_is_honoured(lowering):
   once(lowering)
