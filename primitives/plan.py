@@ -181,9 +181,10 @@ class _Planner:
 
   # -- decisions ------------------------------------------------------------------------
   def out_free_ids(self):
-    if self.spec.out_kind == DENSE_OUT:
-      return [i for i in self.spec.out if i not in self.coord_var]
-    return list(self.spec.out_operand.block)
+    """The output's indices no loop binds (a sampled output's block indices, unless a
+    joined level binds one: then each of its coordinates writes its own element)."""
+    ids = self.spec.out if self.spec.out_kind == DENSE_OUT else self.spec.out_operand.block
+    return [i for i in ids if i not in self.coord_var]
 
   def size(self, i):
     return self.spec.size(i)

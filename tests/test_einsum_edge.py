@@ -260,6 +260,24 @@ def test_all_dense_driver_with_a_sparse_partner(subscripts, partner, lowering):
   util.check_grads_both(value, (A.data, B.data))
 
 
+def test_joined_level_binding_a_block_index(lowering):
+  """A joined sparse operand whose level binds an index of the driver's block dims: each
+  coordinate it binds writes its own output element, once. (The kernel once also looped
+  the block index, adding every product block-size times: ``A * B`` of a CSR-with-block
+  ``A`` and a CSR ``B``, and the gradient of ``abc,c->`` w.r.t. a block operand.)"""
+  A, a = sp(0, (4, 5), js.Format(js.compressed, js.dense), density=0.4, padding=2)
+  assert A.layout.n_dense == 1
+  B, b = sp(1, (4, 5), "csr", density=0.4, padding=1)
+  C, c = sp(2, (3, 2, 4), "csr", n_dense=1, padding=1)
+  v, vv = sp(3, (4,), js.Format(js.compressed), density=0.5, padding=1)
+  cases = ((lambda da, db: (A.with_data(da) * B.with_data(db)).todense(), A, B, a * b),
+           (lambda dc, dv: js.einsum("abc,c->", C.with_data(dc), v.with_data(dv)), C, v,
+            np.einsum("abc,c->", c, vv)))
+  for f, X, Y, want in cases:
+    util.assert_allclose(jax.jit(f)(X.data, Y.data), want, F64)
+    util.check_grads_both(f, (X.data, Y.data))
+
+
 # -- 3. out_format with dense operands only -------------------------------------------------
 def test_out_format_of_dense_operands_is_honoured(lowering):
   once(lowering)
