@@ -2,8 +2,9 @@
 
 Hypothesis draws an einsum over 1–4 operands (1–3 of them sparse) of rank 1–3
 with shared and summed indices of sizes 1–5; each sparse operand gets a random
-format valid for its number of sparse dimensions (named and custom), possibly a
-batch dimension (rank ≥ 2) or a dense block dimension, and 0–2 padding slots.
+format valid for its number of sparse dimensions (named and custom, all-dense ones and
+dense last levels), possibly a batch dimension (rank ≥ 2) or a dense block dimension,
+and 0–2 padding slots.
 A sparse operand may also hold **repeated coordinates** (the non-unique version of
 its format, built with ``js.from_coo``: the array holds their sum), and may first go
 through a zero-preserving function drawn from ``js.ZERO_PRESERVING`` (``js.sin(A)``,
@@ -38,10 +39,17 @@ from test_unary import NAMES, TRANSFORMS, prepare, reference
 
 F64 = np.float64
 LETTERS = "abcdef"
+# The suite's formats, and formats of dense levels: all-dense ones (a driver whose sparse
+# partners are converted to its levels) and dense last levels (block dimensions that a
+# joined partner's level may bind).
+DENSE_DENSE = js.Format(js.dense, js.dense)
 FORMATS_BY_N_SPARSE = {
     1: [("compressed", js.Format(js.compressed)), ("dense", js.Format(js.dense))],
-    2: util.FORMATS_2D,
-    3: util.FORMATS_3D,
+    2: util.FORMATS_2D + [("dense_dense", DENSE_DENSE),
+                          ("dense_dense_col_major", DENSE_DENSE.replace(mode_ordering=(1, 0))),
+                          ("compressed_dense", js.Format(js.compressed, js.dense))],
+    3: util.FORMATS_3D + [("dense_compressed_dense",
+                           js.Format(js.dense, js.compressed, js.dense))],
 }
 
 
