@@ -350,7 +350,7 @@ def to_undirected(adj: SparseArray, *, reduce: str = "sum") -> SparseArray:
 
   Returns:
     A SparseArray of capacity ``2 * adj.nse`` with ``adj``'s format; with ``"max"``,
-    a non-unique format (COO) becomes its sorted unique form, each edge stored once.
+    a non-unique format becomes its sorted unique form, each edge stored once.
 
   Example:
     >>> import jax.numpy as jnp
