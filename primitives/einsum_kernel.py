@@ -224,7 +224,9 @@ def converted(spec: EinsumSpec, dtype) -> EinsumSpec | None:
     sparse_ids = op.bound[nb:]
     order = tuple(sparse_ids.index(i) for i in ids)
     fmt = op.layout.format.replace(levels=tuple(levels), mode_ordering=order)
-    lay = _with_fixed_capacity(Layout(fmt, op.layout.shape, op.layout.nse))
+    lay = Layout(fmt, op.layout.shape, op.layout.nse)
+    if lay.fixed_nse is not None:     # relaid in dense levels: stores every coordinate
+      lay = lay.replace(nse=lay.fixed_nse)
     if lay != op.layout:
       layouts[k] = lay
 
@@ -261,18 +263,6 @@ def converted(spec: EinsumSpec, dtype) -> EinsumSpec | None:
       len(spec.out_layout.index_shapes) if spec.out_kind == SAMPLED_OUT else 0)
   plan, _ = kernel_plan(new, range(n_flat), dtype)
   return new if plan is not None else None
-
-
-def _with_fixed_capacity(lay: Layout) -> Layout:
-  """``lay`` with the capacity its last level fixes, if it fixes one: an operand relaid in
-  dense levels only stores every coordinate (``nse`` = the product of the level sizes),
-  whatever the capacity of the format it was converted from."""
-  last = len(lay.format.levels) - 1
-  if last < 0:
-    return lay
-  fixed = lay.format.levels[last].fixed_capacity(lay.parent_capacity(last),
-                                                 lay.level_sizes[last])
-  return lay if fixed is None else lay.replace(nse=fixed)
 
 
 def _relaid_spec(spec: EinsumSpec, layouts: dict) -> EinsumSpec:

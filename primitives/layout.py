@@ -114,19 +114,26 @@ class Layout:
     if not isinstance(nse, (int, np.integer)) or nse < 0:
       raise SparseFormatError(f"{func}: nse must be a non-negative int; got nse={nse!r}.")
     lay = Layout(fmt, shape, int(nse))
-    if fmt.all_dense and nse != math.prod(lay.level_sizes):
+    fixed = lay.fixed_nse
+    if fixed is not None and nse != fixed:
       raise SparseFormatError(
           f"{func}: an all-dense (or level-less) format stores every coordinate; got "
-          f"nse={nse}, expected {math.prod(lay.level_sizes)}.")
-    last = len(fmt.levels) - 1
-    if last >= 0 and not fmt.all_dense:
-      fixed = fmt.levels[last].fixed_capacity(lay.parent_capacity(last), lay.level_sizes[last])
-      if fixed is not None and nse != fixed:
-        raise SparseFormatError(
-            f"{func}: the last level of format {fmt!r} stores a fixed number of entries; got "
-            f"nse={nse}, expected {fixed}. Pass nse={fixed}.")
+          f"nse={nse}, expected {fixed}." if fmt.all_dense else
+          f"{func}: the last level of format {fmt!r} stores a fixed number of entries; got "
+          f"nse={nse}, expected {fixed}. Pass nse={fixed}.")
     index_dtype_for(max(shape + (int(nse) + 1,) + tuple(c + 1 for c in lay.capacities)), func)
     return lay
+
+  @property
+  def fixed_nse(self) -> int | None:
+    """The capacity the format fixes for this shape, or None when any capacity will do: an
+    all-dense (or level-less) format stores every coordinate; otherwise the last level may
+    fix it (a dense last level stores its whole range under each parent entry)."""
+    if self.format.all_dense:
+      return math.prod(self.level_sizes)
+    last = len(self.format.levels) - 1
+    return self.format.levels[last].fixed_capacity(self.parent_capacity(last),
+                                                   self.level_sizes[last])
 
   # -- dimension groups ---------------------------------------------------------------
   @property
