@@ -245,3 +245,75 @@ def test_softmax_over_stored_blocks(axis):
         jnp.stack([A.data, 2 * A.data]))
     np.testing.assert_allclose(twice[1], js.softmax(A.with_data(2 * A.data), axis=axis).data,
                                rtol=1e-12)
+
+
+def test_maximum_minimum_and_extrema():
+  """``js.maximum`` / ``js.minimum`` of two BSR arrays (different stored blocks: the union
+  of the block views) and ``max`` / ``min`` reductions over every axis (implicit zeros
+  count), against float64 numpy; under ``jit``, with gradients (order 2, fwd and rev)."""
+  with util.dtype_context(np.float64):
+    (A, _), (B, _) = bsr(50), bsr(51)     # no stored zeros: no ties for the gradients
+    A, B = (M.with_data(jnp.asarray(dense(k, M.data.shape), jnp.float64))
+            for k, M in [(54, A), (55, B)])
+    x, y = f64(A.todense()), f64(B.todense())
+    for fn, ref in [(js.maximum, np.maximum), (js.minimum, np.minimum)]:
+      out = jax.jit(fn)(A, B)
+      assert out.format == js.BSR((2, 4))
+      np.testing.assert_array_equal(out.todense(), ref(x, y))
+      np.testing.assert_array_equal(fn(A, 0.).todense(), ref(x, 0.))
+    for axis in [None, 0, 1, -1]:
+      np.testing.assert_array_equal(jax.jit(lambda A, axis=axis: A.max(axis))(A), x.max(axis))
+      np.testing.assert_array_equal(A.min(axis, keepdims=True), x.min(axis, keepdims=True))
+    w = jnp.asarray(dense(52, (8,)), jnp.float64)
+    check_grads(lambda d: A.with_data(d).max(0) @ w, (A.data,), order=2, modes=("fwd", "rev"))
+    check_grads(lambda d: js.maximum(A.with_data(d), B).data.sum(), (A.data,), order=2,
+                modes=("fwd", "rev"))
+
+
+BLOCKED_REFUSED = {
+    "reshape": lambda A: A.reshape(8, 6),
+    "SparseArray.__getitem__": lambda A: A[1:3],
+    "concatenate": lambda A: js.concatenate([A, A]),
+    "stack": lambda A: js.stack([A, A]),
+    "tril": lambda A: js.tril(A),
+    "diagonal": lambda A: js.diagonal(A),
+    "segment_max": lambda A: js.segment_max(A),
+}
+
+
+@pytest.mark.parametrize("func", list(BLOCKED_REFUSED))
+def test_unsupported_ops_name_themselves(func):
+  """An op that does not handle blocked formats says so, naming itself and the operand,
+  before any work (not an error from the layout or format machinery underneath)."""
+  A, _ = bsr(53)
+  with pytest.raises(js.SparseFormatError, match=rf"^{re.escape(func)}: (A|a|arrays\[0\]) has "
+                     r"the blocked format BSR\(\(2, 4\)\), which .* does not handle"):
+    BLOCKED_REFUSED[func](A)
+
+
+def test_coalescing_works_on_the_block_view():
+  """``sum_duplicates`` (duplicate blocks of a non-unique blocked COO summed),
+  ``sort_indices`` and ``eliminate_zeros`` (all-zero blocks dropped) of blocked arrays,
+  against float64 numpy; ``jit`` of each."""
+  x = blocky(56, (6, 8), (2, 4))
+  fmt = js.blocked(util.UNORDERED_COO, (2, 4))
+  V = js.from_dense(x, format=fmt).block_view()
+  n = V.nse
+  order = np.random.default_rng(57).permutation(2 * n)     # unordered, each block twice
+  rows, cols = (np.concatenate([np.asarray(i), np.asarray(i)])[order] for i in V.indices[1:])
+  data = np.concatenate([np.asarray(V.data), -3 * np.asarray(V.data)])[order]
+  D = js.ops.blocks.from_view(js.SparseArray.from_buffers(
+      data, [np.array([0, 2 * n]), rows, cols], shape=V.shape, format=V.format))
+  np.testing.assert_allclose(D.todense(), -2 * f64(x), **TOL)
+  S = jax.jit(lambda D: D.sum_duplicates())(D)
+  assert S.format == js.blocked(js.COO, (2, 4)) and int(S.nnz) == n
+  np.testing.assert_allclose(S.todense(), -2 * f64(x), **TOL)
+  O = D.sort_indices()
+  grid = np.stack([np.asarray(i) for i in O.indices[1:]], 1)
+  assert (np.diff(grid[:, 0] * 100 + grid[:, 1]) >= 0).all()
+  np.testing.assert_allclose(O.todense(), -2 * f64(x), **TOL)
+  A, _ = bsr(58)
+  Z = A.with_data(A.data.at[0].set(0.))
+  E = jax.jit(lambda Z: Z.eliminate_zeros())(Z)
+  assert E.format == A.format and int(E.nnz) == int(A.nnz) - 1
+  np.testing.assert_array_equal(E.todense(), Z.todense())

@@ -10,7 +10,8 @@ blocks). Everything here works on that view and reinterprets the result:
 * :func:`convert` — to and from every other format, through coordinates (a
   blocked source gives each block element an entry: explicit zeros are stored; an
   unblocked source's entries are gathered into the blocks that hold them);
-* :func:`transpose`, :func:`add` (two blocked arrays of the same blocks),
+* :func:`transpose`, :func:`union` (``+``, ``-``, ``maximum``, ``minimum`` of two
+  blocked arrays of the same blocks),
   :func:`multiply` (with a dense array or another blocked array); reductions and
   products are einsums, which run on the block view (:mod:`jscorch._block_einsum`).
 
@@ -206,17 +207,29 @@ def _same_blocks(a: SparseArray, b: SparseArray, func: str) -> None:
         "operand to the other's blocks.")
 
 
-def add(a: SparseArray, b: SparseArray, nse, func: str) -> SparseArray:
-  """``a + b`` of two blocked arrays with the same blocks: the union of their block
-  views (a block stored by either is stored once, summed)."""
-  from jscorch.ops.elementwise import add as add_views  # noqa: PLC0415 (it dispatches here)
+def union(a: SparseArray, b: SparseArray, func: str, on_views) -> SparseArray:
+  """An elementwise op that is zero where both operands are (``a + b``, ``maximum``) of
+  two blocked arrays with the same blocks: ``on_views`` applied to their block views,
+  whose union stores a block stored by either once."""
   if not (is_blocked(a) and is_blocked(b)):
     raise ValueError(
-        f"{func}: a blocked operand adds to another blocked operand with the same blocks or "
-        f"to a dense array; got {a!r} and {b!r}. Convert the unblocked one with "
-        ".asformat(blocked.format).")
+        f"{func}: a blocked operand combines with another blocked operand with the same "
+        f"blocks or with a dense array; got {a!r} and {b!r}. Convert the unblocked one "
+        "with .asformat(blocked.format).")
   _same_blocks(a, b, func)
-  return from_view(add_views(a.block_view(), b.block_view(), nse=nse))
+  return from_view(on_views(a.block_view(), b.block_view()))
+
+
+def refuse(func: str, **operands) -> None:
+  """Raises, before any work, for a blocked operand of an operation that does not handle
+  blocked formats (docs/blocks.md lists those that do), naming ``func`` and the operand."""
+  for name, x in operands.items():
+    if is_blocked(x):
+      raise SparseFormatError(
+          f"{func}: {name} has the blocked format {x.format!r}, which {func} does not "
+          f"handle; got {x!r}. Convert it first ({name}.asformat('csr')) or work on its "
+          f"block view, {name}.block_view() (docs/blocks.md lists what blocked arrays "
+          "support).")
 
 
 def multiply(a, b, func: str):

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
+from jscorch.ops import blocks
 from jscorch.primitives import checks, convert, union
 from jscorch.primitives._errors import SparseCapacityError
 from jscorch.primitives.formats import Format
@@ -112,6 +113,8 @@ def sum_duplicates(A: SparseArray, nse: int | None = None) -> SparseArray:
   """
   func = "sum_duplicates"
   A = _check_sparse(A, func)
+  if A.format.blocks:       # duplicate blocks of the block view, summed
+    return blocks.from_view(sum_duplicates(A.block_view(), nse))
   fmt = union.canonical_format(A.format)
   cap = _capacity(A, fmt, nse, func)
   if cap < A.nse and checks.is_concrete(*A.indices):
@@ -158,6 +161,8 @@ def sort_indices(A: SparseArray) -> SparseArray:
   """
   func = "sort_indices"
   A = _check_sparse(A, func)
+  if A.format.blocks:
+    return blocks.from_view(sort_indices(A.block_view()))
   fmt = A.format.replace(levels=tuple(lvl(ordered=True) for lvl in A.format.levels))
   return _to_format(A, fmt, A.nse)
 
@@ -252,6 +257,8 @@ def eliminate_zeros(A: SparseArray, nse: int | None = None) -> SparseArray:
   """
   func = "eliminate_zeros"
   A = _check_sparse(A, func)
+  if A.format.blocks:       # the blocks of the block view that are all zeros
+    return blocks.from_view(eliminate_zeros(A.block_view(), nse))
   nonzero = A.data != 0
   if A.n_dense:
     nonzero = jnp.any(nonzero, axis=tuple(range(A.n_batch + 1, A.data.ndim)))

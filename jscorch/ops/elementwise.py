@@ -68,7 +68,8 @@ def _add(a, b, nse, func: str, sign: int):
   if not (sa or sb):
     return jnp.add(a, b) if sign > 0 else jnp.subtract(a, b)
   if sa and sb and (a.format.blocks or b.format.blocks):
-    return blocks.add(a, b if sign > 0 else negative(b), nse, func)
+    return blocks.union(a, b if sign > 0 else negative(b), func,
+                        lambda va, vb: _union(va, vb, nse, func))
   if sa and sb:
     return _union(a, b if sign > 0 else negative(b), nse, func)
   if nse is not None:
@@ -130,6 +131,8 @@ def union_values(a: SparseArray, b: SparseArray, *, nse: int | None = None,
 def _extremum(a, b, nse, func: str, fn):
   no_foreign(func, a=a, b=b)
   sa, sb = is_sparse(a), is_sparse(b)
+  if sa and sb and (a.format.blocks or b.format.blocks):
+    return blocks.union(a, b, func, lambda va, vb: _extremum(va, vb, nse, func, fn))
   if sa and sb:
     U, x, y = union_values(a, b, nse=nse, func=func)
     return U.with_data(fn(x, y))

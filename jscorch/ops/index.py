@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscorch.array import SparseArray
+from jscorch.ops import blocks
 from jscorch.ops.shape import (
   build,
   default_format,
@@ -194,6 +195,7 @@ def take(A: SparseArray, index, axis: int, func: str = "take") -> SparseArray:
   number of coordinates of the result when its format is unique. An empty ``index``
   gives a dim of size 0.
   """
+  blocks.refuse(func, A=A)
   index = _index_array(index, A.shape[axis], axis, func)
   if axis < A.n_batch:
     return _gather_batch(A, axis, [index])
@@ -468,6 +470,7 @@ def getitem(A: SparseArray, key):
   multiplicity of concrete points) into a static plan that :func:`_index` applies.
   """
   func = "SparseArray.__getitem__"
+  blocks.refuse(func, A=A)
   items = _parse(key, A.shape, func)
   dims = [i for i, (kind, _) in enumerate(items) if kind not in ("none", "ellipsis")]
   start, limit, stride = [0] * A.ndim, list(A.shape), [1] * A.ndim

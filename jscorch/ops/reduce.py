@@ -34,7 +34,7 @@ import numpy as np
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.einsum import einsum
-from jscorch.ops import coalesce
+from jscorch.ops import blocks, coalesce
 from jscorch.ops._operands import letters, no_foreign
 from jscorch.primitives.layout import index_dtype_for
 from jscorch.primitives.union import logical_coordinates
@@ -125,6 +125,8 @@ def extremum(A: SparseArray, axes: Axis, kind: str, keepdims: bool = False,
   """
   func = func or kind
   _check_values(A, func)
+  if A.format.blocks:     # every element of a stored block is one of the dense array's
+    A = A.asformat(A.format.base)
   axes = _static.axes(axes, A.ndim, func)
   if _reduced_size(A, axes) == 0:
     raise ValueError(f"{func}: zero-size reduction has no identity; got axis={axes} of "
@@ -272,6 +274,7 @@ def _segment(A, axis, empty, kind: str):
   if not is_sparse(A):
     raise TypeError(f"{func}: expects a SparseArray; got {type(A).__name__}. For a dense "
                     f"array use jnp.{kind}.")
+  blocks.refuse(func, A=A)
   _check_values(A, func)
   axes = _static.axes(axis, A.ndim, func)
   best, stored = _reduce(A, axes, kind)

@@ -33,6 +33,7 @@ import numpy as np
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
+from jscorch.ops import blocks
 from jscorch.ops import layout as ops_layout
 from jscorch.ops._operands import no_foreign
 from jscorch.primitives import convert, union
@@ -176,6 +177,7 @@ def reshape(A: SparseArray, shape: Sequence[int] | int, *, format: FormatLike | 
 
 def reshape_as(A: SparseArray, shape, format: FormatLike | None, func: str) -> SparseArray:
   """:func:`reshape` of a SparseArray, naming ``func`` in its errors."""
+  blocks.refuse(func, A=A)
   shape = _new_shape(shape if isinstance(shape, (tuple, list)) else (shape,), A.size, A.shape,
                      func)
   if not shape:
@@ -270,6 +272,7 @@ def squeeze(A: SparseArray, axis: int | Sequence[int] | None = None, *,
   func = "squeeze"
   if not is_sparse(A):
     return jnp.squeeze(A, axis)
+  blocks.refuse(func, A=A)
   axes = tuple(d for d, n in enumerate(A.shape) if n == 1) if axis is None else \
       _static.axes(axis, A.ndim, func)
   for d in axes:
@@ -341,6 +344,8 @@ def _all_sparse(arrays, func: str) -> bool:
     kinds = [type(x).__name__ for x in arrays]
     raise TypeError(f"{func}: operands must be all SparseArrays or all dense; got {kinds}. "
                     "Convert with js.from_dense(x) or A.todense() first.")
+  for k, x in enumerate(arrays):
+    blocks.refuse(func, **{f"arrays[{k}]": x})
   return True
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
-from jscorch.ops import coalesce, reduce
+from jscorch.ops import blocks, coalesce, reduce
 from jscorch.primitives import convert
 from jscorch.primitives.formats import FormatLike, resolve_format
 from jscorch.primitives.layout import Layout, index_dtype_for
@@ -54,6 +54,7 @@ def _triangle_mask(A: SparseArray, k: int, lower: bool):
 def _triangle(a, k, lower: bool, func: str):
   if not is_sparse(a):
     return jnp.tril(a, k) if lower else jnp.triu(a, k)
+  blocks.refuse(func, a=a)
   k = _static.static_int(k, "k", func)
   if a.ndim < 2:
     raise ValueError(f"{func}: needs an array of rank >= 2; got {a!r}, expected at least two "
@@ -162,6 +163,7 @@ def diagonal(a, offset: int = 0, axis1: int = 0, axis2: int = 1):
   if not is_sparse(a):
     return jnp.diagonal(a, offset, axis1, axis2)
   func = "diagonal"
+  blocks.refuse(func, a=a)
   offset = _static.static_int(offset, "offset", func)
   if a.ndim < 2:
     raise ValueError(f"{func}: needs an array of rank >= 2; got {a!r}.")
