@@ -72,6 +72,27 @@ def from_dense(x, format: FormatLike = "csr", *, nse: int | None = None,
   return SparseArray._make(data, indices, fmt, x.shape)
 
 
+def _check_in_range(host: np.ndarray, sizes: np.ndarray, shape, func: str) -> None:
+  """Raises for the first coordinate of concrete ``host`` `[..., n_sparse]` outside ``sizes``."""
+  bad = (host < 0) | (host >= sizes)
+  if bad.any():
+    at = np.argwhere(bad)[0]
+    row = tuple(int(v) for v in host[tuple(at[:-1])])
+    if max(abs(v) for v in row) > np.iinfo(np.int32).max and \
+        not jax.config.jax_enable_x64:
+      fix = (" Coordinates beyond int32 need 64-bit indices: this index space needs "
+             "jax_enable_x64 (jax.config.update('jax_enable_x64', True)).")
+    elif min(row) < 0:
+      fix = (" Negative coordinates are not wrapped; mark unused slots with the dimension "
+             "size or pass check=False to drop them.")
+    else:
+      fix = " Fix the coordinates or the shape, or pass check=False to drop them."
+    raise SparseFormatError(
+        f"{func}: coordinate out of range: indices[{', '.join(map(str, at[:-1]))}] = "
+        f"{row} for shape {shape}; expected 0 <= index < {tuple(int(s) for s in sizes)} "
+        f"in every dimension.{fix}")
+
+
 def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | None = None,
              check: bool = True, _func: str = "from_coo") -> SparseArray:
   """A sparse array from coordinates and values; sorts and sums duplicates.
@@ -148,24 +169,9 @@ def from_coo(indices, values, shape, format: FormatLike = "coo", *, nse: int | N
   sizes = np.asarray(shape[n_batch:n_batch + n_sparse])
   concrete = checks.is_concrete(indices)
   if concrete and check and indices.size:
-    host = np.asarray(indices)
-    bad = (host < 0) | (host >= sizes)
-    if bad.any():
-      at = np.argwhere(bad)[0]
-      row = tuple(int(v) for v in host[tuple(at[:-1])])
-      if max(abs(v) for v in row) > np.iinfo(np.int32).max and \
-          not jax.config.jax_enable_x64:
-        fix = (" Coordinates beyond int32 need 64-bit indices: this index space needs "
-               "jax_enable_x64 (jax.config.update('jax_enable_x64', True)).")
-      elif min(row) < 0:
-        fix = (" Negative coordinates are not wrapped; mark unused slots with the dimension "
-               "size or pass check=False to drop them.")
-      else:
-        fix = " Fix the coordinates or the shape, or pass check=False to drop them."
-      raise SparseFormatError(
-          f"{func}: coordinate out of range: indices[{', '.join(map(str, at[:-1]))}] = "
-          f"{row} for shape {shape}; expected 0 <= index < {tuple(int(s) for s in sizes)} "
-          f"in every dimension.{fix}")
+    _check_in_range(np.asarray(indices), sizes, shape, func)
+  if nse is None and fmt.all_dense:        # stores every coordinate
+    nse = Layout(fmt, shape, 0).fixed_nse
   if nse is None:
     nse = indices.shape[-2]
     if concrete and indices.size:

@@ -228,7 +228,8 @@ def _from_edge_index(ei, w, n, fmt, nse):
 # function, so an eager call compiles once per shape instead of once per operation.
 @functools.partial(jax.jit, static_argnames=("remaining", "format"))
 def _self_loops(adj: SparseArray, fill_value, remaining: bool, format) -> SparseArray:
-  """``adj`` plus ``fill_value`` on the diagonal as stored entries (capacity nse + n)."""
+  """``adj`` plus ``fill_value`` on the diagonal as stored entries (capacity nse + n; an
+  all-dense format stores every coordinate already, the diagonal included)."""
   n = adj.shape[0]
   rows, cols = _rows_cols(adj)
   if remaining:
@@ -238,8 +239,9 @@ def _self_loops(adj: SparseArray, fill_value, remaining: bool, format) -> Sparse
   loop = jnp.arange(n, dtype=rows.dtype)
   coords = jnp.concatenate([jnp.stack([rows, cols], -1), jnp.stack([loop, loop], -1)])
   values = jnp.concatenate([adj.data, fill])
-  fmt = adj.format if format is None else format
-  return from_coo(coords, values, adj.shape, format=fmt, nse=adj.nse + n, check=False)
+  fmt = resolve_format(adj.format if format is None else format, 2, func="add_self_loops")
+  return from_coo(coords, values, adj.shape, format=fmt,
+                  nse=None if fmt.all_dense else adj.nse + n, check=False)
 
 
 def add_self_loops(adj: SparseArray, fill_value: float = 1.0, *,

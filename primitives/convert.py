@@ -354,7 +354,7 @@ def relayout(src: Layout, dst: Layout, data: jax.Array, indices: Indices, *,
     grid = jnp.broadcast_to(_grid(moved, idt)[..., None, :], lead + moved + (n, len(moved)))
     coords = jnp.concatenate([grid, coords], -1)
     coords = coords.reshape(lead + (math.prod(moved) * n, coords.shape[-1]))
-    valid = valid.reshape(lead + (-1,))
+    valid = valid.reshape(lead + (math.prod(moved) * n,))
     data = data.reshape(lead + (math.prod(moved) * n,) + data.shape[nb + 1:])
     nb = dst.n_batch
   if dst.n_dense < nd:                  # block -> sparse: one entry per block element
@@ -363,7 +363,8 @@ def relayout(src: Layout, dst: Layout, data: jax.Array, indices: Indices, *,
     rows = jnp.broadcast_to(coords[..., None, :], coords.shape[:-1] + (q, coords.shape[-1]))
     grid = jnp.broadcast_to(_grid(moved, idt).reshape(q, len(moved)),
                             coords.shape[:-1] + (q, len(moved)))
-    coords = jnp.concatenate([rows, grid], -1).reshape(shape[:nb] + (n * q, -1))
+    coords = jnp.concatenate([rows, grid], -1)
+    coords = coords.reshape(shape[:nb] + (n * q, coords.shape[-1]))
     valid = jnp.repeat(valid, q, axis=-1)
     data = data.reshape(shape[:nb] + (n * q,) + data.shape[nb + 1 + len(moved):])
     nd = dst.n_dense

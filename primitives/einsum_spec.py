@@ -169,10 +169,14 @@ def sources(spec: EinsumSpec) -> list[int]:
 def with_shared_patterns(spec: EinsumSpec, flat: Sequence) -> EinsumSpec:
   """``spec`` with ``same_pattern`` also grouping the sources whose index buffers in
   ``flat`` are the same objects (tracers or arrays; compared by identity, never by
-  value, so nothing is traced)."""
+  value, so nothing is traced). A non-unique source shares with nothing: entry ``k`` of
+  one factor times entry ``k`` of another is not the product of the summed duplicates."""
   groups = [list(g) for g in spec.same_pattern]
   found: list[tuple[int, tuple]] = []
   for s in sources(spec):
+    layout = spec.out_layout if s == PATTERN else spec.operands[s].layout
+    if not layout.format.unique:
+      continue
     bufs = spec.index_buffers(flat, s)
     for rep, rep_bufs in found:
       if len(bufs) == len(rep_bufs) and all(x is y for x, y in zip(bufs, rep_bufs)):

@@ -20,6 +20,8 @@ Example:
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,7 +106,9 @@ def _batching_rule(args, dims):
   size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
   values, slots = (jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
                    for a, d in zip(args, dims))
-  out = take_p.bind(values.reshape((-1,) + values.shape[2:]), slots.reshape((-1, slots.shape[-1])))
+  # Explicit sizes: -1 cannot be inferred when another dimension (the capacity, say) is 0.
+  out = take_p.bind(values.reshape((size * values.shape[1],) + values.shape[2:]),
+                    slots.reshape((math.prod(slots.shape[:-1]), slots.shape[-1])))
   return out.reshape((size,) + slots.shape[1:] + values.shape[3:]), 0
 
 

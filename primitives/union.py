@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -77,11 +78,12 @@ def logical_coordinates(lay: Layout, indices) -> jax.Array:
 
 def _shifted(lay: Layout, indices, offset: Sequence[int] | None, idt) -> jax.Array:
   coords = logical_coordinates(lay, indices).astype(idt)
-  if offset is None or not any(offset):
+  if offset is None:
     return coords
   sizes = jnp.asarray(lay.sparse_shape, idt)
   valid = jnp.all(coords < sizes, axis=-1, keepdims=True)
-  # Padding must stay out of range after the shift: send it far past every size.
+  # Padding must stay out of range after the shift (also a zero one: a 1-D operand's
+  # padding coordinate, its size, is the next operand's first): send it past every size.
   big = jnp.asarray(np.iinfo(np.dtype(idt)).max // 2, idt)
   return jnp.where(valid, coords + jnp.asarray(offset, idt), big)
 
@@ -334,7 +336,8 @@ def union_size(parts: Sequence[tuple[Layout, tuple]],
     valid = np.all(c < np.asarray(lay.sparse_shape), axis=-1)
     if off is not None:
       c = c + np.asarray(off, np.int64)
-    host.append((c.reshape((-1,) + c.shape[-2:]), valid.reshape(-1, c.shape[-2])))
+    flat = math.prod(c.shape[:-2])          # (explicit: nse may be 0)
+    host.append((c.reshape((flat,) + c.shape[-2:]), valid.reshape(flat, c.shape[-2])))
   n_batch_total = host[0][0].shape[0]
   best = 0
   for b in range(n_batch_total):

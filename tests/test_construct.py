@@ -696,3 +696,18 @@ def test_eager_from_dense_is_one_program():
   # the conversion; at most the default nse's nonzero mask and the capacity check besides
   assert lowered[0] <= 3, lowered[0]
   np.testing.assert_array_equal(np.asarray(A.todense()), x)
+
+
+def test_from_coo_into_an_all_dense_format():
+  """An all-dense format stores every coordinate: the default capacity is the fixed one,
+  not the number of coordinates given (duplicates summed, eager and jit)."""
+  idx = np.array([[0, 1], [1, 1], [0, 1], [2, 0]])
+  vals = np.array([1., 2., 3., 4.], np.float32)
+  want = np.zeros((3, 4), np.float32)
+  np.add.at(want, tuple(idx.T), vals)
+  for order in [(0, 1), (1, 0)]:
+    fmt = js.Format(js.dense, js.dense, mode_ordering=order)
+    for A in [js.from_coo(idx, vals, (3, 4), format=fmt),
+              jax.jit(lambda i, v, fmt=fmt: js.from_coo(i, v, (3, 4), format=fmt))(idx, vals)]:
+      assert A.format == fmt and A.nse == 12
+      np.testing.assert_array_equal(A.todense(), want)

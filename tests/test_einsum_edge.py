@@ -278,6 +278,24 @@ def test_joined_level_binding_a_block_index(lowering):
     util.check_grads_both(f, (X.data, Y.data))
 
 
+@pytest.mark.parametrize("subscripts", ["ij,ij->i", "ij,ji->", "ij,ij,jk->ik"])
+def test_one_nonunique_array_twice(subscripts, lowering):
+  """One non-unique array (its very index buffers) as two factors: entry ``k`` does not
+  pair with entry ``k`` (that gives the sum of squared duplicates, not the square of their
+  sum), so the operands are not co-iterated as one pattern. Values, jit, gradients."""
+  A = js.from_coo(np.array([[0, 1], [2, 3], [0, 1], [1, 0], [2, 3], [3, 3]]), dn(0, 6),
+                  (4, 4), format=util.UNORDERED_COO, nse=7)
+  a, w = np.asarray(A.todense()), dn(1, 4, 3)
+
+  def value(d):
+    B = A.with_data(d)
+    return js.einsum(subscripts, *(B, B, w)[:subscripts.count(",") + 1], out_format="dense")
+
+  util.assert_allclose(jax.jit(value)(A.data), np.einsum(subscripts, a, a, w) if
+                       subscripts.count(",") == 2 else np.einsum(subscripts, a, a), F64)
+  util.check_grads_both(value, (A.data,))
+
+
 # -- 3. out_format with dense operands only -------------------------------------------------
 def test_out_format_of_dense_operands_is_honoured(lowering):
   once(lowering)

@@ -74,6 +74,9 @@ def test_scalar_zero_keeps_pattern_other_operands_are_dense():
   assert js.is_sparse(R) and R.format == A.format and R.nse == A.nse
   util.assert_allclose(R.todense(), np.maximum(a, 0), F64)
   util.assert_allclose(jsnp.minimum(A, 0.).todense(), np.minimum(a, 0), F64)
+  R = jax.jit(lambda A: js.maximum(A, 0.))(A)       # a Python zero is still known under jit
+  assert js.is_sparse(R) and R.format == A.format
+  util.assert_allclose(R.todense(), np.maximum(a, 0), F64)
   x = util.random_values(6, (4, 5), F64)
   util.assert_allclose(js.maximum(A, x), np.maximum(a, x), F64)
   util.assert_allclose(js.minimum(x, A), np.minimum(x, a), F64)

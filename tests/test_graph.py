@@ -80,6 +80,28 @@ def test_self_loops_match_numpy(fmt):
   np.testing.assert_allclose(lu.todense(rem), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)], ids=["row_major", "col_major"])
+def test_self_loops_of_an_all_dense_adjacency(order):
+  """An all-dense adjacency stores every coordinate, its diagonal included: every node has
+  a stored loop (``add_remaining_self_loops`` keeps the weights), ``add_self_loops`` adds
+  to the diagonal, and the format (fixed capacity) is kept; jit; a CSR adjacency given an
+  all-dense ``format=``; ``gcn_norm`` of it."""
+  fmt = js.Format(js.dense, js.dense, mode_ordering=order)
+  adj, a = _adjacency(4, "csr")
+  A = js.from_dense(a, format=fmt)
+  rem = jax.jit(graph.add_remaining_self_loops)(A)
+  assert rem.format == fmt
+  np.testing.assert_array_equal(lu.todense(rem), a)
+  plus = graph.add_self_loops(A, 0.5)
+  assert plus.format == fmt
+  np.testing.assert_allclose(lu.todense(plus), a + 0.5 * np.eye(N), rtol=1e-6)
+  dense = graph.add_self_loops(adj, 0.5, format=fmt)
+  assert dense.format == fmt
+  np.testing.assert_allclose(lu.todense(dense), a + 0.5 * np.eye(N), rtol=1e-6)
+  np.testing.assert_allclose(lu.todense(graph.gcn_norm(A)),      # no loop is missing
+                             gcn_norm_ref(a, add_self_loops=False), rtol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", ["csr", "coo"])
 def test_missing_loops_counts_stored_diagonal_entries(fmt):
   """A node has a loop when a diagonal entry is stored, whatever its weight (0 included);

@@ -437,6 +437,46 @@ def test_concatenate():
   util.assert_allclose(todense(gb), 2 * r["B"], dtype=F64)
 
 
+@pytest.mark.usefixtures("einsum_free")
+@pytest.mark.parametrize("mode", ["auto", "portable"])
+def test_concatenate_keeps_padding_out(mode):
+  """A 1-D operand's padding coordinate (its size) is the next operand's first coordinate
+  once shifted: it stays padding whatever value it holds (values, nnz, gradient, batched)."""
+  x = np.array([0., 1.5, 0., -2.])
+  with util.use_lowering(mode):
+    A = js.from_dense(x, format=js.Format(js.compressed), nse=4)     # 2 padding slots
+    B = A.with_data(A.data.at[2:].set(7.))                            # ignored values
+    for C in [js.concatenate([B, B]), jax.jit(lambda B: js.concatenate([B, B, B]))(B)]:
+      assert int(C.nnz) == C.shape[0] // 2
+      util.assert_allclose(todense(C), np.tile(x, C.shape[0] // 4), dtype=F64)
+    g = jax.grad(lambda d: js.concatenate([A.with_data(d), A]).todense().sum())(A.data)
+    np.testing.assert_array_equal(g, [1, 1, 0, 0])
+    Ab = js.from_dense(np.stack([x, -x]), format=js.Format(js.compressed), nse=4, n_batch=1)
+    Ab = Ab.with_data(Ab.data.at[:, 2:].set(7.))
+    C = js.concatenate([Ab, Ab], axis=1)
+    np.testing.assert_array_equal(np.asarray(nnz(C)), [4, 4])
+    util.assert_allclose(todense(C), np.stack([np.tile(x, 2), -np.tile(x, 2)]), dtype=F64)
+
+
+@pytest.mark.usefixtures("einsum_free")
+def test_empty_operands():
+  """Zero capacity and zero-size dims in unions and batched slices (no reshape may infer
+  a -1 next to a 0)."""
+  for shape, fmt in [((3,), js.Format(js.compressed)), ((0, 3), js.COO),
+                     ((2, 0, 3), js.Format(js.compressed, js.compressed, js.compressed))]:
+    A = js.from_dense(np.zeros(shape), format=fmt, nse=0)
+    for C in [A + A, A - A, js.maximum(A, A)]:
+      assert C.shape == shape and C.nse == 0
+  E = js.from_dense(np.zeros((2, 0)), format=js.Format(js.compressed), nse=1, n_batch=1)
+  for C in [E + E, js.minimum(E, E)]:
+    assert C.shape == (2, 0)
+  x = np.array([[0., 1., 0., 2.], [3., 0., 0., 0.]])
+  A = js.from_dense(x, format=js.Format(js.compressed), nse=3, n_batch=1)
+  for lo, hi in [(1, 1), (1, 4)]:
+    S = jax.vmap(lambda B, lo=lo, hi=hi: B[lo:hi])(A)
+    util.assert_allclose(todense(S), x[:, lo:hi], dtype=F64)
+
+
 # -- errors ------------------------------------------------------------------------------------
 @pytest.mark.usefixtures("einsum_free")
 def test_error_messages():

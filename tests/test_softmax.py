@@ -74,6 +74,7 @@ def case_data(name: str):
 
 
 def check_result(S, A, expected):
+  A = A if A.format.unique else A.sum_duplicates()     # duplicates are summed first
   assert S.format == A.format and S.shape == A.shape and S.nse == A.nse
   for s, a in zip(S.indices, A.indices):
     np.testing.assert_array_equal(np.asarray(s), np.asarray(a))
@@ -102,6 +103,23 @@ def test_padding_and_empty_rows():
   assert int((np.asarray(S.data) != 0).sum()) == 3
   g = jax.grad(lambda d: (js.softmax(A.with_data(d)).data * jnp.arange(6.)).sum())(A.data)
   np.testing.assert_array_equal(np.asarray(g)[3:], 0)     # padding gets no gradient
+
+
+@pytest.mark.parametrize("n_dense, axis", [(0, 1), (0, 0), (1, 1), (1, 2)])
+def test_duplicates_are_summed_first(n_dense, axis):
+  """A non-unique array's softmax is that of its dense array (duplicates summed), along
+  a sparse or a block axis; gradients order 2."""
+  idx = np.array([[0, 1], [2, 3], [0, 1], [1, 1], [2, 3], [0, 4]])
+  vals = util.random_values(7, (6,) + (3,) * n_dense, F64)
+  A = js.from_coo(idx, vals, (3, 5) + (3,) * n_dense, format=util.UNORDERED_COO, nse=8)
+  x = np.asarray(todense(A))
+  mask = np.zeros((3, 5), bool)
+  mask[tuple(idx.T)] = True
+  mask = np.broadcast_to(mask.reshape(mask.shape + (1,) * n_dense), x.shape)
+  check_result(js.softmax(A, axis=axis), A, masked_softmax(x, mask, axis))
+  w = jnp.asarray(util.random_values(8, x.shape, F64))
+  util.check_grads_both(lambda d: (todense(js.softmax(A.with_data(d), axis=axis)) * w).sum(),
+                        (A.data,))
 
 
 def test_explicit_zeros_take_part_and_neg_inf():

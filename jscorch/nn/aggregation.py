@@ -45,6 +45,7 @@ from jscorch import _graph_util, graph
 from jscorch.einsum import einsum
 from jscorch.graph import check_adjacency
 from jscorch.nn import _util
+from jscorch.ops.coalesce import coalesced
 
 
 class Aggregation(Protocol):
@@ -89,7 +90,8 @@ class SparseAggregation:
 
   Row ``i`` aggregates over its stored entries; padding entries are ignored,
   repeated coordinates (non-unique formats) count once per stored entry in
-  ``degree`` and are summed in the products.
+  ``degree`` and are summed in the products; attention scores one edge per
+  coordinate (repeats merged).
   """
 
   def __init__(self, adj):
@@ -140,6 +142,7 @@ class SparseAggregation:
     del func                          # every option is supported here
     heads = z.shape[1]
     a = graph.add_remaining_self_loops(self.adj) if add_self_loops else self.adj
+    a = coalesced(a)      # one score per edge: repeats of a non-unique adjacency merged
     ones = jnp.ones_like(a_src)
     left = jnp.stack([a_dst, ones], -1)       # [n, h, 2]:  e_ij = left_i . right_j
     right = jnp.stack([ones, a_src], -1)

@@ -33,6 +33,7 @@ from jscorch.nn import _util
 from jscorch.nn.aggregation import aggregation
 from jscorch.nn.aggregation import dropout_values as _dropout
 from jscorch.ops.blocks import is_blocked
+from jscorch.ops.coalesce import coalesced
 from jscorch.primitives.formats import BSR
 
 glorot_init = nnx.initializers.glorot_uniform()
@@ -45,7 +46,9 @@ def _row_softmax(scores: SparseArray) -> SparseArray:
 
 
 def _pattern(adj: SparseArray, num_heads: int, dtype) -> SparseArray:
-  """``adj``'s pattern with value 1 and a trailing head block dimension: `[n, m, heads]`."""
+  """``adj``'s pattern with value 1 and a trailing head block dimension: `[n, m, heads]`
+  (repeated coordinates of a non-unique ``adj`` merged: one score per coordinate)."""
+  adj = coalesced(adj)
   return _util.with_block(adj, jnp.ones((adj.nse, num_heads), dtype))
 
 
@@ -164,7 +167,8 @@ def _gat(agg, x, kernel, att_src, att_dst, key, num_heads, negative_slope, add_s
          rate, weights, func):
   dtype = _util.compute_dtype(x, kernel)
   n, h = x.shape[0], num_heads
-  z = _util.matmul(_util.as_dtype(x, dtype), kernel.astype(dtype)).reshape(n, h, -1)
+  z = _util.matmul(_util.as_dtype(x, dtype), kernel.astype(dtype))
+  z = z.reshape(n, h, kernel.shape[1] // h)          # (no -1: n may be 0)
   a_src = jnp.einsum("nhf,hf->nh", z, att_src.astype(dtype))
   a_dst = jnp.einsum("nhf,hf->nh", z, att_dst.astype(dtype))
   return agg.gat_aggregate(z, a_src, a_dst, negative_slope=negative_slope,
@@ -175,7 +179,7 @@ def _gat(agg, x, kernel, att_src, att_dst, key, num_heads, negative_slope, add_s
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _gat_output(agg, out, bias, concat):
-  out = out.reshape(out.shape[0], -1) if concat else out.mean(axis=1)
+  out = out.reshape(out.shape[0], out.shape[1] * out.shape[2]) if concat else out.mean(axis=1)
   return agg.output(out if bias is None else out + bias.astype(out.dtype))
 
 

@@ -2,6 +2,8 @@
 a fixed pattern."""
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,7 +237,7 @@ def _sparse_linear(x, kernel: SparseArray, column, bias):
   runs over the kernel column-major and its backward over the CSR kernel, both in
   storage order: no kernel sorts the pattern on any call."""
   dtype = _util.compute_dtype(x, kernel)
-  rows = x.reshape(-1, x.shape[-1]).astype(dtype)
+  rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).astype(dtype)   # (no -1: may be 0)
   kernel = kernel.astype(dtype)
   if column is None:
     y = einsum("ni,io->no", rows, kernel)
@@ -244,7 +246,7 @@ def _sparse_linear(x, kernel: SparseArray, column, bias):
     copy = SparseArray.from_buffers(kernel.data[perm], (pos, crd), shape=kernel.shape,
                                     format=CSC, check=False)
     y = _util.dual_product("io,ni->no", True, kernel, copy, rows)
-  y = y.reshape(x.shape[:-1] + (-1,))
+  y = y.reshape(x.shape[:-1] + (kernel.shape[1],))
   return y if bias is None else y + bias.astype(dtype)
 
 

@@ -155,7 +155,7 @@ def _gather_blocks(coords, values, fmt: Format, shape, nse, func: str) -> Sparse
   sizes = np.asarray(shape[nb:])
   if nse is None:
     if checks.is_concrete(coords):
-      host = np.asarray(coords).reshape((-1,) + coords.shape[nb:])
+      host = np.asarray(coords).reshape((math.prod(coords.shape[:nb]),) + coords.shape[nb:])
       cells = [np.unique(h[np.all(h < sizes, 1)] // np.asarray(blocks), axis=0) for h in host]
       nse = builtins.max((len(c) for c in cells), default=0)
     else:

@@ -142,8 +142,8 @@ def _extremum(a, b, nse, func: str, fn):
   if not (sa or sb):
     return fn(a, b)
   A, other = (a, b) if sa else (b, a)
-  if not hasattr(other, "shape") or not jnp.shape(other):
-    if float(jnp.asarray(other)) == 0:     # f(x, 0) keeps implicit zeros at 0
+  if not jnp.shape(other) and checks.is_concrete(other):
+    if float(np.asarray(other)) == 0:      # f(x, 0) keeps implicit zeros at 0
       A = coalesced(A)                       # (not linear: duplicates summed first)
       return A.with_data(jnp.where(valid_mask(A), fn(A.data, jnp.asarray(other, A.dtype)),
                                    jnp.zeros((), A.dtype)))

@@ -272,7 +272,7 @@ def _gather_sparse(A: SparseArray, p: int, index, m: int | None, func: str) -> S
       jnp.zeros(slot.shape, coords.dtype)
   rows = jnp.broadcast_to(coords[..., None, :], ok.shape + coords.shape[-1:])
   rows = jnp.concatenate([rows[..., :d], new[..., None], rows[..., d + k:]], axis=-1)
-  flat = lambda x: x.reshape(x.shape[:nb] + (-1,) + x.shape[nb + 2:])
+  flat = lambda x: x.reshape(x.shape[:nb] + (x.shape[nb] * x.shape[nb + 1],) + x.shape[nb + 2:])
   nse = A.nse * m
   if fmt.unique:
     nse = min(nse, math.prod(shape[nb:nb + ns - k + 1]))

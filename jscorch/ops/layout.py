@@ -251,7 +251,7 @@ def _distinct_rows(A: SparseArray, n_sparse: int) -> int:
   element of a concrete ``A`` (in use entries only)."""
   lay = A.layout
   coords = np.asarray(convert.storage_to_logical(lay, convert.leaf_coordinates(lay, A.indices)))
-  coords = coords.reshape((-1,) + coords.shape[-2:])
+  coords = coords.reshape((math.prod(coords.shape[:-2]),) + coords.shape[-2:])
   sizes = np.asarray(lay.sparse_shape)
   counts = [len(np.unique(c[np.all(c < sizes, 1)][:, :n_sparse], axis=0)) for c in coords]
   return max(counts, default=0)

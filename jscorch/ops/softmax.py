@@ -8,6 +8,7 @@ from jscorch import _static
 from jscorch.array import SparseArray, is_sparse
 from jscorch.ops import blocks
 from jscorch.ops.blocks import is_blocked
+from jscorch.ops.coalesce import coalesced
 from jscorch.ops.unary import valid_mask
 from jscorch.primitives import segment
 from jscorch.primitives._errors import SparseFormatError
@@ -21,7 +22,8 @@ def softmax(x, axis: int = -1):
   stored in that slice. Implicit zeros are *absent*, not ``exp(0)`` terms, so
   this equals a dense softmax with the missing entries masked to ``-inf`` (as in
   graph attention); a slice with no entries stays empty. Explicitly stored zeros
-  do take part. Duplicates of a non-unique format count as separate entries.
+  do take part. Duplicates of a non-unique format are summed first, as for every
+  non-linear map (the result has the format of ``x.sum_duplicates()``).
   Padding keeps value 0 and gets no gradient. Differentiable (to any order) with
   respect to the values; works under ``jit`` and ``vmap``.
 
@@ -33,7 +35,8 @@ def softmax(x, axis: int = -1):
       dimension (softmax within each stored block). Static.
 
   Returns:
-    A SparseArray with ``x``'s format, shape, ``nse`` and index buffers.
+    A SparseArray with ``x``'s format, shape, ``nse`` and index buffers (for a
+    non-unique format, those of ``x.sum_duplicates()``).
 
   Raises:
     SparseFormatError: ``axis`` is a batch dimension or out of range.
@@ -60,6 +63,7 @@ def softmax(x, axis: int = -1):
     raise SparseFormatError(f"{func}: axis out of range; got axis={axis}, expected "
                             f"-{nd} <= axis < {nd} for {A!r}.")
   ax %= nd
+  A = coalesced(A)
   if is_blocked(A) and nb <= ax < nb + ns:
     return blocks.softmax(A, ax - nb)
   if ax < nb:

@@ -79,9 +79,10 @@ def _structure_batching_rule(args, dims, *, plan: StructurePlan):
   size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
   front = [jnp.moveaxis(a, d, 0) if d is not None else jnp.broadcast_to(a, (size,) + a.shape)
            for a, d in zip(args, dims)]
-  flat = [a.reshape((-1,) + a.shape[2:]) for a in front]
+  inner = front[0].shape[1]           # every buffer's own (flat) batch dim
+  flat = [a.reshape((size * inner,) + a.shape[2:]) for a in front]    # (sizes may be 0)
   outs = structure(plan, *flat)
-  return [o.reshape((size, -1) + o.shape[1:]) for o in outs], [0] * len(outs)
+  return [o.reshape((size, inner) + o.shape[1:]) for o in outs], [0] * len(outs)
 
 
 def _structure_portable_lowering(ctx, *args, plan: StructurePlan):

@@ -76,6 +76,24 @@ def test_gat_matches_dense_reference_float64(fmt, concat, loops, sparse_x):
     util.assert_allclose(lu.todense(alpha), alpha_ref, dtype=np.float64)
 
 
+def test_gat_and_attention_score_each_coordinate_once():
+  """A non-unique adjacency or mask with repeated coordinates (and a stored self loop)
+  attends like the same tensor in CSR: one score per coordinate, not one per repeat (the
+  sampled score einsum sums repeats: a coordinate stored k times once scored k times)."""
+  with jax.enable_x64(True):
+    idx = np.array([[0, 0], [0, 1], [1, 0], [0, 1], [2, 1], [3, 4], [2, 1], [5, 6], [6, 6]])
+    repeated = js.from_coo(idx, np.ones(len(idx)), (N, N), format=util.UNORDERED_COO, nse=11)
+    single = js.from_coo(np.unique(idx, axis=0), np.ones(len(np.unique(idx, axis=0))), (N, N),
+                         format="csr")
+    x = jnp.asarray(util.random_values(2, (N, F_IN), F64))
+    gat = nn.GATConv(F_IN, F_HEAD, num_heads=HEADS, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    expected, _ = gat_ref(np.asarray(single.todense()), np.asarray(x), lu.params_of(gat),
+                          heads=HEADS)
+    util.assert_allclose(gat(repeated, x), expected, dtype=np.float64)
+    attn = nn.SparseAttention(1, F_IN, param_dtype=jnp.float64, rngs=nnx.Rngs(1))
+    util.assert_allclose(attn(x, repeated), attn(x, single), dtype=np.float64)
+
+
 @pytest.mark.parametrize("fmt", ["csr", "coo"])
 def test_cached_gat_adjacency(fmt):
   """``nn.gat_adjacency`` adds the self loops once: the same values and attention weights
@@ -320,3 +338,10 @@ def test_sparse_attention_with_a_block_mask():
   util.assert_allclose(out[2], attn(xs[2], mask))
   attn.train()
   assert not np.allclose(np.asarray(attn(xs, mask, rngs=jax.random.key(0))), np.asarray(out))
+
+
+@pytest.mark.parametrize("concat", [True, False])
+def test_gat_on_an_empty_graph(concat):
+  gat = nn.GATConv(F_IN, F_HEAD, num_heads=HEADS, concat=concat, rngs=nnx.Rngs(0))
+  out = gat(js.from_dense(jnp.zeros((0, 0)), format="csr"), jnp.ones((0, F_IN)))
+  assert out.shape == (0, F_HEAD * HEADS if concat else F_HEAD)

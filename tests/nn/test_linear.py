@@ -213,3 +213,10 @@ def test_forward_and_backward_kernels_run_in_storage_order(monkeypatch):
   plain = jax.grad(lambda x: jnp.sum(js.einsum("ni,io->no", x, layer.sparse_kernel) ** 2))
   assert lu.kernel_transposes(jax.make_jaxpr(plain)(x).jaxpr) > 0
   util.assert_allclose(layer(x), np.asarray(x) @ csc.toarray())
+
+
+def test_empty_batch():
+  """No rows in, no rows out (as ``nnx.Linear``): no reshape infers a -1 next to a 0."""
+  layer = nn.SparseLinear(F_IN, F_OUT, density=0.5, rngs=nnx.Rngs(0))
+  for shape in [(0, F_IN), (2, 0, F_IN)]:
+    assert layer(jnp.ones(shape)).shape == shape[:-1] + (F_OUT,)
