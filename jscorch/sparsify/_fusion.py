@@ -371,9 +371,10 @@ def known_zero(v) -> bool:
 
 
 def same_pattern(a: SparseArray, b: SparseArray) -> bool:
-  """Same layout and the very same index buffers (so ``a.data`` and ``b.data`` align)."""
-  return a.layout == b.layout and len(a.indices) == len(b.indices) and all(
-      x is y for x, y in zip(a.indices, b.indices))
+  """Same format, shape and capacity and the very same index buffers (so ``a.data`` and
+  ``b.data`` align; also for blocked formats, which have no layout of their own)."""
+  return (a.format, a.shape, a.nse) == (b.format, b.shape, b.nse) and \
+      len(a.indices) == len(b.indices) and all(x is y for x, y in zip(a.indices, b.indices))
 
 
 def coalesce(A: SparseArray, policy=None) -> SparseArray:

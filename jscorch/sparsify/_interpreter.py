@@ -13,6 +13,7 @@ import numpy as np
 from jax.extend.core import DropVar, Literal
 
 from jscorch.array import is_sparse
+from jscorch.primitives._errors import SparseFormatError
 
 from ._errors import Policy, Site, SparsifyError, describe, eqn_context
 from ._fusion import Lazy, force, has_sparse
@@ -79,6 +80,16 @@ def apply(ctx: Context, eqn, invals) -> list:
       return rule(ctx, eqn, invals)
     except SparsifyError:
       raise
+    except SparseFormatError:
+      blocked = [v for v in map(force, invals) if is_sparse(v) and v.format.blocks]
+      if not blocked:
+        raise
+      # The op behind the rule does not handle blocked formats (docs/blocks.md): like a
+      # primitive without a rule, densify if allowed, else say so (SparsifyError).
+      args = ctx.policy.densify_operands(
+          ctx.site(eqn), [force(v) for v in invals],
+          "has no rule for blocked operands (docs/blocks.md lists what they support)")
+      return bind(eqn, args)
     except Exception as e:
       if not getattr(e, "_jscorch_sparsify_noted", False):
         e._jscorch_sparsify_noted = True

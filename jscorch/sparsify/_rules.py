@@ -514,7 +514,13 @@ def _remat(ctx, eqn, invals):
 
 @rule("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
 def _custom_call(ctx, eqn, invals):
-  """The primal body is evaluated; JAX then differentiates the sparse implementation."""
+  """Operands that are dense once evaluated (a pending product of a sparse array, say)
+  keep the function's own derivative rule: the original primitive is bound. With a
+  sparse operand the primal body is evaluated; JAX then differentiates the sparse
+  implementation (so a rule such as ReLU's gradient 0 at 0 is not kept there)."""
+  invals = [force(v) for v in invals]
+  if not any(is_sparse(v) for v in invals):
+    return bind(eqn, invals)
   j = eqn.params.get("call_jaxpr", eqn.params.get("fun_jaxpr"))
   jaxpr, consts = _open(j)
   return ctx.eval(jaxpr, consts, invals)

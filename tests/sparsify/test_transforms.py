@@ -182,6 +182,25 @@ def test_scan_and_while_with_sparse_constants():
   close(sparsify(over)(Ab, x), over(Ab.todense(), x), rtol=1e-4, atol=1e-4)
 
 
+def test_custom_rules_on_dense_operands_are_kept():
+  """A custom derivative applied to a dense value computed from a sparse one (``A @ x``,
+  pending in the fusion pass) is JAX's: the straight-through round's identity cotangent,
+  ReLU's 0 at an exactly-zero pre-activation (an empty row of ``A``), not the body's."""
+  @jax.custom_vjp
+  def ste_round(x):
+    return jnp.round(x)
+
+  ste_round.defvjp(lambda x: (jnp.round(x), None), lambda _, g: (g,))
+  with jax.enable_x64(True):
+    A = js.from_dense(np.array([[1., 0., 2.], [0., 0., 0.], [0., 3., -1.]]))
+    x, w = jnp.asarray(dn(3, (3, 2), np.float64)), jnp.asarray([1., 2., 3.])
+    for f in [lambda A, x: jnp.sum(ste_round(A @ x) * w[:, None]),
+              lambda A, x: jnp.sum(jax.nn.relu(A @ x) * w[:, None])]:
+      want = jax.grad(f, 1)(A.todense(), x)
+      close(jax.grad(sparsify(f), 1)(A, x), want, **F64)
+      close(jax.jit(jax.grad(sparsify(f), 1))(A, x), want, **F64)
+
+
 def test_custom_jvp_and_custom_vjp_bodies_are_entered():
   @jax.custom_vjp
   def double(x):
@@ -202,3 +221,23 @@ def test_custom_jvp_and_custom_vjp_bodies_are_entered():
   Y = dn(2, (5, 6))
   close(sparsify(g)(A, Y), g(A.todense(), Y))
   close(jax.grad(sparsify(g), 1)(A, Y), jax.grad(g, 1)(A.todense(), Y), rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_operands():
+  """BSR operands: maps and sampled divisions run on the blocks; an op without a blocked
+  rule (a slice, a select, a loop carry) densifies with ``densify=True`` and otherwise
+  raises a SparsifyError naming the primitive (not an error from the layout underneath)."""
+  x = np.array([[1., -2., 0., 0.], [3., 4., 0., 0.], [0., 0., 0., 0.], [0., 0., 5., -6.]])
+  A, X = js.from_dense(x, format=js.BSR((2, 2))), dn(4, (4, 3))
+  fine = [lambda A: jax.nn.relu(A) @ X, lambda A: A / (1 + jnp.abs(A).sum(1))[:, None]]
+  dense_only = [lambda A: A[:, :2] @ X[:2], lambda A: jnp.where(A > 0, A, 0) @ X,
+                lambda A: jax.lax.fori_loop(0, 2, lambda i, c: c * 0.5, A)]
+  for f in fine:
+    out = sparsify(f)(A)
+    close(out.todense() if js.is_sparse(out) else out, f(jnp.asarray(x)))
+  for f in dense_only:
+    with pytest.warns(js.SparseEfficiencyWarning, match=r"has no rule for blocked operands"):
+      out = sparsify(f, densify=True)(A)
+    close(out.todense() if js.is_sparse(out) else out, f(jnp.asarray(x)))
+    with pytest.raises(SparsifyError, match=r"has no rule for blocked operands"):
+      sparsify(f)(A)
