@@ -193,7 +193,7 @@ def from_edge_index(edge_index, num_nodes: int | None = None, edge_weight=None, 
   fmt = resolve_format(format, 2, func=func)
   if nse is None:
     # room for every edge; an eager result is then cut to the distinct edges it holds
-    A = _from_edge_index(ei, w, n, fmt, ei.shape[1])
+    A = _from_edge_index(ei, w, n, fmt, None if fmt.all_dense else ei.shape[1])
     return _trimmed(A) if concrete else A
   nse = _static.static_int(nse, "nse", func)
   return _from_edge_index(ei, w, n, fmt, nse)
@@ -221,7 +221,7 @@ def _trimmed(A: SparseArray) -> SparseArray:
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _from_edge_index(ei, w, n, fmt, nse):
-  return from_coo(ei.T, w, (n, n), format=fmt, nse=nse, check=False)
+  return from_coo(ei.T, w, (n, n), format=fmt, nse=nse, check=False, _func="from_edge_index")
 
 
 # The utilities below are compositions of many small operations; each is one jitted

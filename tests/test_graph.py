@@ -100,6 +100,10 @@ def test_self_loops_of_an_all_dense_adjacency(order):
   np.testing.assert_allclose(lu.todense(dense), a + 0.5 * np.eye(N), rtol=1e-6)
   np.testing.assert_allclose(lu.todense(graph.gcn_norm(A)),      # no loop is missing
                              gcn_norm_ref(a, add_self_loops=False), rtol=1e-5)
+  rows, cols = np.nonzero(a)
+  built = graph.from_edge_index(np.stack([rows, cols]), N, a[rows, cols], format=fmt)
+  assert built.format == fmt
+  np.testing.assert_array_equal(lu.todense(built), a)
 
 
 @pytest.mark.parametrize("fmt", ["csr", "coo"])
