@@ -81,13 +81,13 @@ def apply(ctx: Context, eqn, invals) -> list:
     except SparsifyError:
       raise
     except SparseFormatError:
-      blocked = [v for v in map(force, invals) if is_sparse(v) and v.format.blocks]
-      if not blocked:
+      args = [force(v) for v in invals]
+      if not any(is_sparse(v) and v.format.blocks for v in args):
         raise
       # The op behind the rule does not handle blocked formats (docs/blocks.md): like a
       # primitive without a rule, densify if allowed, else say so (SparsifyError).
       args = ctx.policy.densify_operands(
-          ctx.site(eqn), [force(v) for v in invals],
+          ctx.site(eqn), args,
           "has no rule for blocked operands (docs/blocks.md lists what they support)")
       return bind(eqn, args)
     except Exception as e:
