@@ -21,7 +21,7 @@ def test_two_processes_on_localhost():
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                       "--xla_backend_optimization_level=0")
+                       + os.environ.get("XLA_FLAGS", ""))     # conftest's fast-compile flags
   script = os.path.join(HERE, "_mp_worker.py")
   procs = [subprocess.Popen([sys.executable, script, str(i), str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -24,7 +24,7 @@ def run_child(targets: str, devices: int = 8, timeout: int = 600) -> subprocess.
   """``python -m pytest`` on ``mesh8/<target>`` (space-separated) with ``devices`` CPU devices."""
   env = dict(os.environ, JSCORCH_TEST_MESH8="1", JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0")     # correctness, not speed: compile fast
+             + os.environ.get("XLA_FLAGS", ""))     # with conftest's fast-compile flags
   env.pop("PYTEST_XDIST_WORKER", None)
   cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist",
          "-o", "python_files=check_*.py", "-o", "addopts=", "-W", "ignore::UserWarning",
