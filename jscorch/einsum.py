@@ -1,7 +1,6 @@
 """``js.einsum``: Einstein summation over any mix of sparse and dense operands."""
 from __future__ import annotations
 
-import math
 import string
 
 import jax
@@ -268,7 +267,7 @@ def _stored_in(x, out_format, out_ids, ops, in_ids, nse, func) -> SparseArray:
     fmt = resolve_format(out_format, x.ndim, func=func)
   probe = Layout(fmt, x.shape, 0)
   if fmt.all_dense:
-    full = math.prod(probe.level_sizes)
+    full = probe.fixed_nse
     lay = Layout.make(fmt, x.shape, full if nse is None else _static.static_int(nse, "nse", func),
                       func)
     nb, ns = fmt.n_batch, fmt.n_sparse

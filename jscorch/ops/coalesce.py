@@ -29,7 +29,6 @@ the values) and ``eval_shape`` all apply. Batch and block dimensions are kept.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +52,7 @@ def _check_sparse(A, func: str) -> SparseArray:
 def _capacity(A: SparseArray, fmt: Format, nse, func: str) -> int:
   """The result capacity: ``A.nse`` by default; all-dense formats store every coordinate."""
   if fmt.all_dense:
-    return math.prod(A.layout.level_sizes)
+    return A.layout.fixed_nse
   cap = A.nse if nse is None else _static.static_int(nse, "nse", func)
   return Layout.make(fmt, A.shape, cap, func).nse     # validates (non-negative, index range)
 

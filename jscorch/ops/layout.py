@@ -107,7 +107,7 @@ def _to_format(A: SparseArray, fmt: Format, nse: int | None, func: str) -> Spars
   if nse is None:
     nse = A.nse if same_split else convert.relayout_capacity(src, fmt)
   if fmt.all_dense:
-    nse = math.prod(Layout(fmt, A.shape, 0).level_sizes)
+    nse = Layout(fmt, A.shape, 0).fixed_nse
   dst = Layout.make(fmt, A.shape, nse, func)
   if dst == src:
     return A
