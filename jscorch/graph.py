@@ -288,7 +288,9 @@ def degree(adj: SparseArray, *, axis: int = 1, weighted: bool = False) -> jax.Ar
     adj: a 2-D SparseArray.
     axis: the axis summed over, as in ``numpy.sum``: 1 gives one value per row
       (the in-degree of the aggregating node in :mod:`jscorch.nn`'s convention).
-    weighted: sum the stored values instead of counting stored entries.
+    weighted: sum the stored values instead of counting stored coordinates (a
+      coordinate stored more than once, in a non-unique format, counts once: the degree
+      is that of the coalesced array).
 
   Returns:
     A dense `[num_nodes]` array of ``adj.dtype``.
@@ -309,8 +311,11 @@ def degree(adj: SparseArray, *, axis: int = 1, weighted: bool = False) -> jax.Ar
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _degree(adj, columns, weighted):
-  a = adj if weighted else adj.with_data(jnp.ones_like(adj.data))
-  return einsum("ij->j" if columns else "ij->i", a)
+  if weighted:
+    return einsum("ij->j" if columns else "ij->i", adj)
+  if not adj.format.unique:
+    adj = adj.sum_duplicates()        # a repeated coordinate is one edge
+  return einsum("ij->j" if columns else "ij->i", adj.with_data(jnp.ones_like(adj.data)))
 
 
 def gcn_norm(adj: SparseArray, *, add_self_loops: bool = True,

@@ -130,6 +130,32 @@ def test_degree_matches_numpy():
     graph.degree(adj, axis=2)
 
 
+def test_degree_counts_a_repeated_coordinate_once():
+  """A non-unique adjacency has the degrees of its coalesced array (one edge per
+  coordinate, as a sharded adjacency, which is coalesced when built, counts them)."""
+  rng = np.random.default_rng(7)
+  n, m = 6, 14
+  rows, cols = rng.integers(0, n, m), rng.integers(0, n, m)
+  rows[1], cols[1] = rows[0], cols[0]                    # at least one repeat
+  vals = rng.uniform(0.5, 2.0, m).astype(np.float32)
+  order = np.lexsort((cols, rows))
+  rows, cols, vals = rows[order], cols[order], vals[order]
+  pad = 3                                                # padding slots: coordinate n
+  fmt = js.Format(js.compressed(unique=False), js.singleton(unique=False))
+  adj = js.SparseArray.from_buffers(
+      jnp.asarray(np.concatenate([vals, np.ones(pad, np.float32)])),
+      [jnp.array([0, m]), jnp.asarray(np.concatenate([rows, [n] * pad]), jnp.int32),
+       jnp.asarray(np.concatenate([cols, [n] * pad]), jnp.int32)], shape=(n, n), format=fmt)
+  pattern = np.zeros((n, n), bool)
+  pattern[rows, cols] = True
+  dense = np.zeros((n, n))
+  np.add.at(dense, (rows, cols), vals)
+  np.testing.assert_array_equal(graph.degree(adj), pattern.sum(1))
+  np.testing.assert_array_equal(graph.degree(adj, axis=0), pattern.sum(0))
+  np.testing.assert_allclose(graph.degree(adj, weighted=True), dense.sum(1), rtol=1e-6)
+  np.testing.assert_array_equal(jax.jit(graph.degree)(adj), pattern.sum(1))
+
+
 def gcn_norm_ref(a, add_self_loops=True):
   a = a.astype(np.float64).copy()
   if add_self_loops:

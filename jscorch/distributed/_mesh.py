@@ -48,12 +48,18 @@ def check_context(mesh: Mesh, axes: tuple[str, ...], func: str) -> None:
         "(or build the mesh with axis_types=(jax.sharding.AxisType.Auto,) * ndim).")
 
 
-def _strip(spec) -> tuple:
-  parts = list(spec)
+def _strip(spec, mesh: Mesh) -> tuple:
+  """``spec`` in one spelling per placement on ``mesh``: axes of size 1 (which split
+  nothing) dropped, one-axis tuples unwrapped, trailing ``None`` dropped. JAX rewrites
+  ``P(("r", "c"))`` as ``P("c")`` on a 1×8 mesh after an elementwise op, for example."""
+  parts = []
+  for p in spec:
+    names = tuple(p) if isinstance(p, (list, tuple)) else (() if p is None else (p,))
+    names = tuple(a for a in names if mesh.shape[a] != 1)
+    parts.append(names[0] if len(names) == 1 else (names or None))
   while parts and parts[-1] is None:
     parts.pop()
-  return tuple(tuple(p) if isinstance(p, (list, tuple)) and len(p) > 1 else
-               (p[0] if isinstance(p, (list, tuple)) and p else p) for p in parts)
+  return tuple(parts)
 
 
 def _sharding_of(x):
@@ -93,7 +99,7 @@ def place(x, mesh: Mesh, spec: P, what: str, func: str, also=()):
           f"on the sparse array's mesh {dict(mesh.shape)} ({tuple(mesh.devices.flat)[:2]}...). "
           "Move it with jax.device_put(x, jax.sharding.NamedSharding(A.mesh, spec)) or "
           "shard both on one mesh.")
-    if _strip(s) not in ((), _strip(spec), *map(_strip, also)):
+    if _strip(s, mesh) not in ((), *(_strip(t, mesh) for t in (spec, *also))):
       raise SparseShardingError(
           f"{func}: {what} is sharded incompatibly; got spec {s} on the array's mesh, "
           f"expected {spec} (or replicated). Reshard it explicitly, e.g. with "

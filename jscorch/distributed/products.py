@@ -24,6 +24,7 @@ Outputs indexed by rows are in node layout (sharded like the matrix's rows).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,13 @@ from jscorch.array import SparseArray
 from jscorch.distributed import _mesh
 from jscorch.distributed._errors import SparseShardingError
 from jscorch.distributed.partition import Partition
-from jscorch.distributed.sharded import EXCHANGES, ShardedSparseArray, ShardLayout, is_sharded
+from jscorch.distributed.sharded import (
+    EXCHANGES,
+    ShardedSparseArray,
+    ShardLayout,
+    is_sharded,
+    scipy_dtype,
+)
 from jscorch.einsum import einsum
 from jscorch.primitives.formats import CSR
 from jscorch.primitives.settings import _on_change as settings_on_change
@@ -93,7 +100,8 @@ def _columns(lay: ShardLayout, exchange: str, x, data, crd, halo, ids=None):
 
 
 def _flat_features(x):
-  return x.reshape(x.shape[0], -1)
+  """``x`` as `[rows, F]` (``F``: the product of its trailing dims; any may be 0)."""
+  return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 # -- argument handling -----------------------------------------------------------------------
@@ -533,8 +541,9 @@ def unshard(A: ShardedSparseArray, nse: int | None) -> SparseArray:
     if lay.reordered:
       order = _host_order(A)
       rows, cols = order[rows], order[cols]
-    m = sp.csr_array((np.concatenate(vals), (rows, cols)), shape=lay.shape)
-    return from_scipy(m, nse=nse)
+    vals = np.concatenate(vals)
+    m = sp.csr_array((vals.astype(scipy_dtype(vals.dtype)), (rows, cols)), shape=lay.shape)
+    return from_scipy(m, nse=nse).astype(vals.dtype)
   _mesh.check_context(A.mesh, A.axes, func)
   coords, values = _unshard_call(lay)(_ids(A), A.data, A.pos, A.crd)
   nse = lay.n_shards * lay.nse if nse is None else nse

@@ -480,6 +480,14 @@ def _permute(indptr, indices, values, order):
           np.asarray(m.data))
 
 
+def scipy_dtype(dtype) -> np.dtype:
+  """The dtype scipy.sparse holds values of ``dtype`` in: float32 for the half types it
+  lacks (float16, bfloat16), else ``dtype``."""
+  dtype = np.dtype(dtype)
+  return np.dtype(np.float32) if dtype in (np.dtype(jnp.float16), np.dtype(jnp.bfloat16)) \
+      else dtype
+
+
 def _host_csr(A, func):
   """``(indptr, indices, data, shape)`` of a concrete 2-D matrix, sorted, duplicates summed."""
   if is_sparse(A):
@@ -492,8 +500,10 @@ def _host_csr(A, func):
           f"{func}: the partition depends on the sparsity pattern, which must be concrete; "
           "got traced buffers (a call under jax.jit?). Call shard once outside jit and pass "
           "the ShardedSparseArray into the jitted function (update values with .with_data).")
-    m = A.to_scipy().tocsr()
+    dtype = np.dtype(A.dtype)
+    m = A.astype(scipy_dtype(dtype)).to_scipy().tocsr()
   else:
+    dtype = None
     try:
       import scipy.sparse as sp
     except ImportError:  # pragma: no cover
@@ -505,5 +515,6 @@ def _host_csr(A, func):
     m = A.tocsr()
   m = m.copy()
   m.sum_duplicates()
-  return (np.asarray(m.indptr, np.int64), np.asarray(m.indices, np.int64), np.asarray(m.data),
+  return (np.asarray(m.indptr, np.int64), np.asarray(m.indices, np.int64),
+          np.asarray(m.data, dtype),
           tuple(int(s) for s in m.shape))

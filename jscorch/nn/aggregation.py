@@ -8,8 +8,8 @@ adjacency-specific code. :class:`Aggregation` lists what the layers need:
   node features, and finish a layer's output (a sharded adjacency zeroes its
   padding rows);
 * ``spmm(h)``: ``sum_j adj_ij h_j``;
-* ``degree(weighted=False)``: the stored entries (or, weighted, the value sum)
-  of each row;
+* ``degree(weighted=False)``: the stored coordinates (or, weighted, the value
+  sum) of each row;
 * ``gcn_aggregate(h, ...)``: ``D^-1/2 (A + I) D^-1/2 h`` without forming ``A + I``;
 * ``gat_aggregate(z, a_src, a_dst, ...)``: a softmax over each row's edges of
   ``LeakyReLU(a_dst_i + a_src_j)`` per head, and the weighted sum of ``z_j``.
@@ -72,7 +72,7 @@ class Aggregation(Protocol):
     """`[N, F]`: ``sum_j adj_ij h_j``."""
 
   def degree(self, weighted: bool = False) -> jax.Array:
-    """`[N]`: stored entries per row (``weighted``: their value sum)."""
+    """`[N]`: stored coordinates per row (``weighted``: their value sum)."""
 
   def gcn_aggregate(self, h: jax.Array, *, add_self_loops: bool,
                     normalize: bool) -> jax.Array:
@@ -88,10 +88,10 @@ class Aggregation(Protocol):
 class SparseAggregation:
   """:class:`Aggregation` of a square SparseArray ``adj`` (values: edge weights), by ``js.einsum``.
 
-  Row ``i`` aggregates over its stored entries; padding entries are ignored,
-  repeated coordinates (non-unique formats) count once per stored entry in
-  ``degree`` and are summed in the products; attention scores one edge per
-  coordinate (repeats merged).
+  Row ``i`` aggregates over its stored coordinates; padding entries are ignored and
+  repeated coordinates (non-unique formats) are one edge, as in the coalesced array:
+  ``degree`` counts them once, the products sum their values, attention scores them
+  once (the same as a sharded adjacency, which is coalesced when it is built).
   """
 
   def __init__(self, adj):

@@ -218,3 +218,47 @@ def test_gcn_aggregate_and_gradients(matrix, mesh_key, exchange, add_self_loops,
   _close(As.unshard_rows(g_h), ref_gh, "grad h")
   _close(_dense(As.with_data(g_data).unshard()), ref_ga, "grad edge weights")
   np.testing.assert_array_equal(np.asarray(out)[~np.asarray(As.row_mask())], 0)
+
+
+def test_size_one_axes_half_precision_repeats_and_zero_columns():
+  """Valid inputs at the edges: a node-layout array respelled by JAX on a 1×8 mesh
+  (``P(("r", "c"))`` → ``P("c")`` after an elementwise op), float16 / bfloat16 values
+  (scipy has no half types), repeated coordinates (one edge, sharded or not), and a
+  matrix with no columns."""
+  from flax import nnx
+
+  from jscorch import nn
+  from jax.sharding import AxisType
+  rng = np.random.default_rng(11)
+  M = sp.random(12, 12, density=0.3, format="csr", random_state=rng, dtype=np.float32)
+  h = rng.standard_normal((12, 3)).astype(np.float32)
+  ref = M.toarray().astype(np.float64) @ (2 * h.astype(np.float64))
+  for shape in [(1, 8), (8, 1)]:
+    mesh = jax.make_mesh(shape, ("r", "c"), axis_types=(AxisType.Auto,) * 2)
+    A = jsd.shard(js.from_scipy(M), mesh, axis=("r", "c"))
+    _close(A.unshard_rows(jsd.spmm(A, 2 * A.shard_rows(h))), ref, err_msg=str(shape))
+
+  mesh = jax.make_mesh((2,), ("x",), axis_types=(AxisType.Auto,))
+  for dtype in (jnp.float16, jnp.bfloat16):
+    A = js.from_scipy(M).astype(dtype)
+    S = jsd.shard(A, mesh, axis="x")
+    assert S.dtype == dtype
+    np.testing.assert_allclose(np.asarray(S.unshard().todense(), np.float32),
+                               np.asarray(A.todense(), np.float32))
+
+  nu_coo = js.Format(js.compressed(unique=False), js.singleton(unique=False))
+  A = js.SparseArray.from_buffers(        # (0, 1) stored twice, (1, 0) once
+      jnp.array([1., 2., 4.]), [jnp.array([0, 3]), jnp.array([0, 0, 1]), jnp.array([1, 1, 0])],
+      shape=(2, 2), format=nu_coo)
+  x = jnp.array([[1.], [10.]])
+  conv = nn.SAGEConv(1, 1, root_weight=False, use_bias=False, rngs=nnx.Rngs(0))
+  conv.kernel[...] = jnp.ones((1, 1))
+  S = jsd.shard(A, mesh, axis="x")
+  np.testing.assert_allclose(conv(A, x), [[30.], [4.]])    # mean over one neighbour each
+  np.testing.assert_allclose(S.unshard_rows(conv(S, S.shard_rows(x))), [[30.], [4.]])
+
+  S = jsd.shard(js.from_scipy(sp.csr_matrix((5, 0), dtype=np.float32)), jax.make_mesh(
+      (8,), ("x",), axis_types=(AxisType.Auto,)), axis="x")
+  for exchange in (None, "allgather", "halo"):
+    y = S.unshard_rows(jsd.spmm(S, np.zeros((0, 2), np.float32), exchange=exchange))
+    np.testing.assert_array_equal(y, np.zeros((5, 2)))
