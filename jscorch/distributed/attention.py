@@ -66,12 +66,13 @@ def gat_aggregate(A: ShardedSparseArray, z, a_src, a_dst, *, negative_slope: flo
   if lay.rows != lay.cols:
     raise SparseShardingError(f"{func}: expected a square adjacency sharded with equal row "
                               f"and column partitions; got shape {lay.shape}.")
+  _check_node_inputs(lay, z, a_src, a_dst, func)
   n, heads, width = z.shape
   feats = jnp.concatenate([z.reshape(n, heads * width), a_src], axis=-1)
-  exchange = products._exchange(A, feats, exchange, func)
   if exchange == "replicated":
     raise SparseShardingError(f"{func}: node features stay in node layout here; got "
                               "exchange='replicated', expected 'allgather', 'halo' or None.")
+  exchange = products._exchange(A, feats, exchange, func)
   feats = products._operand(A, feats, lay.cols, exchange, func, "z")
   own = products._operand(A, jnp.stack([a_dst, a_src], -1), lay.rows, "allgather", func,
                           "a_dst")
@@ -82,6 +83,22 @@ def gat_aggregate(A: ShardedSparseArray, z, a_src, a_dst, *, negative_slope: flo
   call = _gat_call(lay, exchange, heads, width, float(negative_slope))
   return call(products._leaves(A), products._ids(A), feats, own, missing, z)
 
+
+
+def _check_node_inputs(lay, z, a_src, a_dst, func) -> None:
+  """``z`` `[P * size, heads, F]` and ``a_src``/``a_dst`` `[P * size, heads]`, node layout."""
+  rows = lay.cols.padded
+  if getattr(z, "ndim", None) != 3:
+    raise SparseShardingError(f"{func}: z must be [nodes, heads, F] in node layout ({rows} "
+                              f"rows, from A.shard_rows); got shape {jnp.shape(z)}.")
+  for name, a in (("a_src", a_src), ("a_dst", a_dst)):
+    if jnp.shape(a) != z.shape[:2]:
+      raise SparseShardingError(f"{func}: {name} must be [nodes, heads] = {z.shape[:2]}, "
+                                f"matching z; got shape {jnp.shape(a)}.")
+  if z.shape[0] != rows:
+    raise SparseShardingError(
+        f"{func}: z, a_src and a_dst must be in node layout ({rows} rows); got {z.shape[0]} "
+        "rows. Place them with A.shard_rows(x) (or compute them from node-layout features).")
 
 @products._cached
 def _gat_call(lay: ShardLayout, exchange: str, heads: int, width: int, slope: float):

@@ -158,3 +158,23 @@ def test_operand_kinds(setup, matrices):
   with pytest.raises(ValueError, match=r"x must be \[num_nodes, in_features=4\]; got "
                                        r"x.shape=\(300, 2\)"):
     jsd.apply(nn.GCNConv(4, 2, rngs=nnx.Rngs(0)), As, jnp.ones((300, 2)))
+
+
+def test_gat_aggregate_inputs(setup):
+  """Global-layout or misshapen inputs name gat_aggregate, the operand and the shapes
+  (before: a message about exchange='replicated', which the caller never passed, or raw
+  numpy errors)."""
+  mesh, A, As, m = setup
+  n, rows = m.shape[0], As.layout.cols.padded
+  z, a = np.ones((n, 2, 3), np.float32), np.ones((n, 2), np.float32)
+  zn, an = As.shard_rows(z), As.shard_rows(a)
+  with pytest.raises(Err, match=rf"gat_aggregate: z, a_src and a_dst must be in node layout "
+                                rf"\({rows} rows\); got {n} rows"):
+    jsd.gat_aggregate(As, z, a, a)
+  with pytest.raises(Err, match=rf"gat_aggregate: a_src must be \[nodes, heads\] = "
+                                rf"\({rows}, 2\), matching z; got shape \({n}, 2\)"):
+    jsd.gat_aggregate(As, zn, a, an)
+  with pytest.raises(Err, match=r"gat_aggregate: a_dst must be .* got shape \(\d+, 1\)"):
+    jsd.gat_aggregate(As, zn, an, an[:, :1])
+  with pytest.raises(Err, match=r"gat_aggregate: z must be \[nodes, heads, F\]"):
+    jsd.gat_aggregate(As, zn[:, 0], an, an)
