@@ -496,7 +496,9 @@ def _compare(A: SparseArray, other, symbol: str):
         f"A.with_data(A.data {symbol} s), when 0 {symbol} s is False, or the dense array, "
         f"A.todense() {symbol} s.")
   s = np.asarray(other)
-  if bool(op(np.zeros((), jnp.dtype(A.dtype)), s)):
+  with jax.ensure_compile_time_eval():      # jnp's semantics, as at the stored entries
+    true_at_zero = bool(op(jnp.zeros((), A.dtype), other))
+  if true_at_zero:
     raise ValueError(
         f"SparseArray {symbol}: A {symbol} {s.item()!r} is True at every implicit zero of A, so "
         f"the result is dense; got {A!r} {symbol} {s.item()!r}, expected a scalar s with 0 "

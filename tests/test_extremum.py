@@ -94,3 +94,28 @@ def test_errors():
   with pytest.raises(js.SparseCapacityError, match=r"maximum: the union needs \d+ stored "
                                                    r"entries but its capacity is nse=1"):
     js.maximum(A, js.from_dense(np.ones((4, 5))), nse=1)
+
+
+def test_result_dtypes_follow_jnp_promotion():
+  """Integer, bool and half-precision operands promote as in ``jnp`` on the dense arrays:
+  ``maximum(int8 A, 0.0)`` is float32 (it kept int8 before), ``A ** 2.0`` of an int8
+  array is float32 (it wrapped 100 ** 2 to 16 before), and a comparison with a scalar
+  the dtype wraps decides sparsity with the same semantics as its stored values."""
+  x = jnp.array([[100, 0, -2], [0, 3, 0]], jnp.int8)
+  A = js.from_dense(x)
+  cases = [(js.maximum(A, 0.0), jnp.maximum(x, 0.0)),
+           (js.minimum(A, np.float32(0)), jnp.minimum(x, np.float32(0))),
+           (js.maximum(A, jnp.array(0, jnp.int32)), jnp.maximum(x, jnp.array(0, jnp.int32))),
+           (js.maximum(js.from_dense(x != 0), 0), jnp.maximum(x != 0, 0)),
+           (js.minimum(A.astype(jnp.float16), np.float32(0)),
+            jnp.minimum(x.astype(jnp.float16), np.float32(0))),
+           (A ** 2.0, x ** 2.0), (A ** np.float32(2), x ** np.float32(2)), (A ** 2, x ** 2),
+           (abs(A).astype(jnp.float16) ** np.float32(0.5),
+            abs(x).astype(jnp.float16) ** np.float32(0.5))]
+  for got, want in cases:
+    assert got.dtype == want.dtype, (got, want.dtype)
+    np.testing.assert_array_equal(np.asarray(got.todense(), np.float64),
+                                  np.asarray(want, np.float64))
+  u = js.from_dense(jnp.array([[1, 0, 2]], jnp.uint8))
+  with pytest.raises(ValueError, match=r"A < -1 is True at every implicit zero"):
+    u < -1                          # jnp: -1 is 255 in uint8, so 0 < -1 is True

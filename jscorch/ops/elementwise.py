@@ -145,8 +145,9 @@ def _extremum(a, b, nse, func: str, fn):
   if not jnp.shape(other) and checks.is_concrete(other):
     if float(np.asarray(other)) == 0:      # f(x, 0) keeps implicit zeros at 0
       A = coalesced(A)                       # (not linear: duplicates summed first)
-      return A.with_data(jnp.where(valid_mask(A), fn(A.data, jnp.asarray(other, A.dtype)),
-                                   jnp.zeros((), A.dtype)))
+      dtype = jnp.result_type(A.data, other)  # jnp's promotion: int8 with 0.0 is float
+      return A.with_data(jnp.where(valid_mask(A), fn(A.data.astype(dtype), jnp.zeros((), dtype)),
+                                   jnp.zeros((), dtype)))
   da = densify(a) if sa else as_dense(a, func, "a")
   db = densify(b) if sb else as_dense(b, func, "b")
   broadcast_shapes(da, db, func)
@@ -236,6 +237,9 @@ def power(a, p):
   if not value > 0:
     raise ValueError(f"{func}: a SparseArray can only be raised to a power > 0 (0 ** p must "
                      f"stay 0); got p={value.item()!r}, expected p > 0. Call A.todense() first.")
+  dtype = jnp.result_type(a.dtype, p)      # jnp's promotion: an int array ** 2.0 is float
+  if dtype != a.dtype:
+    a = a.astype(dtype)
   if float(value).is_integer():
     return map_values(a, jax.lax.integer_pow, int(value))
   q = value.item()
