@@ -84,6 +84,10 @@ def einsum(subscripts: str, *operands, out_format: FormatLike | str | None = Non
     raise TypeError(f"{func}: subscripts must be a string like 'ij,jk->ik'; got "
                     f"{type(subscripts).__name__}.")
   ops = [_as_operand(x, k, func) for k, x in enumerate(operands)]
+  if ops and all(x.dtype == jnp.bool_ for x in ops):   # as jnp: any product true (int32 count)
+    counts = einsum(subscripts, *(x.astype(jnp.int32) for x in ops), out_format=out_format,
+                    nse=nse, work=work)
+    return counts != 0
   in_ids, out_ids = _parse(subscripts, ops, func)
   sizes = _sizes(in_ids, ops, subscripts, func)
   ops = [_prepare_dense(x, ids, sizes) if not is_sparse(x) else x for x, ids in zip(ops, in_ids)]

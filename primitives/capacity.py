@@ -3,7 +3,8 @@
 A sparse result has a static capacity ``nse``. When the entries it needs exceed
 it, an eager call raises :class:`SparseCapacityError` with the needed size. Under
 ``jit`` the count is a tracer, so the result is **poisoned** instead: its float
-values become NaN (integer values -1), which no downstream loss can miss. With
+values become NaN (signed integer values -1, unsigned ones their largest value, bool
+True), which no downstream loss can miss. With
 ``jscorch.config.checkify_capacity = True`` a ``checkify`` check is emitted as well
 (wrap the function with ``jax.experimental.checkify.checkify`` to receive it).
 """
@@ -48,5 +49,14 @@ def enforce_capacity(needed, capacity: int, data: jax.Array, func: str, *,
   if check and settings.checkify_capacity:
     checkify.check(~overflow, f"{func}: the result needs {{needed}} stored entries but "
                    f"its capacity is nse={capacity}; pass a larger nse.", needed=needed_max)
-  bad = jnp.array(np.nan if jnp.issubdtype(data.dtype, jnp.inexact) else -1, data.dtype)
-  return jnp.where(overflow, bad, data)
+  return jnp.where(overflow, jnp.array(_poison(data.dtype), data.dtype), data)
+
+
+def _poison(dtype):
+  """The value an overflowed result is filled with: NaN, else -1 for signed integers, the
+  largest value for unsigned ones, True for bool."""
+  if jnp.issubdtype(dtype, jnp.inexact):
+    return np.nan
+  if jnp.issubdtype(dtype, jnp.unsignedinteger):
+    return jnp.iinfo(dtype).max
+  return True if dtype == np.dtype(bool) else -1

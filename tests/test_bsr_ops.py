@@ -279,6 +279,7 @@ BLOCKED_REFUSED = {
     "tril": lambda A: js.tril(A),
     "diagonal": lambda A: js.diagonal(A),
     "segment_max": lambda A: js.segment_max(A),
+    "update_layout": lambda A: js.update_layout(A, n_dense=0),
 }
 
 
@@ -318,3 +319,15 @@ def test_coalescing_works_on_the_block_view():
   E = jax.jit(lambda Z: Z.eliminate_zeros())(Z)
   assert E.format == A.format and int(E.nnz) == int(A.nnz) - 1
   np.testing.assert_array_equal(E.todense(), Z.todense())
+
+
+def test_bool_values_convert_into_blocks():
+  """Boolean arrays convert into blocked formats and between block sizes (a logical or
+  where blocks gather entries; the scatter-add raised a JAX TypeError)."""
+  x = np.random.default_rng(59).random((4, 6)) < 0.3
+  A = js.from_dense(x, format="csr")
+  B = A.asformat(js.BSR((2, 3)))
+  assert B.dtype == jnp.bool_
+  np.testing.assert_array_equal(B.todense(), x)
+  np.testing.assert_array_equal(B.asformat(js.BSR((1, 3))).todense(), x)
+  np.testing.assert_array_equal(jax.jit(lambda B: B.asformat(js.BSR((2, 1))))(B).todense(), x)

@@ -119,3 +119,23 @@ def test_result_dtypes_follow_jnp_promotion():
   u = js.from_dense(jnp.array([[1, 0, 2]], jnp.uint8))
   with pytest.raises(ValueError, match=r"A < -1 is True at every implicit zero"):
     u < -1                          # jnp: -1 is 255 in uint8, so 0 < -1 is True
+
+
+def test_bool_and_unsigned_products():
+  """All-bool products are bool, true where any product is (as ``jnp``: they raised a
+  JAX TypeError from an integer add); an unsigned sparse-sparse product does not trip
+  over its overflow poison value (-1 is not a uint8)."""
+  rng = np.random.default_rng(5)
+  x = rng.random((4, 5)) < 0.4
+  v = rng.random(5) < 0.5
+  A = js.from_dense(x)
+  np.testing.assert_array_equal(A @ v, x @ v)
+  np.testing.assert_array_equal(js.einsum("ij,kj->ik", A, x), jnp.einsum("ij,kj->ik", x, x))
+  got = js.einsum("ij,ij->ij", A, A)
+  assert got.dtype == jnp.bool_ and js.is_sparse(got)
+  np.testing.assert_array_equal(got.todense(), x)
+  u = rng.integers(0, 4, (4, 5)).astype(np.uint8)
+  U = js.from_dense(u, format="csr")
+  product = U @ U.T
+  np.testing.assert_array_equal(product.todense() if js.is_sparse(product) else product,
+                                u.astype(np.int64) @ u.T.astype(np.int64))

@@ -174,7 +174,7 @@ def _gather_blocks(coords, values, fmt: Format, shape, nse, func: str) -> Sparse
 
   def one(dest, offsets, values):
     at = (dest,) + tuple(offsets[:, k] for k in range(n))
-    return jnp.zeros((nse,) + blocks, values.dtype).at[at].add(values, mode="drop")
+    return conv.scatter_sum(jnp.zeros((nse,) + blocks, values.dtype), at, values)
 
   data = conv.vmap_batch(one, nb)(dest, offsets, values)
   data = enforce_capacity(count, nse, data, func)

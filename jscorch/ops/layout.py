@@ -171,6 +171,9 @@ def update_layout(A: SparseArray, n_batch: int | None = None, n_dense: int | Non
                             f"expected one of {_ON_INEFFICIENT}.")
   nb = A.n_batch if n_batch is None else _static.static_int(n_batch, "n_batch", func)
   nd = A.n_dense if n_dense is None else _static.static_int(n_dense, "n_dense", func)
+  if A.format.blocks and (n_batch, n_dense, format) != (None, None, None):
+    from jscorch.ops import blocks  # noqa: PLC0415 (blocks converts through this module)
+    blocks.refuse(func, A=A)
   if nb < 0 or nd < 0 or nb + nd > A.ndim:
     raise SparseFormatError(
         f"{func}: n_batch and n_dense must be >= 0 with n_batch + n_dense <= ndim; got "
