@@ -84,7 +84,6 @@ def gat_aggregate(A: ShardedSparseArray, z, a_src, a_dst, *, negative_slope: flo
   return call(products._leaves(A), products._ids(A), feats, own, missing, z)
 
 
-
 def _check_node_inputs(lay, z, a_src, a_dst, func) -> None:
   """``z`` `[P * size, heads, F]` and ``a_src``/``a_dst`` `[P * size, heads]`, node layout."""
   rows = lay.cols.padded
@@ -99,6 +98,7 @@ def _check_node_inputs(lay, z, a_src, a_dst, func) -> None:
     raise SparseShardingError(
         f"{func}: z, a_src and a_dst must be in node layout ({rows} rows); got {z.shape[0]} "
         "rows. Place them with A.shard_rows(x) (or compute them from node-layout features).")
+
 
 @products._cached
 def _gat_call(lay: ShardLayout, exchange: str, heads: int, width: int, slope: float):
