@@ -196,6 +196,12 @@ class ShardedSparseArray:
 
   def with_data(self, data) -> ShardedSparseArray:
     """The same pattern and sharding with new values ``data`` (shaped like ``self.data``)."""
+    if jnp.shape(data) != self.data.shape:
+      raise SparseShardingError(
+          f"ShardedSparseArray.with_data: data must have the shape of A.data, "
+          f"{self.data.shape} (each shard's values, padded to the same nse); got shape "
+          f"{jnp.shape(data)}. Start from A.data (e.g. A.with_data(f(A.data))), or shard "
+          "the new matrix with js.distributed.shard.")
     return ShardedSparseArray(data, self.pos, self.crd, self.loops, self.ids, self.halo,
                               self._layout)
 

@@ -1,4 +1,6 @@
 """Bad input to ``jscorch.distributed`` raises clear errors (8 simulated devices)."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,3 +180,14 @@ def test_gat_aggregate_inputs(setup):
     jsd.gat_aggregate(As, zn, an, an[:, :1])
   with pytest.raises(Err, match=r"gat_aggregate: z must be \[nodes, heads, F\]"):
     jsd.gat_aggregate(As, zn[:, 0], an, an)
+
+
+def test_with_data_checks_the_shape(setup):
+  """Values of another shape (the unsharded array's, or flattened) are refused by name
+  (before: a shard_map divisibility or reshape error at the next product)."""
+  mesh, A, As, m = setup
+  for bad in (A.data, As.data.reshape(-1)):
+    with pytest.raises(Err, match=r"with_data: data must have the shape of A.data, "
+                                  + re.escape(str(As.data.shape))):
+      As.with_data(bad)
+  np.testing.assert_allclose(As.with_data(2 * As.data).unshard().todense(), 2 * m.toarray())
