@@ -1,5 +1,7 @@
 """``bench --models``: the graph models' contenders compute the float64 model, a wrong
 contender is reported as wrong, and the command line refuses bad requests."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,29 @@ def test_a_wrong_contender_is_reported_not_timed():
   assert absent == dict(impl="absent", skipped="not installed")
   text = "\n".join(lines)
   assert "liar           WRONG: relative error" in text and "(not timed)" in text
+
+
+def test_gcn_inference_reports_its_dense_projection_floor(small_graph):
+  """On dense features the GCN inference table ends with what its dense ``X W1`` alone
+  costs and the time a 4x lead over the fastest other contender leaves; sparse features
+  (no dense product) get no such note."""
+  infer = models_graph.model_workloads("gcn", small_graph, False, 4)[0]
+  fast = dict(impl="segment_sum", median_ms=8.0)
+  ours = dict(impl="jscorch", median_ms=1.0)
+  lines = infer.notes([ours, fast, dict(impl="liar", median_ms=0.5, wrong=True)], 2)
+  assert lines[0].startswith("floor: the first layer's dense X·W1 (300 x 12 by 12 x 4) "
+                             "alone takes XLA ")
+  assert lines[1] == ("a 4x lead over the fastest other contender (segment_sum, 8.00 ms) "
+                      "leaves 2.00 ms for the whole model")
+  assert len(infer.notes([ours], 2)) == 1
+  printed = []
+  row = runner._run_workload(infer, 1, printed.append)
+  assert row["notes"][0].startswith("floor:") and printed[-2].startswith("  floor:")
+  x = np.zeros_like(small_graph.x)
+  x[::20, 0] = 1.0
+  sparse = dataclasses.replace(small_graph, x=x)
+  assert sparse.sparse_features
+  assert models_graph.model_workloads("gcn", sparse, False, 4)[0].notes is None
 
 
 def test_a_reference_that_cannot_fit_skips_the_workload(small_graph, capsys):

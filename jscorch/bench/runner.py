@@ -112,7 +112,12 @@ def _run_workload(wl, repeats: int, out) -> dict:
   for name, why in wl.skipped.items():
     results.append(dict(impl=name, skipped=why))
   _print_table(wl, results, out)
-  return dict(workload=wl.name, data=wl.data, results=results)
+  row = dict(workload=wl.name, data=wl.data, results=results)
+  if wl.notes:
+    row["notes"] = wl.notes(results, repeats)
+    for line in row["notes"]:
+      out(f"  {line}")
+  return row
 
 
 def run(size_name: str, only=None, json_path=None, out=print, *, models: bool = False,

@@ -34,6 +34,8 @@ class Workload:
   reference: tuple            # float64 numpy arrays
   contenders: list
   skipped: dict = dataclasses.field(default_factory=dict)   # name -> reason
+  # lines printed under the table: notes(results, repeats) -> list[str], after the timing
+  notes: Callable[[list, int], list] | None = None
 
 
 def _torch():
