@@ -212,6 +212,12 @@ def from_coordinates(lay: Layout, coords: jax.Array, data: jax.Array, *, func: s
   return enforce_capacity(_largest(count), lay.nse, out, func, check=check), indices
 
 
+def has_coordinate_slots(lay: Layout) -> bool:
+  """Whether :func:`coordinate_slots` covers ``lay``: a unique format of built-in levels
+  with at least one sparse level."""
+  return structure.supports(lay) and lay.format.unique
+
+
 def coordinate_slots(lay: Layout, coords: jax.Array, *, func: str):
   """The pattern of a coordinate list and the slot of each of its rows (no values).
 
@@ -231,7 +237,7 @@ def coordinate_slots(lay: Layout, coords: jax.Array, *, func: str):
   Raises:
     SparseFormatError: a format the structure primitive does not cover.
   """
-  if not structure.supports(lay) or not lay.format.unique:
+  if not has_coordinate_slots(lay):
     raise SparseFormatError(
         f"{func}: the slots of a coordinate list need a unique format of built-in levels; "
         f"got {lay.format!r}. Use a named format (csr, csc, coo, dcsr, csf).")

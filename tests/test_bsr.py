@@ -205,6 +205,56 @@ def test_asformat_grad():
   np.testing.assert_array_equal(g, w[x != 0])
 
 
+ROWS = js.Format(js.compressed, js.dense)
+
+
+def test_asformat_rows_format_both_ways():
+  """BSR ↔ ``Format(compressed, dense)`` (a dense level below the last sparse one is a
+  level, not a block dim: both directions raised). A stored row's elements are entries,
+  explicit zeros included, so every block its row band touches is stored; the rows of a
+  BSR are those its stored blocks cover (exact count eagerly, padding kept out)."""
+  x = blocky(11)
+  x[1] = 0                                           # a zero row inside a stored block band
+  A = js.from_dense(x, format=js.BSR((2, 4)), nse=n_blocks(x, (2, 4)) + 2)
+  R = A.asformat(ROWS)
+  band_rows = np.kron((x.reshape(3, 2, 2, 4) != 0).any(axis=(1, 3)), np.ones((2, 1)))
+  assert R.format == ROWS and R.nse == int(band_rows.any(1).sum())
+  np.testing.assert_array_equal(R.todense(), x)
+  C = js.from_dense(x, format=ROWS, nse=int((x != 0).any(1).sum()) + 1)
+  back = C.asformat(js.BSR((2, 4)))
+  stored_rows = (x != 0).any(1)[:, None] * np.ones((1, 8))
+  assert back.nse == n_blocks(stored_rows, (2, 4))
+  np.testing.assert_array_equal(back.todense(), x)
+  Rj = jax.jit(lambda A: A.asformat(ROWS))(A)        # under jit: the relayout's capacity
+  np.testing.assert_array_equal(Rj.todense(), x)
+  w = np.random.default_rng(11).standard_normal(x.shape).astype(np.float32)
+  g = jax.grad(lambda d: (C.with_data(d).asformat(js.BSR((2, 4))).todense() * w).sum())(C.data)
+  np.testing.assert_array_equal(g, (C.with_data(jnp.ones_like(C.data)) * w).data)
+
+
+@pytest.mark.parametrize("base", ["dense", "coo-nonunique"])
+def test_asformat_into_grids_without_coordinate_slots(base):
+  """Blocked formats whose grid is all dense or non-unique (they raised 'the slots of a
+  coordinate list need a unique format'): the blocks are gathered on a hypersparse grid
+  and the block view converted; batch dims, jit and vmap."""
+  grid = js.Format(js.dense, js.dense) if base == "dense" else js.Format(
+      js.compressed(unique=False), js.singleton(unique=False))
+  fmt = js.blocked(grid, (2, 4))
+  x = blocky(12, batch=(2,))
+  C = js.from_dense(x, format="csr", n_batch=1, nse=int((x != 0).sum(axis=(1, 2)).max()) + 2)
+  B = C.asformat(fmt.replace(n_batch=1))
+  assert B.format == fmt.replace(n_batch=1)
+  if base == "dense":
+    assert B.nse == 6
+  np.testing.assert_array_equal(B.todense(), x)
+  Bj = jax.jit(lambda C: C.asformat(fmt.replace(n_batch=1)))(C)
+  np.testing.assert_array_equal(Bj.todense(), x)
+  one = js.from_dense(x[0], format="csr")
+  np.testing.assert_array_equal(one.asformat(fmt).todense(), x[0])
+  np.testing.assert_array_equal(
+      jax.vmap(lambda C: C.asformat(fmt).todense())(C), x)
+
+
 # -- scipy --------------------------------------------------------------------------------------
 def test_scipy_both_ways():
   x = blocky(6)

@@ -38,7 +38,7 @@ from jscorch.primitives import checks
 from jscorch.primitives import convert as conv
 from jscorch.primitives._errors import SparseFormatError
 from jscorch.primitives.capacity import enforce_capacity
-from jscorch.primitives.formats import Format, blocked
+from jscorch.primitives.formats import Format, blocked, compressed, resolve_format
 from jscorch.primitives.layout import Layout, block_view_shape
 
 
@@ -117,10 +117,24 @@ def convert(A: SparseArray, fmt: Format, nse: int | None, func: str) -> SparseAr
   and the grid's cells). The same blocks in another base format: the block view
   converted (``nse`` kept by default).
 
+  Dense levels below the last sparse level (``Format(compressed, dense)``) are levels,
+  not block dims, on either side: a source's stored rows give one entry per element
+  (their explicit zeros included), and the target's rows are gathered from the elements
+  (``nse`` counts rows; default: the exact count when concrete).
+
   Raises:
     SparseFormatError: block dims on either side (``n_dense``), other batch dims,
       a shape that is not a multiple of the target's blocks.
   """
+  from jscorch.ops import layout  # noqa: PLC0415 (layout converts through this module)
+  if not A.format.blocks and A.n_dense and A.n_dense == A.format.n_block_levels:
+    A = layout.update_layout(A, A.n_batch, 0, on_inefficient=None)
+  if not fmt.blocks and fmt.n_dense and fmt.n_dense == fmt.n_block_levels:
+    coo = resolve_format("coo", fmt.ndim, n_batch=fmt.n_batch, n_dense=0, func=func)
+    elements = convert(A, coo, None, func)
+    if nse is None and checks.is_concrete(*elements.indices):
+      nse = layout.distinct_rows(elements, fmt.n_sparse)
+    return layout.asformat(elements, fmt, nse=nse, func=func)
   if A.n_dense or fmt.ndim != A.ndim or fmt.n_batch != A.n_batch or \
       fmt.n_dense - len(fmt.blocks):
     raise SparseFormatError(
@@ -133,7 +147,13 @@ def convert(A: SparseArray, fmt: Format, nse: int | None, func: str) -> SparseAr
       V = A.block_view().asformat(fmt.storage, nse=nse)
       return from_view(V)
     coords, values = element_coordinates(A)
-    return _gather_blocks(coords, values, fmt, A.shape, nse, func)
+    if _gathers_directly(fmt, A.shape, func):
+      return _gather_blocks(coords, values, fmt, A.shape, nse, func)
+    # an all-dense or non-unique grid: gather into a hypersparse grid, then convert the view
+    grid = blocked(Format(*(compressed,) * len(fmt.blocks)), fmt.blocks).replace(
+        n_batch=fmt.n_batch)
+    B = _gather_blocks(coords, values, grid, A.shape, None, func)
+    return from_view(B.block_view().asformat(fmt.storage, nse=nse))
   coords, values = element_coordinates(A)
   space = math.prod(A.shape[A.n_batch:])
   if fmt.all_dense:
@@ -145,6 +165,14 @@ def convert(A: SparseArray, fmt: Format, nse: int | None, func: str) -> SparseAr
   data, indices = conv.from_coordinates(dst, conv.logical_to_storage(dst, coords), values,
                                         func=func, is_unique=A.format.unique)
   return SparseArray._make(data, indices, fmt, A.shape)
+
+
+def _gathers_directly(fmt: Format, shape, func: str) -> bool:
+  """Whether :func:`_gather_blocks` can fill ``fmt``'s grid (it needs its coordinate
+  slots: a unique grid format with a sparse level)."""
+  nb, n = fmt.n_batch, len(fmt.blocks)
+  grid = block_view_shape(fmt, shape, func, "A")[:nb + n]
+  return conv.has_coordinate_slots(Layout(fmt.base, grid, 0))
 
 
 def _gather_blocks(coords, values, fmt: Format, shape, nse, func: str) -> SparseArray:

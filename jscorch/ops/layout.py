@@ -245,11 +245,11 @@ def einsum_rows(subscripts: str, operands, ops, in_ids, out_ids, out_layout: Lay
   result = einsum(subscripts, *operands, out_format=inner,
                   nse=None if nse is None else nse * block, work=work)
   if nse is None and checks.is_concrete(*result.indices):      # eager: the exact row count
-    nse = _distinct_rows(result, fmt.n_sparse)
+    nse = distinct_rows(result, fmt.n_sparse)
   return asformat(result, fmt, nse=nse, func="einsum")
 
 
-def _distinct_rows(A: SparseArray, n_sparse: int) -> int:
+def distinct_rows(A: SparseArray, n_sparse: int) -> int:
   """The largest number of distinct leading ``n_sparse`` sparse coordinates of any batch
   element of a concrete ``A`` (in use entries only)."""
   lay = A.layout
