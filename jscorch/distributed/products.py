@@ -120,6 +120,12 @@ def _exchange(A: ShardedSparseArray, x, exchange, func) -> str:
     if x.shape[0] == lay.cols.padded:
       return "halo" if lay.halo is not None else "allgather"
     return "replicated"
+  check_exchange(lay, exchange, func)
+  return exchange
+
+
+def check_exchange(lay: ShardLayout, exchange: str, func: str) -> None:
+  """Raises unless ``exchange`` is one that a matrix of layout ``lay`` supports."""
   if exchange not in EXCHANGES:
     raise SparseShardingError(f"{func}: exchange must be one of {EXCHANGES}; got "
                               f"{exchange!r}.")
@@ -132,7 +138,6 @@ def _exchange(A: ShardedSparseArray, x, exchange, func) -> str:
     raise SparseShardingError(f"{func}: exchange='halo' needs the halo plan; got a matrix "
                               "sharded with halo=False. Shard with js.distributed.shard(..., "
                               "halo=True).")
-  return exchange
 
 
 def _check_operand(x, func, what):
@@ -598,7 +603,12 @@ def comm_bytes(A: ShardedSparseArray, exchange: str | None, width: int,
   Counts what the collectives move, padding included (that is what crosses the
   wire): ``0`` replicated, ``(S - 1) * cols.size * width`` all-gathered,
   ``sum_d H_d * width`` by halo, and for 2-D the column all-gather plus the row
-  reduce-scatter. Multiply by 2 for a training step (the backward moves the same).
+  reduce-scatter (``exchange`` ``"allgather"`` or None there). Multiply by 2 for a
+  training step (the backward moves the same).
+
+  Raises:
+    SparseShardingError: an exchange that :func:`spmm` would refuse for ``A`` (unknown,
+      not ``"allgather"`` on a 2-D mesh, ``"halo"`` without the halo plan).
 
   Example:
     >>> import jax, jax.numpy as jnp, jscorch as js
@@ -609,15 +619,14 @@ def comm_bytes(A: ShardedSparseArray, exchange: str | None, width: int,
     0
   """
   lay = A.layout
+  check_exchange(lay, "allgather" if exchange is None and lay.two_d else exchange,
+                 "comm_bytes")
   if lay.two_d:
     rows = (lay.pr - 1) * lay.cols.size + (lay.pc - 1) * lay.rows.size
   elif exchange == "replicated":
     rows = 0
   elif exchange == "allgather":
     rows = (lay.n_shards - 1) * lay.cols.size
-  elif exchange == "halo":
-    rows = sum(h for _, h in lay.halo or ())
   else:
-    raise SparseShardingError(f"comm_bytes: exchange must be one of {EXCHANGES}; got "
-                              f"{exchange!r}.")
+    rows = sum(h for _, h in lay.halo)
   return int(rows) * int(width) * int(itemsize)

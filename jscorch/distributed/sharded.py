@@ -123,6 +123,7 @@ class ShardedSparseArray:
   :func:`~jscorch.distributed.sddmm`, :func:`~jscorch.distributed.gcn_aggregate`.
   """
   __slots__ = ("data", "pos", "crd", "loops", "ids", "halo", "_layout")
+  __array_priority__ = 100   # numpy defers binary operators (``x @ A``) to us
 
   def __init__(self, data, pos, crd, loops, ids, halo, layout: ShardLayout):
     self.data, self.pos, self.crd, self.loops, self.ids = data, pos, crd, loops, ids
@@ -286,6 +287,37 @@ class ShardedSparseArray:
           f"(A.shard_cols(x), {self._layout.cols.padded} rows) use A.spmm(x), which also "
           "returns node layout.")
     return self.unshard_rows(self.spmm(x))
+
+  def __rmatmul__(self, x) -> jax.Array:
+    """``x @ A``: a global `[n_rows]` or `[m, n_rows]` in, `[n_cols]` or `[m, n_cols]` out.
+
+    Computed as the transpose of ``A @ z`` (:func:`jax.linear_transpose`): the sharded
+    product's backward pass, the same collectives in reverse, without a forward pass.
+
+    Raises:
+      SparseShardingError: ``x`` is not 1-D or 2-D with ``n_rows`` columns.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jscorch as js
+      >>> from jscorch import distributed as jsd
+      >>> mesh = jax.make_mesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+      >>> A = jsd.shard(js.from_dense(jnp.array([[0., 2.], [3., 0.]])), mesh, axis="x")
+      >>> jnp.array([[1., 10.]]) @ A
+      Array([[30.,  2.]], dtype=float32)
+    """
+    shape = tuple(np.shape(x)) if hasattr(x, "shape") or isinstance(x, (list, tuple)) else None
+    if shape is None:
+      return NotImplemented
+    if len(shape) not in (1, 2) or shape[-1] != self.shape[0]:
+      raise SparseShardingError(
+          f"ShardedSparseArray @ (x @ A): x must be [n_rows] or [m, n_rows] with one column "
+          f"per row of A; got x.shape={shape}, expected (..., {self.shape[0]}).")
+    x = jnp.asarray(x)
+    dtype = jnp.result_type(x.dtype, self.dtype)
+    xt = x.T.astype(dtype)
+    z = jax.ShapeDtypeStruct((self.shape[1],) + xt.shape[1:], dtype)
+    (zt,) = jax.linear_transpose(lambda z: self @ z, z)(xt)
+    return zt.T
 
   def spmm(self, x, *, exchange: str | None = None) -> jax.Array:
     """``A @ x`` in **node layout** `[P * rows.size, *rest]`: the form chained layers use.

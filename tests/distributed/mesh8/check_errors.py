@@ -191,3 +191,27 @@ def test_with_data_checks_the_shape(setup):
                                   + re.escape(str(As.data.shape))):
       As.with_data(bad)
   np.testing.assert_allclose(As.with_data(2 * As.data).unshard().todense(), 2 * m.toarray())
+
+
+def test_comm_bytes_checks_the_exchange(meshes, setup):
+  """``comm_bytes`` refuses what ``spmm`` refuses (before: a 2-D matrix ignored the
+  exchange, and 'halo' without the halo plan counted 0 bytes)."""
+  mesh, A, As, m = setup
+  A2 = jsd.shard(A, *meshes["2d"])
+  assert jsd.comm_bytes(A2, None, 4) == jsd.comm_bytes(A2, "allgather", 4) > 0
+  for exchange in ("halo", "replicated"):
+    with pytest.raises(Err, match=rf"comm_bytes: a 2-D sharded matrix .* got "
+                                  rf"exchange='{exchange}', expected 'allgather'"):
+      jsd.comm_bytes(A2, exchange, 4)
+  with pytest.raises(Err, match=r"comm_bytes: exchange='halo' needs the halo plan"):
+    jsd.comm_bytes(jsd.shard(A, mesh, axis="x", halo=False), "halo", 4)
+  with pytest.raises(Err, match=r"comm_bytes: exchange must be one of .*; got 'ring'"):
+    jsd.comm_bytes(As, "ring", 4)
+
+
+def test_rmatmul_checks_the_shape(setup):
+  mesh, A, As, m = setup
+  for bad in (np.ones((2, 299)), np.ones(299), np.ones((2, 2, 300))):
+    with pytest.raises(Err, match=r"x @ A\): x must be \[n_rows\] or \[m, n_rows\] .* got "
+                                  rf"x.shape={re.escape(str(bad.shape))}"):
+      bad @ As

@@ -262,3 +262,18 @@ def test_size_one_axes_half_precision_repeats_and_zero_columns():
   for exchange in (None, "allgather", "halo"):
     y = S.unshard_rows(jsd.spmm(S, np.zeros((0, 2), np.float32), exchange=exchange))
     np.testing.assert_array_equal(y, np.zeros((5, 2)))
+
+
+@pytest.mark.parametrize("mesh_key", ["1d", "2d", "2d_wide"])
+def test_rmatmul_and_its_gradient(meshes, matrices, mesh_key):
+  """``x @ A`` for a matrix (rows and vectors, eager and under jit) against float64 scipy,
+  and its gradient w.r.t. ``x`` (the forward product's transpose twice over)."""
+  m = matrices["rect"]
+  A = jsd.shard(js.from_scipy(m), *meshes[mesh_key])
+  d = m.toarray().astype(np.float64)
+  x = np.random.default_rng(12).standard_normal((5, m.shape[0])).astype(np.float32)
+  _close(x @ A, x.astype(np.float64) @ d)
+  _close(x[1] @ A, x[1].astype(np.float64) @ d)
+  _close(jax.jit(lambda x, A: x @ A)(x, A), x.astype(np.float64) @ d)
+  g = jax.grad(lambda x: jnp.sum((x @ A) ** 2))(jnp.asarray(x))
+  _close(g, 2 * (x.astype(np.float64) @ d) @ d.T)
