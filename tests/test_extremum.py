@@ -121,6 +121,31 @@ def test_result_dtypes_follow_jnp_promotion():
     u < -1                          # jnp: -1 is 255 in uint8, so 0 < -1 is True
 
 
+def test_subtract_and_mean_follow_jnp_dtypes():
+  """``A - B`` negates ``B`` in the result's dtype (a uint8 ``B`` was negated as uint8,
+  wrapping: int8 0 - uint8 1 gave 255, float32 1.5 - uint8 1 gave 256.5), and ``mean``
+  with an integer ``dtype`` divides as integers as ``jnp.mean`` does (it returned a
+  float), summing float16 in float32."""
+  rng = np.random.default_rng(61)
+  a = jnp.asarray(rng.integers(-5, 6, (3, 4)) * (rng.random((3, 4)) < 0.6), jnp.int8)
+  b = jnp.asarray(rng.integers(0, 6, (3, 4)) * (rng.random((3, 4)) < 0.6), jnp.uint8)
+  f = jnp.asarray(rng.standard_normal((3, 4)) * (rng.random((3, 4)) < 0.6), jnp.float32)
+  A, B, F = (js.from_dense(t, format="csr", nse=int((t != 0).sum()) + 2) for t in (a, b, f))
+  for got, want in [(A - B, a - b), (F - B, f - b), (B - A, b - a),
+                    (jax.jit(lambda A, B: A - B)(A, B), a - b)]:
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(np.asarray(got.todense()), np.asarray(want))
+  cases = [(js.mean(A, dtype=jnp.int32), jnp.mean(a, dtype=jnp.int32)),
+           (A.mean(axis=1, dtype=jnp.int8), jnp.mean(a, axis=1, dtype=jnp.int8)),
+           (B.mean(axis=0, dtype=jnp.uint8), jnp.mean(b, axis=0, dtype=jnp.uint8)),
+           (A.mean(axis=0), jnp.mean(a, axis=0)),
+           (F.astype(jnp.float16).mean(axis=1), jnp.mean(f.astype(jnp.float16), axis=1))]
+  for got, want in cases:                 # integers exact; floats up to the last bit
+    assert got.dtype == want.dtype, (got, want)
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                               rtol=1e-3 if want.dtype == jnp.float16 else 1e-6)
+
+
 def test_bool_and_unsigned_products():
   """All-bool products are bool, true where any product is (as ``jnp``: they raised a
   JAX TypeError from an integer add); an unsigned sparse-sparse product does not trip

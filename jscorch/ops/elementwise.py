@@ -67,11 +67,12 @@ def _add(a, b, nse, func: str, sign: int):
   sa, sb = is_sparse(a), is_sparse(b)
   if not (sa or sb):
     return jnp.add(a, b) if sign > 0 else jnp.subtract(a, b)
+  if sa and sb and sign < 0:          # negated in the result's dtype (uint8 b: no wrap)
+    b = negative(b.astype(jnp.result_type(a.dtype, b.dtype)))
   if sa and sb and (a.format.blocks or b.format.blocks):
-    return blocks.union(a, b if sign > 0 else negative(b), func,
-                        lambda va, vb: _union(va, vb, nse, func))
+    return blocks.union(a, b, func, lambda va, vb: _union(va, vb, nse, func))
   if sa and sb:
-    return _union(a, b if sign > 0 else negative(b), nse, func)
+    return _union(a, b, nse, func)
   if nse is not None:
     raise TypeError(f"{func}: nse= sets the capacity of a sparse + sparse result; got nse={nse} "
                     "with a dense operand, whose sum is dense. Drop nse=.")

@@ -227,7 +227,8 @@ def mean(a, axis: Axis = None, dtype=None, out=None, keepdims: bool = False, *, 
 
   Implicit zeros count in the denominator (``A.sum(axis) / prod(A.shape[axis])``),
   duplicates are summed, padding is ignored. The dtype follows ``jnp.mean``
-  (integers give the default float). Differentiable like :func:`jscorch.sum`.
+  (integers give the default float; an integer ``dtype`` divides as integers, truncating;
+  float16 and bfloat16 are summed in float32). Differentiable like :func:`jscorch.sum`.
 
   Example:
     >>> import jax.numpy as jnp, jscorch as js
@@ -240,10 +241,13 @@ def mean(a, axis: Axis = None, dtype=None, out=None, keepdims: bool = False, *, 
   func = "mean"
   _unsupported(func, out=out, where=where)
   axes = _static.axes(axis, a.ndim, func)
-  target = dtype or jax.eval_shape(lambda v: jnp.mean(v),
-                                   jax.ShapeDtypeStruct((), a.dtype)).dtype
-  total = sum(a.astype(target), axis=axes, keepdims=keepdims)
-  return total / jnp.asarray(_reduced_size(a, axes), target)
+  target = jax.eval_shape(lambda v: jnp.mean(v, dtype=dtype),
+                          jax.ShapeDtypeStruct((), a.dtype)).dtype
+  upcast = target in (jnp.float16, jnp.bfloat16)
+  compute = jnp.dtype(jnp.float32) if upcast else target
+  total = sum(a, axis=axes, dtype=compute, keepdims=keepdims)
+  size = jnp.full(total.shape, _reduced_size(a, axes), compute)
+  return jax.lax.div(total, size).astype(target)       # integers: truncating, as jnp
 
 
 def count_nonzero(a, axis: Axis = None, keepdims: bool = False):
