@@ -265,7 +265,22 @@ class SparseArray:
     return _todense(self.layout, self.data, self.indices)
 
   def astype(self, dtype) -> SparseArray:
-    """The same pattern with values cast to ``dtype``."""
+    """The same pattern with values cast to ``dtype``.
+
+    A non-unique array whose repeated coordinates add differently in ``dtype`` (from
+    bool: a logical or; from an integer: wrapping; from float16 / bfloat16: overflow
+    and rounding) is coalesced first (:meth:`sum_duplicates`, same ``nse``), so the
+    result is the cast of the array's own values.
+
+    Example:
+      >>> import jax.numpy as jnp, jscorch as js
+      >>> NU = js.Format(js.compressed(unique=False), js.singleton(unique=False))
+      >>> A = js.from_coo([[0, 0], [0, 0]], jnp.array([True, True]), (1, 1), format=NU)
+      >>> A.todense(), A.astype(jnp.float32).todense()
+      (Array([[ True]], dtype=bool), Array([[1.]], dtype=float32))
+    """
+    if not self._format.unique and not _adds_alike(self.dtype, dtype):
+      return self.sum_duplicates().astype(dtype)
     return self.with_data(self.data.astype(dtype))
 
   @property
@@ -507,6 +522,16 @@ def _compare(A: SparseArray, other, symbol: str):
         f"A.todense() {symbol} {s.item()!r}.")
   B = A if A.format.unique else A.sum_duplicates()
   return B.with_data(op(B.data, other))
+
+
+def _adds_alike(src, dst) -> bool:
+  """Whether summing values in ``src`` then casting to ``dst`` equals casting then summing
+  (up to float rounding): the same dtype, or a float32 / float64 / complex source cast to
+  a float or complex type (not to an integer or bool, which truncates)."""
+  src, dst = jnp.dtype(src), jnp.dtype(dst)
+  wide = jnp.issubdtype(src, jnp.complexfloating) or (
+      jnp.issubdtype(src, jnp.floating) and src.itemsize >= 4)
+  return src == dst or (wide and jnp.issubdtype(dst, jnp.inexact))
 
 
 def _split_entries_message(A: SparseArray) -> str:

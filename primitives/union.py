@@ -110,7 +110,8 @@ def union(out: Layout, parts: Sequence[Part], *, func: str,
   datas = tuple(d for _, d, _ in parts)
   if not _all_unique(parts):
     out_indices, count, dest = _pattern(out, parts, func, offsets, dest=True)
-    data = sum(_compiled_scatter(out, lay.nse, at)(dest, d) for lay, d, at in _slices(parts))
+    data = functools.reduce(_combine, [_compiled_scatter(out, lay.nse, at)(dest, d)
+                                       for lay, d, at in _slices(parts)])
     return _capped(count, out, parts, data, func), out_indices
   if not checks.is_concrete(*indices) and len({jnp.result_type(d) for d in datas}) == 1:
     # Traced indices: pattern and values in one primitive (on CPU one kernel pass, no
@@ -281,13 +282,18 @@ def _compiled_values(out: Layout):
   return jax.jit(run)
 
 
+def _combine(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Two parts' summed values: ``a + b``, a logical or for booleans."""
+  return a | b if a.dtype == b.dtype == jnp.bool_ else a + b
+
+
 @functools.lru_cache(maxsize=512)
 def _compiled_scatter(out: Layout, part_nse: int, at: int):
   """One part's values summed at every leaf: a scatter-add by its slice of ``dest``
   (entries ``at:at + part_nse``), for parts that may store a coordinate more than once."""
   def values(dest, data):
     d = jax.lax.dynamic_slice_in_dim(dest, at, part_nse, axis=0)
-    return jnp.zeros((out.nse,) + data.shape[1:], data.dtype).at[d].add(data, mode="drop")
+    return convert.scatter_sum(jnp.zeros((out.nse,) + data.shape[1:], data.dtype), d, data)
 
   def run(dest, data):
     return convert.vmap_batch(values, out.n_batch)(dest, data)

@@ -346,3 +346,30 @@ def test_eliminate_zeros_capacity():
   poisoned = jax.jit(lambda A: A.eliminate_zeros(nse=needed - 1))(A)
   assert np.isnan(np.asarray(poisoned.data)).all()
   assert js.eliminate_zeros(A, nse=needed).nse == needed
+
+
+def test_casts_of_repeated_coordinates_follow_the_arrays_own_sum():
+  """A non-unique array holds the sum of its repeated coordinates in its own dtype (bool: a
+  logical or; int8: wrapping), as ``todense`` says. Casts, sums, products and scalar
+  scaling used to promote each duplicate first (bool True, True counted 2; int8 100 + 100
+  gave 200 instead of -56), and bool unions raised JAX's "add does not accept bool"."""
+  NU = js.Format(js.compressed(unique=False), js.singleton(unique=False))
+  rng = np.random.default_rng(63)
+  idx = np.concatenate([rng.integers(0, 3, (7, 2)), [[0, 0], [0, 0]]])   # (0, 0) repeated
+  x = rng.standard_normal(3).astype(np.float32)
+  for values in (rng.random(9) < 0.7, np.full(9, 100, np.int8), rng.standard_normal(9).astype(
+      jnp.float16) * 4e4):
+    A = js.from_coo(idx, jnp.asarray(values), (3, 3), format=NU, nse=11)    # padding
+    d = A.todense()
+    cases = [(A.astype(jnp.float32).todense(), d.astype(jnp.float32)),
+             (A.sum(), jnp.sum(d)), (A.sum(axis=0), jnp.sum(d, axis=0)),
+             (A.mean(axis=1), jnp.mean(d, axis=1)), (A @ x, d @ x),
+             (jax.jit(lambda A, x: A @ x)(A, x), d @ x),
+             ((2.5 * A).todense(), 2.5 * d), ((A / 4).todense(), d / 4)]
+    for got, want in cases:
+      assert got.dtype == want.dtype, (values.dtype, got.dtype, want.dtype)
+      np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                                 rtol=1e-6, err_msg=str(values.dtype))
+  A = js.from_coo(idx, jnp.ones(9, bool), (3, 3), format=NU)
+  for got in (A + A, js.maximum(A, A), jax.jit(lambda A: A + A)(A)):
+    np.testing.assert_array_equal(got.todense(), A.todense())

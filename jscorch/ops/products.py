@@ -253,8 +253,20 @@ def multiply(a, b):
           "squeezed operands instead.") from e
   A, x = (a, as_dense(b, func, "b")) if sa else (b, as_dense(a, func, "a"))
   if x.ndim == 0:
-    return A.with_data(A.data * x)
+    return _scaled(A, x, jnp.multiply)
   return _sampled(A, x, func)
+
+
+def _scaled(A: SparseArray, x: jax.Array, op) -> SparseArray:
+  """``op(A, x)`` for a scalar ``x``: the values mapped, cast first to the result dtype
+  (:meth:`SparseArray.astype`, which coalesces duplicates that add differently there).
+  Half-precision duplicates are summed first too: ``a * x + b * x`` overflows where
+  ``(a + b) * x`` need not."""
+  dtype = jax.eval_shape(op, jax.ShapeDtypeStruct((), A.dtype), x).dtype
+  if dtype in (jnp.float16, jnp.bfloat16):
+    A = coalesced(A)
+  A = A.astype(dtype)
+  return A.with_data(op(A.data, x))
 
 
 def divide(a, b):
@@ -284,7 +296,7 @@ def divide(a, b):
                     "b.todense() first.")
   x = as_dense(b, func, "b")
   if x.ndim == 0:
-    return a.with_data(a.data / x)
+    return _scaled(a, x, jnp.divide)
   shape = broadcast_shapes(a, x, func)
   A = coalesced(broadcast_sparse(a, shape, func))
   at_pattern = _sampled(A.with_data(jnp.ones(A.data.shape, x.dtype)), x, func).data
