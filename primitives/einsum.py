@@ -316,15 +316,15 @@ def _batch_front(x, d, size):
 def _einsum_portable_lowering(ctx, *args, spec: EinsumSpec):
   csr = einsum_portable.csr_equivalent(spec) if spec.work == 0 else None
   if csr is not None:       # no join capacity: Gustavson's CSR product between conversions
-    return mlir.lower_fun(functools.partial(_run_converted, spec, csr),
-                          multiple_results=True)(ctx, *args)
+    fun = einsum_portable.in_float32(spec, functools.partial(_run_converted, spec, csr))
+    return mlir.lower_fun(fun, multiple_results=True)(ctx, *args)
   if spec.work == 0 and make_plan(spec).expands and not einsum_portable.is_empty(spec) and \
       not einsum_portable.sized_without_work(spec):
     raise ValueError(
         f"jscorch_einsum: the portable lowering of {spec} joins sparse operands that contract "
         "and needs work= (the number of matching entry pairs); got work=0, expected a "
         "capacity. Pass work= to js.einsum.")
-  fun = lambda *flat: einsum_portable.evaluate(spec, *flat)
+  fun = einsum_portable.in_float32(spec, functools.partial(einsum_portable.evaluate, spec))
   return mlir.lower_fun(fun, multiple_results=True)(ctx, *args)
 
 

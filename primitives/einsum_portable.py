@@ -196,6 +196,21 @@ def exact_capacities(spec: EinsumSpec, *flat) -> tuple[int, int]:
   return work, int(counts.max())
 
 
+def in_float32(spec: EinsumSpec, fn):
+  """``fn(*flat)`` (flat inputs to flat outputs of ``spec``) with float16 / bfloat16 values
+  computed in float32 and rounded once at the end, as ``jnp`` accumulates them (summed in
+  bfloat16, a row of 4096 ones stalls at 256); other dtypes run as they are."""
+  def run(*flat):
+    groups, pattern = spec.split_inputs(flat)
+    dtype = jnp.result_type(*[g[0].dtype for g in groups])
+    if dtype not in (jnp.float16, jnp.bfloat16):
+      return fn(*flat)
+    wide = [b for g in groups for b in [g[0].astype(jnp.float32), *g[1:]]]
+    out = fn(*wide, *pattern)
+    return [out[0].astype(dtype), *out[1:]]
+  return run
+
+
 def evaluate(spec: EinsumSpec, *flat):
   """Evaluates ``spec`` on flat inputs; returns the list of flat outputs."""
   if spec.work == 0 and is_spgemm(spec):      # (sized without work: see is_spgemm)

@@ -110,6 +110,7 @@ def test_result_dtypes_follow_jnp_promotion():
            (js.minimum(A.astype(jnp.float16), np.float32(0)),
             jnp.minimum(x.astype(jnp.float16), np.float32(0))),
            (A ** 2.0, x ** 2.0), (A ** np.float32(2), x ** np.float32(2)), (A ** 2, x ** 2),
+           (js.from_dense(x != 0) ** 2, (x != 0) ** 2),     # int32 under x64 (was int64)
            (abs(A).astype(jnp.float16) ** np.float32(0.5),
             abs(x).astype(jnp.float16) ** np.float32(0.5))]
   for got, want in cases:
@@ -164,3 +165,24 @@ def test_bool_and_unsigned_products():
   product = U @ U.T
   np.testing.assert_array_equal(product.todense() if js.is_sparse(product) else product,
                                 u.astype(np.int64) @ u.T.astype(np.int64))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_half_precision_products_accumulate_in_float32(dtype):
+  """Row sums and products of float16 / bfloat16 arrays accumulate in float32 and round once,
+  as ``jnp`` does: summed in bfloat16 a row of 4096 ones stalled at 256 (float16: 2048)."""
+  x = np.ones((3, 4096), np.float32)
+  x[1, ::3] = 0.0
+  x[2] = np.random.default_rng(67).random(4096)
+  xh = jnp.asarray(x, dtype)
+  A = js.from_dense(xh, format="csr", nse=int((x != 0).sum()) + 5)
+  v = jnp.ones(4096, dtype)
+  for got, want in [(A.sum(axis=1), jnp.sum(xh, axis=1)), (A @ v, xh @ v),
+                    (jax.jit(lambda A, v: A @ v)(A, v), xh @ v),
+                    (js.einsum("ij,j->i", A, v), jnp.einsum("ij,j->i", xh, v))]:
+    assert got.dtype == dtype
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                               rtol=2 ** -7)
+  g = jax.grad(lambda d: jnp.sum((A.with_data(d) @ v).astype(jnp.float32)))(A.data)
+  assert g.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(g[:int(A.nnz)], np.float32), 1.0)

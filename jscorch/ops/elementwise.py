@@ -238,7 +238,8 @@ def power(a, p):
   if not value > 0:
     raise ValueError(f"{func}: a SparseArray can only be raised to a power > 0 (0 ** p must "
                      f"stay 0); got p={value.item()!r}, expected p > 0. Call A.todense() first.")
-  dtype = jnp.result_type(a.dtype, p)      # jnp's promotion: an int array ** 2.0 is float
+  # jnp's own result dtype: an int array ** 2.0 is float, bool ** 2 the default int
+  dtype = jax.eval_shape(lambda v: v ** p, jax.ShapeDtypeStruct((), a.dtype)).dtype
   if dtype != a.dtype:
     a = a.astype(dtype)
   if float(value).is_integer():
