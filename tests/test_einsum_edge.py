@@ -398,3 +398,26 @@ def test_empty_product_under_vmap():
   x = dn(2, 5, 3)
   f = jax.vmap(lambda A, x: js.einsum("ij,jk->ik", A, x), in_axes=(0, None))
   util.assert_allclose(f(A0, x), np.zeros((3, 4, 3)), F64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_guarded_reductions_over_rows_of_every_length(dtype, lowering):
+  """Diagonals, row and column sums and SpMV over rows holding 0 to 17 entries (past every
+  SIMD width, with the diagonal inside): GCC 12 vectorised the float64 ``ii->i`` of a row
+  of 8 entries to 0 before the kernels were built with -fno-tree-loop-if-convert."""
+  n = 18
+  rng = np.random.default_rng(71)
+  m = np.zeros((n, n), dtype)
+  for i in range(n):
+    m[i, :i] = rng.standard_normal(i)
+    m[i, i] = rng.standard_normal() if i % 3 else 0.0
+  m[8, :8] = 1.0
+  x = rng.standard_normal(n).astype(dtype)
+  for fmt in ("csr", "csc", "coo"):
+    A = js.from_dense(jnp.asarray(m), format=fmt, nse=int((m != 0).sum()) + 3)
+    for sub, want in [("ii->i", np.diag(m)), ("ij->i", m.sum(1)), ("ij->j", m.sum(0))]:
+      got = jax.jit(lambda A, sub=sub: js.einsum(sub, A))(A)
+      np.testing.assert_allclose(np.asarray(got, F64), want, rtol=1e-5, atol=1e-5,
+                                 err_msg=f"{fmt} {sub}")
+    np.testing.assert_allclose(np.asarray(A @ x, F64), m.astype(F64) @ x, rtol=1e-5,
+                               atol=1e-5, err_msg=fmt)
