@@ -49,11 +49,12 @@ def _element(lay: Layout) -> Layout:
 
 
 # -- level buffers -> coordinates ------------------------------------------------------
-def _take(col: jax.Array, at: jax.Array, fill: int) -> jax.Array:
-  """``col[at]`` with out-of-range positions (and every position of an empty ``col``,
-  a level under a dimension of size 0) giving ``fill``."""
+def take(col: jax.Array, at: jax.Array, fill) -> jax.Array:
+  """``col[at]`` (rows of ``col``) with out-of-range positions giving ``fill``, also every
+  position of an empty ``col`` (a level under a dimension of size 0, an operand with
+  ``nse=0``), where JAX's gather refuses."""
   if not col.shape[0]:
-    return jnp.full(at.shape, fill, col.dtype)
+    return jnp.full(at.shape + col.shape[1:], fill, col.dtype)
   return col.at[at].get(mode="fill", fill_value=fill)
 
 
@@ -66,7 +67,7 @@ def _leaf_coordinates_1(lay: Layout, indices: Indices) -> jax.Array:
     size, cap = sizes[k], caps[k]
     bufs = tuple(next(buffers) for _ in lvl.buffers)
     parent, crd = lvl.positions(bufs, lay.parent_capacity(k), cap, size, idt)
-    cols = [_take(col, parent, sizes[j]) for j, col in enumerate(cols)]
+    cols = [take(col, parent, sizes[j]) for j, col in enumerate(cols)]
     cols.append(crd.astype(idt))
   coords = jnp.stack(cols, axis=-1) if cols else jnp.zeros((lay.nse, 0), idt)
   size_row = jnp.asarray(sizes, idt)

@@ -72,7 +72,7 @@ def softmax(pos: jax.Array, values: jax.Array) -> jax.Array:
   segment whose values are all ``-inf`` gives NaN, as ``jax.nn.softmax`` does.
   """
   top = jax.lax.stop_gradient(row_reduce(pos, values, "max"))
-  e = jnp.exp(values - jnp.where(jnp.isfinite(top), top, 0))
+  e = jnp.exp(values - jnp.where(top == -jnp.inf, 0, top))   # +inf kept: NaN, as jnp
   inside = _inside(pos, values)
   e = jnp.where(inside, e, 0)
   return e / jnp.where(inside, row_reduce(pos, e, "sum"), 1)

@@ -116,7 +116,7 @@ def segment_softmax(data: jax.Array, ids: jax.Array, num_segments: int) -> jax.A
   valid = _mask(ids, num_segments, data)
   low = jnp.array(-jnp.inf, data.dtype)
   m = segment_max(jnp.where(valid, data, low), ids, num_segments)
-  m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
+  m = jax.lax.stop_gradient(jnp.where(m == low, 0, m))   # +inf kept: NaN, as jax.nn.softmax
   shift = m.at[ids].get(mode="fill", fill_value=0)
   e = jnp.where(valid, jnp.exp(jnp.where(valid, data - shift, 0)), 0)
   total = segment_sum(e, ids, num_segments)

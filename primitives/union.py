@@ -272,7 +272,7 @@ def _compiled_values(out: Layout):
   def values(sources, datas):
     total = None
     for src, data in zip(sources, datas):
-      taken = data.at[src].get(mode="fill", fill_value=0)
+      taken = convert.take(data, src, 0)
       total = taken if total is None else total + taken
     return total
 
@@ -305,8 +305,7 @@ def _compiled_scatter(out: Layout, part_nse: int, at: int):
 def _compiled_each(out: Layout):
   """Per part, its values at every leaf (a gather by its ``sources``)."""
   def each(sources, datas):
-    return tuple(data.at[src].get(mode="fill", fill_value=0)
-                 for src, data in zip(sources, datas))
+    return tuple(convert.take(data, src, 0) for src, data in zip(sources, datas))
 
   def run(sources, datas):
     return convert.vmap_batch(each, out.n_batch)(sources, datas)

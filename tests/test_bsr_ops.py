@@ -264,6 +264,8 @@ def test_maximum_minimum_and_extrema():
     for axis in [None, 0, 1, -1]:
       np.testing.assert_array_equal(jax.jit(lambda A, axis=axis: A.max(axis))(A), x.max(axis))
       np.testing.assert_array_equal(A.min(axis, keepdims=True), x.min(axis, keepdims=True))
+      np.testing.assert_array_equal(js.count_nonzero(A, axis),     # (raised on blocks)
+                                    np.count_nonzero(x, axis))
     w = jnp.asarray(dense(52, (8,)), jnp.float64)
     check_grads(jax.jit(lambda d: A.with_data(d).max(0) @ w), (A.data,), order=2,
                 modes=("fwd", "rev"))

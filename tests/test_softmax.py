@@ -129,6 +129,24 @@ def test_explicit_zeros_take_part_and_neg_inf():
   util.assert_allclose(todense(S), np.array([[.5, 0, .5, 0], [0, 0, 0, 1.]]), dtype=F64)
 
 
+def test_a_stored_pos_inf_makes_its_slice_nan():
+  """As ``jax.nn.softmax`` of the masked dense slice: ``+inf`` among the entries gives NaN
+  for the whole slice (the maximum was reset to 0, giving ``[nan, 0]``); a slice of
+  ``-inf`` only stays NaN; other slices are unaffected. CSR rows and columns, BSR, jit."""
+  A = from_coo(np.array([[0, 0], [0, 2], [1, 0], [1, 1]]),
+               np.array([np.inf, 2., 1., -np.inf]), shape=(2, 3), format="csr", nse=5)
+  mask = np.asarray(todense(A.with_data(jnp.ones_like(A.data)))) != 0
+  dense = np.where(mask, np.asarray(todense(A)), -np.inf)
+  for axis in (-1, 0):
+    want = np.where(mask, np.asarray(jax.nn.softmax(jnp.asarray(dense), axis=axis)), 0)
+    for got in (js.softmax(A, axis=axis), jax.jit(lambda A: js.softmax(A, axis=axis))(A)):
+      np.testing.assert_array_equal(np.asarray(todense(got)), want)
+  B = js.from_dense(np.array([[1., 1., 0., 0.], [1., 0., 0., 0.]]), format=js.BSR((1, 2)))
+  got = js.softmax(B.with_data(B.data.at[0, 0, 0].set(np.inf)), axis=1).todense()
+  np.testing.assert_array_equal(np.isnan(np.asarray(got)), [[1, 1, 0, 0], [0, 0, 0, 0]])
+  np.testing.assert_allclose(np.asarray(got)[1], [*np.exp([1, 0]) / (np.e + 1), 0, 0])
+
+
 def test_vmap_batched_pattern_and_shared_pattern():
   A, x, mask, _ = case_data("csr_batched-rows")
   got = jax.vmap(js.softmax)(A)

@@ -207,6 +207,22 @@ def test_empty_and_all_padding_parts():
   _bitwise(plan, [*E.indices, *E.indices])
 
 
+@pytest.mark.parametrize("formats", [("dcsr", "dcsr"), ("coo", "dcsr"), ("csr", "csr")])
+def test_an_operand_with_no_capacity(formats):
+  """``nse=0`` (an all-zero array stored without padding) on either side of a union, eager,
+  under jit and differentiated (a gather from its empty values raised JAX's "slice size
+  ... out of range" for DCSR and mixed COO/DCSR)."""
+  B, y = random_sparse(7, (4, 5), formats[0], padding=1)
+  Z = js.from_dense(np.zeros((4, 5), F32), format=formats[1])
+  assert Z.nse == 0
+  want = y.astype(np.float64)
+  for got in (js.add(B, Z), js.add(Z, B), jax.jit(js.subtract)(B, Z), js.maximum(Z, B) +
+              js.minimum(B, Z)):
+    util.assert_allclose(got.todense(), want, dtype=F32)
+  g = jax.grad(lambda d: js.add(Z, B.with_data(d)).todense().sum())(B.data)
+  np.testing.assert_array_equal(g[:int(B.nnz)], 1.0)
+
+
 def test_int64_indices():
   with util.dtype_context(np.float64):
     A, x = random_sparse(6, (5, 4), "csr", dtype=np.float64)

@@ -316,7 +316,7 @@ def softmax(A: SparseArray, axis: int) -> SparseArray:
     valid = (ids < n).reshape((-1,) + (1,) * (data.ndim - 1))
     low = jnp.array(-jnp.inf, data.dtype)
     peak = segment_max(jnp.where(valid, data, low).max(axis=within, keepdims=True), ids, n)
-    peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0))
+    peak = jax.lax.stop_gradient(jnp.where(peak == low, 0, peak))   # +inf kept: NaN
     shift = peak.at[ids].get(mode="fill", fill_value=0)
     e = jnp.where(valid, jnp.exp(jnp.where(valid, data - shift, 0)), 0)
     total = segment_sum(e.sum(axis=within, keepdims=True), ids, n)

@@ -266,6 +266,8 @@ def count_nonzero(a, axis: Axis = None, keepdims: bool = False):
   if not is_sparse(a):
     return jnp.count_nonzero(a, axis=axis, keepdims=keepdims)
   func = "count_nonzero"
+  if a.format.blocks:     # every element of a stored block is one of the dense array's
+    a = a.asformat(a.format.base)
   axes = _static.axes(axis, a.ndim, func)
   count, _ = _reduce(a, axes, "count")
   dtype = jax.eval_shape(jnp.count_nonzero, jax.ShapeDtypeStruct((1,), a.dtype)).dtype

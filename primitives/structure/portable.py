@@ -59,8 +59,8 @@ def passthrough_one(plan: StructurePlan, *inputs):
     parent, crd = lvl.positions(bufs, pcap, s_caps[j], s_sizes[j], idt)
     here = parent < pcap
     if reached is not None:
-      here &= convert._take(reached, parent, False)
-    cols = [convert._take(c, parent, s_sizes[i]) for i, c in enumerate(cols)]
+      here &= convert.take(reached, parent, False)
+    cols = [convert.take(c, parent, s_sizes[i]) for i, c in enumerate(cols)]
     cols.append(crd.astype(idt))
     reached = here
   e = plan.entry_level

@@ -46,7 +46,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from .. import kernel_build
+from .. import convert, kernel_build
 from .. import loopnest as ir
 from ..backends.c import assembly
 from ..layout import Layout
@@ -308,7 +308,7 @@ def _gather_sum(plan: UnionPlan, srcs, datas):
   def values(srcs, datas):
     total = None
     for src, data in zip(srcs, datas):
-      taken = data.at[src].get(mode="fill", fill_value=0)
+      taken = convert.take(data, src, 0)
       total = taken if total is None else total + taken
     return total
   f = values
