@@ -49,9 +49,11 @@ def test_retained_memory_spares_the_page_faults_of_every_call():
   default, retained = _child(False), _child(True)
   for run in (default, retained):
     assert run["error"] < 1e-6
-  # without it, the 96 MiB intermediate is unmapped after each call and faulted in again
-  assert default["faults"] > 0.5 * default["pages"], default
-  assert retained["faults"] < 0.05 * retained["pages"], retained
+  # without it, the 96 MiB intermediate is unmapped after each call and faulted in again:
+  # every call faults. With it, calls reuse the pages; on a loaded machine some calls still
+  # fault (memory pressure from other processes), so the test asks for one that does not.
+  assert min(default["per_call"]) > 0.5 * default["pages"], default
+  assert min(retained["per_call"]) < 0.05 * retained["pages"], retained
   # turned on late (after JAX ran), it says that the running threads keep their arenas
   assert not retained["late_warning"]
   assert any("before the first JAX computation" in w for w in default["late_warning"])
